@@ -1,0 +1,100 @@
+// experts.h — the experts of an MoE layer.
+//   GroupedExperts:   weights stored batched ([E, d_model, d_hidden], [E, d_hidden, d_model]) and
+//                     run as a grouped GEMM over variable-sized, expert-contiguous segments
+//                     (the dropless path of MegaBlocks). The fast path.
+//   ModuleExperts:    one user-supplied module per expert, each run on its segment (FastMoE's
+//                     `expert=`). Slower, general.
+//   sequential_moe_reference: the plain oracle — a loop over experts that indexes each expert's
+//                     tokens straight from the routing, with nothing but standard autograd ops.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "hybridmoe/gate.h"
+
+namespace hybridmoe {
+
+enum class Activation { kGelu, kRelu, kSwiGLU };
+Activation parse_activation(const std::string& name);
+std::string to_string(Activation activation);
+
+/// Interface of anything that runs the experts on expert-contiguous rows.
+class ExpertsBase : public torch::nn::Module {
+ public:
+  /// x: [A, d_model] rows sorted by expert; counts: rows per local expert (sums to A).
+  /// Returns [A, d_model].
+  virtual torch::Tensor run(const torch::Tensor& x, const std::vector<int64_t>& counts) = 0;
+  virtual int64_t num_experts() const = 0;
+};
+
+/// Options of GroupedExperts.
+///
+/// Example:
+///   GroupedExperts experts(GroupedExpertsOptions(8, 512, 2048).activation(Activation::kSwiGLU));
+struct GroupedExpertsOptions {
+  GroupedExpertsOptions(int64_t num_experts, int64_t d_model, int64_t d_hidden)
+      : num_experts_(num_experts), d_model_(d_model), d_hidden_(d_hidden) {}
+  TORCH_ARG(int64_t, num_experts);
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_hidden);
+  TORCH_ARG(Activation, activation) = Activation::kGelu;
+  TORCH_ARG(bool, bias) = true;
+  /// Whether this instance adds the output bias b2 (false on all but one rank of a
+  /// tensor-parallel split, so the bias is counted once when partial outputs are summed).
+  TORCH_ARG(bool, add_output_bias) = true;
+};
+
+/// Experts stored batched and run as one grouped GEMM per projection.
+/// Parameters: w1 [E, d_model, d_hidden], b1 [E, d_hidden], w2 [E, d_hidden, d_model],
+/// b2 [E, d_model]; with SwiGLU also w3 [E, d_model, d_hidden], b3 [E, d_hidden]
+/// (h = silu(x w1 + b1) * (x w3 + b3)).
+class GroupedExpertsImpl : public ExpertsBase {
+ public:
+  explicit GroupedExpertsImpl(GroupedExpertsOptions options);
+  void reset_parameters();
+  torch::Tensor run(const torch::Tensor& x, const std::vector<int64_t>& counts) override;
+  /// Same as run(); the name LibTorch modules use.
+  torch::Tensor forward(const torch::Tensor& x, const std::vector<int64_t>& counts) {
+    return run(x, counts);
+  }
+  int64_t num_experts() const override { return options.num_experts(); }
+
+  GroupedExpertsOptions options;
+  torch::Tensor w1, b1, w2, b2, w3, b3;
+};
+TORCH_MODULE(GroupedExperts);
+
+/// Builds the module of one expert; called once per expert with its index.
+using ExpertFactory = std::function<torch::nn::AnyModule(int64_t expert)>;
+
+/// One user module per expert, each taking [n, d_model] and returning [n, d_model].
+class ModuleExpertsImpl : public ExpertsBase {
+ public:
+  ModuleExpertsImpl(int64_t num_experts, const ExpertFactory& factory);
+  torch::Tensor run(const torch::Tensor& x, const std::vector<int64_t>& counts) override;
+  int64_t num_experts() const override { return static_cast<int64_t>(experts_.size()); }
+  /// Runs expert e alone. x: [n, d_model].
+  torch::Tensor run_expert(int64_t e, const torch::Tensor& x) { return experts_[e].forward(x); }
+
+ private:
+  std::vector<torch::nn::AnyModule> experts_;
+};
+TORCH_MODULE(ModuleExperts);
+
+/// Grouped MLP with plain autograd ops, one expert at a time over the sorted segments.
+/// The oracle of the fused grouped kernel. x: [A, d_model] → [A, d_model].
+torch::Tensor grouped_mlp_reference(const GroupedExpertsImpl& experts, const torch::Tensor& x,
+                                    const std::vector<int64_t>& counts);
+
+/// The whole dispatch + experts + combine with nothing but standard autograd ops: for each
+/// expert, select its assignments with a mask, index their tokens, run the expert, and
+/// index_add the weighted output. Independent of make_plan/permute/unpermute.
+/// x: [T, d_model] → [T, d_model].
+torch::Tensor sequential_moe_reference(ExpertsBase& experts, const torch::Tensor& x,
+                                       const RouterOutput& routing);
+
+}  // namespace hybridmoe

@@ -1,0 +1,114 @@
+// permute.cpp — the dispatch plan and the two paired row movements:
+// gather_rows (dispatch) and scatter_add_rows (combine), each the other's backward.
+#include "hybridmoe/compat.h"
+#include "hybridmoe/dispatch.h"
+
+namespace hybridmoe {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+namespace {
+
+// rows = x[index]. Backward: dx = scatter_add_rows(drows, index, N).
+class GatherRows : public torch::autograd::Function<GatherRows> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& index) {
+    ctx->saved_data["num_rows"] = x.size(0);
+    ctx->save_for_backward({index});
+    return x.index_select(0, index);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto index = ctx->get_saved_variables()[0];
+    const auto n = ctx->saved_data["num_rows"].toInt();
+    return {scatter_add_rows(grads[0], index, n), torch::Tensor()};
+  }
+};
+
+// out[index[i]] += y[i]. Backward: dy = gather_rows(dout, index).
+class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y,
+                               const torch::Tensor& index, int64_t num_rows) {
+    ctx->save_for_backward({index});
+    auto sizes = y.sizes().vec();
+    sizes[0] = num_rows;
+    return torch::zeros(sizes, y.options()).index_add_(0, index, y);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto index = ctx->get_saved_variables()[0];
+    return {gather_rows(grads[0], index), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+void check_index(const torch::Tensor& index, const char* what) {
+  TORCH_CHECK(index.dim() == 1 && index.scalar_type() == torch::kInt64, what,
+              ": index must be a 1-D int64 tensor, got ", index.sizes(), " ", index.scalar_type());
+}
+
+}  // namespace
+
+torch::Tensor gather_rows(const torch::Tensor& x, const torch::Tensor& index) {
+  check_index(index, "gather_rows");
+  TORCH_CHECK(x.dim() >= 1, "gather_rows: x must have at least one dimension");
+  return GatherRows::apply(x, index);
+}
+
+torch::Tensor scatter_add_rows(const torch::Tensor& y, const torch::Tensor& index,
+                               int64_t num_rows) {
+  check_index(index, "scatter_add_rows");
+  TORCH_CHECK(y.dim() >= 1 && y.size(0) == index.size(0), "scatter_add_rows: y must have ",
+              index.size(0), " rows, got ", y.sizes());
+  TORCH_CHECK(num_rows >= 0, "scatter_add_rows: num_rows must be >= 0, got ", num_rows);
+  return ScatterAddRows::apply(y, index, num_rows);
+}
+
+DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t num_experts) {
+  const auto& e = routing.expert_index;
+  const auto& t = routing.token_index;
+  TORCH_CHECK(e.defined() && t.defined() && routing.weight.defined(),
+              "make_plan: the routing result is incomplete");
+  TORCH_CHECK(e.dim() == 1 && t.sizes() == e.sizes() && routing.weight.sizes() == e.sizes(),
+              "make_plan: token_index, expert_index and weight must be [A] alike, got ", t.sizes(),
+              ", ", e.sizes(), ", ", routing.weight.sizes());
+  TORCH_CHECK(num_experts > 0, "make_plan: num_experts must be positive, got ", num_experts);
+  DispatchPlan plan;
+  plan.num_tokens = num_tokens;
+  if (e.numel() > 0) {
+    const auto lo = e.min().item<int64_t>(), hi = e.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < num_experts, "make_plan: expert index out of range [0, ",
+                num_experts, "): saw [", lo, ", ", hi, "]");
+    const auto tlo = t.min().item<int64_t>(), thi = t.max().item<int64_t>();
+    TORCH_CHECK(tlo >= 0 && thi < num_tokens, "make_plan: token index out of range [0, ",
+                num_tokens, "): saw [", tlo, ", ", thi, "]");
+  }
+  // 1. Stable sort of the assignments by expert: rows of an expert keep the router's order.
+  plan.order = compat::stable_argsort(e);
+  plan.sorted_token = t.index_select(0, plan.order);
+  plan.sorted_weight = routing.weight.index_select(0, plan.order);
+  // 2. Counts and offsets, on the device and on the host.
+  plan.counts = torch::bincount(e, {}, num_experts);
+  auto host = plan.counts.to(torch::kCPU).contiguous();
+  const int64_t* c = host.data_ptr<int64_t>();
+  plan.counts_host.assign(c, c + num_experts);
+  plan.offsets_host.assign(num_experts + 1, 0);
+  for (int64_t i = 0; i < num_experts; ++i)
+    plan.offsets_host[i + 1] = plan.offsets_host[i] + plan.counts_host[i];
+  return plan;
+}
+
+torch::Tensor permute(const torch::Tensor& x, const DispatchPlan& plan) {
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == plan.num_tokens, "permute: x must be [",
+              plan.num_tokens, ", d], got ", x.sizes());
+  return gather_rows(x, plan.sorted_token);
+}
+
+torch::Tensor unpermute(const torch::Tensor& y, const DispatchPlan& plan, bool weighted) {
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == plan.num_rows(), "unpermute: y must be [",
+              plan.num_rows(), ", d], got ", y.sizes());
+  auto rows = weighted ? y * plan.sorted_weight.to(y.scalar_type()).unsqueeze(1) : y;
+  return scatter_add_rows(rows, plan.sorted_token, plan.num_tokens);
+}
+
+}  // namespace hybridmoe

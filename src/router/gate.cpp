@@ -1,0 +1,98 @@
+// gate.cpp — the gate base class, the gate registry and option parsing.
+#include <algorithm>
+#include <mutex>
+#include <sstream>
+
+#include "hybridmoe/gate.h"
+#include "hybridmoe/gates.h"
+
+namespace hybridmoe {
+
+DropPolicy parse_drop_policy(const std::string& name) {
+  if (name == "position") return DropPolicy::kPosition;
+  if (name == "probs") return DropPolicy::kProbs;
+  TORCH_CHECK(false, "drop_policy: expected \"position\" or \"probs\", got \"", name, "\"");
+}
+
+std::string to_string(DropPolicy policy) {
+  return policy == DropPolicy::kPosition ? "position" : "probs";
+}
+
+GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
+    : d_model_(d_model), num_experts_(num_experts), options_(std::move(options)) {
+  TORCH_CHECK(d_model > 0, "gate: d_model must be positive, got ", d_model);
+  TORCH_CHECK(num_experts > 0, "gate: num_experts must be positive, got ", num_experts);
+  TORCH_CHECK(options_.top_k() >= 1 && options_.top_k() <= num_experts,
+              "gate: top_k must be in [1, num_experts=", num_experts, "], got ", options_.top_k());
+  TORCH_CHECK(options_.min_capacity() >= 0, "gate: min_capacity must be >= 0, got ",
+              options_.min_capacity());
+  TORCH_CHECK(options_.aux_loss_coef() >= 0, "gate: aux_loss_coef must be >= 0, got ",
+              options_.aux_loss_coef());
+  TORCH_CHECK(options_.z_loss_coef() >= 0, "gate: z_loss_coef must be >= 0, got ",
+              options_.z_loss_coef());
+}
+
+double GateImpl::active_capacity_factor() const {
+  if (is_training()) return options_.capacity_factor();
+  return options_.eval_capacity_factor().value_or(options_.capacity_factor());
+}
+
+namespace {
+
+using Registry = std::map<std::string, GateFactory>;
+
+template <typename G>
+GateFactory factory_of() {
+  return [](int64_t d, int64_t e, const GateOptions& o) { return std::make_shared<G>(d, e, o); };
+}
+
+// The built-in gates. A gate added to the library is listed here.
+void register_builtin_gates(Registry& r) { r["topk"] = factory_of<TopKGateImpl>(); }
+
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+Registry& registry() {
+  static Registry r = [] {
+    Registry init;
+    register_builtin_gates(init);
+    return init;
+  }();
+  return r;
+}
+
+}  // namespace
+
+void register_gate(const std::string& name, GateFactory factory) {
+  TORCH_CHECK(!name.empty(), "register_gate: the gate name must not be empty");
+  TORCH_CHECK(factory, "register_gate: the factory of gate \"", name, "\" is empty");
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  registry()[name] = std::move(factory);
+}
+
+std::vector<std::string> known_gate_names() {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  std::vector<std::string> names;
+  for (const auto& kv : registry()) names.push_back(kv.first);
+  return names;
+}
+
+std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts,
+                                    const GateOptions& options) {
+  GateFactory factory;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    auto it = registry().find(options.type());
+    if (it != registry().end()) factory = it->second;
+  }
+  if (!factory) {
+    std::ostringstream known;
+    for (const auto& n : known_gate_names()) known << (known.tellp() > 0 ? ", " : "") << n;
+    TORCH_CHECK(false, "unknown gate \"", options.type(), "\"; known gates: ", known.str());
+  }
+  return factory(d_model, num_experts, options);
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,23 @@
+// main.cpp — the hmoe command-line program: one binary, one subcommand per job.
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "hmoe/commands.h"
+#include "hybridmoe/version.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"hmoe — hybridmoe, Mixture-of-Experts training in C++"};
+  app.set_version_flag("--version", std::string("hmoe ") + hybridmoe::kVersion);
+  app.require_subcommand(1);
+  hybridmoe::cli::add_bench_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    std::cerr << "hmoe: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
