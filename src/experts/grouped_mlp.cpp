@@ -17,11 +17,14 @@ namespace {
 class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> {
  public:
   // x: [A, d] → [A, d]. See grouped_mlp().
+  // Optional tensors are passed as c10::optional so that absent ones are not autograd inputs.
+  using Opt = c10::optional<torch::Tensor>;
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in,
-                               const torch::Tensor& w1, const torch::Tensor& b1,
-                               const torch::Tensor& w2, const torch::Tensor& b2,
-                               const torch::Tensor& w3, const torch::Tensor& b3,
+                               const torch::Tensor& w1, const Opt& b1_opt, const torch::Tensor& w2,
+                               const Opt& b2_opt, const Opt& w3_opt, const Opt& b3_opt,
                                std::vector<int64_t> counts, int64_t activation) {
+    auto get = [](const Opt& t) { return t.has_value() ? *t : torch::Tensor(); };
+    const auto b1 = get(b1_opt), b2 = get(b2_opt), w3 = get(w3_opt), b3 = get(b3_opt);
     auto x = x_in.contiguous();
     const int64_t A = x.size(0), d = x.size(1), h = w1.size(2);
     const auto act = static_cast<Activation>(activation);
@@ -112,7 +115,8 @@ torch::Tensor grouped_mlp(const torch::Tensor& x, const torch::Tensor& w1, const
               " segment sizes for ", w1.size(0), " experts");
   TORCH_CHECK(activation != Activation::kSwiGLU || w3.defined(),
               "grouped_mlp: SwiGLU needs w3");
-  return GroupedMLPFunction::apply(x, w1, b1, w2, b2, w3, b3, counts,
+  using Opt = c10::optional<torch::Tensor>;
+  return GroupedMLPFunction::apply(x, w1, Opt(b1), w2, Opt(b2), Opt(w3), Opt(b3), counts,
                                    static_cast<int64_t>(activation));
 }
 
