@@ -5,6 +5,13 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <chrono>
+#include <string>
+#include <type_traits>
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
 #define HMOE_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) ||       \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -19,5 +26,79 @@ inline torch::Tensor stable_argsort(const torch::Tensor& values, bool descending
 
 /// A string naming the LibTorch version this was built against, e.g. "1.13.1".
 inline std::string torch_version() { return TORCH_VERSION; }
+
+}  // namespace hybridmoe::compat
+
+// ---- c10d (distributed) ----------------------------------------------------------------------
+// LibTorch 1.x: ProcessGroupGloo and ProcessGroupNCCL *are* c10d::ProcessGroups, one per device
+// type. LibTorch 2.x: they are c10d::Backends, and one c10d::ProcessGroup dispatches each tensor
+// to the backend registered for its device type (setBackend / setDefaultBackend). The ProcessGroup
+// constructor also changed within 2.x: (store, rank, size, options) up to ~2.5, (store, rank, size)
+// after; it is told apart at compile time, not by version number.
+namespace hybridmoe::compat {
+
+#if HMOE_TORCH_AT_LEAST(2, 0)
+/// What ProcessGroupGloo / ProcessGroupNCCL derive from.
+using C10dBackend = c10d::Backend;
+#else
+using C10dBackend = c10d::ProcessGroup;
+#endif
+
+/// The process groups that carry a group's CPU and CUDA tensors. On 2.x both are the same object;
+/// on 1.x they are the Gloo and the NCCL process group. `cuda` is null without a CUDA backend.
+struct DeviceProcessGroups {
+  c10::intrusive_ptr<c10d::ProcessGroup> cpu;
+  c10::intrusive_ptr<c10d::ProcessGroup> cuda;
+};
+
+namespace detail {
+
+template <typename T, typename = void>
+struct HasSetGroupName : std::false_type {};
+template <typename T>
+struct HasSetGroupName<T, std::void_t<decltype(std::declval<T&>().setGroupName(std::string()))>>
+    : std::true_type {};
+
+#if HMOE_TORCH_AT_LEAST(2, 0)
+/// A 2.x ProcessGroup shell whose default backend is `backend` ("gloo" or "nccl").
+/// PG is a template parameter so that only the constructor form this LibTorch has is compiled.
+template <typename PG = c10d::ProcessGroup>
+c10::intrusive_ptr<PG> new_process_group_shell(const c10::intrusive_ptr<c10d::Store>& store,
+                                               int rank, int size, const std::string& backend,
+                                               std::chrono::milliseconds timeout) {
+  if constexpr (std::is_constructible_v<PG, c10::intrusive_ptr<c10d::Store>, int, int>) {
+    auto pg = c10::make_intrusive<PG>(store, rank, size);
+    pg->setDefaultBackend(backend == "nccl" ? PG::BackendType::NCCL : PG::BackendType::GLOO);
+    return pg;
+  } else {
+    auto options = c10::make_intrusive<typename PG::Options>(backend, timeout);
+    return c10::make_intrusive<PG>(store, rank, size, options);
+  }
+}
+#endif
+
+}  // namespace detail
+
+/// Wraps the backends of one group into process groups.
+/// cpu_backend: Gloo (required); cuda_backend: NCCL or null. `name` labels the group (2.x).
+inline DeviceProcessGroups wrap_backends(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                         int size, const c10::intrusive_ptr<C10dBackend>& cpu_backend,
+                                         const c10::intrusive_ptr<C10dBackend>& cuda_backend,
+                                         const std::string& name,
+                                         std::chrono::milliseconds timeout) {
+  TORCH_CHECK(cpu_backend, "wrap_backends: a CPU (Gloo) backend is required for group ", name);
+#if HMOE_TORCH_AT_LEAST(2, 0)
+  using PG = c10d::ProcessGroup;
+  auto pg = detail::new_process_group_shell<PG>(store, rank, size, cuda_backend ? "nccl" : "gloo",
+                                                timeout);
+  pg->setBackend(c10::DeviceType::CPU, PG::BackendType::GLOO, cpu_backend);
+  if (cuda_backend) pg->setBackend(c10::DeviceType::CUDA, PG::BackendType::NCCL, cuda_backend);
+  if constexpr (detail::HasSetGroupName<PG>::value) pg->setGroupName(name);
+  return DeviceProcessGroups{pg, cuda_backend ? pg : c10::intrusive_ptr<PG>()};
+#else
+  (void)store, (void)rank, (void)size, (void)name, (void)timeout;
+  return DeviceProcessGroups{cpu_backend, cuda_backend};
+#endif
+}
 
 }  // namespace hybridmoe::compat

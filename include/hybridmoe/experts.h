@@ -43,14 +43,14 @@ struct GroupedExpertsOptions {
   TORCH_ARG(int64_t, d_hidden);
   TORCH_ARG(Activation, activation) = Activation::kGelu;
   TORCH_ARG(bool, bias) = true;
-  /// Whether this instance adds the output bias b2 (false on all but one rank of a
+  /// Whether this instance holds and adds the output bias b2 (false on all but one rank of a
   /// tensor-parallel split, so the bias is counted once when partial outputs are summed).
   TORCH_ARG(bool, add_output_bias) = true;
 };
 
 /// Experts stored batched and run as one grouped GEMM per projection.
 /// Parameters: w1 [E, d_model, d_hidden], b1 [E, d_hidden], w2 [E, d_hidden, d_model],
-/// b2 [E, d_model]; with SwiGLU also w3 [E, d_model, d_hidden], b3 [E, d_hidden]
+/// b2 [E, d_model] (only with add_output_bias); with SwiGLU also w3 [E, d_model, d_hidden], b3 [E, d_hidden]
 /// (h = silu(x w1 + b1) * (x w3 + b3)).
 class GroupedExpertsImpl : public ExpertsBase {
  public:

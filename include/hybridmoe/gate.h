@@ -23,9 +23,11 @@ DropPolicy parse_drop_policy(const std::string& name);
 std::string to_string(DropPolicy policy);
 
 /// Options shared by every gate. Gate-specific fields are ignored by gates that do not use them.
+/// Built-in gates: "topk", "gshard", "switch", "noisy", "sinkhorn", "expert_choice" (gates.h).
 ///
 /// Example:
 ///   auto opts = GateOptions().type("topk").top_k(2).capacity_factor(1.25);
+///   auto noisy = GateOptions().type("noisy").top_k(2).aux_loss_coef(0.1).seed(7);
 struct GateOptions {
   /// Registered gate name: see known_gate_names().
   TORCH_ARG(std::string, type) = "topk";
@@ -48,6 +50,42 @@ struct GateOptions {
   TORCH_ARG(double, z_loss_coef) = 0.0;
   /// Seed of the gate's private generator (noise, random routing); < 0 uses the global one.
   TORCH_ARG(int64_t, seed) = -1;
+
+  // ---- "topk" ----
+  /// Top-k on the logits, then softmax over the k chosen logits (FastMoE's naive gate) instead
+  /// of softmax over all experts then top-k. The k weights then always sum to one.
+  TORCH_ARG(bool, softmax_over_topk) = false;
+  /// Auxiliary-loss-free balancing (DeepSeek-V3): > 0 enables a per-expert bias added to the
+  /// scores for selection only, updated by after_step(): bias_e += rate * sign(mean_load - load_e)
+  /// with the loads counted over the training forwards since the previous step. 0 disables it.
+  TORCH_ARG(double, bias_update_rate) = 0.0;
+
+  // ---- "gshard" ----
+  /// Pick the second expert by argmax of logits + Gumbel noise (DeepSpeed's 2nd-expert
+  /// sampling) instead of the plain argmax; training only.
+  TORCH_ARG(bool, gumbel_second_expert) = false;
+  /// GShard random routing: keep the second expert only if 2 * w2 > u, u ~ U[0, 1), with
+  /// w2 = p2 / (p1 + p2); training only. Unrouted second choices take no capacity and are not
+  /// counted in `dropped`.
+  TORCH_ARG(bool, random_routing) = false;
+
+  // ---- "switch" ----
+  /// Multiplicative jitter on the router input in training: x * U[1 - eps, 1 + eps]; 0 = off.
+  TORCH_ARG(double, jitter_eps) = 0.0;
+  /// Random token selection (DeepSpeed RTS): an over-full expert keeps a uniformly random
+  /// subset of its tokens instead of following drop_policy; training only.
+  TORCH_ARG(bool, random_token_selection) = false;
+
+  // ---- "noisy" ----
+  /// Added to softplus(x W_noise) to form the noise standard deviation (tensor2tensor uses
+  /// 1e-2); 0 gives the paper's plain softplus.
+  TORCH_ARG(double, noise_epsilon) = 1e-2;
+
+  // ---- "sinkhorn" ----
+  /// Stop when mean |d1_new - d1_old| <= tolerance (Megatron-Core's convergence test).
+  TORCH_ARG(double, sinkhorn_tolerance) = 1e-4;
+  /// Upper bound on the number of Sinkhorn iterations.
+  TORCH_ARG(int64_t, sinkhorn_max_iterations) = 1000;
 };
 
 /// What a gate decides for one forward call, as a flat list of A (token, expert, weight)
@@ -60,8 +98,11 @@ struct RouterOutput {
   torch::Tensor aux_loss;      // [] balance loss, coefficient applied; differentiable
   torch::Tensor z_loss;        // [] router z-loss, coefficient applied; differentiable
   torch::Tensor probs;         // [T, E] router probabilities (detached), for statistics
-  int64_t capacity = -1;       ///< per-expert capacity; -1 when dropless
-  int64_t dropped = 0;         ///< assignments dropped by capacity
+  /// [A] int64: slot of each kept assignment in its expert's capacity buffer (its rank in the
+  /// expert's drop order, < capacity); undefined when dropless.
+  torch::Tensor position;
+  int64_t capacity = -1;  ///< per-expert capacity; -1 when dropless
+  int64_t dropped = 0;    ///< assignments dropped by capacity
   /// Named loss terms before their coefficient (e.g. "balance", "z"), detached.
   std::map<std::string, double> loss_terms;
 };
@@ -90,17 +131,29 @@ class GateImpl : public torch::nn::Module {
   /// The capacity factor in force (train or eval), <= 0 meaning dropless.
   double active_capacity_factor() const;
 
+  /// Restarts the gate's private generator from `seed` (>= 0), or switches to the global
+  /// generator (< 0). Example: gate->reseed(3); auto a = gate->route(x); gate->reseed(3);
+  /// auto b = gate->route(x);  // same noise, same routing
+  void reseed(int64_t seed);
+  /// Samples of U[0, 1) with the given shape, drawn from the private generator (on the CPU in
+  /// float64, then moved to opts) or, without a seed, from the global generator of opts' device.
+  torch::Tensor sample_uniform(at::IntArrayRef sizes, const torch::TensorOptions& opts);
+  /// Standard normal samples, drawn like sample_uniform.
+  torch::Tensor sample_normal(at::IntArrayRef sizes, const torch::TensorOptions& opts);
+
  protected:
   int64_t d_model_;
   int64_t num_experts_;
   GateOptions options_;
+  c10::optional<at::Generator> generator_;
 };
 
-using GateFactory =
-    std::function<std::shared_ptr<GateImpl>(int64_t d_model, int64_t num_experts, const GateOptions&)>;
+using GateFactory = std::function<std::shared_ptr<GateImpl>(int64_t d_model, int64_t num_experts,
+                                                            const GateOptions&)>;
 
 /// Builds the gate named options.type(); unknown names raise an error that lists the known ones.
-std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts, const GateOptions& options);
+std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts,
+                                    const GateOptions& options);
 /// Registers (or replaces) a gate under a name.
 void register_gate(const std::string& name, GateFactory factory);
 /// Names of every registered gate, sorted.
@@ -112,6 +165,15 @@ std::vector<std::string> known_gate_names();
 int64_t compute_capacity(int64_t tokens, int64_t experts, int64_t top_k, double factor,
                          int64_t min_capacity);
 
+/// Capacity slots of [T, k] assignments: (keep [T, k] bool, position [T, k] int64), where
+/// position is the rank of the assignment in its expert's drop order (see capacity_keep_mask)
+/// and keep = position < capacity. Rows of expert_index equal to num_experts are ignored
+/// (never kept, position -1): use it for choices that are not routed at all.
+std::tuple<torch::Tensor, torch::Tensor> capacity_slots(const torch::Tensor& expert_index,
+                                                        const torch::Tensor& weight,
+                                                        int64_t num_experts, int64_t capacity,
+                                                        DropPolicy policy);
+
 /// Which of the [T, k] assignments survive a per-expert capacity.
 /// expert_index: [T, k] int64; weight: [T, k]; returns keep: [T, k] bool.
 /// kPosition keeps, per expert, the first `capacity` assignments in the order (k-slot major,
@@ -120,9 +182,12 @@ torch::Tensor capacity_keep_mask(const torch::Tensor& expert_index, const torch:
                                  int64_t num_experts, int64_t capacity, DropPolicy policy);
 
 /// Flattens [T, k] choices into the token-major assignment list, skipping keep == false.
-/// expert_index, weight: [T, k]; keep: [T, k] bool or undefined (keep all).
+/// expert_index, weight: [T, k]; keep: [T, k] bool or undefined (keep all); position: [T, k]
+/// int64 capacity slots or undefined (out.position stays undefined).
+/// out.dropped = T * k - kept.
 void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor& weight,
-                         const torch::Tensor& keep, RouterOutput& out);
+                         const torch::Tensor& keep, RouterOutput& out,
+                         const torch::Tensor& position = torch::Tensor());
 
 /// Router z-loss of ST-MoE: mean over tokens of logsumexp(logits)^2. logits: [T, E].
 torch::Tensor router_z_loss(const torch::Tensor& logits);
@@ -131,6 +196,14 @@ torch::Tensor router_z_loss(const torch::Tensor& logits);
 /// (first choices for GShard, all k for top-k) routed to e and P_e the mean probability.
 /// probs: [T, E]; choices: [T, c] int64 (before capacity).
 torch::Tensor load_balancing_loss(const torch::Tensor& probs, const torch::Tensor& choices);
+
+/// Fills out.z_loss (coefficient applied) and, when coef > 0, out.loss_terms["z"].
+/// logits: [T, E].
+void apply_z_loss(const torch::Tensor& logits, double coef, RouterOutput& out);
+
+/// Squared coefficient of variation var(x) / (mean(x)^2 + 1e-10) with the population
+/// variance (tensor2tensor's cv_squared); 0 for fewer than two entries. x: [n].
+torch::Tensor cv_squared(const torch::Tensor& x);
 
 /// Mean entropy of the rows of probs: [T, E].
 double mean_entropy(const torch::Tensor& probs);

@@ -9,6 +9,7 @@
 #include "hybridmoe/dispatch.h"
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe {
 
@@ -54,16 +55,49 @@ struct MoEOutput {
   RoutingStats stats;
 };
 
-/// A Mixture-of-Experts layer on one process. Distributed layouts wrap the same phases with
-/// token exchanges (see parallel/).
+/// A Mixture-of-Experts layer, on one process or distributed over the groups of a layout.
+///
+/// Distributed (construct with ParallelGroups): the input is replicated over the slice (tp)
+/// group; each rank routes its 1/tp block of tokens; rows go to their experts' ranks by an
+/// all-to-all over the ep group (rank j of ep holds experts [j*L, (j+1)*L), L = E / ep); with
+/// etp > 1 each expert's hidden width is split over the etp group (rows all-gathered before the
+/// experts, partial outputs reduce-scattered after); then the reverse all-to-all, the combine, and
+/// an all-gather over the slice group. The gate is replicated over the stage; gate gradients are
+/// summed over the stage, expert gradients over edp (see GroupedDataParallel).
+/// `aux_loss` is this rank's share: summed over the slice group it is the mean of the slices'
+/// auxiliary losses.
+///
+/// Example:
+///   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(config, *world));
+///   MoE moe(MoEOptions(512, 8).top_k(2), groups);
+///   MoEOutput out = moe(x);            // x: [tokens, 512], the same on every rank of tp
 class MoEImpl : public torch::nn::Module {
  public:
   explicit MoEImpl(MoEOptions options);
+  MoEImpl(MoEOptions options, std::shared_ptr<const ParallelGroups> groups);
   /// x: [T, d_model] or [B, S, d_model], floating point.
   MoEOutput forward(const torch::Tensor& x);
 
-  /// The same computation through sequential_moe_reference (the test oracle).
+  /// One process, tokens routed in consecutive groups of group_sizes[g] tokens (GShard's groups):
+  /// capacity and balance loss per group, aux_loss the mean over groups. This is what a
+  /// distributed layout computes, with one group per rank's slice. x: [T, d_model].
+  MoEOutput forward_grouped(const torch::Tensor& x, const std::vector<int64_t>& group_sizes);
+
+  /// The same computation as forward() through sequential_moe_reference (the test oracle).
   MoEOutput forward_reference(const torch::Tensor& x);
+
+  /// Copies this rank's shard of a single-process layer with the same options: the gate, and the
+  /// local experts' slices (experts [ep_rank*L, ...), hidden [etp_rank*h/etp, ...)).
+  void load_shard_from(MoEImpl& full);
+  /// The expert parameters gathered back to their full shape ([E, d, h], ...) over ep and etp.
+  /// Collective over the stage's ep and etp groups. b2 is taken from etp rank 0.
+  std::map<std::string, torch::Tensor> gather_full_expert_parameters();
+
+  bool is_distributed() const { return groups_ != nullptr; }
+  const ParallelGroups* groups() const { return groups_.get(); }
+  int64_t num_local_experts() const;
+  /// First global expert index held by this rank.
+  int64_t first_local_expert() const;
 
   MoEOptions options;
   std::shared_ptr<GateImpl> gate;
@@ -72,8 +106,14 @@ class MoEImpl : public torch::nn::Module {
   GroupedExperts grouped{nullptr};
 
  private:
+  void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
+  MoEOutput forward_distributed(const torch::Tensor& tokens);
+  MoEOutput finish(const torch::Tensor& out, const torch::Tensor& x, const RouterOutput& routing,
+                   double aux_scale);
   torch::Tensor flatten_input(const torch::Tensor& x) const;
   RoutingStats make_stats(const RouterOutput& routing) const;
+
+  std::shared_ptr<const ParallelGroups> groups_;
 };
 TORCH_MODULE(MoE);
 

@@ -1,9 +1,16 @@
-// moe.cpp — the single-process MoE layer: route → plan → permute → experts → unpermute/combine.
+// moe.cpp — the MoE layer on one process: route → plan → permute → experts → unpermute/combine,
+// the grouped (GShard groups) variant that distributed layouts are proved against, and the
+// sequential reference.
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe {
 
 MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
+  build(options.num_experts(), 0, options.hidden(), /*add_output_bias=*/true);
+}
+
+void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
+                    bool add_output_bias) {
   TORCH_CHECK(options.d_model() > 0, "MoE: d_model must be positive, got ", options.d_model());
   TORCH_CHECK(options.num_experts() > 0, "MoE: num_experts must be positive, got ",
               options.num_experts());
@@ -11,12 +18,15 @@ MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
               options.d_hidden());
   gate = register_module("gate", make_gate(options.d_model(), options.num_experts(), options.gate()));
   if (options.expert()) {
-    experts = register_module("experts", ModuleExperts(options.num_experts(), options.expert()).ptr());
+    auto factory = options.expert();
+    experts = register_module(
+        "experts", ModuleExperts(local_experts, [&](int64_t e) { return factory(first_expert + e); })
+                       .ptr());
   } else {
-    grouped = GroupedExperts(GroupedExpertsOptions(options.num_experts(), options.d_model(),
-                                                   options.hidden())
+    grouped = GroupedExperts(GroupedExpertsOptions(local_experts, options.d_model(), hidden)
                                  .activation(options.activation())
-                                 .bias(options.bias()));
+                                 .bias(options.bias())
+                                 .add_output_bias(add_output_bias));
     experts = register_module("experts", grouped.ptr());
   }
 }
@@ -42,8 +52,22 @@ RoutingStats MoEImpl::make_stats(const RouterOutput& routing) const {
   return stats;
 }
 
+MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
+                          const RouterOutput& routing, double aux_scale) {
+  MoEOutput result;
+  result.output = out.view(x.sizes());
+  result.aux_loss = ((routing.aux_loss + routing.z_loss) * aux_scale).to(x.scalar_type());
+  result.stats = make_stats(routing);
+  return result;
+}
+
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {
   auto tokens = flatten_input(x);
+  if (groups_) {
+    auto result = forward_distributed(tokens);
+    result.output = result.output.view(x.sizes());
+    return result;
+  }
   // 1. Route: which experts, with which weights; capacity applied by the gate.
   RouterOutput routing = gate->route(tokens);
   // 2. Plan: per-expert counts and a stable expert-contiguous order.
@@ -53,23 +77,57 @@ MoEOutput MoEImpl::forward(const torch::Tensor& x) {
   // 4. Experts on their segments (grouped GEMM).
   auto expert_out = experts->run(rows, plan.counts_host);
   // 5. Unpermute and combine with the router weights.
-  auto out = unpermute(expert_out, plan);
-  MoEOutput result;
-  result.output = out.view(x.sizes());
-  result.aux_loss = (routing.aux_loss + routing.z_loss).to(x.scalar_type());
-  result.stats = make_stats(routing);
-  result.stats.tokens_per_expert = plan.counts;
-  return result;
+  return finish(unpermute(expert_out, plan), x, routing, 1.0);
+}
+
+MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
+                                   const std::vector<int64_t>& group_sizes) {
+  TORCH_CHECK(!groups_, "MoE: forward_grouped is the single-process reference; this layer is "
+              "distributed");
+  auto tokens = flatten_input(x);
+  int64_t total = 0;
+  for (auto n : group_sizes) {
+    TORCH_CHECK(n >= 0, "MoE: group sizes must be >= 0, got ", n);
+    total += n;
+  }
+  TORCH_CHECK(!group_sizes.empty() && total == tokens.size(0), "MoE: group sizes sum to ", total,
+              " but there are ", tokens.size(0), " tokens");
+  // 1. Route every group on its own (capacity and balance loss per group).
+  RouterOutput routing;
+  std::vector<torch::Tensor> tok, exp, w, probs;
+  torch::Tensor aux;
+  int64_t offset = 0;
+  for (auto n : group_sizes) {
+    RouterOutput r = gate->route(tokens.narrow(0, offset, n));
+    tok.push_back(r.token_index + offset);
+    exp.push_back(r.expert_index);
+    w.push_back(r.weight);
+    probs.push_back(r.probs);
+    auto a = r.aux_loss + r.z_loss;
+    aux = aux.defined() ? aux + a : a;
+    routing.dropped += r.dropped;
+    routing.capacity = std::max(routing.capacity, r.capacity);
+    for (const auto& kv : r.loss_terms)
+      routing.loss_terms[kv.first] += kv.second / static_cast<double>(group_sizes.size());
+    offset += n;
+  }
+  routing.token_index = torch::cat(tok);
+  routing.expert_index = torch::cat(exp);
+  routing.weight = torch::cat(w);
+  routing.probs = torch::cat(probs);
+  routing.aux_loss = aux / static_cast<double>(group_sizes.size());
+  routing.z_loss = torch::zeros_like(routing.aux_loss);
+  // 2. The rest is the ordinary single-process pipeline.
+  DispatchPlan plan = make_plan(routing, tokens.size(0), options.num_experts());
+  auto expert_out = experts->run(permute(tokens, plan), plan.counts_host);
+  return finish(unpermute(expert_out, plan), x, routing, 1.0);
 }
 
 MoEOutput MoEImpl::forward_reference(const torch::Tensor& x) {
+  TORCH_CHECK(!groups_, "MoE: forward_reference runs on one process; this layer is distributed");
   auto tokens = flatten_input(x);
   RouterOutput routing = gate->route(tokens);
-  MoEOutput result;
-  result.output = sequential_moe_reference(*experts, tokens, routing).view(x.sizes());
-  result.aux_loss = (routing.aux_loss + routing.z_loss).to(x.scalar_type());
-  result.stats = make_stats(routing);
-  return result;
+  return finish(sequential_moe_reference(*experts, tokens, routing), x, routing, 1.0);
 }
 
 }  // namespace hybridmoe

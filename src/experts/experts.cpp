@@ -32,7 +32,8 @@ GroupedExpertsImpl::GroupedExpertsImpl(GroupedExpertsOptions options_) : options
   w2 = register_parameter("w2", torch::empty({E, h, d}));
   if (options.bias()) {
     b1 = register_parameter("b1", torch::empty({E, h}));
-    b2 = register_parameter("b2", torch::empty({E, d}));
+    // Under a tensor-parallel split only one rank holds (and adds) the output bias.
+    if (options.add_output_bias()) b2 = register_parameter("b2", torch::empty({E, d}));
   }
   if (options.activation() == Activation::kSwiGLU) {
     w3 = register_parameter("w3", torch::empty({E, d, h}));
@@ -57,16 +58,14 @@ void GroupedExpertsImpl::reset_parameters() {
 torch::Tensor GroupedExpertsImpl::run(const torch::Tensor& x, const std::vector<int64_t>& counts) {
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_experts(), "GroupedExperts: ",
               counts.size(), " segment sizes for ", options.num_experts(), " experts");
-  auto b2_used = options.add_output_bias() ? b2 : torch::Tensor();
-  return detail::grouped_mlp(x, w1, b1, w2, b2_used, w3, b3, counts, options.activation());
+  return detail::grouped_mlp(x, w1, b1, w2, b2, w3, b3, counts, options.activation());
 }
 
 namespace {
 // Expert e of a GroupedExperts, with plain ops. x: [n, d] → [n, d].
 torch::Tensor grouped_expert_plain(const GroupedExpertsImpl& ex, int64_t e, const torch::Tensor& x) {
   auto pick = [e](const torch::Tensor& t) { return t.defined() ? t[e] : torch::Tensor(); };
-  auto b2 = ex.options.add_output_bias() ? pick(ex.b2) : torch::Tensor();
-  return detail::expert_mlp_plain(x, ex.w1[e], pick(ex.b1), ex.w2[e], b2, pick(ex.w3),
+  return detail::expert_mlp_plain(x, ex.w1[e], pick(ex.b1), ex.w2[e], pick(ex.b2), pick(ex.w3),
                                   pick(ex.b3), ex.options.activation());
 }
 }  // namespace

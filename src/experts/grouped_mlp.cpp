@@ -116,7 +116,8 @@ torch::Tensor grouped_mlp(const torch::Tensor& x, const torch::Tensor& w1, const
   TORCH_CHECK(activation != Activation::kSwiGLU || w3.defined(),
               "grouped_mlp: SwiGLU needs w3");
   using Opt = c10::optional<torch::Tensor>;
-  return GroupedMLPFunction::apply(x, w1, Opt(b1), w2, Opt(b2), Opt(w3), Opt(b3), counts,
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
+  return GroupedMLPFunction::apply(x, w1, opt(b1), w2, opt(b2), opt(w3), opt(b3), counts,
                                    static_cast<int64_t>(activation));
 }
 

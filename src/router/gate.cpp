@@ -1,7 +1,10 @@
 // gate.cpp — the gate base class, the gate registry and option parsing.
 #include <algorithm>
+#include <cmath>
 #include <mutex>
 #include <sstream>
+
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "hybridmoe/gate.h"
 #include "hybridmoe/gates.h"
@@ -30,6 +33,30 @@ GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
               options_.aux_loss_coef());
   TORCH_CHECK(options_.z_loss_coef() >= 0, "gate: z_loss_coef must be >= 0, got ",
               options_.z_loss_coef());
+  TORCH_CHECK(
+      !options_.eval_capacity_factor().has_value() || !std::isnan(*options_.eval_capacity_factor()),
+      "gate: eval_capacity_factor must be a number");
+  reseed(options_.seed());
+}
+
+void GateImpl::reseed(int64_t seed) {
+  if (seed < 0) {
+    generator_ = c10::nullopt;
+  } else {
+    generator_ = at::detail::createCPUGenerator(static_cast<uint64_t>(seed));
+  }
+}
+
+torch::Tensor GateImpl::sample_uniform(at::IntArrayRef sizes, const torch::TensorOptions& opts) {
+  if (!generator_) return torch::empty(sizes, opts).uniform_(0.0, 1.0);
+  auto u = torch::empty(sizes, torch::dtype(torch::kFloat64)).uniform_(0.0, 1.0, *generator_);
+  return u.to(opts);
+}
+
+torch::Tensor GateImpl::sample_normal(at::IntArrayRef sizes, const torch::TensorOptions& opts) {
+  if (!generator_) return torch::empty(sizes, opts).normal_(0.0, 1.0);
+  auto n = torch::empty(sizes, torch::dtype(torch::kFloat64)).normal_(0.0, 1.0, *generator_);
+  return n.to(opts);
 }
 
 double GateImpl::active_capacity_factor() const {
@@ -47,7 +74,14 @@ GateFactory factory_of() {
 }
 
 // The built-in gates. A gate added to the library is listed here.
-void register_builtin_gates(Registry& r) { r["topk"] = factory_of<TopKGateImpl>(); }
+void register_builtin_gates(Registry& r) {
+  r["topk"] = factory_of<TopKGateImpl>();
+  r["gshard"] = factory_of<GShardGateImpl>();
+  r["switch"] = factory_of<SwitchGateImpl>();
+  r["noisy"] = factory_of<NoisyTopKGateImpl>();
+  r["sinkhorn"] = factory_of<SinkhornGateImpl>();
+  r["expert_choice"] = factory_of<ExpertChoiceGateImpl>();
+}
 
 std::mutex& registry_mutex() {
   static std::mutex m;

@@ -1,69 +1,66 @@
-// topk_gate.cpp — the plain top-k softmax gate ("topk").
-#include <cmath>
-
-#include "hybridmoe/compat.h"
+// topk_gate.cpp — the top-k softmax gate ("topk"), with FastMoE's softmax-over-the-k variant
+// and DeepSeek-V3's auxiliary-loss-free balancing bias.
 #include "hybridmoe/gates.h"
+#include "router/route_util.h"
 
 namespace hybridmoe {
 
-torch::Tensor router_logits(const torch::Tensor& x, const torch::Tensor& weight) {
-  const auto dt = router_dtype(x.scalar_type());
-  auto logits = torch::mm(x.to(dt), weight.to(dt).t());
-  TORCH_CHECK(torch::isfinite(logits).all().item<bool>(),
-              "gate: router logits must be finite; got NaN or Inf (check the input and the "
-              "router weights)");
-  return logits;
-}
-
-std::tuple<torch::Tensor, torch::Tensor> stable_topk(const torch::Tensor& scores, int64_t k) {
-  auto sorted = scores.sort(/*stable=*/true, /*dim=*/-1, /*descending=*/true);
-  return {std::get<0>(sorted).narrow(-1, 0, k), std::get<1>(sorted).narrow(-1, 0, k)};
-}
-
 TopKGateImpl::TopKGateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
-    : GateImpl(d_model, num_experts, std::move(options)) {
-  weight = register_parameter("weight", torch::empty({num_experts, d_model}));
-  reset_parameters();
-}
-
-void TopKGateImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  const double bound = 1.0 / std::sqrt(static_cast<double>(d_model_));
-  weight.uniform_(-bound, bound);
+    : LinearGateImpl(d_model, num_experts, std::move(options)) {
+  TORCH_CHECK(options_.bias_update_rate() >= 0, "topk gate: bias_update_rate must be >= 0, got ",
+              options_.bias_update_rate());
+  expert_bias = register_buffer("expert_bias", torch::zeros({num_experts}));
+  step_load = register_buffer("step_load", torch::zeros({num_experts}, torch::kInt64));
 }
 
 RouterOutput TopKGateImpl::route(const torch::Tensor& x) {
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == d_model_, "topk gate: x must be [tokens, ", d_model_,
-              "], got ", x.sizes());
-  const int64_t T = x.size(0), E = num_experts_, k = options_.top_k();
+  const int64_t k = options_.top_k();
   RouterOutput out;
   // 1. Router logits and probabilities in the router dtype.
-  auto logits = router_logits(x, weight);
+  auto logits = logits_of(x, "topk");
   auto probs = torch::softmax(logits, -1);
-  // 2. The k best experts per token; optional renormalization over the k.
-  auto [topk_w, topk_i] = stable_topk(probs, k);
-  if (options_.normalize_top_k_weights()) topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
-  // 3. Losses on the choices before any capacity.
-  out.aux_loss = load_balancing_loss(probs, topk_i);
-  out.loss_terms["balance"] = out.aux_loss.item<double>();
-  out.aux_loss = out.aux_loss * options_.aux_loss_coef();
-  if (options_.z_loss_coef() > 0) {
-    auto z = router_z_loss(logits);
-    out.loss_terms["z"] = z.item<double>();
-    out.z_loss = z * options_.z_loss_coef();
+  // 2. Selection scores: logits (softmax is monotone, and exact ties stay exact) or, with the
+  //    loss-free bias, the scores the weights come from plus the bias.
+  torch::Tensor select;
+  const bool use_bias = options_.bias_update_rate() > 0;
+  if (!use_bias) {
+    select = logits.detach();
   } else {
-    out.z_loss = torch::zeros({}, logits.options());
+    auto base = options_.softmax_over_topk() ? logits : probs;
+    select = base.detach() + expert_bias.to(base.scalar_type()).unsqueeze(0);
   }
-  // 4. Capacity, then the flat assignment list.
-  torch::Tensor keep;
-  const double factor = active_capacity_factor();
-  if (factor > 0) {
-    out.capacity = compute_capacity(T, E, k, factor, options_.min_capacity());
-    keep = capacity_keep_mask(topk_i, topk_w, E, out.capacity, options_.drop_policy());
+  auto topk_i = std::get<1>(stable_topk(select, k));
+  // 3. Weights of the k choices.
+  torch::Tensor topk_w;
+  if (options_.softmax_over_topk()) {
+    topk_w = torch::softmax(logits.gather(1, topk_i), -1);
+  } else {
+    topk_w = probs.gather(1, topk_i);
+    if (options_.normalize_top_k_weights()) topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
   }
-  flatten_assignments(topk_i, topk_w, keep, out);
+  // 4. Losses on the choices before any capacity; load counters for the bias update.
+  detail::set_balance_loss(load_balancing_loss(probs, topk_i), options_.aux_loss_coef(), "balance",
+                           out);
+  apply_z_loss(logits, options_.z_loss_coef(), out);
+  if (use_bias && is_training()) {
+    torch::NoGradGuard no_grad;
+    step_load.add_(torch::bincount(topk_i.reshape({-1}), {}, num_experts_).to(step_load.device()));
+  }
+  // 5. Capacity, then the flat assignment list.
+  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out);
   out.probs = probs.detach();
   return out;
+}
+
+void TopKGateImpl::after_step() {
+  if (options_.bias_update_rate() <= 0) return;
+  torch::NoGradGuard no_grad;
+  auto load = step_load.to(torch::kFloat64);
+  if (load.sum().item<double>() > 0) {
+    auto error = load.mean() - load;  // > 0: under-loaded expert, raise its bias
+    expert_bias.add_((error.sign() * options_.bias_update_rate()).to(expert_bias.dtype()));
+  }
+  step_load.zero_();
 }
 
 }  // namespace hybridmoe

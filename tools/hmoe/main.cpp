@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
 
 #include "hmoe/commands.h"
 #include "hybridmoe/version.h"
@@ -11,10 +12,16 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("hmoe ") + hybridmoe::kVersion);
   app.require_subcommand(1);
   hybridmoe::cli::add_bench_command(app);
+  hybridmoe::cli::add_launch_command(app);
+  hybridmoe::cli::add_verify_command(app);
+  hybridmoe::cli::set_self_command(argc, argv);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const c10::Error& e) {
+    std::cerr << "hmoe: error: " << e.what_without_backtrace() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "hmoe: error: " << e.what() << "\n";
     return 1;

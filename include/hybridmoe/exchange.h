@@ -1,0 +1,62 @@
+// exchange.h — the communication phases of the distributed MoE layer, kept out of the local
+// pre/post steps (plan, permute, unpermute) so that overlap stays possible:
+//   slices:   scatter_to_slices (replicated tokens → this rank's block; backward all-gathers)
+//             ↔ gather_from_slices (blocks → replicated tokens; backward keeps this rank's block)
+//             — FastMoE's slice group, TED's duplicate token dropping;
+//   experts:  exchange_tokens (expert-parallel all-to-all, then rows reordered expert-major)
+//             ↔ exchange_back (the inverse reorder, then the reverse all-to-all).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "hybridmoe/dispatch.h"
+#include "hybridmoe/dist.h"
+
+namespace hybridmoe {
+
+/// Keeps this rank's block of rows of a tensor replicated over `group`; blocks follow group-rank
+/// order with rows_per_rank[j] rows for rank j. Backward: the gradients of every block are
+/// all-gathered (each rank's input gradient is the full, replicated one).
+/// x: [sum(rows_per_rank), ...] → [rows_per_rank[me], ...].
+torch::Tensor scatter_to_slices(const torch::Tensor& x, const dist::Group& group,
+                                const std::vector<int64_t>& rows_per_rank);
+
+/// The inverse: all-gathers each rank's block into the replicated tensor. Backward keeps this
+/// rank's block of the (replicated) gradient. y: [rows_per_rank[me], ...] → [sum, ...].
+torch::Tensor gather_from_slices(const torch::Tensor& y, const dist::Group& group,
+                                 const std::vector<int64_t>& rows_per_rank);
+
+/// Row order that makes blocks of expert-sorted rows expert-major.
+/// block_counts[b][e]: rows of local expert e in block b (blocks laid out one after another, each
+/// sorted by expert). Returns the index of each expert-major row into the block layout (expert e
+/// first, inside it block 0's rows, then block 1's, ...), and the rows per expert.
+std::pair<torch::Tensor, std::vector<int64_t>> expert_major_index(
+    const std::vector<std::vector<int64_t>>& block_counts);
+
+/// How the rows of one rank move in the expert-parallel all-to-all.
+struct ExchangePlan {
+  int64_t num_local_experts = 0;
+  std::vector<int64_t> send_splits;   ///< [P] rows sent to each ep rank
+  std::vector<int64_t> recv_splits;   ///< [P] rows received from each ep rank
+  std::vector<int64_t> recv_counts;   ///< [P * L]: rows from rank j for local expert e at j*L + e
+  std::vector<int64_t> local_counts;  ///< [L] rows per local expert after the exchange
+  torch::Tensor to_expert_major;      ///< [R] int64: received row of each expert-major row
+  torch::Tensor from_expert_major;    ///< [R] int64: the inverse permutation
+};
+
+/// Builds the exchange of a plan over all E = P * L experts (rank j holds experts
+/// [j*L, (j+1)*L)): exchanges the per-expert counts over `ep`.
+ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep);
+
+/// All-to-all of expert-sorted rows to the experts' ranks, then reordered expert-major.
+/// rows: [A, d] → [R, d] with R = sum(local_counts).
+torch::Tensor exchange_tokens(const torch::Tensor& rows, const ExchangePlan& xp,
+                              const dist::Group& ep);
+
+/// The mirror of exchange_tokens. y: [R, d] → [A, d].
+torch::Tensor exchange_back(const torch::Tensor& y, const ExchangePlan& xp, const dist::Group& ep);
+
+}  // namespace hybridmoe

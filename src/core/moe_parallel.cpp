@@ -1,0 +1,128 @@
+// moe_parallel.cpp — the MoE layer distributed over a layout's groups: slices over tp, the
+// expert-parallel all-to-all over ep, expert tensor parallelism over etp; sharding from and
+// gathering to the single-process layer.
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/exchange.h"
+#include "hybridmoe/moe.h"
+
+namespace hybridmoe {
+
+MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> groups)
+    : options(std::move(options_)), groups_(std::move(groups)) {
+  TORCH_CHECK(groups_, "MoE: the parallel groups are null (use the one-argument constructor for "
+              "a single process)");
+  const auto& g = *groups_;
+  const int64_t E = options.num_experts(), ep = g.ep.size(), etp = g.etp.size();
+  TORCH_CHECK(E % ep == 0, "MoE: num_experts=", E, " must be divisible by ep=", ep);
+  TORCH_CHECK(options.hidden() % etp == 0, "MoE: d_hidden=", options.hidden(),
+              " must be divisible by etp=", etp);
+  TORCH_CHECK(etp == 1 || !options.expert(), "MoE: user expert modules cannot be split over etp=",
+              etp, "; use etp=1 or the built-in grouped experts");
+  TORCH_CHECK(etp == 1 || etp == g.slice.size(), "MoE: etp must be 1 or tp=", g.slice.size(),
+              ", got ", etp);
+  build(E / ep, g.ep.rank * (E / ep), options.hidden() / etp, /*add_output_bias=*/g.etp.rank == 0);
+}
+
+int64_t MoEImpl::num_local_experts() const {
+  return groups_ ? options.num_experts() / groups_->ep.size() : options.num_experts();
+}
+
+int64_t MoEImpl::first_local_expert() const {
+  return groups_ ? groups_->ep.rank * num_local_experts() : 0;
+}
+
+MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
+  const auto& g = *groups_;
+  const int64_t E = options.num_experts();
+  // 1. Slice: each rank of the slice (tp) group routes its block of the replicated tokens.
+  const auto slice_rows = dist::even_split(tokens.size(0), g.slice.size());
+  auto mine = scatter_to_slices(tokens, g.slice, slice_rows);
+  // 2. Route and plan over all E experts; permute into expert-sorted rows.
+  RouterOutput routing = gate->route(mine);
+  DispatchPlan plan = make_plan(routing, mine.size(0), E);
+  auto rows = permute(mine, plan);
+  // 3. Expert-parallel exchange: rows to the ranks of their experts, expert-major.
+  ExchangePlan xp;
+  std::vector<int64_t> counts = plan.counts_host;
+  if (g.ep.size() > 1) {
+    xp = make_exchange_plan(plan, g.ep);
+    rows = exchange_tokens(rows, xp, g.ep);
+    counts = xp.local_counts;
+  }
+  // 4. Experts; with etp > 1 every etp rank runs its hidden slice on the rows of the whole etp
+  //    group and the partial outputs are summed back into each rank's rows.
+  torch::Tensor y;
+  if (g.etp.size() > 1) {
+    const int64_t L = num_local_experts();
+    auto count_t = torch::tensor(counts, torch::kInt64).view({1, L});
+    auto all_counts = dist::all_gather_rows(count_t, g.etp, std::vector<int64_t>(g.etp.size(), 1));
+    std::vector<std::vector<int64_t>> blocks(g.etp.size(), std::vector<int64_t>(L));
+    std::vector<int64_t> rows_per_rank(g.etp.size(), 0);
+    for (int64_t q = 0; q < g.etp.size(); ++q)
+      for (int64_t e = 0; e < L; ++e) {
+        blocks[q][e] = all_counts[q][e].item<int64_t>();
+        rows_per_rank[q] += blocks[q][e];
+      }
+    auto [index, per_expert] = expert_major_index(blocks);
+    auto inverse = torch::empty_like(index).index_put_({index}, torch::arange(index.numel()));
+    auto gathered = dist::all_gather_rows(rows, g.etp, rows_per_rank);
+    auto partial = experts->run(gather_rows(gathered, index.to(rows.device())), per_expert);
+    partial = gather_rows(partial, inverse.to(rows.device()));
+    y = dist::reduce_scatter_rows(partial, g.etp, rows_per_rank);
+  } else {
+    y = experts->run(rows, counts);
+  }
+  // 5. Back to the ranks the rows came from, combine, and re-assemble the replicated tokens.
+  if (g.ep.size() > 1) y = exchange_back(y, xp, g.ep);
+  auto out = gather_from_slices(unpermute(y, plan), g.slice, slice_rows);
+  auto result = finish(out, tokens, routing, 1.0 / static_cast<double>(g.slice.size()));
+  return result;
+}
+
+void MoEImpl::load_shard_from(MoEImpl& full) {
+  TORCH_CHECK(!full.is_distributed(), "MoE::load_shard_from: the source must be single-process");
+  TORCH_CHECK(full.options.num_experts() == options.num_experts() &&
+                  full.options.d_model() == options.d_model() &&
+                  full.options.hidden() == options.hidden(),
+              "MoE::load_shard_from: the source layer has other sizes");
+  torch::NoGradGuard no_grad;
+  auto src_gate = full.gate->named_parameters();
+  for (auto& kv : gate->named_parameters()) kv.value().copy_(src_gate[kv.key()]);
+  const int64_t L = num_local_experts(), e0 = first_local_expert();
+  const int64_t etp = groups_ ? groups_->etp.size() : 1, q = groups_ ? groups_->etp.rank : 0;
+  const int64_t h = options.hidden() / etp;
+  auto src = full.experts->named_parameters();
+  for (auto& kv : experts->named_parameters()) {
+    TORCH_CHECK(src.contains(kv.key()), "MoE::load_shard_from: source has no ", kv.key());
+    auto s = src[kv.key()].narrow(0, e0, L);
+    const auto& name = kv.key();
+    if (grouped && (name == "w1" || name == "w3")) s = s.narrow(2, q * h, h);
+    if (grouped && (name == "b1" || name == "b3")) s = s.narrow(1, q * h, h);
+    if (grouped && name == "w2") s = s.narrow(1, q * h, h);
+    TORCH_CHECK(s.sizes() == kv.value().sizes(), "MoE::load_shard_from: ", name, " slice ",
+                s.sizes(), " vs local ", kv.value().sizes());
+    kv.value().copy_(s);
+  }
+}
+
+std::map<std::string, torch::Tensor> MoEImpl::gather_full_expert_parameters() {
+  torch::NoGradGuard no_grad;
+  std::map<std::string, torch::Tensor> full;
+  const bool dist_on = groups_ != nullptr;
+  for (auto& kv : experts->named_parameters()) {
+    auto t = kv.value().detach();
+    // 1. Over ep: experts are the first dimension.
+    if (dist_on && groups_->ep.size() > 1) t = dist::all_gather_rows(t.contiguous(), groups_->ep);
+    // 2. Over etp: the hidden dimension (w1/w3: dim 2, w2: dim 1, b1/b3: dim 1).
+    const auto& name = kv.key();
+    if (dist_on && groups_->etp.size() > 1 && grouped && name != "b2") {
+      const int64_t dim = (name == "w1" || name == "w3") ? 2 : 1;
+      auto moved = t.movedim(dim, 0).contiguous();
+      t = dist::all_gather_rows(moved, groups_->etp).movedim(0, dim).contiguous();
+    }
+    full[name] = t;
+  }
+  return full;
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,159 @@
+// exchange.cpp — see exchange.h: slice scatter/gather and the expert-parallel token exchange.
+#include "hybridmoe/exchange.h"
+
+#include <numeric>
+
+#include "hybridmoe/collectives.h"
+
+namespace hybridmoe {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+// The group rides through autograd's saved_data in a capsule.
+struct GroupCapsule : torch::CustomClassHolder {
+  explicit GroupCapsule(dist::Group g) : group(std::move(g)) {}
+  dist::Group group;
+};
+c10::IValue pack(const dist::Group& g) {
+  return c10::IValue::make_capsule(c10::make_intrusive<GroupCapsule>(g));
+}
+const dist::Group& unpack(const c10::IValue& v) {
+  return static_cast<GroupCapsule*>(v.toCapsule().get())->group;
+}
+
+int64_t offset_of(const std::vector<int64_t>& rows, int64_t rank) {
+  return std::accumulate(rows.begin(), rows.begin() + rank, int64_t{0});
+}
+
+void check_rows(const dist::Group& g, const std::vector<int64_t>& rows, const char* op) {
+  TORCH_CHECK(g.is_member(), op, ": this rank is not a member of group ", g.name);
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == g.size(), op, ": rows_per_rank needs ",
+              g.size(), " entries for group ", g.name, ", got ", rows.size());
+}
+
+// Forward: this rank's block. Backward: all-gather of the block gradients.
+struct ScatterToSlicesFn : torch::autograd::Function<ScatterToSlicesFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               std::vector<int64_t> rows, const dist::Group& g) {
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["group"] = pack(g);
+    return x.narrow(0, offset_of(rows, g.rank), rows[g.rank]).clone();
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto& g = unpack(ctx->saved_data["group"]);
+    auto rows = ctx->saved_data["rows"].toIntVector();
+    torch::NoGradGuard no_grad;
+    return {dist::all_gather_rows(grads[0].contiguous(), g, rows), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+// Forward: all-gather of the blocks. Backward: this rank's block of the gradient.
+struct GatherFromSlicesFn : torch::autograd::Function<GatherFromSlicesFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y,
+                               std::vector<int64_t> rows, const dist::Group& g) {
+    ctx->saved_data["rows"] = rows;
+    ctx->saved_data["rank"] = g.rank;
+    return dist::all_gather_rows(y.contiguous(), g, rows);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto rows = ctx->saved_data["rows"].toIntVector();
+    const auto rank = ctx->saved_data["rank"].toInt();
+    return {grads[0].narrow(0, offset_of(rows, rank), rows[rank]).clone(), torch::Tensor(),
+            torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor scatter_to_slices(const torch::Tensor& x, const dist::Group& group,
+                                const std::vector<int64_t>& rows_per_rank) {
+  check_rows(group, rows_per_rank, "scatter_to_slices");
+  const int64_t total = offset_of(rows_per_rank, group.size());
+  TORCH_CHECK(x.dim() >= 1 && x.size(0) == total, "scatter_to_slices: x must have ", total,
+              " rows, got ", x.sizes());
+  if (group.size() == 1) return x;
+  return ScatterToSlicesFn::apply(x, rows_per_rank, group);
+}
+
+torch::Tensor gather_from_slices(const torch::Tensor& y, const dist::Group& group,
+                                 const std::vector<int64_t>& rows_per_rank) {
+  check_rows(group, rows_per_rank, "gather_from_slices");
+  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows_per_rank[group.rank], "gather_from_slices: y must "
+              "have ", rows_per_rank[group.rank], " rows on rank ", group.rank, ", got ", y.sizes());
+  if (group.size() == 1) return y;
+  return GatherFromSlicesFn::apply(y, rows_per_rank, group);
+}
+
+std::pair<torch::Tensor, std::vector<int64_t>> expert_major_index(
+    const std::vector<std::vector<int64_t>>& block_counts) {
+  const size_t B = block_counts.size();
+  const size_t L = B == 0 ? 0 : block_counts[0].size();
+  // 1. Start of each (block, expert) run in the block layout.
+  std::vector<std::vector<int64_t>> start(B, std::vector<int64_t>(L, 0));
+  int64_t offset = 0;
+  for (size_t b = 0; b < B; ++b) {
+    TORCH_CHECK(block_counts[b].size() == L, "expert_major_index: block ", b, " has ",
+                block_counts[b].size(), " experts, expected ", L);
+    for (size_t e = 0; e < L; ++e) {
+      start[b][e] = offset;
+      offset += block_counts[b][e];
+    }
+  }
+  // 2. Walk expert-major: expert, then block, then the run's rows.
+  std::vector<int64_t> index;
+  index.reserve(offset);
+  std::vector<int64_t> per_expert(L, 0);
+  for (size_t e = 0; e < L; ++e)
+    for (size_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < block_counts[b][e]; ++i) index.push_back(start[b][e] + i);
+      per_expert[e] += block_counts[b][e];
+    }
+  return {torch::tensor(index, torch::kInt64), per_expert};
+}
+
+ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep) {
+  const int64_t P = ep.size();
+  const int64_t E = static_cast<int64_t>(plan.counts_host.size());
+  TORCH_CHECK(ep.is_member(), "make_exchange_plan: this rank is not in group ", ep.name);
+  TORCH_CHECK(E % P == 0, "make_exchange_plan: ", E, " experts do not divide over the ", P,
+              " ranks of group ", ep.name);
+  ExchangePlan xp;
+  const int64_t L = E / P;
+  xp.num_local_experts = L;
+  // 1. Rows to each rank: the sum of the counts of its experts.
+  xp.send_splits.assign(P, 0);
+  for (int64_t e = 0; e < E; ++e) xp.send_splits[e / L] += plan.counts_host[e];
+  // 2. Exchange the per-expert counts: what each rank sends to each of my experts.
+  xp.recv_counts = dist::exchange_counts(plan.counts_host, ep);
+  xp.recv_splits.assign(P, 0);
+  std::vector<std::vector<int64_t>> blocks(P, std::vector<int64_t>(L, 0));
+  for (int64_t j = 0; j < P; ++j)
+    for (int64_t e = 0; e < L; ++e) {
+      blocks[j][e] = xp.recv_counts[j * L + e];
+      xp.recv_splits[j] += blocks[j][e];
+    }
+  // 3. Received rows are source-major; the experts want them expert-major.
+  auto [index, per_expert] = expert_major_index(blocks);
+  xp.to_expert_major = index;
+  xp.from_expert_major = torch::empty_like(index).index_put_(
+      {index}, torch::arange(index.numel(), index.options()));
+  xp.local_counts = per_expert;
+  return xp;
+}
+
+torch::Tensor exchange_tokens(const torch::Tensor& rows, const ExchangePlan& xp,
+                              const dist::Group& ep) {
+  auto received = dist::all_to_all(rows, xp.recv_splits, xp.send_splits, ep);
+  return gather_rows(received, xp.to_expert_major.to(received.device()));
+}
+
+torch::Tensor exchange_back(const torch::Tensor& y, const ExchangePlan& xp, const dist::Group& ep) {
+  auto source_major = gather_rows(y, xp.from_expert_major.to(y.device()));
+  return dist::all_to_all(source_major, xp.send_splits, xp.recv_splits, ep);
+}
+
+}  // namespace hybridmoe

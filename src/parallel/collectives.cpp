@@ -1,0 +1,404 @@
+// collectives.cpp — the collectives of collectives.h: raw c10d calls with timeouts and errors
+// that name the group and operation, the autograd pairs built on them, and the coalesced helpers.
+#include "hybridmoe/collectives.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <numeric>
+#include <sstream>
+
+namespace hybridmoe::dist {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---- plumbing ---------------------------------------------------------------------------------
+
+std::string describe(const Group& g) {
+  std::ostringstream out;
+  out << "group '" << g.name << "' (world ranks [";
+  for (size_t i = 0; i < g.ranks.size(); ++i) out << (i ? "," : "") << g.ranks[i];
+  out << "], this process is group rank " << g.rank << " of " << g.size() << ")";
+  return out.str();
+}
+
+std::string error_text(const std::exception& e) {
+  if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
+  return e.what();
+}
+
+/// Starts one c10d operation with `launch(process_group)` and waits for it within the group's
+/// timeout; any failure becomes a c10::Error naming `op` and the group.
+template <typename Launch>
+void run(const Group& g, const char* op, const torch::Tensor& like, Launch&& launch) {
+  TORCH_CHECK(g.is_member(), op, ": this process is not a member of group '", g.name, "'");
+  const auto& pg = g.pg_for(like);
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    c10::intrusive_ptr<c10d::Work> work = launch(*pg);
+    if (like.is_cuda()) {
+      work->wait();  // stream-ordered; NCCL's watchdog enforces the timeout
+    } else {
+      work->wait(g.timeout);
+    }
+  } catch (const std::exception& e) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const bool timed_out = elapsed * 1000.0 >= 0.99 * static_cast<double>(g.timeout.count());
+    TORCH_CHECK(false, "hybridmoe::dist::", op, " on ", describe(g), " failed after ", elapsed,
+                " s (timeout ", g.timeout.count() / 1000.0, " s): ", error_text(e),
+                timed_out ? " -- a member did not take part in time (it hung, died, or called a "
+                            "different collective; HMOE_TIMEOUT_S sets the timeout)"
+                          : "");
+  }
+}
+
+void check_splits(const char* op, const char* what, const std::vector<int64_t>& splits,
+                  const Group& g) {
+  TORCH_CHECK(static_cast<int64_t>(splits.size()) == g.size(), op, ": ", what, " should have ",
+              g.size(), " entries (one per rank of group '", g.name, "'), got ", splits.size());
+  for (int64_t s : splits) TORCH_CHECK(s >= 0, op, ": ", what, " should be >= 0, got ", s);
+}
+
+int64_t sum(const std::vector<int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), int64_t{0});
+}
+
+std::vector<int64_t> with_rows(const torch::Tensor& x, int64_t rows) {
+  auto sizes = x.sizes().vec();
+  sizes[0] = rows;
+  return sizes;
+}
+
+/// The group travels through autograd's saved_data as a capsule.
+struct GroupHolder : torch::CustomClassHolder {
+  explicit GroupHolder(Group g) : group(std::move(g)) {}
+  Group group;
+};
+c10::IValue pack(const Group& g) {
+  return c10::IValue::make_capsule(c10::make_intrusive<GroupHolder>(g));
+}
+const Group& unpack(const c10::IValue& v) {
+  return static_cast<GroupHolder*>(v.toCapsule().get())->group;
+}
+
+// ---- raw operations (no autograd) -------------------------------------------------------------
+
+torch::Tensor raw_all_to_all(const char* op, const torch::Tensor& x,
+                             std::vector<int64_t> output_splits, std::vector<int64_t> input_splits,
+                             const Group& g) {
+  TORCH_CHECK(x.defined() && x.dim() >= 1, op, ": expected a tensor [rows, ...], got ",
+              x.defined() ? x.sizes() : c10::IntArrayRef{});
+  check_splits(op, "output_splits", output_splits, g);
+  check_splits(op, "input_splits", input_splits, g);
+  TORCH_CHECK(sum(input_splits) == x.size(0), op, ": input_splits should sum to the ", x.size(0),
+              " rows of x, got ", sum(input_splits));
+  if (g.size() == 1) {
+    TORCH_CHECK(output_splits[0] == input_splits[0], op,
+                ": in a group of one, output_splits should equal input_splits, got ",
+                output_splits[0], " and ", input_splits[0]);
+    return x.contiguous();
+  }
+  torch::Tensor in = x.contiguous();
+  torch::Tensor out = torch::empty(with_rows(x, sum(output_splits)), x.options());
+  run(g, op, in, [&](c10d::ProcessGroup& pg) {
+    return pg.alltoall_base(out, in, output_splits, input_splits);
+  });
+  return out;
+}
+
+torch::Tensor raw_all_gather_rows(const torch::Tensor& x, const std::vector<int64_t>& counts,
+                                  const Group& g) {
+  const char* op = "all_gather_rows";
+  if (g.size() == 1) return x;
+  const int64_t most = *std::max_element(counts.begin(), counts.end());
+  if (most == 0) return torch::empty(with_rows(x, 0), x.options());  // every rank knows: skip
+  // 1. Pad this rank's rows to the largest count, 2. all-gather, 3. drop the padding.
+  torch::Tensor in =
+      x.size(0) == most
+          ? x.contiguous()
+          : torch::cat({x, torch::zeros(with_rows(x, most - x.size(0)), x.options())});
+  std::vector<std::vector<torch::Tensor>> outputs(1);
+  for (int64_t j = 0; j < g.size(); ++j) outputs[0].push_back(torch::empty_like(in));
+  std::vector<torch::Tensor> inputs = {in};
+  run(g, op, in, [&](c10d::ProcessGroup& pg) { return pg.allgather(outputs, inputs); });
+  std::vector<torch::Tensor> parts;
+  for (int64_t j = 0; j < g.size(); ++j) parts.push_back(outputs[0][j].narrow(0, 0, counts[j]));
+  return torch::cat(parts);
+}
+
+torch::Tensor raw_reduce_scatter_rows(const torch::Tensor& x, const std::vector<int64_t>& counts,
+                                      const Group& g) {
+  if (g.size() == 1) return x;
+  const int64_t mine = counts[g.rank];
+  // Rank j's block goes to rank j; each rank then sums the P copies of its own block.
+  torch::Tensor received =
+      raw_all_to_all("reduce_scatter_rows", x, std::vector<int64_t>(g.size(), mine), counts, g);
+  auto sizes = x.sizes().vec();
+  sizes[0] = mine;
+  sizes.insert(sizes.begin(), g.size());
+  return received.view(sizes).sum(0);
+}
+
+torch::Tensor raw_all_reduce(const char* op, const torch::Tensor& x, const Group& g) {
+  if (g.size() == 1) return x;
+  std::vector<torch::Tensor> tensors = {x.clone(at::MemoryFormat::Contiguous)};
+  run(g, op, tensors[0], [&](c10d::ProcessGroup& pg) { return pg.allreduce(tensors); });
+  return tensors[0];
+}
+
+std::vector<int64_t> resolve_gather_counts(const torch::Tensor& x, const Group& g,
+                                           const std::vector<int64_t>& rows_per_rank) {
+  TORCH_CHECK(x.defined() && x.dim() >= 1, "all_gather_rows: expected a tensor [rows, ...]");
+  TORCH_CHECK(g.is_member(), "all_gather_rows: this process is not a member of group '", g.name,
+              "'");
+  if (rows_per_rank.empty()) return all_gather_counts(x.size(0), g);
+  check_splits("all_gather_rows", "rows_per_rank", rows_per_rank, g);
+  TORCH_CHECK(rows_per_rank[g.rank] == x.size(0), "all_gather_rows: rows_per_rank[", g.rank,
+              "] should be this rank's ", x.size(0), " rows, got ", rows_per_rank[g.rank]);
+  return rows_per_rank;
+}
+
+std::vector<int64_t> resolve_scatter_counts(const torch::Tensor& x, const Group& g,
+                                            const std::vector<int64_t>& rows_per_rank) {
+  TORCH_CHECK(x.defined() && x.dim() >= 1, "reduce_scatter_rows: expected a tensor [rows, ...]");
+  TORCH_CHECK(g.is_member(), "reduce_scatter_rows: this process is not a member of group '", g.name,
+              "'");
+  if (rows_per_rank.empty()) return even_split(x.size(0), g.size());
+  check_splits("reduce_scatter_rows", "rows_per_rank", rows_per_rank, g);
+  TORCH_CHECK(sum(rows_per_rank) == x.size(0), "reduce_scatter_rows: rows_per_rank should sum to ",
+              "the ", x.size(0), " rows of x, got ", sum(rows_per_rank));
+  return rows_per_rank;
+}
+
+// ---- autograd functions -----------------------------------------------------------------------
+
+struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const std::vector<int64_t>& output_splits,
+                               const std::vector<int64_t>& input_splits, const Group& g) {
+    ctx->saved_data["out"] = output_splits;
+    ctx->saved_data["in"] = input_splits;
+    ctx->saved_data["group"] = pack(g);
+    return raw_all_to_all("all_to_all", x, output_splits, input_splits, g);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    // The gradient of each received row goes back to the rank and row it came from.
+    auto dx =
+        raw_all_to_all("all_to_all(backward)", grads[0], ctx->saved_data["in"].toIntVector(),
+                       ctx->saved_data["out"].toIntVector(), unpack(ctx->saved_data["group"]));
+    return {dx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct AllGatherRowsFn : torch::autograd::Function<AllGatherRowsFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const std::vector<int64_t>& counts, const Group& g) {
+    ctx->saved_data["counts"] = counts;
+    ctx->saved_data["group"] = pack(g);
+    return raw_all_gather_rows(x, counts, g);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto dx =
+        raw_reduce_scatter_rows(grads[0].contiguous(), ctx->saved_data["counts"].toIntVector(),
+                                unpack(ctx->saved_data["group"]));
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct ReduceScatterRowsFn : torch::autograd::Function<ReduceScatterRowsFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const std::vector<int64_t>& counts, const Group& g) {
+    ctx->saved_data["counts"] = counts;
+    ctx->saved_data["group"] = pack(g);
+    return raw_reduce_scatter_rows(x, counts, g);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto dx = raw_all_gather_rows(grads[0], ctx->saved_data["counts"].toIntVector(),
+                                  unpack(ctx->saved_data["group"]));
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+struct AllReduceSumFn : torch::autograd::Function<AllReduceSumFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Group& g) {
+    return raw_all_reduce("all_reduce_sum", x, g);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {grads[0], torch::Tensor()};
+  }
+};
+
+struct CopyToGroupFn : torch::autograd::Function<CopyToGroupFn> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Group& g) {
+    ctx->saved_data["group"] = pack(g);
+    return x;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return {raw_all_reduce("copy_to_group(backward)", grads[0], unpack(ctx->saved_data["group"])),
+            torch::Tensor()};
+  }
+};
+
+// ---- coalescing -------------------------------------------------------------------------------
+
+/// Calls `flush(indices)` on buckets of tensors of one dtype and device, each at most
+/// bucket_bytes (or one tensor), in an order that is the same on every rank.
+template <typename Flush>
+void for_each_bucket(const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes,
+                     Flush&& flush) {
+  struct Bucket {
+    std::vector<size_t> indices;
+    int64_t bytes = 0;
+  };
+  std::map<std::pair<int, std::string>, Bucket> open;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    if (!t.defined()) continue;
+    TORCH_CHECK(t.layout() == torch::kStrided, "coalesced collectives take dense tensors, got ",
+                t.layout(), " at index ", i);
+    auto key = std::make_pair(static_cast<int>(t.scalar_type()), t.device().str());
+    Bucket& b = open[key];
+    const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+    if (!b.indices.empty() && b.bytes + bytes > bucket_bytes) {
+      flush(b.indices);
+      b = Bucket();
+    }
+    b.indices.push_back(i);
+    b.bytes += bytes;
+  }
+  for (auto& [key, b] : open) {
+    if (!b.indices.empty()) flush(b.indices);
+  }
+}
+
+torch::Tensor flatten(const std::vector<torch::Tensor>& tensors, const std::vector<size_t>& idx) {
+  std::vector<torch::Tensor> flat;
+  for (size_t i : idx) flat.push_back(tensors[i].reshape(-1));
+  return torch::cat(flat);
+}
+
+void unflatten_into(std::vector<torch::Tensor>& tensors, const std::vector<size_t>& idx,
+                    const torch::Tensor& flat) {
+  int64_t offset = 0;
+  for (size_t i : idx) {
+    const int64_t n = tensors[i].numel();
+    tensors[i].copy_(flat.narrow(0, offset, n).view(tensors[i].sizes()));
+    offset += n;
+  }
+}
+
+}  // namespace
+
+// ---- public API -------------------------------------------------------------------------------
+
+torch::Tensor all_to_all(const torch::Tensor& x, const std::vector<int64_t>& output_splits,
+                         const std::vector<int64_t>& input_splits, const Group& group) {
+  return AllToAllFn::apply(x, output_splits, input_splits, group);
+}
+
+torch::Tensor all_gather_rows(const torch::Tensor& x, const Group& group,
+                              const std::vector<int64_t>& rows_per_rank) {
+  const auto counts = resolve_gather_counts(x, group, rows_per_rank);
+  return AllGatherRowsFn::apply(x, counts, group);
+}
+
+torch::Tensor reduce_scatter_rows(const torch::Tensor& x, const Group& group,
+                                  const std::vector<int64_t>& rows_per_rank) {
+  const auto counts = resolve_scatter_counts(x, group, rows_per_rank);
+  return ReduceScatterRowsFn::apply(x, counts, group);
+}
+
+torch::Tensor all_reduce_sum(const torch::Tensor& x, const Group& group) {
+  TORCH_CHECK(x.defined(), "all_reduce_sum: expected a defined tensor");
+  return AllReduceSumFn::apply(x, group);
+}
+
+torch::Tensor copy_to_group(const torch::Tensor& x, const Group& group) {
+  TORCH_CHECK(x.defined(), "copy_to_group: expected a defined tensor");
+  return CopyToGroupFn::apply(x, group);
+}
+
+std::vector<int64_t> even_split(int64_t n, int64_t p) {
+  TORCH_CHECK(n >= 0 && p >= 1, "even_split: expected n >= 0 and p >= 1, got ", n, " and ", p);
+  std::vector<int64_t> out(p, n / p);
+  for (int64_t j = 0; j < n % p; ++j) ++out[j];
+  return out;
+}
+
+std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts, const Group& group) {
+  TORCH_CHECK(group.is_member(), "exchange_counts: not a member of group '", group.name, "'");
+  TORCH_CHECK(!send_counts.empty() && send_counts.size() % group.size() == 0,
+              "exchange_counts: expected a multiple of the group size ", group.size(),
+              " of counts, got ", send_counts.size());
+  auto sent = torch::tensor(send_counts, torch::kInt64);
+  auto received = exchange_counts(sent, group);
+  return std::vector<int64_t>(received.data_ptr<int64_t>(),
+                              received.data_ptr<int64_t>() + received.numel());
+}
+
+torch::Tensor exchange_counts(const torch::Tensor& counts, const Group& group) {
+  TORCH_CHECK(counts.dim() == 1 && counts.scalar_type() == torch::kInt64,
+              "exchange_counts: expected counts [P * k] int64, got ", counts.sizes(), " ",
+              counts.scalar_type());
+  TORCH_CHECK(counts.numel() % group.size() == 0, "exchange_counts: ", counts.numel(),
+              " counts are not a multiple of the group size ", group.size());
+  std::vector<int64_t> splits(group.size(), counts.numel() / group.size());
+  return raw_all_to_all("exchange_counts", counts, splits, splits, group);
+}
+
+std::vector<int64_t> all_gather_counts(int64_t n, const Group& group) {
+  TORCH_CHECK(group.is_member(), "all_gather_counts: not a member of group '", group.name, "'");
+  if (group.size() == 1) return {n};
+  std::vector<std::vector<torch::Tensor>> outputs(1);
+  for (int64_t j = 0; j < group.size(); ++j) outputs[0].push_back(torch::empty({1}, torch::kInt64));
+  std::vector<torch::Tensor> inputs = {torch::full({1}, n, torch::kInt64)};
+  run(group, "all_gather_counts", inputs[0],
+      [&](c10d::ProcessGroup& pg) { return pg.allgather(outputs, inputs); });
+  std::vector<int64_t> out;
+  for (const auto& t : outputs[0]) out.push_back(t.item<int64_t>());
+  return out;
+}
+
+void all_reduce_coalesced_(std::vector<torch::Tensor>& tensors, const Group& group,
+                           const CoalesceOptions& options) {
+  TORCH_CHECK(group.is_member(), "all_reduce_coalesced_: not a member of group '", group.name, "'");
+  TORCH_CHECK(options.bucket_bytes > 0, "bucket_bytes should be > 0, got ", options.bucket_bytes);
+  if (group.size() == 1) return;
+  torch::NoGradGuard no_grad;
+  for_each_bucket(tensors, options.bucket_bytes, [&](const std::vector<size_t>& idx) {
+    std::vector<torch::Tensor> flat = {flatten(tensors, idx)};
+    run(group, "all_reduce_coalesced_", flat[0],
+        [&](c10d::ProcessGroup& pg) { return pg.allreduce(flat); });
+    if (options.average) flat[0].div_(static_cast<double>(group.size()));
+    unflatten_into(tensors, idx, flat[0]);
+  });
+}
+
+void broadcast_(std::vector<torch::Tensor>& tensors, int64_t root, const Group& group,
+                const CoalesceOptions& options) {
+  TORCH_CHECK(group.is_member(), "broadcast_: not a member of group '", group.name, "'");
+  TORCH_CHECK(root >= 0 && root < group.size(), "broadcast_: root should be a group rank in [0, ",
+              group.size(), "), got ", root);
+  if (group.size() == 1) return;
+  torch::NoGradGuard no_grad;
+  for_each_bucket(tensors, options.bucket_bytes, [&](const std::vector<size_t>& idx) {
+    std::vector<torch::Tensor> flat = {flatten(tensors, idx)};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    run(group, "broadcast_", flat[0],
+        [&](c10d::ProcessGroup& pg) { return pg.broadcast(flat, opts); });
+    if (group.rank != root) unflatten_into(tensors, idx, flat[0]);
+  });
+}
+
+void barrier(const Group& group) {
+  TORCH_CHECK(group.is_member(), "barrier: not a member of group '", group.name, "'");
+  if (group.size() == 1) return;
+  std::vector<torch::Tensor> one = {torch::zeros({1}, torch::kInt32)};
+  run(group, "barrier", one[0], [&](c10d::ProcessGroup& pg) { return pg.allreduce(one); });
+}
+
+}  // namespace hybridmoe::dist

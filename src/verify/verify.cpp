@@ -1,0 +1,174 @@
+// verify.cpp — see verify.h. The model: y = fc_out(h + MoE(h)), h = tanh(fc_in(x)); loss = mean
+// squared error + the MoE auxiliary loss; Adam. The reference routes each rank's slice as its own
+// GShard group (MoEImpl::forward_grouped), which is what the layout computes.
+#include "hybridmoe/verify.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/moe.h"
+
+namespace hybridmoe {
+
+std::string GateSpec::to_string() const {
+  if (capacity_factor <= 0) return name;
+  std::ostringstream s;
+  s << name << "@" << capacity_factor;
+  return s.str();
+}
+
+GateSpec GateSpec::parse(const std::string& text) {
+  GateSpec spec;
+  const auto at = text.find('@');
+  spec.name = text.substr(0, at);
+  TORCH_CHECK(!spec.name.empty(), "gate spec: expected name or name@capacity_factor, got \"", text,
+              "\"");
+  if (at != std::string::npos) {
+    try {
+      spec.capacity_factor = std::stod(text.substr(at + 1));
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "gate spec: the capacity factor of \"", text, "\" is not a number");
+    }
+    TORCH_CHECK(spec.capacity_factor > 0, "gate spec: capacity factor must be > 0 in \"", text,
+                "\"");
+  }
+  return spec;
+}
+
+std::vector<ParallelConfig> verifiable_layouts(int64_t world_size, int64_t experts,
+                                               int64_t d_hidden) {
+  std::vector<ParallelConfig> out;
+  for (const auto& c : valid_parallel_configs(world_size))
+    if (c.pp == 1 && experts % c.ep == 0 && d_hidden % c.etp == 0) out.push_back(c);
+  return out;
+}
+
+namespace {
+
+struct VerifyNetImpl : torch::nn::Module {
+  VerifyNetImpl(const MoEOptions& mo, std::shared_ptr<const ParallelGroups> groups) {
+    const int64_t d = mo.d_model();
+    fc_in = register_module("fc_in", torch::nn::Linear(d, d));
+    moe = groups ? MoE(mo, groups) : MoE(mo);
+    register_module("moe", moe);
+    fc_out = register_module("fc_out", torch::nn::Linear(d, d));
+  }
+  // x: [T, d] → (y [T, d], aux []). group_sizes: the reference's GShard groups.
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& x,
+                                                  const std::vector<int64_t>& group_sizes = {}) {
+    auto h = torch::tanh(fc_in(x));
+    auto o = group_sizes.empty() ? moe(h) : moe->forward_grouped(h, group_sizes);
+    return {fc_out(h + o.output), o.aux_loss};
+  }
+  torch::nn::Linear fc_in{nullptr}, fc_out{nullptr};
+  MoE moe{nullptr};
+};
+TORCH_MODULE(VerifyNet);
+
+// The step's global batch, the same on every rank. → (x [N, d], target [N, d]).
+std::pair<torch::Tensor, torch::Tensor> batch(const VerifyOptions& o, int64_t n, int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed * 1000 + step);
+  auto x = torch::randn({n, o.d_model}, gen, torch::dtype(o.dtype));
+  auto t = torch::randn({n, o.d_model}, gen, torch::dtype(o.dtype));
+  return {x, t};
+}
+
+double max_over(const dist::Group& g, double v) {
+  auto t = torch::tensor({v}, torch::kFloat64).view({1, 1});
+  return dist::all_gather_rows(t, g).max().item<double>();
+}
+
+double rel(const torch::Tensor& a, const torch::Tensor& b) {
+  auto d = (a.detach().to(torch::kFloat64) - b.detach().to(torch::kFloat64)).abs().max();
+  const double scale = std::max(b.detach().to(torch::kFloat64).abs().max().item<double>(), 1e-30);
+  return d.item<double>() / scale;
+}
+
+}  // namespace
+
+VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
+                        const VerifyOptions& o, int64_t run_id) {
+  VerifyRow row;
+  row.layout = layout;
+  row.gate = gate.to_string();
+  const int64_t w = layout.world_size();
+  layout.validate(w);
+  TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
+              " ranks, the world has ", world.size());
+  std::vector<int64_t> members(w);
+  for (int64_t r = 0; r < w; ++r) members[r] = r;
+  const std::string tag = "verify" + std::to_string(run_id);
+  auto sub = world.new_group(tag, members);
+  if (!sub.is_member()) return row;
+  auto groups = std::make_shared<ParallelGroups>(
+      ParallelGroups::build(layout, sub, world.store(), false, tag));
+  const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
+
+  // 1. The reference and the layout's model, from the same initial weights.
+  auto mo = MoEOptions(o.d_model, o.experts).d_hidden(o.d_hidden).top_k(o.top_k)
+                .gate_type(gate.name).capacity_factor(gate.capacity_factor);
+  torch::manual_seed(o.seed);
+  VerifyNet ref(mo, nullptr);
+  ref->to(o.dtype);
+  VerifyNet net(mo, groups);
+  net->to(o.dtype);
+  {
+    torch::NoGradGuard ng;
+    for (auto* name : {"fc_in", "fc_out"}) {
+      auto src = ref->named_children()[name]->named_parameters();
+      for (auto& kv : net->named_children()[name]->named_parameters()) kv.value().copy_(src[kv.key()]);
+    }
+    net->moe->load_shard_from(*ref->moe);
+  }
+  GroupedDataParallel gdp(net.ptr(), groups);
+  torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
+
+  const auto coords = groups->coords();
+  const int64_t tp = layout.tp, dp = layout.dp, B = o.tokens_per_rank;
+  std::vector<int64_t> group_sizes;
+  for (int64_t r = 0; r < dp; ++r)
+    for (auto n : dist::even_split(B, tp)) group_sizes.push_back(n);
+
+  // 2. S optimizer steps of both, comparing the global loss at each.
+  for (int64_t step = 0; step < o.steps; ++step) {
+    auto [x, t] = batch(o, dp * B, step);
+    ref_opt.zero_grad();
+    auto [y_ref, aux_ref] = ref->forward(x, group_sizes);
+    auto loss_ref = torch::mse_loss(y_ref, t) + aux_ref;
+    loss_ref.backward();
+    ref_opt.step();
+
+    opt.zero_grad();
+    auto x_mine = x.narrow(0, coords.dp * B, B), t_mine = t.narrow(0, coords.dp * B, B);
+    auto [y, aux] = net->forward(x_mine);
+    auto mse = torch::mse_loss(y, t_mine);
+    (mse + aux).backward();
+    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
+    opt.step();
+    // This rank's share of the global loss; the shares sum to it over the layout's ranks.
+    auto share = (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))
+                     .to(torch::kFloat64).view({1, 1});
+    const double loss = dist::all_gather_rows(share, groups->world).sum().item<double>();
+    const double ref_loss = loss_ref.item<double>();
+    row.loss_rel_err = std::max(row.loss_rel_err,
+                                std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
+  }
+
+  // 3. Parameters after the last step: dense and gate locally, experts gathered to full shape.
+  double err = 0.0;
+  auto ref_params = ref->named_parameters();
+  for (auto& kv : net->named_parameters())
+    if (kv.key().rfind("moe.experts.", 0) != 0) err = std::max(err, rel(kv.value(), ref_params[kv.key()]));
+  auto full = net->moe->gather_full_expert_parameters();
+  auto ref_experts = ref->moe->experts->named_parameters();
+  for (auto& [name, t] : full) err = std::max(err, rel(t, ref_experts[name]));
+  row.param_rel_err = max_over(groups->world, err);
+  row.loss_rel_err = max_over(groups->world, row.loss_rel_err);
+  row.pass = row.loss_rel_err <= tol && row.param_rel_err <= tol;
+  return row;
+}
+
+}  // namespace hybridmoe
