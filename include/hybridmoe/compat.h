@@ -12,6 +12,13 @@
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/Store.hpp>
 
+// pip wheels of PyTorch ship no gloo headers: without them there are no CPU process groups.
+#if __has_include(<gloo/algorithm.h>)
+#define HMOE_HAVE_GLOO 1
+#else
+#define HMOE_HAVE_GLOO 0
+#endif
+
 #define HMOE_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) ||       \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
@@ -59,6 +66,12 @@ template <typename T>
 struct HasSetGroupName<T, std::void_t<decltype(std::declval<T&>().setGroupName(std::string()))>>
     : std::true_type {};
 
+/// Names the group where this LibTorch can (ProcessGroup::setGroupName appeared within 2.x).
+template <typename PG>
+void set_group_name(PG& pg, const std::string& name) {
+  if constexpr (HasSetGroupName<PG>::value) pg.setGroupName(name);
+}
+
 #if HMOE_TORCH_AT_LEAST(2, 0)
 /// A 2.x ProcessGroup shell whose default backend is `backend` ("gloo" or "nccl").
 /// PG is a template parameter so that only the constructor form this LibTorch has is compiled.
@@ -80,21 +93,25 @@ c10::intrusive_ptr<PG> new_process_group_shell(const c10::intrusive_ptr<c10d::St
 }  // namespace detail
 
 /// Wraps the backends of one group into process groups.
-/// cpu_backend: Gloo (required); cuda_backend: NCCL or null. `name` labels the group (2.x).
+/// cpu_backend: Gloo, or null in a build without Gloo; cuda_backend: NCCL or null; at least one
+/// of them. `name` labels the group (2.x).
 inline DeviceProcessGroups wrap_backends(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                         int size, const c10::intrusive_ptr<C10dBackend>& cpu_backend,
+                                         int size,
+                                         const c10::intrusive_ptr<C10dBackend>& cpu_backend,
                                          const c10::intrusive_ptr<C10dBackend>& cuda_backend,
                                          const std::string& name,
                                          std::chrono::milliseconds timeout) {
-  TORCH_CHECK(cpu_backend, "wrap_backends: a CPU (Gloo) backend is required for group ", name);
+  TORCH_CHECK(cpu_backend || cuda_backend, "wrap_backends: group ", name,
+              " needs a CPU (Gloo) or a CUDA (NCCL) backend");
 #if HMOE_TORCH_AT_LEAST(2, 0)
   using PG = c10d::ProcessGroup;
   auto pg = detail::new_process_group_shell<PG>(store, rank, size, cuda_backend ? "nccl" : "gloo",
                                                 timeout);
-  pg->setBackend(c10::DeviceType::CPU, PG::BackendType::GLOO, cpu_backend);
+  if (cpu_backend) pg->setBackend(c10::DeviceType::CPU, PG::BackendType::GLOO, cpu_backend);
   if (cuda_backend) pg->setBackend(c10::DeviceType::CUDA, PG::BackendType::NCCL, cuda_backend);
-  if constexpr (detail::HasSetGroupName<PG>::value) pg->setGroupName(name);
-  return DeviceProcessGroups{pg, cuda_backend ? pg : c10::intrusive_ptr<PG>()};
+  detail::set_group_name(*pg, name);
+  return DeviceProcessGroups{cpu_backend ? pg : c10::intrusive_ptr<PG>(),
+                             cuda_backend ? pg : c10::intrusive_ptr<PG>()};
 #else
   (void)store, (void)rank, (void)size, (void)name, (void)timeout;
   return DeviceProcessGroups{cpu_backend, cuda_backend};

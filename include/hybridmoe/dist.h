@@ -149,6 +149,8 @@ class World {
 /// Starts this process's part of the distributed run: parses the environment, rendezvous over a
 /// TCPStore at MASTER_ADDR:MASTER_PORT (rank 0 serves it), and creates the world group. With no
 /// launcher variables (or WORLD_SIZE = 1) it is a world of one over an in-process HashStore.
+/// SIGPIPE is set to be ignored (if it has the default action) so that a dead peer surfaces as an
+/// error of the next collective instead of killing this process.
 ///
 /// Example:
 ///   auto world = hybridmoe::dist::init();

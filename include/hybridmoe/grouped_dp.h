@@ -45,8 +45,9 @@ class GroupedDataParallel {
 
   /// Makes each parameter equal to its value on rank 0 of its tag group.
   void broadcast_parameters();
-  /// Sums each gradient over its tag group, then multiplies by `scale`. A parameter without a
-  /// gradient on this rank contributes zeros (so every rank issues the same collectives).
+  /// Sums each gradient over its tag group, then multiplies every gradient (untagged ones too)
+  /// by `scale`. A tagged parameter without a gradient on this rank contributes zeros (so every
+  /// rank issues the same collectives).
   void reduce_gradients(double scale = 1.0);
 
  private:

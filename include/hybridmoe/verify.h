@@ -27,10 +27,11 @@ struct VerifyOptions {
   double tolerance = 0.0;
 };
 
-/// A gate setting to verify: a registered gate name and an optional capacity factor, written
-/// "name" (dropless) or "name@factor", e.g. "topk@1.0".
+/// A gate setting to verify: a registered gate name, optionally its k and a capacity factor,
+/// written "name[:k][@factor]", e.g. "topk" (dropless), "topk@1.0", "switch:1@1.25".
 struct GateSpec {
   std::string name = "topk";
+  int64_t top_k = 0;  ///< 0: VerifyOptions::top_k
   double capacity_factor = 0.0;
   std::string to_string() const;
   static GateSpec parse(const std::string& text);

@@ -1,6 +1,7 @@
 // collectives.cpp — the collectives of collectives.h: raw c10d calls with timeouts and errors
 // that name the group and operation, the autograd pairs built on them, and the coalesced helpers.
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
 
 #include <algorithm>
 #include <chrono>
@@ -30,11 +31,15 @@ std::string error_text(const std::exception& e) {
 }
 
 /// Starts one c10d operation with `launch(process_group)` and waits for it within the group's
-/// timeout; any failure becomes a c10::Error naming `op` and the group.
+/// timeout; any failure becomes a c10::Error naming `op` and the group. bytes_sent: what leaves
+/// this rank (-1: the payload `like`), recorded with the wait time in comm_stats().
 template <typename Launch>
-void run(const Group& g, const char* op, const torch::Tensor& like, Launch&& launch) {
+void run(const Group& g, const char* op, const torch::Tensor& like, Launch&& launch,
+         int64_t bytes_sent = -1) {
   TORCH_CHECK(g.is_member(), op, ": this process is not a member of group '", g.name, "'");
   const auto& pg = g.pg_for(like);
+  CommTimer timer(op, bytes_sent >= 0 ? bytes_sent
+                                      : like.numel() * static_cast<int64_t>(like.element_size()));
   const auto start = std::chrono::steady_clock::now();
   try {
     c10::intrusive_ptr<c10d::Work> work = launch(*pg);
@@ -103,9 +108,14 @@ torch::Tensor raw_all_to_all(const char* op, const torch::Tensor& x,
   }
   torch::Tensor in = x.contiguous();
   torch::Tensor out = torch::empty(with_rows(x, sum(output_splits)), x.options());
-  run(g, op, in, [&](c10d::ProcessGroup& pg) {
-    return pg.alltoall_base(out, in, output_splits, input_splits);
-  });
+  const int64_t row_bytes =
+      x.size(0) > 0 ? in.numel() / x.size(0) * static_cast<int64_t>(in.element_size()) : 0;
+  run(
+      g, op, in,
+      [&](c10d::ProcessGroup& pg) {
+        return pg.alltoall_base(out, in, output_splits, input_splits);
+      },
+      (sum(input_splits) - input_splits[g.rank]) * row_bytes);
   return out;
 }
 

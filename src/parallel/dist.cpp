@@ -2,6 +2,8 @@
 // process group and subgroups (Gloo for CPU tensors, NCCL for CUDA tensors when available).
 #include "hybridmoe/dist.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <set>
@@ -10,7 +12,9 @@
 
 #include <torch/csrc/distributed/c10d/HashStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#if HMOE_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -49,6 +53,7 @@ bool is_loopback(const std::string& addr) {
   return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
 }
 
+#if HMOE_HAVE_GLOO
 std::shared_ptr<::gloo::transport::Device> make_gloo_device(bool local_only) {
   if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
     std::string first(ifname);
@@ -58,6 +63,7 @@ std::shared_ptr<::gloo::transport::Device> make_gloo_device(bool local_only) {
   if (local_only) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
+#endif
 
 std::string join_ranks(const std::vector<int64_t>& ranks) {
   std::ostringstream out;
@@ -182,11 +188,18 @@ compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t r
   TORCH_CHECK(rank >= 0 && rank < size, "make_process_groups: rank should be in [0, ", size,
               "), got ", rank, " for group '", name, "'");
   // 1. Gloo for CPU tensors, over its own prefix of the group's store.
+  c10::intrusive_ptr<compat::C10dBackend> gloo;
+#if HMOE_HAVE_GLOO
   auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
   gloo_options->devices.push_back(make_gloo_device(g_local_only || size == 1));
-  c10::intrusive_ptr<compat::C10dBackend> gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
+  gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
       c10::make_intrusive<c10d::PrefixStore>("gloo/", store), static_cast<int>(rank),
       static_cast<int>(size), gloo_options);
+#else
+  TORCH_CHECK(use_cuda, "group '", name,
+              "': this hybridmoe was built against a LibTorch without "
+              "gloo headers, so it has no CPU process groups; use CUDA tensors (NCCL)");
+#endif
   // 2. NCCL for CUDA tensors (communicators are created lazily on the first collective).
   c10::intrusive_ptr<compat::C10dBackend> nccl;
 #ifdef USE_C10D_NCCL
@@ -286,6 +299,13 @@ std::shared_ptr<World> init(const InitOptions& options) {
   TORCH_CHECK(backend != "nccl" || use_cuda,
               "backend nccl was asked for but CUDA or NCCL is not available");
   g_local_only = info.world_size == 1 || is_loopback(info.master_addr);
+  // A peer that dies closes its sockets; writing to them must raise an error (EPIPE), not kill
+  // this process with SIGPIPE. Python ignores SIGPIPE at start-up and c10d relies on it; do the
+  // same unless the program installed its own handler.
+  struct sigaction current {};
+  if (::sigaction(SIGPIPE, nullptr, &current) == 0 && current.sa_handler == SIG_DFL) {
+    ::signal(SIGPIPE, SIG_IGN);
+  }
   // 3. Rendezvous: rank 0 serves a TCPStore, the others connect; a world of one needs none.
   StorePtr store;
   if (info.world_size == 1) {

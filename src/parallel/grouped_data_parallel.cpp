@@ -70,9 +70,11 @@ void GroupedDataParallel::reduce_gradients(double scale) {
   for (auto& [kind, tensors] : by_group(true)) {
     const auto& g = groups_->get(kind);
     if (g.size() > 1) dist::all_reduce_coalesced_(tensors, g, co);
-    if (scale != 1.0)
-      for (auto& t : tensors) t.mul_(scale);
   }
+  // The scale is the loss normalization: it applies to every gradient, synchronized or not.
+  if (scale != 1.0)
+    for (auto& p : module_->parameters())
+      if (p.grad().defined()) p.mutable_grad().mul_(scale);
 }
 
 }  // namespace hybridmoe

@@ -13,18 +13,29 @@
 namespace hybridmoe {
 
 std::string GateSpec::to_string() const {
-  if (capacity_factor <= 0) return name;
   std::ostringstream s;
-  s << name << "@" << capacity_factor;
+  s << name;
+  if (top_k > 0) s << ":" << top_k;
+  if (capacity_factor > 0) s << "@" << capacity_factor;
   return s.str();
 }
 
 GateSpec GateSpec::parse(const std::string& text) {
   GateSpec spec;
   const auto at = text.find('@');
-  spec.name = text.substr(0, at);
-  TORCH_CHECK(!spec.name.empty(), "gate spec: expected name or name@capacity_factor, got \"", text,
+  const auto head = text.substr(0, at);
+  const auto colon = head.find(':');
+  spec.name = head.substr(0, colon);
+  TORCH_CHECK(!spec.name.empty(), "gate spec: expected name[:k][@capacity_factor], got \"", text,
               "\"");
+  if (colon != std::string::npos) {
+    try {
+      spec.top_k = std::stoll(head.substr(colon + 1));
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "gate spec: the k of \"", text, "\" is not an integer");
+    }
+    TORCH_CHECK(spec.top_k >= 1, "gate spec: k must be >= 1 in \"", text, "\"");
+  }
   if (at != std::string::npos) {
     try {
       spec.capacity_factor = std::stod(text.substr(at + 1));
@@ -107,7 +118,8 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
 
   // 1. The reference and the layout's model, from the same initial weights.
-  auto mo = MoEOptions(o.d_model, o.experts).d_hidden(o.d_hidden).top_k(o.top_k)
+  auto mo = MoEOptions(o.d_model, o.experts).d_hidden(o.d_hidden)
+                .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
                 .gate_type(gate.name).capacity_factor(gate.capacity_factor);
   torch::manual_seed(o.seed);
   VerifyNet ref(mo, nullptr);

@@ -1,8 +1,11 @@
 // bench_command.cpp — `hmoe bench <what>`: benchmarks that print one JSON object per line.
 #include <iostream>
 #include <memory>
+#include <sstream>
 
 #include "bench_layer.h"
+#include "bench_layer_dist.h"
+#include "hybridmoe/collectives.h"
 #include "hmoe/commands.h"
 
 namespace hybridmoe::cli {
@@ -31,7 +34,46 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   layer->add_flag("--skip-naive", args->skip_naive, "Do not time the sequential reference");
   layer->add_option("--seed", args->seed, "Random seed")->capture_default_str();
-  layer->callback([args] { std::cout << bench::run_layer_bench(*args).dump() << std::endl; });
+  auto nproc = std::make_shared<int64_t>(1);
+  auto layout = std::make_shared<std::string>("");
+  layer->add_option("--nproc", *nproc, "Local ranks (> 1: the distributed layer)")
+      ->capture_default_str();
+  layer->add_option("--layout", *layout, "tp,dp,ep,etp of the distributed run (default: dp=nproc, "
+                                         "ep=nproc)");
+  layer->callback([args, nproc, layout] {
+    const bool in_launcher = std::getenv("RANK") != nullptr;
+    if (*nproc <= 1 && !in_launcher) {
+      std::cout << bench::run_layer_bench(*args).dump() << std::endl;
+      return;
+    }
+    if (!in_launcher) {  // re-launch this command on nproc local ranks
+      dist::LaunchOptions lo;
+      lo.nproc = *nproc;
+      lo.command = self_command();
+      lo.prefix_output = false;
+      const int code = dist::launch_local(lo).exit_code;
+      if (code != 0) throw CLI::RuntimeError(code);
+      return;
+    }
+    auto world = dist::init();
+    ParallelConfig c;
+    c.dp = world->size();
+    c.ep = world->size();
+    if (!layout->empty()) {
+      std::vector<int64_t> v;
+      std::stringstream ss(*layout);
+      std::string item;
+      while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
+      TORCH_CHECK(v.size() == 4, "--layout: expected tp,dp,ep,etp, got \"", *layout, "\"");
+      c.tp = v[0];
+      c.dp = v[1];
+      c.ep = v[2];
+      c.etp = v[3];
+    }
+    auto j = bench::run_layer_bench_distributed(*args, c, *world);
+    if (world->rank() == 0) std::cout << j.dump() << std::endl;
+    world->finalize();
+  });
 }
 
 }  // namespace hybridmoe::cli

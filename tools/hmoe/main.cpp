@@ -14,6 +14,8 @@ int main(int argc, char** argv) {
   hybridmoe::cli::add_bench_command(app);
   hybridmoe::cli::add_launch_command(app);
   hybridmoe::cli::add_verify_command(app);
+  hybridmoe::cli::add_train_command(app);
+  hybridmoe::cli::add_generate_command(app);
   hybridmoe::cli::set_self_command(argc, argv);
   try {
     app.parse(argc, argv);

@@ -89,7 +89,7 @@ int run_worker(const VerifyArgs& a) {
   bool all_pass = true;
   int64_t run_id = 0;
   if (lead && !a.json)
-    std::printf("%-22s %-12s %12s %12s  %s\n", "layout", "gate", "loss_rel_err", "param_rel_err",
+    std::printf("%-22s %-16s %12s %12s  %s\n", "layout", "gate", "loss_rel_err", "param_rel_err",
                 "result");
   for (const auto& layout : layouts)
     for (const auto& gate : gates) {
@@ -100,7 +100,7 @@ int run_worker(const VerifyArgs& a) {
                       {"etp", layout.etp}, {"gate", row.gate}, {"loss_rel_err", row.loss_rel_err},
                       {"param_rel_err", row.param_rel_err}, {"pass", row.pass}});
       if (!a.json)
-        std::printf("%-22s %-12s %12.3e %12.3e  %s\n", layout.to_string().c_str(), row.gate.c_str(),
+        std::printf("%-22s %-16s %12.3e %12.3e  %s\n", layout.to_string().c_str(), row.gate.c_str(),
                     row.loss_rel_err, row.param_rel_err, row.pass ? "pass" : "FAIL");
       std::fflush(stdout);
     }

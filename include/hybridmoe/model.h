@@ -1,0 +1,167 @@
+// model.h — a GPT-style decoder with Mixture-of-Experts layers: byte tokens, learned token and
+// position embeddings, pre-norm blocks (LayerNorm, causal self-attention, MLP or MoE), a final
+// norm and an output head tied to the token embedding. Dense parts are tensor parallel over the
+// tp group (Megatron style) when built with ParallelGroups; MoE layers use the layout's groups.
+// moefy() turns the dense MLPs of a model into MoE layers (FastMoE's fmoefy), optionally
+// initializing every expert from the MLP it replaces (sparse upcycling).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "hybridmoe/moe.h"
+#include "hybridmoe/parallel.h"
+#include "hybridmoe/tensor_parallel.h"
+
+namespace hybridmoe {
+
+/// Sizes of the GPT model and of its MoE layers.
+///
+/// Example:
+///   auto opts = GPTOptions().d_model(64).n_layers(4).n_heads(4).moe_every(2).num_experts(4);
+///   GPT model(opts);                       // blocks 1 and 3 hold MoE layers
+struct GPTOptions {
+  /// Token vocabulary (bytes).
+  TORCH_ARG(int64_t, vocab_size) = 256;
+  /// Longest sequence (rows of the position embedding).
+  TORCH_ARG(int64_t, context) = 64;
+  TORCH_ARG(int64_t, d_model) = 64;
+  TORCH_ARG(int64_t, n_layers) = 2;
+  TORCH_ARG(int64_t, n_heads) = 4;
+  /// Hidden width of the dense MLP; 0 means 4 * d_model.
+  TORCH_ARG(int64_t, d_mlp) = 0;
+  /// An MoE layer replaces the MLP of every block i with (i + 1) % moe_every == 0; 0: no MoE.
+  TORCH_ARG(int64_t, moe_every) = 0;
+  TORCH_ARG(int64_t, num_experts) = 4;
+  /// Hidden width of each expert; 0 means the dense MLP's width.
+  TORCH_ARG(int64_t, expert_hidden) = 0;
+  /// The gates of the MoE layers (type, top_k, capacity factor, aux/z-loss coefficients).
+  TORCH_ARG(GateOptions, gate);
+
+ public:
+  int64_t mlp_hidden() const { return d_mlp_ > 0 ? d_mlp_ : 4 * d_model_; }
+  bool is_moe_block(int64_t i) const { return moe_every_ > 0 && (i + 1) % moe_every_ == 0; }
+  /// The MoEOptions of the model's MoE layers.
+  MoEOptions moe_options() const;
+};
+
+/// Causal multi-head self-attention: fused QKV column-parallel, output projection row-parallel;
+/// each tp rank holds n_heads / tp heads.
+class CausalSelfAttentionImpl : public torch::nn::Module {
+ public:
+  CausalSelfAttentionImpl(const GPTOptions& options, std::shared_ptr<const ParallelGroups> groups);
+  /// x: [B, S, d_model] (replicated over tp) → [B, S, d_model].
+  torch::Tensor forward(const torch::Tensor& x);
+
+  ColumnParallelLinear qkv{nullptr};
+  RowParallelLinear proj{nullptr};
+
+ private:
+  int64_t local_heads_ = 1, head_dim_ = 1;
+};
+TORCH_MODULE(CausalSelfAttention);
+
+/// The dense MLP: fc2(gelu(fc1(x))), fc1 column-parallel and fc2 row-parallel.
+class MLPImpl : public torch::nn::Module {
+ public:
+  MLPImpl(const GPTOptions& options, std::shared_ptr<const ParallelGroups> groups);
+  /// x: [..., d_model] → [..., d_model].
+  torch::Tensor forward(const torch::Tensor& x);
+
+  ColumnParallelLinear fc1{nullptr};
+  RowParallelLinear fc2{nullptr};
+};
+TORCH_MODULE(MLP);
+
+/// What one block's feed-forward part returns.
+struct BlockOutput {
+  torch::Tensor x;         // [B, S, d_model]
+  torch::Tensor aux_loss;  // [] (zero for a dense block)
+  c10::optional<RoutingStats> stats;
+};
+
+/// A pre-norm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)) or + moe(ln2(x)).
+class BlockImpl : public torch::nn::Module {
+ public:
+  BlockImpl(const GPTOptions& options, bool use_moe, std::shared_ptr<const ParallelGroups> groups);
+  /// x: [B, S, d_model]. group_sizes: non-empty only in a single-process reference of a
+  /// distributed run (MoEImpl::forward_grouped).
+  BlockOutput forward(const torch::Tensor& x, const std::vector<int64_t>& group_sizes = {});
+  /// Replaces the MLP by `moe` (already built with this block's groups).
+  void set_moe(MoE moe);
+
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  CausalSelfAttention attn{nullptr};
+  MLP mlp{nullptr};  ///< null in an MoE block
+  MoE moe{nullptr};  ///< null in a dense block
+};
+TORCH_MODULE(Block);
+
+/// What the model returns.
+struct GPTOutput {
+  torch::Tensor logits;    // [B, S, vocab_size]
+  torch::Tensor aux_loss;  // [] sum of the MoE layers' auxiliary losses (this rank's share)
+  std::vector<RoutingStats> moe_stats;  ///< one per MoE layer, in block order
+};
+
+/// The GPT decoder. Construct without groups for one process, or with ParallelGroups for a
+/// layout (tp > 1 shards the dense layers; MoE layers use ep/etp/slice). A distributed model
+/// starts from a single-process one of the same options with load_shard_from().
+///
+/// Example:
+///   torch::manual_seed(0);
+///   GPT full(opts);                        // same seed on every rank
+///   GPT model(opts, groups);
+///   model->load_shard_from(*full);
+///   GPTOutput out = model(tokens);         // tokens: [B, S] int64
+///   auto loss = lm_loss(out.logits, targets) + out.aux_loss;
+class GPTImpl : public torch::nn::Module {
+ public:
+  explicit GPTImpl(GPTOptions options, std::shared_ptr<const ParallelGroups> groups = nullptr);
+  /// tokens: [B, S] int64 with S <= context. group_sizes: token groups (of the B * S flattened
+  /// tokens) routed separately by every MoE layer; only for a single-process reference of a
+  /// distributed layout (see moe_group_sizes()).
+  GPTOutput forward(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes = {});
+
+  /// Copies this rank's shard of every parameter from a single-process model with the same
+  /// options (and the same moefy applied).
+  void load_shard_from(GPTImpl& full);
+  /// The MoE layers, in block order.
+  std::vector<MoE> moe_layers() const;
+  const ParallelGroups* groups() const { return groups_.get(); }
+  std::shared_ptr<const ParallelGroups> groups_ptr() const { return groups_; }
+
+  GPTOptions options;
+  torch::nn::Embedding tok_emb{nullptr}, pos_emb{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  std::vector<Block> block_list;
+  torch::nn::LayerNorm ln_f{nullptr};
+
+ private:
+  std::shared_ptr<const ParallelGroups> groups_;
+};
+TORCH_MODULE(GPT);
+
+/// The mean next-token cross-entropy. logits: [B, S, V]; targets: [B, S] int64.
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
+
+/// The group sizes a single-process reference passes to GPTImpl::forward so that its MoE layers
+/// route like a layout: one group per (dp rank, tp slice), dp ranks each holding tokens_per_rank
+/// flattened tokens split evenly over tp.
+std::vector<int64_t> moe_group_sizes(const ParallelConfig& layout, int64_t tokens_per_rank);
+
+/// Turns the MLP of every block i with (i + 1) % every == 0 into an MoE layer built from
+/// `options` (d_model forced to the model's), keeping every other weight. With upcycle, every
+/// expert starts as a copy of the MLP it replaces (d_hidden set to the MLP's width; activation
+/// gelu with biases), so with normalize_top_k_weights (or top-1 over one expert) the model's
+/// output is unchanged. Collective over tp when the model is distributed and upcycle is set.
+/// Updates model.options (moe_every, num_experts, expert_hidden, gate).
+///
+/// Example:
+///   moefy(*dense, MoEOptions(64, 8).top_k(2).normalize_top_k_weights(true), /*upcycle=*/true);
+void moefy(GPTImpl& model, MoEOptions options, bool upcycle = false, int64_t every = 1);
+
+}  // namespace hybridmoe

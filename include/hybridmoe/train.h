@@ -1,0 +1,172 @@
+// train.h — the trainer behind `hmoe train`: its configuration (TOML file and/or flags, checked
+// before any rank starts), the training loop (AdamW, warmup + cosine LR, global-norm clipping
+// over sharded and replicated parameters, gradient accumulation, MoE aux and z-losses), metrics,
+// the end-of-run summary and report, sharded checkpoints with resume, and greedy generation.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "hybridmoe/data.h"
+#include "hybridmoe/dist.h"
+#include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/model.h"
+#include "hybridmoe/parallel.h"
+
+namespace hybridmoe {
+
+/// Everything a training run is made of. Every field is a configuration key of the same name
+/// (TOML key, or flag --name with '_' written '-'); see train_config_keys().
+struct TrainConfig {
+  // ---- model ----
+  int64_t d_model = 64;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  int64_t d_mlp = 0;  ///< 0: 4 * d_model
+  int64_t context = 64;
+  int64_t moe_every = 2;  ///< an MoE layer every N blocks; 0: dense
+  int64_t num_experts = 4;
+  int64_t expert_hidden = 0;  ///< 0: the MLP's width
+  int64_t top_k = 2;
+  std::string gate = "topk";
+  double capacity_factor = 0.0;  ///< <= 0: dropless
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.001;
+  // ---- optimization ----
+  int64_t steps = 1200;
+  int64_t batch_size = 16;    ///< sequences per optimizer step, over all dp ranks
+  int64_t micro_batches = 1;  ///< gradient accumulation: batch_size / micro_batches per pass
+  int64_t seq_len = 64;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup_steps = 30;
+  double weight_decay = 0.05;
+  double beta1 = 0.9;
+  double beta2 = 0.98;
+  double grad_clip = 1.0;  ///< <= 0: no clipping
+  int64_t seed = 1234;
+  // ---- data ----
+  std::string data;             ///< a text file; empty: the embedded synthetic corpus
+  int64_t train_lines = 40000;  ///< synthetic corpus size
+  int64_t eval_per_task = 40;   ///< held-out samples per synthetic task
+  // ---- layout ----
+  int64_t nproc = 4;
+  int64_t tp = 2, dp = 2, pp = 1, ep = 2, etp = 1;  ///< 4 ranks: dp = 2, ep = 2 needs tp = 2
+  // ---- output ----
+  std::string out = "out";
+  int64_t log_every = 10;          ///< a progress line (non-TTY) and metrics every N steps
+  int64_t stats_every = 50;        ///< per-expert load and dropped tokens every N steps
+  int64_t checkpoint_every = 200;  ///< 0: only at the end
+  int64_t stop_after = 0;          ///< stop (with a checkpoint) after this step; 0: run all steps
+  bool resume = false;
+  bool progress = true;  ///< rank 0's progress bar
+  bool eval = true;      ///< task accuracy at the end
+
+  ParallelConfig layout() const;
+  GPTOptions model_options() const;
+};
+
+/// One configuration key: its name, kind ("int", "float", "string", "bool"), group and help.
+struct ConfigKey {
+  std::string name, kind, group, help;
+};
+/// Every key, in the order --print-config shows them.
+const std::vector<ConfigKey>& train_config_keys();
+
+/// Sets one key from its text form; raises an error naming the key when it is unknown or the
+/// value does not parse.
+void set_config_value(TrainConfig& config, const std::string& key, const std::string& value);
+/// The text form of one key's value.
+std::string get_config_value(const TrainConfig& config, const std::string& key);
+
+/// Applies a TOML file's keys (top-level keys, or keys inside any table) over `config`. Unknown
+/// keys, wrong types and unreadable files raise an error naming the key or the file.
+void apply_toml_file(TrainConfig& config, const std::string& path);
+/// Applies a TOML document given as text (same rules). `origin` names it in errors.
+void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin);
+
+/// "" if the configuration can run, else why not, naming the key(s): sizes, degrees that do not
+/// divide (world = tp * dp * pp = nproc, ep | num_experts, tp | n_heads, etp | hidden, ...),
+/// batch_size not divisible by dp * micro_batches, pp > 1 (not supported yet).
+std::string check_config(const TrainConfig& config);
+/// Raises the error of check_config, if any.
+void validate_config(const TrainConfig& config);
+/// The configuration as a TOML document (every key, with its group as a comment).
+std::string config_to_toml(const TrainConfig& config);
+
+/// What a run ends with (on rank 0; other ranks get the losses too).
+struct TrainResult {
+  std::vector<double> losses;  ///< global mean task loss of each step run or resumed from metrics
+  int64_t first_step = 1;      ///< the step of losses[0] in this process (after a resume: + 1)
+  int64_t steps = 0;           ///< the last step done
+  double initial_loss = 0.0, final_loss = 0.0;
+  double tokens_per_s = 0.0;
+  std::map<std::string, double> task_accuracy;
+  double wall_s = 0.0;
+};
+
+/// Runs training on this process's rank of `world` (world.size() must equal the layout's world
+/// size). Collective over the world. Writes metrics, checkpoints, summary and report under
+/// config.out (rank 0 writes the shared files).
+/// `on_step` (optional) is called on every rank after every optimizer step with (step, loss).
+TrainResult train(const TrainConfig& config, dist::World& world,
+                  const std::function<void(int64_t, double)>& on_step = nullptr);
+
+// ---- pieces of the loop, public for tests ------------------------------------------------------
+
+/// The learning rate of step s (0-based): linear warmup to lr over warmup_steps, then cosine
+/// decay to min_lr at the last step.
+double learning_rate(const TrainConfig& config, int64_t step);
+
+/// How many ranks of the world hold an identical copy of each parameter's (reduced) gradient:
+/// replicated dense parameters tp * dp, tensor-parallel shards dp, gates tp * dp (the stage),
+/// experts edp. Keys: the module's parameter names.
+std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelGroups& groups,
+                                                 const GroupedDataParallel& gdp);
+/// The global L2 norm of the gradients (after reduce_gradients): every rank adds |g|^2 / replicas
+/// of its parameters and the sums are all-reduced over the world. With max_norm > 0 scales every
+/// gradient by min(1, max_norm / norm). Returns the norm before clipping. Collective.
+double clip_global_grad_norm(GPTImpl& model, const std::map<std::string, int64_t>& replicas,
+                             double max_norm, const dist::Group& world);
+
+/// Greedy (temperature 0) or sampled continuation of `prompt` by a model whose ranks all call
+/// this together with the same arguments; stops at a newline (not included) or after max_new
+/// bytes. Collective over the model's groups.
+std::string generate_text(GPTImpl& model, const std::string& prompt, int64_t max_new,
+                          double temperature = 0.0, uint64_t seed = 0, bool stop_at_newline = true);
+
+/// Exact-match accuracy per task of held-out samples under greedy decoding. Collective.
+std::map<std::string, double> task_accuracy(GPTImpl& model, const std::vector<TaskSample>& samples);
+
+// ---- checkpoints --------------------------------------------------------------------------------
+
+/// The checkpoint of step `step` under out/checkpoints.
+std::string checkpoint_dir(const std::string& out, int64_t step);
+/// The newest complete checkpoint under out/checkpoints ("" if none).
+std::string latest_checkpoint(const std::string& out);
+
+/// Writes this rank's shard (model and optimizer state) and, on rank 0, meta.json (layout, step,
+/// config, shard checksums) and model.pt (the full model gathered from the shards) into a
+/// temporary directory renamed to checkpoint_dir(out, step) once complete. Collective.
+void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model,
+                     torch::optim::Optimizer& optimizer, const ParallelGroups& groups);
+
+/// Loads this rank's shard from `dir` after checking that the layout and model keys match
+/// `config` and that every shard exists with the recorded checksum; raises a clear error
+/// (naming the checkpoint, the rank and the cause) otherwise, before anything is modified.
+/// Returns the checkpoint's step. Collective over the world.
+int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTImpl& model,
+                        torch::optim::Optimizer& optimizer, const ParallelGroups& groups);
+
+/// The training configuration recorded in a checkpoint's meta.json.
+TrainConfig read_checkpoint_config(const std::string& dir);
+/// The full single-process model of a checkpoint (its model.pt).
+GPT load_full_model(const std::string& dir);
+
+}  // namespace hybridmoe

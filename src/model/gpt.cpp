@@ -1,0 +1,210 @@
+// gpt.cpp — see model.h: the attention, MLP, block and GPT modules, and sharding from a
+// single-process model.
+#include <cmath>
+
+#include "hybridmoe/model.h"
+
+namespace hybridmoe {
+
+namespace F = torch::nn::functional;
+
+MoEOptions GPTOptions::moe_options() const {
+  MoEOptions m(d_model_, num_experts_);
+  m.d_hidden(expert_hidden_ > 0 ? expert_hidden_ : mlp_hidden());
+  m.gate(gate_);
+  return m;
+}
+
+// ---- attention --------------------------------------------------------------------------------
+
+CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
+                                                 std::shared_ptr<const ParallelGroups> groups) {
+  const int64_t tp = groups ? groups->tp.size() : 1;
+  TORCH_CHECK(o.d_model() % o.n_heads() == 0, "GPT: d_model=", o.d_model(),
+              " must be divisible by n_heads=", o.n_heads());
+  TORCH_CHECK(o.n_heads() % tp == 0, "GPT: n_heads=", o.n_heads(), " must be divisible by tp=", tp);
+  local_heads_ = o.n_heads() / tp;
+  head_dim_ = o.d_model() / o.n_heads();
+  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layers()));
+  qkv = register_module(
+      "qkv",
+      ColumnParallelLinear(TensorParallelLinearOptions(o.d_model(), o.d_model()).fused(3), groups));
+  proj = register_module(
+      "proj",
+      RowParallelLinear(TensorParallelLinearOptions(o.d_model(), o.d_model()).init_std(proj_std),
+                        groups));
+}
+
+torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
+  const int64_t B = x.size(0), S = x.size(1), local = local_heads_ * head_dim_;
+  // 1. Projections of this rank's heads: [B, S, 3 * local] → three [B, H_l, S, hd].
+  auto parts = qkv(x).split(local, -1);
+  auto heads = [&](const torch::Tensor& t) {
+    return t.view({B, S, local_heads_, head_dim_}).transpose(1, 2);
+  };
+  auto q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
+  // 2. Causal softmax attention.
+  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+  auto mask = torch::ones({S, S}, x.options().dtype(torch::kBool)).triu(1);
+  scores = scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
+  auto y = torch::matmul(torch::softmax(scores, -1), v);
+  // 3. Heads back together, then the row-parallel output projection (sums over tp).
+  return proj(y.transpose(1, 2).reshape({B, S, local}));
+}
+
+// ---- MLP --------------------------------------------------------------------------------------
+
+MLPImpl::MLPImpl(const GPTOptions& o, std::shared_ptr<const ParallelGroups> groups) {
+  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layers()));
+  fc1 = register_module(
+      "fc1",
+      ColumnParallelLinear(TensorParallelLinearOptions(o.d_model(), o.mlp_hidden()), groups));
+  fc2 = register_module(
+      "fc2",
+      RowParallelLinear(TensorParallelLinearOptions(o.mlp_hidden(), o.d_model()).init_std(proj_std),
+                        groups));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return fc2(torch::gelu(fc1(x)));
+}
+
+// ---- block ------------------------------------------------------------------------------------
+
+BlockImpl::BlockImpl(const GPTOptions& o, bool use_moe,
+                     std::shared_ptr<const ParallelGroups> groups) {
+  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+  attn = register_module("attn", CausalSelfAttention(o, groups));
+  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+  if (use_moe) {
+    moe = groups ? MoE(o.moe_options(), groups) : MoE(o.moe_options());
+    register_module("moe", moe);
+  } else {
+    mlp = register_module("mlp", MLP(o, groups));
+  }
+}
+
+BlockOutput BlockImpl::forward(const torch::Tensor& x, const std::vector<int64_t>& group_sizes) {
+  BlockOutput out;
+  auto h = x + attn(ln1(x));
+  auto n = ln2(h);
+  if (moe) {
+    // The MoE layer takes the tokens flattened to [B * S, d] (replicated over tp).
+    auto flat = n.reshape({-1, n.size(-1)});
+    MoEOutput m = group_sizes.empty() ? moe(flat) : moe->forward_grouped(flat, group_sizes);
+    out.x = h + m.output.view(n.sizes());
+    out.aux_loss = m.aux_loss;
+    out.stats = m.stats;
+  } else {
+    out.x = h + mlp(n);
+    out.aux_loss = torch::zeros({}, x.options());
+  }
+  return out;
+}
+
+void BlockImpl::set_moe(MoE m) {
+  TORCH_CHECK(mlp, "Block::set_moe: this block has no MLP to replace");
+  unregister_module("mlp");
+  mlp = nullptr;
+  moe = m;
+  register_module("moe", moe);
+}
+
+// ---- GPT --------------------------------------------------------------------------------------
+
+GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> groups)
+    : options(std::move(options_)), groups_(std::move(groups)) {
+  const auto& o = options;
+  TORCH_CHECK(o.vocab_size() > 0 && o.context() > 0 && o.d_model() > 0 && o.n_layers() > 0,
+              "GPT: sizes must be positive, got vocab ", o.vocab_size(), ", context ", o.context(),
+              ", d_model ", o.d_model(), ", n_layers ", o.n_layers());
+  TORCH_CHECK(!groups_ || groups_->config.pp == 1, "GPT: pipeline stages are not supported, got ",
+              groups_ ? groups_->config.to_string() : std::string());
+  tok_emb = register_module("tok_emb", torch::nn::Embedding(o.vocab_size(), o.d_model()));
+  pos_emb = register_module("pos_emb", torch::nn::Embedding(o.context(), o.d_model()));
+  {
+    torch::NoGradGuard no_grad;
+    tok_emb->weight.normal_(0.0, 0.02);
+    pos_emb->weight.normal_(0.0, 0.02);
+  }
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.n_layers(); ++i) {
+    Block b(o, o.is_moe_block(i), groups_);
+    blocks->push_back(b);
+    block_list.push_back(b);
+  }
+  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+}
+
+GPTOutput GPTImpl::forward(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes) {
+  TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kInt64,
+              "GPT: expected tokens [B, S] int64, got ", tokens.sizes(), " ", tokens.scalar_type());
+  const int64_t S = tokens.size(1);
+  TORCH_CHECK(S <= options.context(), "GPT: sequence length ", S, " exceeds the context ",
+              options.context());
+  GPTOutput out;
+  auto pos = torch::arange(S, tokens.options());
+  auto x = tok_emb(tokens) + pos_emb(pos).unsqueeze(0);
+  for (auto& b : block_list) {
+    BlockOutput r = b->forward(x, group_sizes);
+    x = r.x;
+    out.aux_loss = out.aux_loss.defined() ? out.aux_loss + r.aux_loss : r.aux_loss;
+    if (r.stats) out.moe_stats.push_back(*r.stats);
+  }
+  // Tied head: logits against the token embedding.
+  out.logits = F::linear(ln_f(x), tok_emb->weight);
+  return out;
+}
+
+void GPTImpl::load_shard_from(GPTImpl& full) {
+  TORCH_CHECK(full.groups_ == nullptr, "GPT::load_shard_from: the source must be single-process");
+  TORCH_CHECK(full.block_list.size() == block_list.size(), "GPT::load_shard_from: the source has ",
+              full.block_list.size(), " blocks, this model ", block_list.size());
+  torch::NoGradGuard no_grad;
+  auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
+    auto s = src.named_parameters();
+    for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
+  };
+  copy(*tok_emb, *full.tok_emb);
+  copy(*pos_emb, *full.pos_emb);
+  copy(*ln_f, *full.ln_f);
+  for (size_t i = 0; i < block_list.size(); ++i) {
+    auto& b = *block_list[i];
+    auto& f = *full.block_list[i];
+    TORCH_CHECK(static_cast<bool>(b.moe) == static_cast<bool>(f.moe),
+                "GPT::load_shard_from: block ", i, " is ", b.moe ? "MoE" : "dense",
+                " here but not in the source");
+    copy(*b.ln1, *f.ln1);
+    copy(*b.ln2, *f.ln2);
+    b.attn->qkv->load_shard_from(f.attn->qkv->weight, f.attn->qkv->bias);
+    b.attn->proj->load_shard_from(f.attn->proj->weight, f.attn->proj->bias);
+    if (b.moe) {
+      b.moe->load_shard_from(*f.moe);
+    } else {
+      b.mlp->fc1->load_shard_from(f.mlp->fc1->weight, f.mlp->fc1->bias);
+      b.mlp->fc2->load_shard_from(f.mlp->fc2->weight, f.mlp->fc2->bias);
+    }
+  }
+}
+
+std::vector<MoE> GPTImpl::moe_layers() const {
+  std::vector<MoE> out;
+  for (const auto& b : block_list)
+    if (b->moe) out.push_back(b->moe);
+  return out;
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+std::vector<int64_t> moe_group_sizes(const ParallelConfig& layout, int64_t tokens_per_rank) {
+  std::vector<int64_t> sizes;
+  for (int64_t r = 0; r < layout.dp; ++r) {
+    const int64_t base = tokens_per_rank / layout.tp, extra = tokens_per_rank % layout.tp;
+    for (int64_t s = 0; s < layout.tp; ++s) sizes.push_back(base + (s < extra ? 1 : 0));
+  }
+  return sizes;
+}
+
+}  // namespace hybridmoe

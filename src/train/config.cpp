@@ -1,0 +1,352 @@
+// config.cpp — see train.h: the configuration keys of `hmoe train`, TOML input, validation and
+// the effective-configuration printout.
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "hybridmoe/train.h"
+
+#ifdef HMOE_HAVE_TOML
+#include <toml++/toml.h>
+#endif
+
+namespace hybridmoe {
+
+namespace {
+
+// One key: its description and how to read and write it on a TrainConfig.
+struct KeyAccess {
+  ConfigKey key;
+  std::function<void(TrainConfig&, const std::string&)> set;
+  std::function<std::string(const TrainConfig&)> get;
+};
+
+std::string format_double(double v) {
+  std::ostringstream s;
+  s.precision(10);
+  s << v;
+  std::string t = s.str();
+  if (t.find_first_of(".eEn") == std::string::npos) t += ".0";
+  return t;
+}
+
+template <typename T>
+KeyAccess make_key(const char* name, const char* group, const char* help, T TrainConfig::*field) {
+  KeyAccess k;
+  std::string kind;
+  if constexpr (std::is_same_v<T, int64_t>) kind = "int";
+  if constexpr (std::is_same_v<T, double>) kind = "float";
+  if constexpr (std::is_same_v<T, bool>) kind = "bool";
+  if constexpr (std::is_same_v<T, std::string>) kind = "string";
+  k.key = ConfigKey{name, kind, group, help};
+  const std::string key = name;
+  k.set = [field, key, kind](TrainConfig& c, const std::string& v) {
+    try {
+      size_t used = 0;
+      if constexpr (std::is_same_v<T, int64_t>) {
+        c.*field = std::stoll(v, &used);
+      } else if constexpr (std::is_same_v<T, double>) {
+        c.*field = std::stod(v, &used);
+      } else if constexpr (std::is_same_v<T, bool>) {
+        TORCH_CHECK(v == "true" || v == "false" || v == "1" || v == "0", "config key `", key,
+                    "`: expected true or false, got \"", v, "\"");
+        c.*field = v == "true" || v == "1";
+        used = v.size();
+      } else {
+        c.*field = v;
+        used = v.size();
+      }
+      TORCH_CHECK(used == v.size(), "config key `", key, "`: trailing characters in \"", v, "\"");
+    } catch (const std::invalid_argument&) {
+      TORCH_CHECK(false, "config key `", key, "`: \"", v, "\" is not a valid ", kind);
+    } catch (const std::out_of_range&) {
+      TORCH_CHECK(false, "config key `", key, "`: \"", v, "\" is out of range");
+    }
+  };
+  k.get = [field](const TrainConfig& c) {
+    if constexpr (std::is_same_v<T, int64_t>) return std::to_string(c.*field);
+    if constexpr (std::is_same_v<T, double>) return format_double(c.*field);
+    if constexpr (std::is_same_v<T, bool>) return std::string(c.*field ? "true" : "false");
+    if constexpr (std::is_same_v<T, std::string>) return c.*field;
+  };
+  return k;
+}
+
+#define HMOE_KEY(name, group, help) make_key(#name, group, help, &TrainConfig::name)
+
+const std::vector<KeyAccess>& table() {
+  static const std::vector<KeyAccess> keys = {
+      HMOE_KEY(d_model, "model", "model width"),
+      HMOE_KEY(n_layers, "model", "transformer blocks"),
+      HMOE_KEY(n_heads, "model", "attention heads"),
+      HMOE_KEY(d_mlp, "model", "dense MLP width (0: 4 * d_model)"),
+      HMOE_KEY(context, "model", "longest sequence"),
+      HMOE_KEY(moe_every, "model", "an MoE layer every N blocks (0: dense)"),
+      HMOE_KEY(num_experts, "moe", "experts per MoE layer"),
+      HMOE_KEY(expert_hidden, "moe", "expert hidden width (0: the MLP's)"),
+      HMOE_KEY(top_k, "moe", "experts per token"),
+      HMOE_KEY(gate, "moe", "gate type (topk, gshard, switch, noisy, sinkhorn, expert_choice)"),
+      HMOE_KEY(capacity_factor, "moe", "expert capacity factor (<= 0: dropless)"),
+      HMOE_KEY(aux_loss_coef, "moe", "balance loss coefficient"),
+      HMOE_KEY(z_loss_coef, "moe", "router z-loss coefficient"),
+      HMOE_KEY(steps, "optim", "optimizer steps"),
+      HMOE_KEY(batch_size, "optim", "sequences per step over all dp ranks"),
+      HMOE_KEY(micro_batches, "optim", "gradient accumulation passes per step"),
+      HMOE_KEY(seq_len, "optim", "tokens per sequence"),
+      HMOE_KEY(lr, "optim", "peak learning rate"),
+      HMOE_KEY(min_lr, "optim", "final learning rate of the cosine decay"),
+      HMOE_KEY(warmup_steps, "optim", "linear warmup steps"),
+      HMOE_KEY(weight_decay, "optim", "AdamW weight decay (matrices only)"),
+      HMOE_KEY(beta1, "optim", "AdamW beta1"),
+      HMOE_KEY(beta2, "optim", "AdamW beta2"),
+      HMOE_KEY(grad_clip, "optim", "global gradient-norm clip (<= 0: off)"),
+      HMOE_KEY(seed, "optim", "seed of weights and batches"),
+      HMOE_KEY(data, "data", "text file to train on (empty: embedded synthetic tasks)"),
+      HMOE_KEY(train_lines, "data", "lines of the synthetic corpus"),
+      HMOE_KEY(eval_per_task, "data", "held-out samples per synthetic task"),
+      HMOE_KEY(nproc, "layout", "local ranks to launch"),
+      HMOE_KEY(tp, "layout", "tensor parallel degree"),
+      HMOE_KEY(dp, "layout", "data parallel degree"),
+      HMOE_KEY(pp, "layout", "pipeline stages (only 1 is supported)"),
+      HMOE_KEY(ep, "layout", "expert parallel degree"),
+      HMOE_KEY(etp, "layout", "expert tensor parallel degree (1 or tp)"),
+      HMOE_KEY(out, "output", "output directory"),
+      HMOE_KEY(log_every, "output", "metrics every N steps"),
+      HMOE_KEY(stats_every, "output", "expert load every N steps"),
+      HMOE_KEY(checkpoint_every, "output", "checkpoint every N steps (0: at the end only)"),
+      HMOE_KEY(stop_after, "output", "stop after this step with a checkpoint (0: never)"),
+      HMOE_KEY(resume, "output", "continue from the latest checkpoint in out"),
+      HMOE_KEY(progress, "output", "rank 0 progress bar"),
+      HMOE_KEY(eval, "output", "held-out task accuracy at the end"),
+  };
+  return keys;
+}
+
+const KeyAccess& find_key(const std::string& name) {
+  for (const auto& k : table())
+    if (k.key.name == name) return k;
+  std::ostringstream known;
+  for (const auto& k : table()) known << (known.tellp() > 0 ? ", " : "") << k.key.name;
+  TORCH_CHECK(false, "unknown config key `", name, "`; known keys: ", known.str());
+}
+
+}  // namespace
+
+ParallelConfig TrainConfig::layout() const {
+  ParallelConfig c;
+  c.tp = tp;
+  c.dp = dp;
+  c.pp = pp;
+  c.ep = ep;
+  c.etp = etp;
+  return c;
+}
+
+GPTOptions TrainConfig::model_options() const {
+  GateOptions g;
+  g.type(gate)
+      .top_k(top_k)
+      .capacity_factor(capacity_factor)
+      .aux_loss_coef(aux_loss_coef)
+      .z_loss_coef(z_loss_coef);
+  return GPTOptions()
+      .context(context)
+      .d_model(d_model)
+      .n_layers(n_layers)
+      .n_heads(n_heads)
+      .d_mlp(d_mlp)
+      .moe_every(moe_every)
+      .num_experts(num_experts)
+      .expert_hidden(expert_hidden)
+      .gate(g);
+}
+
+const std::vector<ConfigKey>& train_config_keys() {
+  static const std::vector<ConfigKey> keys = [] {
+    std::vector<ConfigKey> out;
+    for (const auto& k : table()) out.push_back(k.key);
+    return out;
+  }();
+  return keys;
+}
+
+void set_config_value(TrainConfig& config, const std::string& key, const std::string& value) {
+  find_key(key).set(config, value);
+}
+
+std::string get_config_value(const TrainConfig& config, const std::string& key) {
+  return find_key(key).get(config);
+}
+
+#ifdef HMOE_HAVE_TOML
+namespace {
+
+// Applies one TOML node under its leaf key.
+void apply_node(TrainConfig& config, const std::string& key, const toml::node& node,
+                const std::string& origin) {
+  const auto& k = find_key(key);
+  std::string text;
+  if (auto v = node.value_exact<int64_t>()) {
+    text = std::to_string(*v);
+  } else if (auto d = node.value_exact<double>()) {
+    text = format_double(*d);
+  } else if (auto b = node.value_exact<bool>()) {
+    text = *b ? "true" : "false";
+  } else if (auto s = node.value_exact<std::string>()) {
+    text = *s;
+  } else {
+    TORCH_CHECK(false, origin, ": config key `", key, "` has an unsupported value type");
+  }
+  const std::string& kind = k.key.kind;
+  const bool ok = (kind == "int" && node.is_integer()) ||
+                  (kind == "float" && (node.is_floating_point() || node.is_integer())) ||
+                  (kind == "bool" && node.is_boolean()) || (kind == "string" && node.is_string());
+  TORCH_CHECK(ok, origin, ": config key `", key, "` expects a ", kind, " value");
+  k.set(config, text);
+}
+
+void apply_table(TrainConfig& config, const toml::table& tbl, const std::string& origin) {
+  for (const auto& [name, node] : tbl) {
+    const std::string key(name.str());
+    if (const auto* sub = node.as_table()) {
+      apply_table(config, *sub, origin);
+    } else {
+      apply_node(config, key, node, origin);
+    }
+  }
+}
+
+}  // namespace
+
+void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin) {
+  toml::table tbl;
+  try {
+    tbl = toml::parse(text, origin);
+  } catch (const toml::parse_error& e) {
+    std::ostringstream s;
+    s << e.description() << " (line " << e.source().begin.line << ")";
+    TORCH_CHECK(false, origin, ": TOML parse error: ", s.str());
+  }
+  apply_table(config, tbl, origin);
+}
+#else
+void apply_toml_text(TrainConfig&, const std::string&, const std::string& origin) {
+  TORCH_CHECK(false, origin, ": this build has no TOML support (toml++ was not found)");
+}
+#endif
+
+void apply_toml_file(TrainConfig& config, const std::string& path) {
+  std::ifstream in(path);
+  TORCH_CHECK(in.good(), "--config: cannot read \"", path, "\"");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  apply_toml_text(config, ss.str(), path);
+}
+
+std::string check_config(const TrainConfig& c) {
+  std::ostringstream why;
+  auto need = [&](bool ok, const std::string& msg) {
+    if (!ok && why.tellp() == 0) why << msg;
+  };
+  auto s = [](auto v) {
+    std::ostringstream o;
+    o << v;
+    return o.str();
+  };
+  for (const auto& [name, v] :
+       std::vector<std::pair<std::string, int64_t>>{{"d_model", c.d_model},
+                                                    {"n_layers", c.n_layers},
+                                                    {"n_heads", c.n_heads},
+                                                    {"context", c.context},
+                                                    {"num_experts", c.num_experts},
+                                                    {"top_k", c.top_k},
+                                                    {"steps", c.steps},
+                                                    {"batch_size", c.batch_size},
+                                                    {"micro_batches", c.micro_batches},
+                                                    {"seq_len", c.seq_len},
+                                                    {"nproc", c.nproc},
+                                                    {"tp", c.tp},
+                                                    {"dp", c.dp},
+                                                    {"pp", c.pp},
+                                                    {"ep", c.ep},
+                                                    {"etp", c.etp},
+                                                    {"log_every", c.log_every},
+                                                    {"stats_every", c.stats_every}})
+    need(v >= 1, "config key `" + name + "` must be >= 1, got " + s(v));
+  need(c.d_mlp >= 0 && c.expert_hidden >= 0 && c.moe_every >= 0 && c.warmup_steps >= 0 &&
+           c.checkpoint_every >= 0 && c.stop_after >= 0,
+       "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
+       "`stop_after` must be >= 0");
+  need(c.pp == 1, "config key `pp` = " + s(c.pp) +
+                      ": pipeline stages are not supported yet; use "
+                      "pp = 1");
+  need(c.tp * c.dp * c.pp == c.nproc, "config keys `tp` * `dp` * `pp` = " + s(c.tp * c.dp * c.pp) +
+                                          " must equal `nproc` = " + s(c.nproc));
+  need(c.d_model % c.n_heads == 0,
+       "config key `n_heads` = " + s(c.n_heads) + " must divide `d_model` = " + s(c.d_model));
+  need(c.n_heads % c.tp == 0,
+       "config key `tp` = " + s(c.tp) + " must divide `n_heads` = " + s(c.n_heads));
+  const int64_t mlp = c.d_mlp > 0 ? c.d_mlp : 4 * c.d_model;
+  const int64_t hidden = c.expert_hidden > 0 ? c.expert_hidden : mlp;
+  need(mlp % c.tp == 0,
+       "config key `tp` = " + s(c.tp) + " must divide the MLP width " + s(mlp) + " (`d_mlp`)");
+  need(c.num_experts % c.ep == 0,
+       "config key `ep` = " + s(c.ep) + " must divide `num_experts` = " + s(c.num_experts));
+  need(c.etp == 1 || c.etp == c.tp,
+       "config key `etp` = " + s(c.etp) + " must be 1 or `tp` = " + s(c.tp));
+  need(hidden % c.etp == 0, "config key `etp` = " + s(c.etp) + " must divide the expert width " +
+                                s(hidden) + " (`expert_hidden`)");
+  need((c.tp * c.dp) % (c.ep * c.etp) == 0, "config keys `ep` * `etp` = " + s(c.ep * c.etp) +
+                                                " must divide `tp` * `dp` = " + s(c.tp * c.dp));
+  need(c.top_k <= c.num_experts,
+       "config key `top_k` = " + s(c.top_k) + " exceeds `num_experts` = " + s(c.num_experts));
+  need(c.batch_size % (c.dp * c.micro_batches) == 0,
+       "config key `batch_size` = " + s(c.batch_size) +
+           " must be divisible by `dp` * `micro_batches` = " + s(c.dp * c.micro_batches));
+  need(c.seq_len <= c.context,
+       "config key `seq_len` = " + s(c.seq_len) + " exceeds `context` = " + s(c.context));
+  need(c.lr > 0 && c.min_lr >= 0 && c.min_lr <= c.lr,
+       "config keys `lr` > 0 and 0 <= `min_lr` <= "
+       "`lr` expected, got lr " +
+           s(c.lr) + ", min_lr " + s(c.min_lr));
+  need(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
+       "config keys `beta1`, `beta2` must be in [0, 1)");
+  need(c.train_lines >= 1, "config key `train_lines` must be >= 1");
+  need(c.out != "", "config key `out` must not be empty");
+  bool known_gate = false;
+  for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
+  need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
+  if (why.tellp() == 0) {
+    const std::string layout = c.layout().check(c.tp * c.dp * c.pp);
+    need(layout.empty(), "config keys `tp`/`dp`/`pp`/`ep`/`etp`: " + layout);
+  }
+  return why.str();
+}
+
+void validate_config(const TrainConfig& config) {
+  const std::string why = check_config(config);
+  TORCH_CHECK(why.empty(), why);
+}
+
+std::string config_to_toml(const TrainConfig& config) {
+  std::ostringstream s;
+  std::string group;
+  for (const auto& k : table()) {
+    if (k.key.group != group) {
+      group = k.key.group;
+      s << (s.tellp() > 0 ? "\n" : "") << "# ---- " << group << " ----\n";
+    }
+    std::string v = k.get(config);
+    if (k.key.kind == "string") {
+      std::string q;
+      for (char ch : v)
+        q += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);
+      v = "\"" + q + "\"";
+    }
+    s << k.key.name << " = " << v << "  # " << k.key.help << "\n";
+  }
+  return s.str();
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,180 @@
+// report.cpp — see report.h: summary.json and report.html (loss curve and expert-load heatmaps
+// drawn as inline SVG).
+#include "report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+namespace hybridmoe::detail {
+
+std::string json_string(const std::string& s) {
+  std::ostringstream o;
+  o << '"';
+  for (unsigned char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      o << '\\' << ch;
+    } else if (ch < 0x20) {
+      o << "\\u" << std::hex << std::setw(4) << std::setfill('0') << static_cast<int>(ch)
+        << std::dec;
+    } else {
+      o << ch;
+    }
+  }
+  o << '"';
+  return o.str();
+}
+
+std::string json_numbers(const std::vector<double>& v) {
+  std::ostringstream o;
+  o.precision(8);
+  o << "[";
+  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << (std::isfinite(v[i]) ? v[i] : 0.0);
+  o << "]";
+  return o.str();
+}
+
+void write_summary(const std::string& out, const TrainConfig& config, const TrainResult& r,
+                   const ReportData& data) {
+  std::ofstream f(out + "/summary.json", std::ios::trunc);
+  TORCH_CHECK(f.good(), "train: cannot write ", out, "/summary.json");
+  f.precision(8);
+  const auto l = config.layout();
+  f << "{\n  \"initial_loss\": " << r.initial_loss << ",\n  \"final_loss\": " << r.final_loss
+    << ",\n  \"tokens_per_s\": " << r.tokens_per_s << ",\n  \"steps\": " << r.steps
+    << ",\n  \"wall_s\": " << r.wall_s << ",\n  \"layout\": {\"tp\": " << l.tp
+    << ", \"dp\": " << l.dp << ", \"pp\": " << l.pp << ", \"ep\": " << l.ep
+    << ", \"etp\": " << l.etp << ", \"name\": " << json_string(l.to_string())
+    << "},\n  \"task_accuracy\": {";
+  bool first = true;
+  for (const auto& [task, acc] : r.task_accuracy) {
+    f << (first ? "" : ", ") << json_string(task) << ": " << acc;
+    first = false;
+  }
+  f << "},\n  \"dropped_tokens\": " << data.dropped << ",\n  \"expert_load\": [";
+  for (size_t i = 0; i < data.layer_load.size(); ++i)
+    f << (i ? ", " : "") << json_numbers(data.layer_load[i]);
+  f << "],\n  \"config\": {";
+  first = true;
+  for (const auto& k : train_config_keys()) {
+    const std::string v = get_config_value(config, k.name);
+    f << (first ? "" : ", ") << json_string(k.name) << ": "
+      << (k.kind == "string" ? json_string(v) : v);
+    first = false;
+  }
+  f << "}\n}\n";
+}
+
+namespace {
+
+// A color from white (0) to deep blue (1).
+std::string heat_color(double t) {
+  t = std::clamp(t, 0.0, 1.0);
+  const int r = static_cast<int>(255 - 215 * t), g = static_cast<int>(255 - 160 * t),
+            b = 255 - static_cast<int>(75 * t);
+  std::ostringstream o;
+  o << "rgb(" << r << "," << g << "," << b << ")";
+  return o.str();
+}
+
+std::string loss_svg(const std::vector<std::pair<int64_t, double>>& curve) {
+  const double W = 640, H = 280, pad = 40;
+  std::ostringstream s;
+  s << "<svg width='" << W << "' height='" << H << "' xmlns='http://www.w3.org/2000/svg'>"
+    << "<rect width='100%' height='100%' fill='white' stroke='#ccc'/>";
+  if (curve.size() >= 2) {
+    double lo = curve[0].second, hi = curve[0].second;
+    for (const auto& p : curve) lo = std::min(lo, p.second), hi = std::max(hi, p.second);
+    if (hi - lo < 1e-9) hi = lo + 1;
+    const double x0 = static_cast<double>(curve.front().first),
+                 x1 = static_cast<double>(curve.back().first);
+    auto X = [&](double x) { return pad + (x - x0) / std::max(1.0, x1 - x0) * (W - 2 * pad); };
+    auto Y = [&](double y) { return H - pad - (y - lo) / (hi - lo) * (H - 2 * pad); };
+    s << "<polyline fill='none' stroke='#1f5fbf' stroke-width='1.5' points='";
+    for (const auto& p : curve) s << X(static_cast<double>(p.first)) << "," << Y(p.second) << " ";
+    s << "'/>";
+    s << std::fixed << std::setprecision(3);
+    s << "<text x='4' y='" << pad << "' font-size='11'>" << hi << "</text>"
+      << "<text x='4' y='" << H - pad << "' font-size='11'>" << lo << "</text>"
+      << "<text x='" << pad << "' y='" << H - 10 << "' font-size='11'>step " << curve.front().first
+      << "</text><text x='" << W - pad - 60 << "' y='" << H - 10 << "' font-size='11'>step "
+      << curve.back().first << "</text>";
+  }
+  s << "</svg>";
+  return s.str();
+}
+
+// Rows × experts heatmap; each cell is the load fraction (scaled so an even split is mid-blue).
+std::string heatmap_svg(const std::vector<std::string>& row_names,
+                        const std::vector<std::vector<double>>& rows) {
+  if (rows.empty()) return "<p>No MoE layers.</p>";
+  const size_t E = rows[0].size();
+  const double cell = 44, left = 120, top = 24;
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(2);
+  s << "<svg width='" << left + cell * E + 10 << "' height='" << top + cell * rows.size() + 10
+    << "' xmlns='http://www.w3.org/2000/svg'>";
+  for (size_t e = 0; e < E; ++e)
+    s << "<text x='" << left + cell * e + 10 << "' y='16' font-size='11'>e" << e << "</text>";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    s << "<text x='4' y='" << top + cell * i + cell / 2 + 4 << "' font-size='11'>" << row_names[i]
+      << "</text>";
+    for (size_t e = 0; e < E && e < rows[i].size(); ++e) {
+      const double v = rows[i][e];
+      s << "<rect x='" << left + cell * e << "' y='" << top + cell * i << "' width='" << cell - 2
+        << "' height='" << cell - 2 << "' fill='" << heat_color(v * E / 2.0) << "'/>"
+        << "<text x='" << left + cell * e + 6 << "' y='" << top + cell * i + cell / 2 + 4
+        << "' font-size='10'>" << v << "</text>";
+    }
+  }
+  s << "</svg>";
+  return s.str();
+}
+
+}  // namespace
+
+void write_report(const std::string& out, const TrainConfig& config, const TrainResult& r,
+                  const ReportData& data) {
+  std::ofstream f(out + "/report.html", std::ios::trunc);
+  TORCH_CHECK(f.good(), "train: cannot write ", out, "/report.html");
+  f << std::fixed << std::setprecision(4);
+  f << "<!doctype html><html><head><meta charset='utf-8'><title>hybridmoe training report</title>"
+    << "<style>body{font-family:sans-serif;margin:24px}td,th{padding:2px 10px;text-align:left}"
+    << "</style></head><body><h1>hybridmoe training report</h1>"
+    << "<table><tr><th>layout</th><td>" << config.layout().to_string() << "</td></tr>"
+    << "<tr><th>steps</th><td>" << r.steps << "</td></tr><tr><th>initial loss</th><td>"
+    << r.initial_loss << "</td></tr><tr><th>final loss</th><td>" << r.final_loss
+    << "</td></tr><tr><th>tokens/s</th><td>" << std::setprecision(0) << r.tokens_per_s
+    << "</td></tr><tr><th>wall time (s)</th><td>" << std::setprecision(1) << r.wall_s
+    << "</td></tr><tr><th>dropped tokens</th><td>" << data.dropped << "</td></tr></table>"
+    << std::setprecision(3);
+  if (!r.task_accuracy.empty()) {
+    f << "<h2>Held-out task accuracy</h2><table>";
+    for (const auto& [task, acc] : r.task_accuracy)
+      f << "<tr><th>" << task << "</th><td>" << acc * 100 << " %</td></tr>";
+    f << "</table>";
+  }
+  f << "<h2>Loss</h2>" << loss_svg(data.loss_curve);
+  std::vector<std::string> names;
+  for (size_t i = 0; i < data.layer_load.size(); ++i)
+    names.push_back("MoE layer " + std::to_string(i));
+  f << "<h2>Expert load per layer (fraction of assignments, whole run)</h2>"
+    << heatmap_svg(names, data.layer_load);
+  if (!data.task_load.empty()) {
+    f << "<h2>Expert load per layer and task (held-out samples)</h2>";
+    std::vector<std::string> rows_names;
+    std::vector<std::vector<double>> rows;
+    const size_t layers = data.task_load.begin()->second.size();
+    for (size_t l = 0; l < layers; ++l)
+      for (const auto& [task, per_layer] : data.task_load) {
+        rows_names.push_back("L" + std::to_string(l) + " " + task);
+        rows.push_back(per_layer[l]);
+      }
+    f << heatmap_svg(rows_names, rows);
+  }
+  f << "</body></html>\n";
+}
+
+}  // namespace hybridmoe::detail

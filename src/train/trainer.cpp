@@ -1,0 +1,282 @@
+// trainer.cpp — see train.h: the training loop of `hmoe train` on one rank of a layout.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <sstream>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/train.h"
+#include "report.h"
+
+namespace hybridmoe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::string format_duration(double s) {
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%lld:%02lld", static_cast<long long>(t / 60),
+                static_cast<long long>(t % 60));
+  return buf;
+}
+
+// Sums a double vector over the world (in place).
+std::vector<double> world_sum(const std::vector<double>& v, const ParallelGroups& g) {
+  auto t = torch::tensor(v, torch::kFloat64);
+  if (g.world.size() > 1) t = dist::all_reduce_sum(t, g.world);
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+// Rows normalized to fractions.
+std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
+                                           int64_t E) {
+  std::vector<std::vector<double>> out(layers, std::vector<double>(E, 0.0));
+  for (int64_t l = 0; l < layers; ++l) {
+    double total = 0;
+    for (int64_t e = 0; e < E; ++e) total += flat[l * E + e];
+    for (int64_t e = 0; e < E; ++e) out[l][e] = total > 0 ? flat[l * E + e] / total : 0.0;
+  }
+  return out;
+}
+
+// Expert load per MoE layer on each task's held-out lines (collective).
+std::map<std::string, std::vector<std::vector<double>>> load_by_task(
+    GPTImpl& model, const std::vector<TaskSample>& samples, const ParallelGroups& groups) {
+  std::map<std::string, std::vector<std::vector<double>>> out;
+  const int64_t layers = static_cast<int64_t>(model.moe_layers().size());
+  const int64_t E = model.options.num_experts(), ctx = model.options.context();
+  if (layers == 0) return out;
+  torch::NoGradGuard no_grad;
+  model.eval();
+  for (const auto& task : synthetic_task_names()) {
+    std::string text;
+    for (const auto& s : samples)
+      if (s.task == task) text += s.prompt + s.answer + "\n";
+    const int64_t rows = static_cast<int64_t>(text.size()) / ctx;
+    if (rows == 0) continue;
+    auto tokens = torch::empty({rows, ctx}, torch::kInt64);
+    for (int64_t i = 0; i < rows * ctx; ++i)
+      tokens.view({-1})[i] = static_cast<int64_t>(static_cast<unsigned char>(text[i]));
+    auto res = model.forward(tokens);
+    std::vector<double> flat;
+    for (const auto& st : res.moe_stats) {
+      auto c = st.tokens_per_expert.to(torch::kFloat64);
+      for (int64_t e = 0; e < E; ++e) flat.push_back(c[e].item<double>());
+    }
+    out[task] = fractions(world_sum(flat, groups), layers, E);
+  }
+  model.train();
+  return out;
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg, dist::World& world,
+                  const std::function<void(int64_t, double)>& on_step) {
+  validate_config(cfg);
+  const auto layout = cfg.layout();
+  TORCH_CHECK(world.size() == layout.world_size(), "train: the layout ", layout.to_string(),
+              " needs ", layout.world_size(), " ranks, the world has ", world.size());
+  const auto t_start = Clock::now();
+  auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, world));
+  const bool lead = world.rank() == 0;
+  const auto coords = groups->coords();
+  const int64_t dp = layout.dp, tp = layout.tp, micro = cfg.micro_batches;
+  const int64_t per_pass = cfg.batch_size / micro;
+
+  // 1. Data: the same corpus on every rank.
+  Corpus corpus = cfg.data.empty() ? Corpus::synthetic(static_cast<uint64_t>(cfg.seed),
+                                                       cfg.train_lines, cfg.eval_per_task)
+                                   : Corpus::from_file(cfg.data);
+
+  // 2. Model: the single-process model from the seed, sharded into this rank's model.
+  const auto opts = cfg.model_options();
+  std::shared_ptr<const ParallelGroups> model_groups = world.size() > 1 ? groups : nullptr;
+  torch::manual_seed(static_cast<uint64_t>(cfg.seed));
+  GPT model(opts, model_groups);
+  {
+    torch::manual_seed(static_cast<uint64_t>(cfg.seed));
+    GPT full(opts);
+    model->load_shard_from(*full);
+  }
+  GroupedDataParallel gdp(model.ptr(), groups);
+  const auto replicas = gradient_replicas(*model, *groups, gdp);
+
+  // 3. AdamW: weight decay on matrices only.
+  std::vector<torch::Tensor> decay, no_decay;
+  for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
+  auto adam = torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2});
+  std::vector<torch::optim::OptimizerParamGroup> param_groups;
+  param_groups.emplace_back(decay,
+                            std::make_unique<torch::optim::AdamWOptions>(
+                                torch::optim::AdamWOptions(adam).weight_decay(cfg.weight_decay)));
+  param_groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                          torch::optim::AdamWOptions(adam).weight_decay(0.0)));
+  torch::optim::AdamW optimizer(std::move(param_groups), adam);
+
+  // 4. Resume, or start fresh output.
+  TrainResult result;
+  std::vector<std::pair<int64_t, double>> curve;
+  int64_t start = 0;
+  if (lead) fs::create_directories(cfg.out);
+  const std::string metrics_path = cfg.out + "/metrics.jsonl";
+  std::vector<std::string> kept_lines;
+  if (cfg.resume) {
+    const std::string dir = latest_checkpoint(cfg.out);
+    TORCH_CHECK(!dir.empty(), "--resume: no checkpoint under ", cfg.out, "/checkpoints");
+    start = load_checkpoint(dir, cfg, *model, optimizer, *groups);
+    std::ifstream in(metrics_path);
+    std::string line;
+    while (std::getline(in, line)) {
+      int64_t step = -1;
+      double loss = 0;
+      if (std::sscanf(line.c_str(), "{\"step\": %lld, \"loss\": %lf",
+                      reinterpret_cast<long long*>(&step), &loss) == 2 &&
+          step <= start) {
+        kept_lines.push_back(line);
+        curve.emplace_back(step, loss);
+      }
+    }
+    if (world.size() > 1) dist::barrier(groups->world);  // everyone has read before rank 0 rewrites
+    if (lead)
+      std::printf("resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(start));
+  }
+  std::ofstream metrics;
+  if (lead) {
+    metrics.open(metrics_path, std::ios::trunc);
+    TORCH_CHECK(metrics.good(), "train: cannot write ", metrics_path);
+    for (const auto& l : kept_lines) metrics << l << "\n";
+    metrics.flush();
+  }
+  for (const auto& p : curve) result.losses.push_back(p.second);
+  result.first_step = curve.empty() ? start + 1 : curve.front().first;
+
+  // 5. The loop.
+  auto moe = model->moe_layers();
+  const int64_t L = static_cast<int64_t>(moe.size()), E = cfg.num_experts;
+  std::vector<double> load_run(L * E, 0.0);
+  double dropped_run = 0;
+  const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
+  const bool tty = isatty(fileno(stderr));
+  const double tokens_per_step = static_cast<double>(cfg.batch_size * cfg.seq_len);
+  double timed_s = 0;
+  int64_t timed_steps = 0;
+  for (int64_t step = start + 1; step <= last; ++step) {
+    const auto t0 = Clock::now();
+    const double lr = learning_rate(cfg, step - 1);
+    for (auto& g : optimizer.param_groups())
+      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    optimizer.zero_grad();
+    double ce_sum = 0, aux_sum = 0;
+    std::vector<double> load(L * E + 1, 0.0);
+    for (int64_t m = 0; m < micro; ++m) {
+      auto [x, y] = corpus.batch(static_cast<uint64_t>(cfg.seed), step, m, per_pass, cfg.seq_len);
+      x = shard_batch(x, dp, coords.dp);
+      y = shard_batch(y, dp, coords.dp);
+      GPTOutput out = model->forward(x);
+      auto ce = lm_loss(out.logits, y);
+      ((ce + out.aux_loss) / static_cast<double>(micro)).backward();
+      ce_sum += ce.item<double>() / micro;
+      aux_sum += out.aux_loss.item<double>() / micro;
+      for (int64_t l = 0; l < L; ++l) {
+        auto c = out.moe_stats[l].tokens_per_expert.to(torch::kFloat64);
+        for (int64_t e = 0; e < E; ++e) load[l * E + e] += c[e].item<double>();
+        load[L * E] += static_cast<double>(out.moe_stats[l].tokens_dropped);
+      }
+    }
+    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
+    const double norm = clip_global_grad_norm(*model, replicas, cfg.grad_clip, groups->world);
+    optimizer.step();
+    for (auto& layer : moe) layer->gate->after_step();
+    // The global loss: the shares of every rank sum to it.
+    std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
+    shares.insert(shares.end(), load.begin(), load.end());
+    auto total = world_sum(shares, *groups);
+    const double loss = total[0], aux = total[1];
+    for (int64_t i = 0; i < L * E; ++i) load_run[i] += total[2 + i];
+    dropped_run += total[2 + L * E];
+    const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (step > start + 1 || last == start + 1) timed_s += dt, ++timed_steps;
+    const double tps =
+        timed_steps > 0 ? tokens_per_step * timed_steps / timed_s : tokens_per_step / dt;
+    result.losses.push_back(loss);
+    curve.emplace_back(step, loss);
+    if (on_step) on_step(step, loss);
+    // Rank 0: metrics, progress, expert load.
+    if (lead) {
+      metrics << "{\"step\": " << step << ", \"loss\": " << std::setprecision(17) << loss
+              << std::setprecision(8) << ", \"aux_loss\": " << aux << ", \"lr\": " << lr
+              << ", \"grad_norm\": " << norm << ", \"tokens_per_s\": " << tps;
+      const bool stats = step % cfg.stats_every == 0 || step == last;
+      if (stats && L > 0) {
+        std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
+        auto frac = fractions(step_load, L, E);
+        metrics << ", \"expert_load\": [";
+        for (int64_t l = 0; l < L; ++l) metrics << (l ? ", " : "") << detail::json_numbers(frac[l]);
+        metrics << "], \"dropped\": " << total[2 + L * E];
+      }
+      metrics << "}\n";
+      metrics.flush();
+      const double eta = timed_steps > 0 ? timed_s / timed_steps * (last - step) : 0.0;
+      const int width = 24, filled = static_cast<int>(width * step / std::max<int64_t>(1, last));
+      char bar[256];
+      std::snprintf(bar, sizeof(bar), "step %5lld/%lld [%s%s] loss %.4f | %6.0f tok/s | %s left",
+                    static_cast<long long>(step), static_cast<long long>(last),
+                    std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                    loss, tps, format_duration(eta).c_str());
+      if (cfg.progress && tty) {
+        std::fprintf(stderr, "\r%s   %s", bar, step == last ? "\n" : "");
+      } else if (cfg.progress && (step % cfg.log_every == 0 || step == last || step == start + 1)) {
+        std::printf("%s | aux %.4f lr %.2e |g| %.3f\n", bar, aux, lr, norm);
+      }
+      if (stats && L > 0 && cfg.progress) {
+        std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
+        auto frac = fractions(step_load, L, E);
+        std::ostringstream s;
+        s.precision(2);
+        s << std::fixed;
+        for (int64_t l = 0; l < L; ++l) {
+          s << "  layer " << l << " [";
+          for (int64_t e = 0; e < E; ++e) s << (e ? " " : "") << frac[l][e];
+          s << "]";
+        }
+        std::printf("%sstep %lld expert load:%s  dropped %.0f\n", tty ? "\n" : "",
+                    static_cast<long long>(step), s.str().c_str(), total[2 + L * E]);
+      }
+      std::fflush(stdout);
+    }
+    // Checkpoints.
+    const bool periodic = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
+    if (periodic || step == last) save_checkpoint(cfg, step, *model, optimizer, *groups);
+  }
+  result.steps = std::max(start, last);
+
+  // 6. Held-out accuracy and the per-task expert load (only when the run is complete).
+  detail::ReportData data;
+  if (last == cfg.steps && cfg.eval && !corpus.held_out().empty()) {
+    result.task_accuracy = task_accuracy(*model, corpus.held_out());
+    data.task_load = load_by_task(*model, corpus.held_out(), *groups);
+  }
+  result.initial_loss = result.losses.empty() ? 0.0 : result.losses.front();
+  result.final_loss = result.losses.empty() ? 0.0 : result.losses.back();
+  result.tokens_per_s = timed_steps > 0 ? tokens_per_step * timed_steps / timed_s : 0.0;
+  result.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+  if (lead) {
+    data.loss_curve = curve;
+    data.layer_load = fractions(load_run, L, E);
+    data.dropped = static_cast<int64_t>(dropped_run);
+    detail::write_summary(cfg.out, cfg, result, data);
+    detail::write_report(cfg.out, cfg, result, data);
+  }
+  return result;
+}
+
+}  // namespace hybridmoe

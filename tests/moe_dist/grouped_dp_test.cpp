@@ -1,0 +1,68 @@
+// grouped_dp_test.cpp — GroupedDataParallel: default tags from the module tree, overrides,
+// broadcast from rank 0 of each tag group, and gradient sums over each parameter's own group.
+#include <gtest/gtest.h>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/moe.h"
+#include "support/compare.h"
+#include "support/multirank.h"
+
+using namespace hybridmoe;
+using hybridmoe::testing::close;
+using hybridmoe::testing::RankContext;
+using hybridmoe::testing::run_on_ranks;
+
+namespace {
+// A dense layer around a distributed MoE layer.
+struct NetImpl : torch::nn::Module {
+  NetImpl(std::shared_ptr<const ParallelGroups> g) {
+    fc = register_module("fc", torch::nn::Linear(4, 4));
+    moe = register_module("moe", MoE(MoEOptions(4, 4).d_hidden(8).top_k(1), g));
+  }
+  torch::nn::Linear fc{nullptr};
+  MoE moe{nullptr};
+};
+TORCH_MODULE(Net);
+}  // namespace
+
+TEST(GroupedDataParallel, TagsBroadcastAndPerGroupSums) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    // dp = 4, ep = 2 → edp = 2: experts are synchronized over pairs {0, 2} and {1, 3}.
+    auto groups = std::make_shared<ParallelGroups>(
+        ParallelGroups::build(ParallelConfig{1, 4, 1, 2, 1}, ctx.world));
+    torch::manual_seed(100 + ctx.rank());  // every rank starts different
+    Net net(groups);
+    GroupedDataParallel gdp(net.ptr(), groups);
+    // 1. Default tags.
+    const auto& tags = gdp.tags();
+    EXPECT_EQ(tags.at("fc.weight"), GroupKind::kDp);
+    EXPECT_EQ(tags.at("moe.gate.weight"), GroupKind::kStage);
+    EXPECT_EQ(tags.at("moe.experts.w1"), GroupKind::kEdp);
+    EXPECT_EQ(tags.at("moe.experts.b2"), GroupKind::kEdp);
+    EXPECT_TRUE(hybridmoe::testing::throws_with([&] { gdp.set_tag("nope", GroupKind::kDp); },
+                                                "no parameter named \"nope\""));
+    // 2. After the broadcast every parameter equals rank 0's of its group.
+    auto params = net->named_parameters();
+    for (const auto& name : {"fc.weight", "moe.gate.weight", "moe.experts.w1"}) {
+      const auto& g = groups->get(*tags.at(name));
+      auto all = dist::all_gather_rows(params[name].detach().unsqueeze(0).contiguous(), g);
+      for (int64_t j = 1; j < g.size(); ++j) EXPECT_TRUE(close(all[j], all[0], 0.0)) << name;
+    }
+    // 3. Gradients filled with (rank + 1) sum over the tag group; an untagged one stays local.
+    gdp.set_tag("fc.bias", c10::nullopt);
+    for (auto& p : net->parameters()) p.mutable_grad() = torch::full_like(p, ctx.rank() + 1.0);
+    gdp.reduce_gradients(0.5);
+    auto sum_of = [&](GroupKind k) {
+      double s = 0;
+      for (auto r : groups->get(k).ranks) s += static_cast<double>(r + 1);
+      return 0.5 * s;
+    };
+    EXPECT_DOUBLE_EQ(params["fc.weight"].grad()[0][0].item<double>(), sum_of(GroupKind::kDp));
+    EXPECT_DOUBLE_EQ(params["moe.gate.weight"].grad()[0][0].item<double>(),
+                     sum_of(GroupKind::kStage));
+    EXPECT_DOUBLE_EQ(params["moe.experts.w1"].grad()[0][0][0].item<double>(),
+                     sum_of(GroupKind::kEdp));
+    EXPECT_DOUBLE_EQ(params["fc.bias"].grad()[0].item<double>(), 0.5 * (ctx.rank() + 1.0));
+  });
+}

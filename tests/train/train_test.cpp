@@ -1,0 +1,335 @@
+// train_test.cpp — the trainer: configuration checks, data, learning rate, the global gradient
+// norm against one process, a short run that learns, resume equal to an uninterrupted run, and
+// checkpoints refused when corrupted, incomplete or of another layout.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/train.h"
+#include "support/multirank.h"
+
+namespace hybridmoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string test_dir(const std::string& name) {
+  return (fs::temp_directory_path() / ("hmoe_train_test_" + std::to_string(getuid())) / name)
+      .string();
+}
+
+// A tiny single-process configuration that runs in about a second.
+TrainConfig tiny_config(const std::string& out) {
+  TrainConfig c;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.context = 32;
+  c.seq_len = 32;
+  c.moe_every = 2;
+  c.num_experts = 4;
+  c.batch_size = 8;
+  c.steps = 12;
+  c.warmup_steps = 3;
+  c.train_lines = 2000;
+  c.eval_per_task = 4;
+  c.nproc = 1;
+  c.tp = c.dp = c.ep = c.etp = 1;
+  c.out = out;
+  c.progress = false;
+  c.eval = false;
+  c.checkpoint_every = 0;
+  return c;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::map<std::string, std::string> snapshot(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) files[e.path().string()] = read_file(e.path().string());
+  return files;
+}
+
+TEST(TrainConfig, UnknownKeysAreRefusedByName) {
+  TrainConfig c;
+  auto e = error_of([&] { apply_toml_text(c, "steps = 5\nbogus_key = 3\n", "test.toml"); });
+  EXPECT_NE(e.find("bogus_key"), std::string::npos) << e;
+  e = error_of([&] { apply_toml_text(c, "[optim]\nlearning_rat = 0.1\n", "test.toml"); });
+  EXPECT_NE(e.find("learning_rat"), std::string::npos) << e;
+  e = error_of([&] { apply_toml_text(c, "steps = \"many\"\n", "test.toml"); });
+  EXPECT_NE(e.find("steps"), std::string::npos) << e;
+  e = error_of([&] { set_config_value(c, "d_model", "12x"); });
+  EXPECT_NE(e.find("d_model"), std::string::npos) << e;
+}
+
+TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
+  TrainConfig c;
+  EXPECT_EQ(check_config(c), "");
+  auto with = [](std::function<void(TrainConfig&)> f) {
+    TrainConfig c;
+    f(c);
+    return check_config(c);
+  };
+  EXPECT_NE(with([](TrainConfig& c) {
+              c.tp = 1;
+              c.ep = 3;
+              c.dp = 3;
+              c.nproc = 3;
+            }).find("`ep`"),
+            std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.batch_size = 15; }).find("`batch_size`"),
+            std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.micro_batches = 3; }).find("`micro_batches`"),
+            std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.tp = 1; }).find("`nproc`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) {
+              c.tp = 8;
+              c.dp = 1;
+              c.nproc = 8;
+              c.ep = 8;
+              c.num_experts = 8;
+            }).find("`tp`"),
+            std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) {
+              c.pp = 2;
+              c.nproc = 8;
+            }).find("`pp`"),
+            std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.seq_len = 128; }).find("`seq_len`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
+}
+
+TEST(TrainConfig, TomlRoundTripAndTables) {
+  TrainConfig c;
+  apply_toml_text(c,
+                  "[model]\nd_model = 48\n[optim]\nlr = 0.01\nsteps = 7\n[output]\nresume = true\n"
+                  "data = \"x.txt\"\n",
+                  "t.toml");
+  EXPECT_EQ(c.d_model, 48);
+  EXPECT_EQ(c.steps, 7);
+  EXPECT_DOUBLE_EQ(c.lr, 0.01);
+  EXPECT_TRUE(c.resume);
+  EXPECT_EQ(c.data, "x.txt");
+  TrainConfig d;
+  apply_toml_text(d, config_to_toml(c), "printed");
+  for (const auto& k : train_config_keys())
+    EXPECT_EQ(get_config_value(d, k.name), get_config_value(c, k.name)) << k.name;
+}
+
+TEST(TrainData, SyntheticCorpusIsDeterministicWithHeldOutSamples) {
+  auto a = Corpus::synthetic(3, 500, 5), b = Corpus::synthetic(3, 500, 5);
+  EXPECT_EQ(a.text(), b.text());
+  EXPECT_NE(a.text(), Corpus::synthetic(4, 500, 5).text());
+  ASSERT_EQ(a.held_out().size(), 4u * 5u);
+  for (const auto& s : a.held_out()) {
+    EXPECT_EQ(a.text().find(s.prompt + s.answer + "\n"), std::string::npos) << s.prompt;
+    EXPECT_EQ(s.prompt.substr(s.prompt.size() - 4), " -> ");
+  }
+  EXPECT_NE(a.text().find("sort: "), std::string::npos);
+  EXPECT_NE(a.text().find("reverse: "), std::string::npos);
+  EXPECT_NE(a.text().find("add: "), std::string::npos);
+  auto [x, y] = a.batch(1, 5, 0, 4, 16);
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{4, 16}));
+  EXPECT_TRUE(torch::equal(x.narrow(1, 1, 15), y.narrow(1, 0, 15)));
+  auto [x2, y2] = a.batch(1, 5, 0, 4, 16);
+  EXPECT_TRUE(torch::equal(x, x2));
+  EXPECT_TRUE(torch::equal(shard_batch(x, 2, 1), x.narrow(0, 2, 2)));
+}
+
+TEST(TrainLoop, LearningRateWarmsUpThenDecays) {
+  TrainConfig c;
+  c.steps = 100;
+  c.warmup_steps = 10;
+  c.lr = 1.0;
+  c.min_lr = 0.1;
+  EXPECT_NEAR(learning_rate(c, 0), 0.1, 1e-12);
+  EXPECT_NEAR(learning_rate(c, 9), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(c, 10), 1.0, 1e-12);
+  EXPECT_NEAR(learning_rate(c, 99), 0.1, 1e-12);
+  EXPECT_GT(learning_rate(c, 50), 0.1);
+  EXPECT_LT(learning_rate(c, 50), 1.0);
+}
+
+TEST(TrainLoop, ShortRunLowersTheLoss) {
+  const auto dir = test_dir("short_run");
+  fs::remove_all(dir);
+  auto c = tiny_config(dir);
+  c.steps = 40;
+  c.eval = true;
+  auto world = dist::init();
+  TrainResult r = train(c, *world);
+  ASSERT_EQ(r.losses.size(), 40u);
+  double tail = 0;
+  for (size_t i = 35; i < 40; ++i) tail += r.losses[i] / 5;
+  // From ~ln(256) = 5.5 the byte model must lose at least 2 nats in 40 steps.
+  EXPECT_LT(tail, r.losses.front() - 2.0) << "initial " << r.losses.front() << " final " << tail;
+  EXPECT_TRUE(fs::exists(dir + "/summary.json"));
+  EXPECT_TRUE(fs::exists(dir + "/report.html"));
+  EXPECT_TRUE(fs::exists(dir + "/metrics.jsonl"));
+  EXPECT_EQ(r.task_accuracy.size(), 4u);
+  const auto summary = read_file(dir + "/summary.json");
+  for (auto* key :
+       {"initial_loss", "final_loss", "tokens_per_s", "steps", "layout", "task_accuracy"})
+    EXPECT_NE(summary.find(key), std::string::npos) << key;
+  // The consolidated model of the final checkpoint generates like the trained model.
+  GPT loaded = load_full_model(latest_checkpoint(dir));
+  EXPECT_FALSE(generate_text(*loaded, "copy: abc -> ", 8).empty() &&
+               generate_text(*loaded, "sort: 321 -> ", 8).empty());
+}
+
+TEST(TrainCheckpoint, ResumeEqualsUninterruptedRun) {
+  const auto dir_a = test_dir("resume_a"), dir_b = test_dir("resume_b");
+  fs::remove_all(dir_a);
+  fs::remove_all(dir_b);
+  auto world = dist::init();
+  auto a = tiny_config(dir_a);
+  a.micro_batches = 2;
+  TrainResult full = train(a, *world);
+  auto b = tiny_config(dir_b);
+  b.micro_batches = 2;
+  b.stop_after = 5;
+  TrainResult first = train(b, *world);
+  EXPECT_EQ(first.losses.size(), 5u);
+  b.stop_after = 0;
+  b.resume = true;
+  TrainResult second = train(b, *world);
+  ASSERT_EQ(second.losses.size(), 12u);  // 5 read back from metrics, 7 run
+  for (size_t i = 0; i < 12; ++i) EXPECT_EQ(second.losses[i], full.losses[i]) << "step " << i + 1;
+}
+
+TEST(TrainCheckpoint, CorruptMissingOrForeignCheckpointsAreRefused) {
+  const auto dir = test_dir("corrupt");
+  fs::remove_all(dir);
+  auto world = dist::init();
+  auto c = tiny_config(dir);
+  c.steps = 4;
+  c.stop_after = 2;
+  train(c, *world);
+  const std::string ckpt = latest_checkpoint(dir);
+  ASSERT_FALSE(ckpt.empty());
+  c.stop_after = 0;
+  c.resume = true;
+  // 1. A corrupted shard: refused, nothing changed on disk.
+  const std::string shard = ckpt + "/rank_0.pt";
+  std::string bytes = read_file(shard);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
+  auto before = snapshot(dir);
+  auto e = error_of([&] { train(c, *world); });
+  EXPECT_NE(e.find("corrupted"), std::string::npos) << e;
+  EXPECT_EQ(snapshot(dir), before);
+  // 2. A missing shard.
+  fs::remove(shard);
+  before = snapshot(dir);
+  e = error_of([&] { train(c, *world); });
+  EXPECT_NE(e.find("missing"), std::string::npos) << e;
+  EXPECT_EQ(snapshot(dir), before);
+  // 3. Another layout.
+  auto meta = read_file(ckpt + "/checkpoint.meta");
+  meta.replace(meta.find("layout = "), std::string("layout = tp1.dp1.pp1.ep1.etp1").size(),
+               "layout = tp1.dp2.pp1.ep2.etp1");
+  std::ofstream(ckpt + "/checkpoint.meta", std::ios::trunc) << meta;
+  e = error_of([&] { train(c, *world); });
+  EXPECT_NE(e.find("different layout"), std::string::npos) << e;
+  // 4. Another model shape.
+  auto other = c;
+  other.d_model = 64;
+  meta.replace(meta.find("layout = "), std::string("layout = tp1.dp2.pp1.ep2.etp1").size(),
+               "layout = tp1.dp1.pp1.ep1.etp1");
+  std::ofstream(ckpt + "/checkpoint.meta", std::ios::trunc) << meta;
+  e = error_of([&] { train(other, *world); });
+  EXPECT_NE(e.find("`d_model`"), std::string::npos) << e;
+}
+
+// The global norm of the reduced gradients under a layout equals the single-process norm.
+void check_grad_norm(dist::World& world, const ParallelConfig& layout, int64_t run_id) {
+  const std::string tag = "norm" + std::to_string(run_id);
+  std::vector<int64_t> members(layout.world_size());
+  for (int64_t r = 0; r < layout.world_size(); ++r) members[r] = r;
+  auto sub = world.new_group(tag, members);
+  auto groups = std::make_shared<ParallelGroups>(
+      ParallelGroups::build(layout, sub, world.store(), false, tag));
+  auto o = tiny_config("").model_options().context(8).d_model(16).n_heads(4);
+  torch::manual_seed(5);
+  GPT ref(o);
+  ref->to(torch::kFloat64);
+  GPT net(o, groups);
+  net->to(torch::kFloat64);
+  net->load_shard_from(*ref);
+  GroupedDataParallel gdp(net.ptr(), groups);
+  const int64_t b = 2, S = 8;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  auto tokens = torch::randint(0, 256, {layout.dp * b, S}, gen, torch::kInt64);
+  auto out = ref(tokens, moe_group_sizes(layout, b * S));
+  (lm_loss(out.logits, tokens) + out.aux_loss).backward();
+  double ref_sq = 0;
+  for (auto& p : ref->parameters()) ref_sq += p.grad().pow(2).sum().item<double>();
+  auto mine = tokens.narrow(0, groups->coords().dp * b, b);
+  auto o2 = net(mine);
+  (lm_loss(o2.logits, mine) + o2.aux_loss).backward();
+  gdp.reduce_gradients(1.0 / static_cast<double>(layout.dp));
+  const double norm =
+      clip_global_grad_norm(*net, gradient_replicas(*net, *groups, gdp), 0.0, groups->world);
+  EXPECT_NEAR(norm, std::sqrt(ref_sq), 1e-9 * std::sqrt(ref_sq)) << layout.to_string();
+}
+
+TEST(TrainMultiRank, GlobalGradNormEqualsOneProcess) {
+  testing::run_on_ranks(4, [](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    check_grad_norm(ctx.world, ParallelConfig{2, 2, 1, 2, 1}, 0);
+    check_grad_norm(ctx.world, ParallelConfig{2, 2, 1, 2, 2}, 1);
+    check_grad_norm(ctx.world, ParallelConfig{1, 4, 1, 4, 1}, 2);
+  });
+}
+
+TEST(TrainMultiRank, DistributedResumeEqualsUninterruptedRun) {
+  testing::run_on_ranks(2, [](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    const auto dir_a = test_dir("mr_resume_a"), dir_b = test_dir("mr_resume_b");
+    if (ctx.rank() == 0) {
+      fs::remove_all(dir_a);
+      fs::remove_all(dir_b);
+    }
+    auto cfg = [&](const std::string& dir) {
+      auto c = tiny_config(dir);
+      c.nproc = 2;
+      c.dp = 2;
+      c.ep = 2;
+      c.steps = 8;
+      return c;
+    };
+    TrainResult full = train(cfg(dir_a), ctx.world);
+    auto b = cfg(dir_b);
+    b.stop_after = 4;
+    train(b, ctx.world);
+    b.stop_after = 0;
+    b.resume = true;
+    TrainResult second = train(b, ctx.world);
+    ASSERT_EQ(second.losses.size(), 8u);
+    for (size_t i = 0; i < 8; ++i) EXPECT_EQ(second.losses[i], full.losses[i]) << i;
+    EXPECT_LT(full.losses.back(), full.losses.front());
+  });
+}
+
+}  // namespace
+}  // namespace hybridmoe
