@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace hybridmoe::bench {
@@ -22,6 +23,25 @@ inline double median_ms(int warmup, int iters, const std::function<void()>& fn) 
   }
   std::sort(t.begin(), t.end());
   return t.empty() ? 0.0 : t[t.size() / 2];
+}
+
+/// Median wall times (ms) of two functions timed alternately, call by call, so that both see the
+/// same machine noise; `warmup` untimed rounds first.
+inline std::pair<double, double> interleaved_median_ms(int warmup, int iters,
+                                                       const std::function<void()>& a,
+                                                       const std::function<void()>& b) {
+  for (int i = 0; i < warmup; ++i) {
+    a();
+    b();
+  }
+  std::vector<double> ta, tb;
+  for (int i = 0; i < iters; ++i) {
+    ta.push_back(median_ms(0, 1, a));
+    tb.push_back(median_ms(0, 1, b));
+  }
+  std::sort(ta.begin(), ta.end());
+  std::sort(tb.begin(), tb.end());
+  return {ta[ta.size() / 2], tb[tb.size() / 2]};
 }
 
 /// Peak resident set size of this process so far, in MiB.

@@ -21,14 +21,19 @@ torch::ScalarType parse_dtype(const std::string& s) {
 
 nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   TORCH_CHECK(a.iters >= 1, "--iters must be >= 1, got ", a.iters);
-  const int threads = a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
+  const int threads =
+      a.threads > 0 ? a.threads : static_cast<int>(std::thread::hardware_concurrency());
   at::set_num_threads(threads);
   torch::manual_seed(a.seed);
   const auto dtype = parse_dtype(a.dtype);
   const auto act = parse_activation(a.activation);
 
-  auto opts = MoEOptions(a.d_model, a.experts).d_hidden(a.d_hidden).top_k(a.top_k)
-                  .activation(act).capacity_factor(a.capacity_factor).gate_type(a.gate);
+  auto opts = MoEOptions(a.d_model, a.experts)
+                  .d_hidden(a.d_hidden)
+                  .top_k(a.top_k)
+                  .activation(act)
+                  .capacity_factor(a.capacity_factor)
+                  .gate_type(a.gate);
   MoE moe(opts);
   moe->to(dtype);
   auto x = torch::randn({a.tokens, a.d_model}, torch::dtype(dtype)).requires_grad_(true);
@@ -44,7 +49,6 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
     (out.output.sum() + out.aux_loss).backward();
   };
   const double fwd_ms = median_ms(a.warmup, a.iters, fwd);
-  const double fwd_bwd_ms = median_ms(a.warmup, a.iters, fwd_bwd);
 
   // 2. Expert FLOPs of forward + backward (backward = 2x forward) over the rows actually kept.
   const double n_proj = act == Activation::kSwiGLU ? 3.0 : 2.0;
@@ -53,16 +57,21 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   // 3. A dense MLP chain of the same total size and FLOPs: [rows, d] → [rows, h] → [rows, d].
   auto dense_opts = torch::dtype(dtype).requires_grad(true);
   auto xd = torch::randn({rows, a.d_model}, dense_opts);
-  auto w1 = (torch::randn({a.d_model, a.d_hidden}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
-  auto w2 = (torch::randn({a.d_hidden, a.d_model}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
-  auto w3 = (torch::randn({a.d_model, a.d_hidden}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
+  auto w1 =
+      (torch::randn({a.d_model, a.d_hidden}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
+  auto w2 =
+      (torch::randn({a.d_hidden, a.d_model}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
+  auto w3 =
+      (torch::randn({a.d_model, a.d_hidden}, torch::dtype(dtype)) * 0.02).requires_grad_(true);
   auto dense = [&] {
     auto h1 = xd.mm(w1);
     auto h = act == Activation::kSwiGLU ? torch::silu(h1) * xd.mm(w3)
-             : act == Activation::kGelu ? torch::gelu(h1) : torch::relu(h1);
+             : act == Activation::kGelu ? torch::gelu(h1)
+                                        : torch::relu(h1);
     h.mm(w2).sum().backward();
   };
-  const double dense_ms = median_ms(a.warmup, a.iters, dense);
+  // The layer and the dense chain are timed alternately, so both see the same machine noise.
+  const auto [fwd_bwd_ms, dense_ms] = interleaved_median_ms(a.warmup, a.iters, fwd_bwd, dense);
 
   // 4. The sequential reference (loop over experts, mask-index the tokens of each).
   double naive_ms = 0.0;

@@ -27,8 +27,11 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   at::set_num_threads(a.threads > 0 ? a.threads : 1);
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, world));
   const auto dtype = a.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
-  auto opts = MoEOptions(a.d_model, a.experts).d_hidden(a.d_hidden).top_k(a.top_k)
-                  .activation(parse_activation(a.activation)).capacity_factor(a.capacity_factor)
+  auto opts = MoEOptions(a.d_model, a.experts)
+                  .d_hidden(a.d_hidden)
+                  .top_k(a.top_k)
+                  .activation(parse_activation(a.activation))
+                  .capacity_factor(a.capacity_factor)
                   .gate_type(a.gate);
   torch::manual_seed(a.seed);
   MoE full(opts);
@@ -81,7 +84,10 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   dist::barrier(groups->world);
   nlohmann::json j;
   j["bench"] = "layer_distributed";
-  j["layout"] = {{"tp", layout.tp}, {"dp", layout.dp}, {"pp", layout.pp}, {"ep", layout.ep},
+  j["layout"] = {{"tp", layout.tp},
+                 {"dp", layout.dp},
+                 {"pp", layout.pp},
+                 {"ep", layout.ep},
                  {"etp", layout.etp}};
   j["ranks"] = world.size();
   j["tokens"] = a.tokens;

@@ -32,7 +32,9 @@ inline torch::Tensor stable_argsort(const torch::Tensor& values, bool descending
 }
 
 /// A string naming the LibTorch version this was built against, e.g. "1.13.1".
-inline std::string torch_version() { return TORCH_VERSION; }
+inline std::string torch_version() {
+  return TORCH_VERSION;
+}
 
 }  // namespace hybridmoe::compat
 

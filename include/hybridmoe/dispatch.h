@@ -19,10 +19,10 @@ namespace hybridmoe {
 /// Rows of expert e occupy [offsets[e], offsets[e] + counts[e]); inside an expert, rows keep the
 /// order of the router's assignment list (token order for top-k gates): a stable sort.
 struct DispatchPlan {
-  torch::Tensor order;         // [A] int64: assignment index of each row
-  torch::Tensor sorted_token;  // [A] int64: token index of each row
-  torch::Tensor sorted_weight; // [A] router weight of each row (differentiable)
-  torch::Tensor counts;        // [E] int64
+  torch::Tensor order;                // [A] int64: assignment index of each row
+  torch::Tensor sorted_token;         // [A] int64: token index of each row
+  torch::Tensor sorted_weight;        // [A] router weight of each row (differentiable)
+  torch::Tensor counts;               // [E] int64
   std::vector<int64_t> counts_host;   ///< counts, on the host
   std::vector<int64_t> offsets_host;  ///< exclusive prefix sum of counts, E + 1 entries
   int64_t num_tokens = 0;
@@ -36,7 +36,8 @@ DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t 
 torch::Tensor gather_rows(const torch::Tensor& x, const torch::Tensor& index);
 
 /// out[index[i]] += y[i] over num_rows output rows; backward gathers. y: [A, d] → [num_rows, d].
-torch::Tensor scatter_add_rows(const torch::Tensor& y, const torch::Tensor& index, int64_t num_rows);
+torch::Tensor scatter_add_rows(const torch::Tensor& y, const torch::Tensor& index,
+                               int64_t num_rows);
 
 /// Permute: token rows into expert-contiguous order. x: [T, d] → [A, d].
 torch::Tensor permute(const torch::Tensor& x, const DispatchPlan& plan);

@@ -50,8 +50,8 @@ struct GroupedExpertsOptions {
 
 /// Experts stored batched and run as one grouped GEMM per projection.
 /// Parameters: w1 [E, d_model, d_hidden], b1 [E, d_hidden], w2 [E, d_hidden, d_model],
-/// b2 [E, d_model] (only with add_output_bias); with SwiGLU also w3 [E, d_model, d_hidden], b3 [E, d_hidden]
-/// (h = silu(x w1 + b1) * (x w3 + b3)).
+/// b2 [E, d_model] (only with add_output_bias); with SwiGLU also w3 [E, d_model, d_hidden], b3 [E,
+/// d_hidden] (h = silu(x w1 + b1) * (x w3 + b3)).
 class GroupedExpertsImpl : public ExpertsBase {
  public:
   explicit GroupedExpertsImpl(GroupedExpertsOptions options);

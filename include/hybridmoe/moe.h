@@ -21,14 +21,26 @@ namespace hybridmoe {
 ///   auto loss = task_loss(out.output) + out.aux_loss;
 struct MoEOptions {
   MoEOptions(int64_t d_model, int64_t num_experts) : d_model_(d_model), num_experts_(num_experts) {}
-  MoEOptions& top_k(int64_t k) { gate_.top_k(k); return *this; }
+  MoEOptions& top_k(int64_t k) {
+    gate_.top_k(k);
+    return *this;
+  }
   int64_t top_k() const { return gate_.top_k(); }
   /// <= 0 means dropless.
-  MoEOptions& capacity_factor(double f) { gate_.capacity_factor(f); return *this; }
+  MoEOptions& capacity_factor(double f) {
+    gate_.capacity_factor(f);
+    return *this;
+  }
   double capacity_factor() const { return gate_.capacity_factor(); }
-  MoEOptions& normalize_top_k_weights(bool v) { gate_.normalize_top_k_weights(v); return *this; }
+  MoEOptions& normalize_top_k_weights(bool v) {
+    gate_.normalize_top_k_weights(v);
+    return *this;
+  }
   bool normalize_top_k_weights() const { return gate_.normalize_top_k_weights(); }
-  MoEOptions& gate_type(const std::string& name) { gate_.type(name); return *this; }
+  MoEOptions& gate_type(const std::string& name) {
+    gate_.type(name);
+    return *this;
+  }
 
   /// The hidden width in force (d_hidden, or 4 * d_model when 0).
   int64_t hidden() const { return d_hidden_ > 0 ? d_hidden_ : 4 * d_model_; }
@@ -44,7 +56,6 @@ struct MoEOptions {
   TORCH_ARG(GateOptions, gate);
   /// A user module per expert instead of the built-in grouped MLP (FastMoE's `expert=`).
   TORCH_ARG(ExpertFactory, expert) = nullptr;
-
 };
 
 /// What the layer returns: the output in the input's shape, the auxiliary loss to add to the

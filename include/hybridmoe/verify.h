@@ -44,7 +44,7 @@ struct VerifyRow {
   double loss_rel_err = 0.0;   ///< max over steps
   double param_rel_err = 0.0;  ///< max over parameters and ranks
   bool pass = false;
-  std::string error;           ///< set when the run raised an error
+  std::string error;  ///< set when the run raised an error
 };
 
 /// Layouts without pipeline stages on `world_size` ranks whose ep divides `experts` and whose

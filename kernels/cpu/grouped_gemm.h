@@ -13,7 +13,8 @@ namespace hybridmoe::kernels {
 /// a: [A, K]; b: [E, K, N] (trans_b = false) or [E, N, K] (trans_b = true); bias: [E, N] or
 /// undefined; out: [A, N] preallocated, contiguous. With accumulate, out is added to.
 void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vector<int64_t>& counts,
-                bool trans_b, const torch::Tensor& bias, torch::Tensor& out, bool accumulate = false);
+                bool trans_b, const torch::Tensor& bias, torch::Tensor& out,
+                bool accumulate = false);
 
 /// Per-segment a^T c: result[e] = a[seg_e]^T @ c[seg_e] (zero for empty segments).
 /// a: [A, K]; c: [A, N] → [E, K, N].

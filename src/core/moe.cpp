@@ -16,12 +16,13 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
               options.num_experts());
   TORCH_CHECK(options.d_hidden() >= 0, "MoE: d_hidden must be >= 0 (0 = 4 * d_model), got ",
               options.d_hidden());
-  gate = register_module("gate", make_gate(options.d_model(), options.num_experts(), options.gate()));
+  gate =
+      register_module("gate", make_gate(options.d_model(), options.num_experts(), options.gate()));
   if (options.expert()) {
     auto factory = options.expert();
-    experts = register_module(
-        "experts", ModuleExperts(local_experts, [&](int64_t e) { return factory(first_expert + e); })
-                       .ptr());
+    experts = register_module("experts", ModuleExperts(local_experts, [&](int64_t e) {
+                                           return factory(first_expert + e);
+                                         }).ptr());
   } else {
     grouped = GroupedExperts(GroupedExpertsOptions(local_experts, options.d_model(), hidden)
                                  .activation(options.activation())
@@ -35,8 +36,9 @@ torch::Tensor MoEImpl::flatten_input(const torch::Tensor& x) const {
   TORCH_CHECK(x.defined(), "MoE: the input is undefined");
   TORCH_CHECK(x.dim() == 2 || x.dim() == 3,
               "MoE: input must be [tokens, d_model] or [batch, seq, d_model], got ", x.sizes());
-  TORCH_CHECK(x.size(-1) == options.d_model(), "MoE: input width must be d_model=",
-              options.d_model(), ", got ", x.size(-1), " (shape ", x.sizes(), ")");
+  TORCH_CHECK(x.size(-1) == options.d_model(),
+              "MoE: input width must be d_model=", options.d_model(), ", got ", x.size(-1),
+              " (shape ", x.sizes(), ")");
   TORCH_CHECK(torch::isFloatingType(x.scalar_type()),
               "MoE: input must be a floating-point tensor, got ", x.scalar_type());
   return x.reshape({-1, options.d_model()});
@@ -82,7 +84,8 @@ MoEOutput MoEImpl::forward(const torch::Tensor& x) {
 
 MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
                                    const std::vector<int64_t>& group_sizes) {
-  TORCH_CHECK(!groups_, "MoE: forward_grouped is the single-process reference; this layer is "
+  TORCH_CHECK(!groups_,
+              "MoE: forward_grouped is the single-process reference; this layer is "
               "distributed");
   auto tokens = flatten_input(x);
   int64_t total = 0;

@@ -9,15 +9,17 @@ namespace hybridmoe {
 
 MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> groups)
     : options(std::move(options_)), groups_(std::move(groups)) {
-  TORCH_CHECK(groups_, "MoE: the parallel groups are null (use the one-argument constructor for "
+  TORCH_CHECK(groups_,
+              "MoE: the parallel groups are null (use the one-argument constructor for "
               "a single process)");
   const auto& g = *groups_;
   const int64_t E = options.num_experts(), ep = g.ep.size(), etp = g.etp.size();
   TORCH_CHECK(E % ep == 0, "MoE: num_experts=", E, " must be divisible by ep=", ep);
   TORCH_CHECK(options.hidden() % etp == 0, "MoE: d_hidden=", options.hidden(),
               " must be divisible by etp=", etp);
-  TORCH_CHECK(etp == 1 || !options.expert(), "MoE: user expert modules cannot be split over etp=",
-              etp, "; use etp=1 or the built-in grouped experts");
+  TORCH_CHECK(etp == 1 || !options.expert(),
+              "MoE: user expert modules cannot be split over etp=", etp,
+              "; use etp=1 or the built-in grouped experts");
   TORCH_CHECK(etp == 1 || etp == g.slice.size(), "MoE: etp must be 1 or tp=", g.slice.size(),
               ", got ", etp);
   build(E / ep, g.ep.rank * (E / ep), options.hidden() / etp, /*add_output_bias=*/g.etp.rank == 0);

@@ -30,8 +30,8 @@ int64_t offset_of(const std::vector<int64_t>& rows, int64_t rank) {
 
 void check_rows(const dist::Group& g, const std::vector<int64_t>& rows, const char* op) {
   TORCH_CHECK(g.is_member(), op, ": this rank is not a member of group ", g.name);
-  TORCH_CHECK(static_cast<int64_t>(rows.size()) == g.size(), op, ": rows_per_rank needs ",
-              g.size(), " entries for group ", g.name, ", got ", rows.size());
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) == g.size(), op, ": rows_per_rank needs ", g.size(),
+              " entries for group ", g.name, ", got ", rows.size());
 }
 
 // Forward: this rank's block. Backward: all-gather of the block gradients.
@@ -82,8 +82,10 @@ torch::Tensor scatter_to_slices(const torch::Tensor& x, const dist::Group& group
 torch::Tensor gather_from_slices(const torch::Tensor& y, const dist::Group& group,
                                  const std::vector<int64_t>& rows_per_rank) {
   check_rows(group, rows_per_rank, "gather_from_slices");
-  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows_per_rank[group.rank], "gather_from_slices: y must "
-              "have ", rows_per_rank[group.rank], " rows on rank ", group.rank, ", got ", y.sizes());
+  TORCH_CHECK(y.dim() >= 1 && y.size(0) == rows_per_rank[group.rank],
+              "gather_from_slices: y must "
+              "have ",
+              rows_per_rank[group.rank], " rows on rank ", group.rank, ", got ", y.sizes());
   if (group.size() == 1) return y;
   return GatherFromSlicesFn::apply(y, rows_per_rank, group);
 }
@@ -139,8 +141,8 @@ ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep)
   // 3. Received rows are source-major; the experts want them expert-major.
   auto [index, per_expert] = expert_major_index(blocks);
   xp.to_expert_major = index;
-  xp.from_expert_major = torch::empty_like(index).index_put_(
-      {index}, torch::arange(index.numel(), index.options()));
+  xp.from_expert_major =
+      torch::empty_like(index).index_put_({index}, torch::arange(index.numel(), index.options()));
   xp.local_counts = per_expert;
   return xp;
 }

@@ -99,8 +99,8 @@ DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t 
 }
 
 torch::Tensor permute(const torch::Tensor& x, const DispatchPlan& plan) {
-  TORCH_CHECK(x.dim() == 2 && x.size(0) == plan.num_tokens, "permute: x must be [",
-              plan.num_tokens, ", d], got ", x.sizes());
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == plan.num_tokens, "permute: x must be [", plan.num_tokens,
+              ", d], got ", x.sizes());
   return gather_rows(x, plan.sorted_token);
 }
 

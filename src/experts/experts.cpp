@@ -16,9 +16,12 @@ Activation parse_activation(const std::string& name) {
 
 std::string to_string(Activation activation) {
   switch (activation) {
-    case Activation::kGelu: return "gelu";
-    case Activation::kRelu: return "relu";
-    case Activation::kSwiGLU: return "swiglu";
+    case Activation::kGelu:
+      return "gelu";
+    case Activation::kRelu:
+      return "relu";
+    case Activation::kSwiGLU:
+      return "swiglu";
   }
   return "?";
 }
@@ -56,14 +59,16 @@ void GroupedExpertsImpl::reset_parameters() {
 }
 
 torch::Tensor GroupedExpertsImpl::run(const torch::Tensor& x, const std::vector<int64_t>& counts) {
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_experts(), "GroupedExperts: ",
-              counts.size(), " segment sizes for ", options.num_experts(), " experts");
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_experts(),
+              "GroupedExperts: ", counts.size(), " segment sizes for ", options.num_experts(),
+              " experts");
   return detail::grouped_mlp(x, w1, b1, w2, b2, w3, b3, counts, options.activation());
 }
 
 namespace {
 // Expert e of a GroupedExperts, with plain ops. x: [n, d] → [n, d].
-torch::Tensor grouped_expert_plain(const GroupedExpertsImpl& ex, int64_t e, const torch::Tensor& x) {
+torch::Tensor grouped_expert_plain(const GroupedExpertsImpl& ex, int64_t e,
+                                   const torch::Tensor& x) {
   auto pick = [e](const torch::Tensor& t) { return t.defined() ? t[e] : torch::Tensor(); };
   return detail::expert_mlp_plain(x, ex.w1[e], pick(ex.b1), ex.w2[e], pick(ex.b2), pick(ex.w3),
                                   pick(ex.b3), ex.options.activation());
@@ -100,14 +105,14 @@ torch::Tensor ModuleExpertsImpl::run(const torch::Tensor& x, const std::vector<i
   for (size_t e = 0; e < counts.size(); ++e) {
     if (counts[e] > 0) {
       auto y = experts_[e].forward(x.narrow(0, offset, counts[e]));
-      TORCH_CHECK(y.sizes() == x.narrow(0, offset, counts[e]).sizes(), "ModuleExperts: expert ",
-                  e, " must map [n, d] to [n, d]; got ", y.sizes());
+      TORCH_CHECK(y.sizes() == x.narrow(0, offset, counts[e]).sizes(), "ModuleExperts: expert ", e,
+                  " must map [n, d] to [n, d]; got ", y.sizes());
       parts.push_back(y);
     }
     offset += counts[e];
   }
-  TORCH_CHECK(offset == x.size(0), "ModuleExperts: segment sizes sum to ", offset, " but there are ",
-              x.size(0), " rows");
+  TORCH_CHECK(offset == x.size(0), "ModuleExperts: segment sizes sum to ", offset,
+              " but there are ", x.size(0), " rows");
   if (parts.empty()) return x.narrow(0, 0, 0) * 1;
   return torch::cat(parts, 0);
 }

@@ -6,11 +6,11 @@
 
 namespace hybridmoe::detail {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::tensor_list;
 using kernels::grouped_mm;
 using kernels::grouped_mm_tn;
 using kernels::segment_sum;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
 
 namespace {
 
@@ -94,9 +94,12 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
 
 torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
   switch (act) {
-    case Activation::kGelu: return torch::gelu(a);
-    case Activation::kRelu: return torch::relu(a);
-    case Activation::kSwiGLU: return torch::silu(a) * g;
+    case Activation::kGelu:
+      return torch::gelu(a);
+    case Activation::kRelu:
+      return torch::relu(a);
+    case Activation::kSwiGLU:
+      return torch::silu(a) * g;
   }
   TORCH_CHECK(false, "unknown activation");
 }
@@ -113,8 +116,7 @@ torch::Tensor grouped_mlp(const torch::Tensor& x, const torch::Tensor& w1, const
               " differs from the expert weights' dtype ", w1.scalar_type());
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == w1.size(0), "grouped_mlp: ", counts.size(),
               " segment sizes for ", w1.size(0), " experts");
-  TORCH_CHECK(activation != Activation::kSwiGLU || w3.defined(),
-              "grouped_mlp: SwiGLU needs w3");
+  TORCH_CHECK(activation != Activation::kSwiGLU || w3.defined(), "grouped_mlp: SwiGLU needs w3");
   using Opt = c10::optional<torch::Tensor>;
   auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
   return GroupedMLPFunction::apply(x, w1, opt(b1), w2, opt(b2), opt(w3), opt(b3), counts,

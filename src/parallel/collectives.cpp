@@ -38,8 +38,8 @@ void run(const Group& g, const char* op, const torch::Tensor& like, Launch&& lau
          int64_t bytes_sent = -1) {
   TORCH_CHECK(g.is_member(), op, ": this process is not a member of group '", g.name, "'");
   const auto& pg = g.pg_for(like);
-  CommTimer timer(op, bytes_sent >= 0 ? bytes_sent
-                                      : like.numel() * static_cast<int64_t>(like.element_size()));
+  CommTimer timer(
+      op, bytes_sent >= 0 ? bytes_sent : like.numel() * static_cast<int64_t>(like.element_size()));
   const auto start = std::chrono::steady_clock::now();
   try {
     c10::intrusive_ptr<c10d::Work> work = launch(*pg);

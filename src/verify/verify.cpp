@@ -118,9 +118,11 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
 
   // 1. The reference and the layout's model, from the same initial weights.
-  auto mo = MoEOptions(o.d_model, o.experts).d_hidden(o.d_hidden)
+  auto mo = MoEOptions(o.d_model, o.experts)
+                .d_hidden(o.d_hidden)
                 .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
-                .gate_type(gate.name).capacity_factor(gate.capacity_factor);
+                .gate_type(gate.name)
+                .capacity_factor(gate.capacity_factor);
   torch::manual_seed(o.seed);
   VerifyNet ref(mo, nullptr);
   ref->to(o.dtype);
@@ -130,7 +132,8 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     torch::NoGradGuard ng;
     for (auto* name : {"fc_in", "fc_out"}) {
       auto src = ref->named_children()[name]->named_parameters();
-      for (auto& kv : net->named_children()[name]->named_parameters()) kv.value().copy_(src[kv.key()]);
+      for (auto& kv : net->named_children()[name]->named_parameters())
+        kv.value().copy_(src[kv.key()]);
     }
     net->moe->load_shard_from(*ref->moe);
   }
@@ -161,19 +164,22 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     gdp.reduce_gradients(1.0 / static_cast<double>(dp));
     opt.step();
     // This rank's share of the global loss; the shares sum to it over the layout's ranks.
-    auto share = (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))
-                     .to(torch::kFloat64).view({1, 1});
+    auto share =
+        (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))
+            .to(torch::kFloat64)
+            .view({1, 1});
     const double loss = dist::all_gather_rows(share, groups->world).sum().item<double>();
     const double ref_loss = loss_ref.item<double>();
-    row.loss_rel_err = std::max(row.loss_rel_err,
-                                std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
+    row.loss_rel_err =
+        std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
   }
 
   // 3. Parameters after the last step: dense and gate locally, experts gathered to full shape.
   double err = 0.0;
   auto ref_params = ref->named_parameters();
   for (auto& kv : net->named_parameters())
-    if (kv.key().rfind("moe.experts.", 0) != 0) err = std::max(err, rel(kv.value(), ref_params[kv.key()]));
+    if (kv.key().rfind("moe.experts.", 0) != 0)
+      err = std::max(err, rel(kv.value(), ref_params[kv.key()]));
   auto full = net->moe->gather_full_expert_parameters();
   auto ref_experts = ref->moe->experts->named_parameters();
   for (auto& [name, t] : full) err = std::max(err, rel(t, ref_experts[name]));

@@ -82,12 +82,18 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(GroupedExperts, RejectsBadSegments) {
   GroupedExperts ex(GroupedExpertsOptions(2, 4, 8));
   auto x = torch::randn({5, 4});
-  EXPECT_TRUE(hybridmoe::testing::throws_with([&] { ex->run(x, {2, 2}); },
-                                              "segment sizes sum to 4 but there are 5 rows"));
-  EXPECT_TRUE(hybridmoe::testing::throws_with([&] { ex->run(x, {5}); },
-                                              "1 segment sizes for 2 experts"));
   EXPECT_TRUE(hybridmoe::testing::throws_with(
-      [&] { ex->run(torch::randn({5, 4}, torch::kFloat64), {2, 3}); }, "differs from the expert"));
+      [&] {
+        ex->run(x, {2, 2});
+      },
+      "segment sizes sum to 4 but there are 5 rows"));
+  EXPECT_TRUE(
+      hybridmoe::testing::throws_with([&] { ex->run(x, {5}); }, "1 segment sizes for 2 experts"));
+  EXPECT_TRUE(hybridmoe::testing::throws_with(
+      [&] {
+        ex->run(torch::randn({5, 4}, torch::kFloat64), {2, 3});
+      },
+      "differs from the expert"));
 }
 
 TEST(GroupedExperts, OutputBiasCanBeLeftToAnotherRank) {

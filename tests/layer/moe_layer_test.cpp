@@ -21,8 +21,8 @@ struct Shape {
 
 // From tiny to large; includes tokens = 1 and experts that receive no token (experts > tokens*k).
 const std::vector<Shape> kShapes = {
-    {1, 4, 8, 1, 1},     {1, 4, 8, 4, 2},      {3, 6, 10, 16, 1},  {8, 8, 16, 4, 4},
-    {33, 16, 24, 8, 2},  {128, 32, 64, 8, 2},  {256, 64, 96, 64, 2}, {1024, 64, 128, 16, 4},
+    {1, 4, 8, 1, 1},    {1, 4, 8, 4, 2},     {3, 6, 10, 16, 1},    {8, 8, 16, 4, 4},
+    {33, 16, 24, 8, 2}, {128, 32, 64, 8, 2}, {256, 64, 96, 64, 2}, {1024, 64, 128, 16, 4},
 };
 
 // A user expert: Linear → GELU → Linear, registered as "0" and "2" like a Sequential.
@@ -38,8 +38,8 @@ TORCH_MODULE(TinyMLP);
 std::map<std::string, torch::Tensor> grads_of(torch::nn::Module& m) {
   std::map<std::string, torch::Tensor> g;
   for (const auto& kv : m.named_parameters())
-    g[kv.key()] = kv.value().grad().defined() ? kv.value().grad().clone()
-                                              : torch::zeros_like(kv.value());
+    g[kv.key()] =
+        kv.value().grad().defined() ? kv.value().grad().clone() : torch::zeros_like(kv.value());
   return g;
 }
 
@@ -67,7 +67,8 @@ void check_against_reference(MoE& moe, const torch::Tensor& x_in, const std::str
   EXPECT_TRUE(identical(out.stats.tokens_per_expert, ref.stats.tokens_per_expert)) << what;
   EXPECT_EQ(out.stats.tokens_dropped, ref.stats.tokens_dropped) << what;
   EXPECT_TRUE(close(x1.grad(), x2.grad())) << what << ": dx";
-  for (const auto& kv : g2) EXPECT_TRUE(close(g1[kv.first], kv.second)) << what << ": d" << kv.first;
+  for (const auto& kv : g2)
+    EXPECT_TRUE(close(g1[kv.first], kv.second)) << what << ": d" << kv.first;
 }
 
 }  // namespace
@@ -79,26 +80,33 @@ TEST_P(MoELayerTest, MatchesSequentialReference) {
   auto [dtype, capacity_factor, act] = GetParam();
   for (const auto& s : kShapes) {
     torch::manual_seed(7 * s.tokens + s.experts);
-    MoE moe(MoEOptions(s.d_model, s.experts).d_hidden(s.d_hidden).top_k(s.top_k)
-                .capacity_factor(capacity_factor).activation(act));
+    MoE moe(MoEOptions(s.d_model, s.experts)
+                .d_hidden(s.d_hidden)
+                .top_k(s.top_k)
+                .capacity_factor(capacity_factor)
+                .activation(act));
     moe->to(dtype);
     auto x = torch::randn({s.tokens, s.d_model}, torch::dtype(dtype));
-    check_against_reference(moe, x, "T=" + std::to_string(s.tokens) + " E=" +
-                                        std::to_string(s.experts) + " k=" + std::to_string(s.top_k));
+    check_against_reference(moe, x,
+                            "T=" + std::to_string(s.tokens) + " E=" + std::to_string(s.experts) +
+                                " k=" + std::to_string(s.top_k));
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    All, MoELayerTest,
-    ::testing::Combine(::testing::Values(torch::kFloat64, torch::kFloat32),
-                       ::testing::Values(0.0, 1.0, 0.5),
-                       ::testing::Values(Activation::kGelu, Activation::kSwiGLU)),
-    [](const auto& info) {
-      auto cf = std::get<1>(info.param);
-      return std::string(std::get<0>(info.param) == torch::kFloat64 ? "f64" : "f32") +
-             (cf <= 0 ? "_dropless" : cf < 1 ? "_cap05" : "_cap1") + "_" +
-             to_string(std::get<2>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(All, MoELayerTest,
+                         ::testing::Combine(::testing::Values(torch::kFloat64, torch::kFloat32),
+                                            ::testing::Values(0.0, 1.0, 0.5),
+                                            ::testing::Values(Activation::kGelu,
+                                                              Activation::kSwiGLU)),
+                         [](const auto& info) {
+                           auto cf = std::get<1>(info.param);
+                           return std::string(std::get<0>(info.param) == torch::kFloat64 ? "f64"
+                                                                                         : "f32") +
+                                  (cf <= 0  ? "_dropless"
+                                   : cf < 1 ? "_cap05"
+                                            : "_cap1") +
+                                  "_" + to_string(std::get<2>(info.param));
+                         });
 
 TEST(MoELayer, BatchedInputEqualsFlattened) {
   torch::manual_seed(11);
@@ -120,7 +128,8 @@ TEST(MoELayer, OneExpertTopOneEqualsDenseMLP) {
     auto& ex = *moe->grouped;
     auto x = torch::randn({T, d}, torch::kFloat64);
     // The dense MLP with the same weights, written with torch::nn::Linear.
-    auto fc1 = torch::nn::Linear(d, h), fc2 = torch::nn::Linear(h, d), fc3 = torch::nn::Linear(d, h);
+    auto fc1 = torch::nn::Linear(d, h), fc2 = torch::nn::Linear(h, d),
+         fc3 = torch::nn::Linear(d, h);
     fc1->to(torch::kFloat64);
     fc2->to(torch::kFloat64);
     fc3->to(torch::kFloat64);
@@ -136,8 +145,9 @@ TEST(MoELayer, OneExpertTopOneEqualsDenseMLP) {
       }
     }
     auto a = fc1(x);
-    auto hdn = act == Activation::kGelu ? torch::gelu(a)
-               : act == Activation::kRelu ? torch::relu(a) : torch::silu(a) * fc3(x);
+    auto hdn = act == Activation::kGelu   ? torch::gelu(a)
+               : act == Activation::kRelu ? torch::relu(a)
+                                          : torch::silu(a) * fc3(x);
     auto dense = fc2(hdn);
     EXPECT_TRUE(close(moe->forward(x).output, dense, 1e-13)) << to_string(act);
   }
@@ -161,7 +171,10 @@ TEST(MoELayer, CapacityDropsExactlyTheDocumentedAssignments) {
       auto probs = torch::softmax(x.mm(gate.weight.detach().t()), -1);
       auto [w, idx] = stable_topk(probs, k);
       // Priority list: slot-major, then token.
-      struct Item { int64_t t, j, e; double w; };
+      struct Item {
+        int64_t t, j, e;
+        double w;
+      };
       std::vector<Item> items;
       for (int64_t j = 0; j < k; ++j)
         for (int64_t t = 0; t < T; ++t)
@@ -184,7 +197,8 @@ TEST(MoELayer, CapacityDropsExactlyTheDocumentedAssignments) {
             exp.push_back(idx[t][j].item<int64_t>());
           }
       EXPECT_TRUE(identical(r.token_index, torch::tensor(tok, torch::kInt64))) << to_string(policy);
-      EXPECT_TRUE(identical(r.expert_index, torch::tensor(exp, torch::kInt64))) << to_string(policy);
+      EXPECT_TRUE(identical(r.expert_index, torch::tensor(exp, torch::kInt64)))
+          << to_string(policy);
       EXPECT_EQ(r.dropped, T * k - static_cast<int64_t>(tok.size()));
       auto counts = torch::bincount(r.expert_index, {}, E);
       EXPECT_LE(counts.max().item<int64_t>(), cap);
@@ -239,10 +253,16 @@ TEST(MoELayer, RejectsBadInput) {
   EXPECT_TRUE(throws_with([&] { moe->forward(torch::randn({8})); },
                           "input must be [tokens, d_model] or [batch, seq, d_model], got [8]"));
   EXPECT_TRUE(throws_with([&] { moe->forward(torch::randn({2, 2, 2, 8})); }, "got [2, 2, 2, 8]"));
-  EXPECT_TRUE(throws_with([&] { moe->forward(torch::randn({5, 7})); },
-                          "input width must be d_model=8, got 7"));
-  EXPECT_TRUE(throws_with([&] { moe->forward(torch::ones({5, 8}, torch::kInt64)); },
-                          "must be a floating-point tensor, got Long"));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        moe->forward(torch::randn({5, 7}));
+      },
+      "input width must be d_model=8, got 7"));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        moe->forward(torch::ones({5, 8}, torch::kInt64));
+      },
+      "must be a floating-point tensor, got Long"));
   auto nan_x = torch::randn({5, 8});
   nan_x[2][3] = std::numeric_limits<float>::quiet_NaN();
   EXPECT_TRUE(throws_with([&] { moe->forward(nan_x); }, "router logits must be finite"));

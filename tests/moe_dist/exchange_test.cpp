@@ -20,7 +20,9 @@ constexpr int64_t kExperts = 8;
 const std::vector<int64_t> kTokens = {5, 3, 0, 7};  // tokens of each rank
 
 // The routing under test: top-1, expert of (rank, t) = (3 * rank + t) % 5 — experts 5..7 idle.
-int64_t expert_of(int64_t rank, int64_t t) { return (3 * rank + t) % 5; }
+int64_t expert_of(int64_t rank, int64_t t) {
+  return (3 * rank + t) % 5;
+}
 
 // x: [T, 2] with row t = (rank, t).
 torch::Tensor tokens_of(int64_t rank) {

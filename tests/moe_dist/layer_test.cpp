@@ -66,10 +66,11 @@ void run_case(RankContext& ctx, const Case& c) {
   ((out.output * dY.narrow(0, offset, tokens[coords.dp])).sum() +
    out.aux_loss / static_cast<double>(L.dp))
       .backward();
-  GroupedDataParallel gdp(mine.ptr(), groups, GroupedDataParallelOptions().broadcast_at_start(false));
+  GroupedDataParallel gdp(mine.ptr(), groups,
+                          GroupedDataParallelOptions().broadcast_at_start(false));
   gdp.reduce_gradients(1.0);
-  const std::string what = L.to_string() + (c.skew ? " skew" : "") + " cf " +
-                           std::to_string(c.capacity_factor);
+  const std::string what =
+      L.to_string() + (c.skew ? " skew" : "") + " cf " + std::to_string(c.capacity_factor);
   EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
   EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
   auto gref = full->gate->named_parameters();
@@ -96,7 +97,7 @@ void run_case(RankContext& ctx, const Case& c) {
 
 TEST(DistributedMoE, MatchesGroupedReferenceOnFourRanks) {
   const std::vector<Case> cases = {
-      {{1, 4, 1, 4, 1}, false, 0.0}, {{1, 4, 1, 2, 1}, true, 0.0}, {{2, 2, 1, 2, 2}, false, 0.0},
+      {{1, 4, 1, 4, 1}, false, 0.0}, {{1, 4, 1, 2, 1}, true, 0.0},  {{2, 2, 1, 2, 2}, false, 0.0},
       {{2, 2, 1, 2, 1}, true, 1.0},  {{2, 2, 1, 4, 1}, false, 1.0}, {{4, 1, 1, 1, 4}, true, 0.0},
       {{1, 4, 1, 1, 1}, true, 1.0},
   };

@@ -11,11 +11,16 @@ namespace hybridmoe::testing {
 /// Relative tolerance used when comparing a computation with its reference in a dtype.
 inline double tolerance(torch::ScalarType dtype) {
   switch (dtype) {
-    case torch::kFloat64: return 1e-10;
-    case torch::kFloat32: return 2e-5;
-    case torch::kBFloat16: return 2e-2;
-    case torch::kFloat16: return 5e-3;
-    default: return 0.0;
+    case torch::kFloat64:
+      return 1e-10;
+    case torch::kFloat32:
+      return 2e-5;
+    case torch::kBFloat16:
+      return 2e-2;
+    case torch::kFloat16:
+      return 5e-3;
+    default:
+      return 0.0;
   }
 }
 
@@ -31,8 +36,8 @@ inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
 inline ::testing::AssertionResult close(const torch::Tensor& a, const torch::Tensor& b,
                                         double tol = -1) {
   if (!a.defined() || !b.defined())
-    return ::testing::AssertionFailure() << "undefined tensor (a " << a.defined() << ", b "
-                                         << b.defined() << ")";
+    return ::testing::AssertionFailure()
+           << "undefined tensor (a " << a.defined() << ", b " << b.defined() << ")";
   if (a.sizes() != b.sizes())
     return ::testing::AssertionFailure() << "shape " << a.sizes() << " vs " << b.sizes();
   if (tol < 0) tol = tolerance(b.scalar_type());
@@ -46,7 +51,8 @@ inline ::testing::AssertionResult identical(const torch::Tensor& a, const torch:
   if (a.sizes() != b.sizes())
     return ::testing::AssertionFailure() << "shape " << a.sizes() << " vs " << b.sizes();
   if (a.scalar_type() != b.scalar_type())
-    return ::testing::AssertionFailure() << "dtype " << a.scalar_type() << " vs " << b.scalar_type();
+    return ::testing::AssertionFailure()
+           << "dtype " << a.scalar_type() << " vs " << b.scalar_type();
   if (torch::equal(a, b)) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "tensors differ:\n" << a << "\nvs\n" << b;
 }

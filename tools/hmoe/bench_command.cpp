@@ -5,8 +5,8 @@
 
 #include "bench_layer.h"
 #include "bench_layer_dist.h"
-#include "hybridmoe/collectives.h"
 #include "hmoe/commands.h"
+#include "hybridmoe/collectives.h"
 
 namespace hybridmoe::cli {
 
@@ -15,8 +15,9 @@ void add_bench_command(CLI::App& app) {
   bench->require_subcommand(1);
 
   auto args = std::make_shared<bench::LayerBenchArgs>();
-  auto* layer = bench->add_subcommand("layer", "MoE layer vs a dense MLP of equal FLOPs and vs "
-                                               "the sequential reference");
+  auto* layer = bench->add_subcommand("layer",
+                                      "MoE layer vs a dense MLP of equal FLOPs and vs "
+                                      "the sequential reference");
   layer->add_option("--tokens", args->tokens, "Tokens per step")->capture_default_str();
   layer->add_option("--d-model", args->d_model, "Model width")->capture_default_str();
   layer->add_option("--d-hidden", args->d_hidden, "Expert hidden width")->capture_default_str();
@@ -24,7 +25,8 @@ void add_bench_command(CLI::App& app) {
   layer->add_option("--top-k", args->top_k, "Experts per token")->capture_default_str();
   layer->add_option("--dtype", args->dtype, "float32 | float64 | bfloat16")->capture_default_str();
   layer->add_option("--gate", args->gate, "Gate name")->capture_default_str();
-  layer->add_option("--activation", args->activation, "gelu | relu | swiglu")->capture_default_str();
+  layer->add_option("--activation", args->activation, "gelu | relu | swiglu")
+      ->capture_default_str();
   layer->add_option("--capacity-factor", args->capacity_factor, "<= 0: dropless")
       ->capture_default_str();
   layer->add_option("--iters", args->iters, "Timed iterations (median reported)")
@@ -38,8 +40,9 @@ void add_bench_command(CLI::App& app) {
   auto layout = std::make_shared<std::string>("");
   layer->add_option("--nproc", *nproc, "Local ranks (> 1: the distributed layer)")
       ->capture_default_str();
-  layer->add_option("--layout", *layout, "tp,dp,ep,etp of the distributed run (default: dp=nproc, "
-                                         "ep=nproc)");
+  layer->add_option("--layout", *layout,
+                    "tp,dp,ep,etp of the distributed run (default: dp=nproc, "
+                    "ep=nproc)");
   layer->callback([args, nproc, layout] {
     const bool in_launcher = std::getenv("RANK") != nullptr;
     if (*nproc <= 1 && !in_launcher) {

@@ -1,8 +1,8 @@
 // main.cpp — the hmoe command-line program: one binary, one subcommand per job.
 #include <iostream>
 
-#include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
+#include <CLI/CLI.hpp>
 
 #include "hmoe/commands.h"
 #include "hybridmoe/version.h"

@@ -55,8 +55,10 @@ std::vector<ParallelConfig> parse_layouts(const std::string& text, int64_t nproc
         TORCH_CHECK(false, "--layouts: \"", item, "\" is not a list of integers");
       }
     }
-    TORCH_CHECK(v.size() == 4 || v.size() == 5, "--layouts: expected tp,dp,ep,etp or "
-                "tp,dp,pp,ep,etp, got \"", item, "\"");
+    TORCH_CHECK(v.size() == 4 || v.size() == 5,
+                "--layouts: expected tp,dp,ep,etp or "
+                "tp,dp,pp,ep,etp, got \"",
+                item, "\"");
     ParallelConfig c;
     c.tp = v[0];
     c.dp = v[1];
@@ -66,7 +68,8 @@ std::vector<ParallelConfig> parse_layouts(const std::string& text, int64_t nproc
     c.validate(c.world_size());
     TORCH_CHECK(c.world_size() <= nproc, "--layouts: ", c.to_string(), " needs ", c.world_size(),
                 " ranks but --nproc is ", nproc);
-    TORCH_CHECK(c.pp == 1, "--layouts: pipeline layouts are not supported yet, got ", c.to_string());
+    TORCH_CHECK(c.pp == 1, "--layouts: pipeline layouts are not supported yet, got ",
+                c.to_string());
     out.push_back(c);
   }
   return out;
@@ -78,8 +81,10 @@ int run_worker(const VerifyArgs& a) {
               " but the world has ", world->size(), " ranks");
   at::set_num_threads(1);
   VerifyOptions o = a.options;
-  TORCH_CHECK(a.dtype == "float64" || a.dtype == "float32", "--dtype: expected float64 or "
-              "float32, got \"", a.dtype, "\"");
+  TORCH_CHECK(a.dtype == "float64" || a.dtype == "float32",
+              "--dtype: expected float64 or "
+              "float32, got \"",
+              a.dtype, "\"");
   o.dtype = a.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
   auto layouts = parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden);
   std::vector<GateSpec> gates;
@@ -96,9 +101,15 @@ int run_worker(const VerifyArgs& a) {
       VerifyRow row = verify_layout(*world, layout, gate, o, run_id++);
       if (!lead) continue;
       all_pass = all_pass && row.pass;
-      rows.push_back({{"tp", layout.tp}, {"dp", layout.dp}, {"pp", layout.pp}, {"ep", layout.ep},
-                      {"etp", layout.etp}, {"gate", row.gate}, {"loss_rel_err", row.loss_rel_err},
-                      {"param_rel_err", row.param_rel_err}, {"pass", row.pass}});
+      rows.push_back({{"tp", layout.tp},
+                      {"dp", layout.dp},
+                      {"pp", layout.pp},
+                      {"ep", layout.ep},
+                      {"etp", layout.etp},
+                      {"gate", row.gate},
+                      {"loss_rel_err", row.loss_rel_err},
+                      {"param_rel_err", row.param_rel_err},
+                      {"pass", row.pass}});
       if (!a.json)
         std::printf("%-22s %-16s %12.3e %12.3e  %s\n", layout.to_string().c_str(), row.gate.c_str(),
                     row.loss_rel_err, row.param_rel_err, row.pass ? "pass" : "FAIL");
@@ -113,7 +124,9 @@ int run_worker(const VerifyArgs& a) {
 
 }  // namespace
 
-std::vector<std::string> self_command() { return g_self; }
+std::vector<std::string> self_command() {
+  return g_self;
+}
 
 void set_self_command(int argc, char** argv) {
   g_self.assign(argv, argv + argc);
@@ -125,7 +138,8 @@ void set_self_command(int argc, char** argv) {
 void add_verify_command(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
   auto* cmd = app.add_subcommand("verify", "Prove that parallel layouts equal one process");
-  cmd->add_option("--nproc", a->nproc, "Local ranks to launch (max world size)")->capture_default_str();
+  cmd->add_option("--nproc", a->nproc, "Local ranks to launch (max world size)")
+      ->capture_default_str();
   cmd->add_option("--layouts", a->layouts, "all, or tp,dp,ep,etp;tp,dp,ep,etp;...")
       ->capture_default_str();
   cmd->add_option("--gates", a->gates, "Comma-separated gate specs: name or name@capacity_factor")
@@ -140,8 +154,8 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--tolerance", a->options.tolerance, "Relative tolerance (0: by dtype)");
   cmd->add_flag("--json", a->json, "Print one JSON line");
   cmd->callback([a] {
-    const bool in_launcher = std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") ||
-                             std::getenv("SLURM_PROCID");
+    const bool in_launcher =
+        std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
     int code = 0;
     if (!in_launcher && a->nproc > 1) {
       dist::LaunchOptions lo;
