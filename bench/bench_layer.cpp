@@ -19,6 +19,14 @@ torch::ScalarType parse_dtype(const std::string& s) {
 }
 }  // namespace
 
+nlohmann::json layer_args_json(const LayerBenchArgs& a) {
+  return {
+      {"tokens", a.tokens},   {"d_model", a.d_model},       {"d_hidden", a.d_hidden},
+      {"experts", a.experts}, {"top_k", a.top_k},           {"dtype", a.dtype},
+      {"gate", a.gate},       {"activation", a.activation}, {"capacity_factor", a.capacity_factor},
+      {"iters", a.iters}};
+}
+
 nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   TORCH_CHECK(a.iters >= 1, "--iters must be >= 1, got ", a.iters);
   const int threads =
@@ -84,19 +92,9 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
 
   const double expert_gflops = flops / (fwd_bwd_ms * 1e6);
   const double dense_gflops = flops / (dense_ms * 1e6);
-  nlohmann::json j;
+  nlohmann::json j = layer_args_json(a);
   j["bench"] = "layer";
-  j["tokens"] = a.tokens;
-  j["d_model"] = a.d_model;
-  j["d_hidden"] = a.d_hidden;
-  j["experts"] = a.experts;
-  j["top_k"] = a.top_k;
-  j["dtype"] = a.dtype;
-  j["gate"] = a.gate;
-  j["activation"] = a.activation;
-  j["capacity_factor"] = a.capacity_factor;
   j["threads"] = threads;
-  j["iters"] = a.iters;
   j["rows"] = rows;
   j["fwd_ms"] = fwd_ms;
   j["fwd_bwd_ms"] = fwd_bwd_ms;

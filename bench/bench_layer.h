@@ -26,6 +26,9 @@ struct LayerBenchArgs {
   uint64_t seed = 0;
 };
 
+/// The shape and settings of a run, as the fields every layer benchmark record starts with.
+nlohmann::json layer_args_json(const LayerBenchArgs& args);
+
 /// Runs the benchmark and returns its JSON record.
 nlohmann::json run_layer_bench(const LayerBenchArgs& args);
 

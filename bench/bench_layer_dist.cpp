@@ -82,7 +82,7 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
     });
   }
   dist::barrier(groups->world);
-  nlohmann::json j;
+  nlohmann::json j = layer_args_json(a);
   j["bench"] = "layer_distributed";
   j["layout"] = {{"tp", layout.tp},
                  {"dp", layout.dp},
@@ -90,12 +90,6 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
                  {"ep", layout.ep},
                  {"etp", layout.etp}};
   j["ranks"] = world.size();
-  j["tokens"] = a.tokens;
-  j["d_model"] = a.d_model;
-  j["d_hidden"] = a.d_hidden;
-  j["experts"] = a.experts;
-  j["top_k"] = a.top_k;
-  j["dtype"] = a.dtype;
   j["threads_per_rank"] = at::get_num_threads();
   j["fwd_bwd_ms"] = steps.max().item<double>();
   j["a2a_ms"] = a2a.mean().item<double>();
