@@ -29,12 +29,17 @@ torch::Tensor scatter_to_slices(const torch::Tensor& x, const dist::Group& group
 torch::Tensor gather_from_slices(const torch::Tensor& y, const dist::Group& group,
                                  const std::vector<int64_t>& rows_per_rank);
 
-/// Row order that makes blocks of expert-sorted rows expert-major.
+/// Row order that makes blocks of expert-sorted rows expert-major, and its inverse.
+struct ExpertMajorOrder {
+  torch::Tensor index;              // [R] int64: block-layout row of each expert-major row
+  torch::Tensor inverse;            // [R] int64: expert-major row of each block-layout row
+  std::vector<int64_t> per_expert;  ///< rows of each expert
+};
+
 /// block_counts[b][e]: rows of local expert e in block b (blocks laid out one after another, each
-/// sorted by expert). Returns the index of each expert-major row into the block layout (expert e
-/// first, inside it block 0's rows, then block 1's, ...), and the rows per expert.
-std::pair<torch::Tensor, std::vector<int64_t>> expert_major_index(
-    const std::vector<std::vector<int64_t>>& block_counts);
+/// sorted by expert). Expert-major means expert e first, inside it block 0's rows, then block
+/// 1's, and so on.
+ExpertMajorOrder expert_major_index(const std::vector<std::vector<int64_t>>& block_counts);
 
 /// How the rows of one rank move in the expert-parallel all-to-all.
 struct ExchangePlan {

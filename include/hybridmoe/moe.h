@@ -119,10 +119,11 @@ class MoEImpl : public torch::nn::Module {
  private:
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
   MoEOutput forward_distributed(const torch::Tensor& tokens);
+  /// counts: [E] tokens per expert when a plan has them; undefined: counted from the routing.
   MoEOutput finish(const torch::Tensor& out, const torch::Tensor& x, const RouterOutput& routing,
-                   double aux_scale);
+                   double aux_scale, const torch::Tensor& counts);
   torch::Tensor flatten_input(const torch::Tensor& x) const;
-  RoutingStats make_stats(const RouterOutput& routing) const;
+  RoutingStats make_stats(const RouterOutput& routing, const torch::Tensor& counts) const;
 
   std::shared_ptr<const ParallelGroups> groups_;
 };

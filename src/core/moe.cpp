@@ -44,9 +44,10 @@ torch::Tensor MoEImpl::flatten_input(const torch::Tensor& x) const {
   return x.reshape({-1, options.d_model()});
 }
 
-RoutingStats MoEImpl::make_stats(const RouterOutput& routing) const {
+RoutingStats MoEImpl::make_stats(const RouterOutput& routing, const torch::Tensor& counts) const {
   RoutingStats stats;
-  stats.tokens_per_expert = torch::bincount(routing.expert_index, {}, options.num_experts());
+  stats.tokens_per_expert =
+      counts.defined() ? counts : torch::bincount(routing.expert_index, {}, options.num_experts());
   stats.tokens_dropped = routing.dropped;
   stats.capacity = routing.capacity;
   stats.router_entropy = routing.probs.defined() ? mean_entropy(routing.probs) : 0.0;
@@ -55,11 +56,12 @@ RoutingStats MoEImpl::make_stats(const RouterOutput& routing) const {
 }
 
 MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
-                          const RouterOutput& routing, double aux_scale) {
+                          const RouterOutput& routing, double aux_scale,
+                          const torch::Tensor& counts) {
   MoEOutput result;
   result.output = out.view(x.sizes());
   result.aux_loss = ((routing.aux_loss + routing.z_loss) * aux_scale).to(x.scalar_type());
-  result.stats = make_stats(routing);
+  result.stats = make_stats(routing, counts);
   return result;
 }
 
@@ -79,7 +81,7 @@ MoEOutput MoEImpl::forward(const torch::Tensor& x) {
   // 4. Experts on their segments (grouped GEMM).
   auto expert_out = experts->run(rows, plan.counts_host);
   // 5. Unpermute and combine with the router weights.
-  return finish(unpermute(expert_out, plan), x, routing, 1.0);
+  return finish(unpermute(expert_out, plan), x, routing, 1.0, plan.counts);
 }
 
 MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
@@ -123,14 +125,14 @@ MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
   // 2. The rest is the ordinary single-process pipeline.
   DispatchPlan plan = make_plan(routing, tokens.size(0), options.num_experts());
   auto expert_out = experts->run(permute(tokens, plan), plan.counts_host);
-  return finish(unpermute(expert_out, plan), x, routing, 1.0);
+  return finish(unpermute(expert_out, plan), x, routing, 1.0, plan.counts);
 }
 
 MoEOutput MoEImpl::forward_reference(const torch::Tensor& x) {
   TORCH_CHECK(!groups_, "MoE: forward_reference runs on one process; this layer is distributed");
   auto tokens = flatten_input(x);
   RouterOutput routing = gate->route(tokens);
-  return finish(sequential_moe_reference(*experts, tokens, routing), x, routing, 1.0);
+  return finish(sequential_moe_reference(*experts, tokens, routing), x, routing, 1.0, {});
 }
 
 }  // namespace hybridmoe

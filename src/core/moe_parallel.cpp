@@ -65,11 +65,11 @@ MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
         blocks[q][e] = all_counts[q][e].item<int64_t>();
         rows_per_rank[q] += blocks[q][e];
       }
-    auto [index, per_expert] = expert_major_index(blocks);
-    auto inverse = torch::empty_like(index).index_put_({index}, torch::arange(index.numel()));
+    auto order = expert_major_index(blocks);
     auto gathered = dist::all_gather_rows(rows, g.etp, rows_per_rank);
-    auto partial = experts->run(gather_rows(gathered, index.to(rows.device())), per_expert);
-    partial = gather_rows(partial, inverse.to(rows.device()));
+    auto partial =
+        experts->run(gather_rows(gathered, order.index.to(rows.device())), order.per_expert);
+    partial = gather_rows(partial, order.inverse.to(rows.device()));
     y = dist::reduce_scatter_rows(partial, g.etp, rows_per_rank);
   } else {
     y = experts->run(rows, counts);
@@ -77,7 +77,8 @@ MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
   // 5. Back to the ranks the rows came from, combine, and re-assemble the replicated tokens.
   if (g.ep.size() > 1) y = exchange_back(y, xp, g.ep);
   auto out = gather_from_slices(unpermute(y, plan), g.slice, slice_rows);
-  auto result = finish(out, tokens, routing, 1.0 / static_cast<double>(g.slice.size()));
+  auto result =
+      finish(out, tokens, routing, 1.0 / static_cast<double>(g.slice.size()), plan.counts);
   return result;
 }
 

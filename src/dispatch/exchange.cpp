@@ -90,8 +90,7 @@ torch::Tensor gather_from_slices(const torch::Tensor& y, const dist::Group& grou
   return GatherFromSlicesFn::apply(y, rows_per_rank, group);
 }
 
-std::pair<torch::Tensor, std::vector<int64_t>> expert_major_index(
-    const std::vector<std::vector<int64_t>>& block_counts) {
+ExpertMajorOrder expert_major_index(const std::vector<std::vector<int64_t>>& block_counts) {
   const size_t B = block_counts.size();
   const size_t L = B == 0 ? 0 : block_counts[0].size();
   // 1. Start of each (block, expert) run in the block layout.
@@ -114,7 +113,12 @@ std::pair<torch::Tensor, std::vector<int64_t>> expert_major_index(
       for (int64_t i = 0; i < block_counts[b][e]; ++i) index.push_back(start[b][e] + i);
       per_expert[e] += block_counts[b][e];
     }
-  return {torch::tensor(index, torch::kInt64), per_expert};
+  ExpertMajorOrder order;
+  order.index = torch::tensor(index, torch::kInt64);
+  order.inverse = torch::empty_like(order.index)
+                      .index_put_({order.index}, torch::arange(order.index.numel(), torch::kInt64));
+  order.per_expert = std::move(per_expert);
+  return order;
 }
 
 ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep) {
@@ -139,11 +143,10 @@ ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep)
       xp.recv_splits[j] += blocks[j][e];
     }
   // 3. Received rows are source-major; the experts want them expert-major.
-  auto [index, per_expert] = expert_major_index(blocks);
-  xp.to_expert_major = index;
-  xp.from_expert_major =
-      torch::empty_like(index).index_put_({index}, torch::arange(index.numel(), index.options()));
-  xp.local_counts = per_expert;
+  auto order = expert_major_index(blocks);
+  xp.to_expert_major = order.index;
+  xp.from_expert_major = order.inverse;
+  xp.local_counts = order.per_expert;
   return xp;
 }
 
