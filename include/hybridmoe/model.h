@@ -14,6 +14,7 @@
 
 #include "hybridmoe/moe.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/pipeline.h"
 #include "hybridmoe/tensor_parallel.h"
 
 namespace hybridmoe {
@@ -107,9 +108,22 @@ struct GPTOutput {
   std::vector<RoutingStats> moe_stats;  ///< one per MoE layer, in block order
 };
 
+/// What one pipeline stage of the model returns.
+struct StageOutput {
+  torch::Tensor output;    // [B, S, d_model] hidden states, or [B, S, vocab] logits (last stage)
+  torch::Tensor aux_loss;  // [] sum of this stage's MoE auxiliary losses (this rank's share)
+  std::vector<RoutingStats> moe_stats;  ///< one per MoE layer of this stage, in block order
+};
+
 /// The GPT decoder. Construct without groups for one process, or with ParallelGroups for a
 /// layout (tp > 1 shards the dense layers; MoE layers use ep/etp/slice). A distributed model
 /// starts from a single-process one of the same options with load_shard_from().
+///
+/// With pp > 1 each rank holds the blocks of its stage only (stage_block_range): the first stage
+/// also holds the token and position embeddings, the last one the final norm and a copy of the
+/// token embedding for the tied head (reduce_tied_gradients() keeps the two copies equal).
+/// Training runs the stages with run_pipeline() over forward_stage(); forward() of a pipelined
+/// model is for inference (no gradient) and returns the logits on every rank.
 ///
 /// Example:
 ///   torch::manual_seed(0);
@@ -126,22 +140,50 @@ class GPTImpl : public torch::nn::Module {
   /// distributed layout (see moe_group_sizes()).
   GPTOutput forward(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes = {});
 
+  /// Runs this rank's stage. input: tokens [B, S] int64 on the first stage, else the previous
+  /// stage's hidden states [B, S, d_model]. The last stage returns logits.
+  StageOutput forward_stage(const torch::Tensor& input,
+                            const std::vector<int64_t>& group_sizes = {});
+
+  /// Sums the gradient of the tied token embedding over its two copies (first and last stage) so
+  /// both take the same step. A no-op without pipeline stages. Collective over pp.
+  void reduce_tied_gradients();
+
   /// Copies this rank's shard of every parameter from a single-process model with the same
   /// options (and the same moefy applied).
   void load_shard_from(GPTImpl& full);
-  /// The MoE layers, in block order.
+  /// The inverse: fills `full` (a single-process model of the same options) with the whole
+  /// model, gathered from every rank's shard. Collective over the world; valid on every rank.
+  void gather_full(GPTImpl& full);
+  /// The MoE layers of this stage, in block order.
   std::vector<MoE> moe_layers() const;
+  /// The model-wide index of this stage's first MoE layer, and the number of MoE layers of the
+  /// whole model.
+  int64_t first_moe_layer() const;
+  int64_t num_moe_layers() const;
+
+  int64_t stage() const { return stage_; }
+  int64_t num_stages() const { return stages_; }
+  bool is_first_stage() const { return stage_ == 0; }
+  bool is_last_stage() const { return stage_ == stages_ - 1; }
+  /// The model-wide indices of this stage's blocks: block_list[j] is block range.first + j.
+  StageRange block_range() const { return range_; }
   const ParallelGroups* groups() const { return groups_.get(); }
   std::shared_ptr<const ParallelGroups> groups_ptr() const { return groups_; }
 
   GPTOptions options;
-  torch::nn::Embedding tok_emb{nullptr}, pos_emb{nullptr};
+  torch::nn::Embedding tok_emb{nullptr};  ///< first and last stage
+  torch::nn::Embedding pos_emb{nullptr};  ///< first stage
   torch::nn::ModuleList blocks{nullptr};
   std::vector<Block> block_list;
-  torch::nn::LayerNorm ln_f{nullptr};
+  torch::nn::LayerNorm ln_f{nullptr};  ///< last stage
 
  private:
+  GPTOutput forward_pipelined(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes);
+
   std::shared_ptr<const ParallelGroups> groups_;
+  int64_t stage_ = 0, stages_ = 1;
+  StageRange range_;
 };
 TORCH_MODULE(GPT);
 

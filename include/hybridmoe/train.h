@@ -58,6 +58,10 @@ struct TrainConfig {
   // ---- layout ----
   int64_t nproc = 4;
   int64_t tp = 2, dp = 2, pp = 1, ep = 2, etp = 1;  ///< 4 ranks: dp = 2, ep = 2 needs tp = 2
+  std::string pipeline_schedule = "1f1b";           ///< with pp > 1: "1f1b" or "gpipe"
+  /// Key `layout`: "manual" (tp, dp, pp, ep, etp as given) or "auto" (`hmoe train` sets them to
+  /// the first runnable choice of the planner, plan.h).
+  std::string layout_mode = "manual";
   // ---- output ----
   std::string out = "out";
   int64_t log_every = 10;          ///< a progress line (non-TTY) and metrics every N steps
@@ -93,7 +97,7 @@ void apply_toml_text(TrainConfig& config, const std::string& text, const std::st
 
 /// "" if the configuration can run, else why not, naming the key(s): sizes, degrees that do not
 /// divide (world = tp * dp * pp = nproc, ep | num_experts, tp | n_heads, etp | hidden, ...),
-/// batch_size not divisible by dp * micro_batches, pp > 1 (not supported yet).
+/// batch_size not divisible by dp * micro_batches, pp > n_layers, an unknown pipeline schedule.
 std::string check_config(const TrainConfig& config);
 /// Raises the error of check_config, if any.
 void validate_config(const TrainConfig& config);

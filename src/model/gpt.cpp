@@ -118,58 +118,94 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
   TORCH_CHECK(o.vocab_size() > 0 && o.context() > 0 && o.d_model() > 0 && o.n_layers() > 0,
               "GPT: sizes must be positive, got vocab ", o.vocab_size(), ", context ", o.context(),
               ", d_model ", o.d_model(), ", n_layers ", o.n_layers());
-  TORCH_CHECK(!groups_ || groups_->config.pp == 1, "GPT: pipeline stages are not supported, got ",
-              groups_ ? groups_->config.to_string() : std::string());
-  tok_emb = register_module("tok_emb", torch::nn::Embedding(o.vocab_size(), o.d_model()));
-  pos_emb = register_module("pos_emb", torch::nn::Embedding(o.context(), o.d_model()));
+  // 1. This rank's pipeline stage and its blocks.
+  if (groups_) {
+    stages_ = groups_->config.pp;
+    stage_ = groups_->coords().pp;
+  }
+  range_ = stage_block_range(o.n_layers(), stages_, stage_);
+  // 2. Embeddings on the first stage; the last stage keeps a copy of the token embedding for the
+  //    tied head.
+  if (is_first_stage() || is_last_stage())
+    tok_emb = register_module("tok_emb", torch::nn::Embedding(o.vocab_size(), o.d_model()));
+  if (is_first_stage())
+    pos_emb = register_module("pos_emb", torch::nn::Embedding(o.context(), o.d_model()));
   {
     torch::NoGradGuard no_grad;
-    tok_emb->weight.normal_(0.0, 0.02);
-    pos_emb->weight.normal_(0.0, 0.02);
+    if (tok_emb) tok_emb->weight.normal_(0.0, 0.02);
+    if (pos_emb) pos_emb->weight.normal_(0.0, 0.02);
   }
+  // 3. The blocks, named by their index within the stage.
   blocks = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < o.n_layers(); ++i) {
-    Block b(o, o.is_moe_block(i), groups_);
+  for (int64_t j = 0; j < range_.count; ++j) {
+    Block b(o, o.is_moe_block(range_.first + j), groups_);
     blocks->push_back(b);
     block_list.push_back(b);
   }
-  ln_f = register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+  if (is_last_stage())
+    ln_f =
+        register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
 }
 
-GPTOutput GPTImpl::forward(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes) {
-  TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kInt64,
-              "GPT: expected tokens [B, S] int64, got ", tokens.sizes(), " ", tokens.scalar_type());
-  const int64_t S = tokens.size(1);
-  TORCH_CHECK(S <= options.context(), "GPT: sequence length ", S, " exceeds the context ",
-              options.context());
-  GPTOutput out;
-  auto pos = torch::arange(S, tokens.options());
-  auto x = tok_emb(tokens) + pos_emb(pos).unsqueeze(0);
+StageOutput GPTImpl::forward_stage(const torch::Tensor& input,
+                                   const std::vector<int64_t>& group_sizes) {
+  StageOutput out;
+  torch::Tensor x;
+  // 1. The first stage embeds the tokens; the others continue from the received hidden states.
+  if (is_first_stage()) {
+    TORCH_CHECK(input.dim() == 2 && input.scalar_type() == torch::kInt64,
+                "GPT: expected tokens [B, S] int64, got ", input.sizes(), " ", input.scalar_type());
+    const int64_t S = input.size(1);
+    TORCH_CHECK(S <= options.context(), "GPT: sequence length ", S, " exceeds the context ",
+                options.context());
+    auto pos = torch::arange(S, input.options());
+    x = tok_emb(input) + pos_emb(pos).unsqueeze(0);
+  } else {
+    TORCH_CHECK(input.dim() == 3 && input.size(2) == options.d_model(), "GPT stage ", stage_,
+                ": expected hidden states [B, S, ", options.d_model(), "], got ", input.sizes());
+    x = input;
+  }
+  // 2. This stage's blocks.
   for (auto& b : block_list) {
     BlockOutput r = b->forward(x, group_sizes);
     x = r.x;
     out.aux_loss = out.aux_loss.defined() ? out.aux_loss + r.aux_loss : r.aux_loss;
     if (r.stats) out.moe_stats.push_back(*r.stats);
   }
-  // Tied head: logits against the token embedding.
-  out.logits = F::linear(ln_f(x), tok_emb->weight);
+  if (!out.aux_loss.defined()) out.aux_loss = torch::zeros({}, x.options());
+  // 3. The last stage: final norm and the tied head (logits against the token embedding).
+  out.output = is_last_stage() ? F::linear(ln_f(x), tok_emb->weight) : x;
+  return out;
+}
+
+GPTOutput GPTImpl::forward(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes) {
+  TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kInt64,
+              "GPT: expected tokens [B, S] int64, got ", tokens.sizes(), " ", tokens.scalar_type());
+  if (stages_ > 1) return forward_pipelined(tokens, group_sizes);
+  StageOutput s = forward_stage(tokens, group_sizes);
+  GPTOutput out;
+  out.logits = s.output;
+  out.aux_loss = s.aux_loss;
+  out.moe_stats = std::move(s.moe_stats);
   return out;
 }
 
 void GPTImpl::load_shard_from(GPTImpl& full) {
   TORCH_CHECK(full.groups_ == nullptr, "GPT::load_shard_from: the source must be single-process");
-  TORCH_CHECK(full.block_list.size() == block_list.size(), "GPT::load_shard_from: the source has ",
-              full.block_list.size(), " blocks, this model ", block_list.size());
+  TORCH_CHECK(static_cast<int64_t>(full.block_list.size()) == options.n_layers(),
+              "GPT::load_shard_from: the source has ", full.block_list.size(),
+              " blocks, this model ", options.n_layers());
   torch::NoGradGuard no_grad;
   auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
     auto s = src.named_parameters();
     for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
   };
-  copy(*tok_emb, *full.tok_emb);
-  copy(*pos_emb, *full.pos_emb);
-  copy(*ln_f, *full.ln_f);
-  for (size_t i = 0; i < block_list.size(); ++i) {
-    auto& b = *block_list[i];
+  if (tok_emb) copy(*tok_emb, *full.tok_emb);
+  if (pos_emb) copy(*pos_emb, *full.pos_emb);
+  if (ln_f) copy(*ln_f, *full.ln_f);
+  for (size_t j = 0; j < block_list.size(); ++j) {
+    const int64_t i = range_.first + static_cast<int64_t>(j);
+    auto& b = *block_list[j];
     auto& f = *full.block_list[i];
     TORCH_CHECK(static_cast<bool>(b.moe) == static_cast<bool>(f.moe),
                 "GPT::load_shard_from: block ", i, " is ", b.moe ? "MoE" : "dense",
@@ -192,6 +228,18 @@ std::vector<MoE> GPTImpl::moe_layers() const {
   for (const auto& b : block_list)
     if (b->moe) out.push_back(b->moe);
   return out;
+}
+
+int64_t GPTImpl::first_moe_layer() const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < range_.first; ++i) n += options.is_moe_block(i) ? 1 : 0;
+  return n;
+}
+
+int64_t GPTImpl::num_moe_layers() const {
+  int64_t n = 0;
+  for (int64_t i = 0; i < options.n_layers(); ++i) n += options.is_moe_block(i) ? 1 : 0;
+  return n;
 }
 
 torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {

@@ -49,7 +49,8 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
   auto groups = model.groups_ptr();
   for (size_t i = 0; i < model.block_list.size(); ++i) {
     auto& block = *model.block_list[i];
-    if ((static_cast<int64_t>(i) + 1) % every != 0 || !block.mlp) continue;
+    const int64_t global = model.block_range().first + static_cast<int64_t>(i);
+    if ((global + 1) % every != 0 || !block.mlp) continue;
     // 1. A new MoE layer with this model's groups.
     MoE moe = groups ? MoE(mo, groups) : MoE(mo);
     moe->to(block.mlp->fc1->weight.device(), block.mlp->fc1->weight.scalar_type());

@@ -82,38 +82,6 @@ std::string shard_name(int64_t rank) {
   return "rank_" + std::to_string(rank) + ".pt";
 }
 
-// The full single-process model gathered from the shards (collective; valid on every rank).
-void gather_full_model(GPTImpl& model, GPTImpl& full) {
-  torch::NoGradGuard no_grad;
-  auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
-    auto s = src.named_parameters();
-    for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
-  };
-  copy(*full.tok_emb, *model.tok_emb);
-  copy(*full.pos_emb, *model.pos_emb);
-  copy(*full.ln_f, *model.ln_f);
-  for (size_t i = 0; i < model.block_list.size(); ++i) {
-    auto& b = *model.block_list[i];
-    auto& f = *full.block_list[i];
-    copy(*f.ln1, *b.ln1);
-    copy(*f.ln2, *b.ln2);
-    auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
-      layer->weight.copy_(wb.first);
-      if (layer->bias.defined()) layer->bias.copy_(wb.second);
-    };
-    set(f.attn->qkv, b.attn->qkv->gather_full());
-    set(f.attn->proj, b.attn->proj->gather_full());
-    if (b.moe) {
-      auto experts = b.moe->gather_full_expert_parameters();
-      for (auto& kv : f.moe->experts->named_parameters()) kv.value().copy_(experts.at(kv.key()));
-      copy(*f.moe->gate, *b.moe->gate);
-    } else {
-      set(f.mlp->fc1, b.mlp->fc1->gather_full());
-      set(f.mlp->fc2, b.mlp->fc2->gather_full());
-    }
-  }
-}
-
 }  // namespace
 
 std::string checkpoint_dir(const std::string& out, int64_t step) {
@@ -163,7 +131,7 @@ void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model,
   auto opts = config.model_options();
   GPT full(opts);
   if (model.groups()) {
-    gather_full_model(model, *full);
+    model.gather_full(*full);
   } else {
     torch::NoGradGuard ng;
     auto src = model.named_parameters();

@@ -108,9 +108,12 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(nproc, "layout", "local ranks to launch"),
       HMOE_KEY(tp, "layout", "tensor parallel degree"),
       HMOE_KEY(dp, "layout", "data parallel degree"),
-      HMOE_KEY(pp, "layout", "pipeline stages (only 1 is supported)"),
+      HMOE_KEY(pp, "layout", "pipeline stages (blocks split evenly, micro_batches flow through)"),
       HMOE_KEY(ep, "layout", "expert parallel degree"),
       HMOE_KEY(etp, "layout", "expert tensor parallel degree (1 or tp)"),
+      HMOE_KEY(pipeline_schedule, "layout", "micro-batch schedule with pp > 1: 1f1b or gpipe"),
+      make_key("layout", "layout", "manual (tp/dp/pp/ep/etp as given) or auto (hmoe plan's choice)",
+               &TrainConfig::layout_mode),
       HMOE_KEY(out, "output", "output directory"),
       HMOE_KEY(log_every, "output", "metrics every N steps"),
       HMOE_KEY(stats_every, "output", "expert load every N steps"),
@@ -278,9 +281,13 @@ std::string check_config(const TrainConfig& c) {
            c.checkpoint_every >= 0 && c.stop_after >= 0,
        "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
        "`stop_after` must be >= 0");
-  need(c.pp == 1, "config key `pp` = " + s(c.pp) +
-                      ": pipeline stages are not supported yet; use "
-                      "pp = 1");
+  need(c.pp <= c.n_layers, "config key `pp` = " + s(c.pp) + " exceeds `n_layers` = " +
+                               s(c.n_layers) + " (every stage needs a block)");
+  need(c.pipeline_schedule == "1f1b" || c.pipeline_schedule == "gpipe",
+       "config key `pipeline_schedule` = \"" + c.pipeline_schedule +
+           "\": expected \"1f1b\" or \"gpipe\"");
+  need(c.layout_mode == "manual" || c.layout_mode == "auto",
+       "config key `layout` = \"" + c.layout_mode + "\": expected \"manual\" or \"auto\"");
   need(c.tp * c.dp * c.pp == c.nproc, "config keys `tp` * `dp` * `pp` = " + s(c.tp * c.dp * c.pp) +
                                           " must equal `nproc` = " + s(c.nproc));
   need(c.d_model % c.n_heads == 0,

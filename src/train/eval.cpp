@@ -44,6 +44,8 @@ std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelG
     int64_t n = c.tp * c.dp;
     if (tag && *tag == GroupKind::kEdp) n = c.edp();
     if (tag && *tag == GroupKind::kDp) n = shards.count(kv.key()) ? c.dp : c.tp * c.dp;
+    // The tied token embedding has a copy on the first and on the last pipeline stage.
+    if (kv.key() == "tok_emb.weight" && model.num_stages() > 1) n *= 2;
     out[kv.key()] = n;
   }
   return out;

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
 #include "report.h"
 
@@ -51,7 +52,7 @@ std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int6
 std::map<std::string, std::vector<std::vector<double>>> load_by_task(
     GPTImpl& model, const std::vector<TaskSample>& samples, const ParallelGroups& groups) {
   std::map<std::string, std::vector<std::vector<double>>> out;
-  const int64_t layers = static_cast<int64_t>(model.moe_layers().size());
+  const int64_t layers = model.num_moe_layers();
   const int64_t E = model.options.num_experts(), ctx = model.options.context();
   if (layers == 0) return out;
   torch::NoGradGuard no_grad;
@@ -160,8 +161,13 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   result.first_step = curve.empty() ? start + 1 : curve.front().first;
 
   // 5. The loop.
-  auto moe = model->moe_layers();
-  const int64_t L = static_cast<int64_t>(moe.size()), E = cfg.num_experts;
+  auto moe = model->moe_layers();  // this stage's
+  const int64_t L = model->num_moe_layers(), L0 = model->first_moe_layer(), E = cfg.num_experts;
+  PipelineOptions pipe;
+  pipe.micro_batches = micro;
+  pipe.schedule = parse_pipeline_schedule(cfg.pipeline_schedule);
+  pipe.activation_sizes = {per_pass / dp, cfg.seq_len, cfg.d_model};
+  pipe.activation_options = model->parameters().front().options();
   std::vector<double> load_run(L * E, 0.0);
   double dropped_run = 0;
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
@@ -177,21 +183,33 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     optimizer.zero_grad();
     double ce_sum = 0, aux_sum = 0;
     std::vector<double> load(L * E + 1, 0.0);
+    // This dp rank's rows of every micro-batch; the stages run them through the pipeline (one
+    // stage without pp), each micro-batch's loss scaled by 1 / micro (gradient accumulation).
+    std::vector<torch::Tensor> xs, ys;
     for (int64_t m = 0; m < micro; ++m) {
       auto [x, y] = corpus.batch(static_cast<uint64_t>(cfg.seed), step, m, per_pass, cfg.seq_len);
-      x = shard_batch(x, dp, coords.dp);
-      y = shard_batch(y, dp, coords.dp);
-      GPTOutput out = model->forward(x);
-      auto ce = lm_loss(out.logits, y);
-      ((ce + out.aux_loss) / static_cast<double>(micro)).backward();
-      ce_sum += ce.item<double>() / micro;
+      xs.push_back(shard_batch(x, dp, coords.dp));
+      ys.push_back(shard_batch(y, dp, coords.dp));
+    }
+    run_pipeline(groups->pp, pipe, [&](int64_t m, const torch::Tensor& input) {
+      StageOutput out = model->forward_stage(input.defined() ? input : xs[m]);
+      StageForward f;
+      f.output = out.output;
+      f.loss = out.aux_loss / static_cast<double>(micro);
       aux_sum += out.aux_loss.item<double>() / micro;
-      for (int64_t l = 0; l < L; ++l) {
+      if (model->is_last_stage()) {
+        auto ce = lm_loss(out.output, ys[m]);
+        f.loss = f.loss + ce / static_cast<double>(micro);
+        ce_sum += ce.item<double>() / micro;
+      }
+      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
         auto c = out.moe_stats[l].tokens_per_expert.to(torch::kFloat64);
-        for (int64_t e = 0; e < E; ++e) load[l * E + e] += c[e].item<double>();
+        for (int64_t e = 0; e < E; ++e) load[(L0 + l) * E + e] += c[e].item<double>();
         load[L * E] += static_cast<double>(out.moe_stats[l].tokens_dropped);
       }
-    }
+      return f;
+    });
+    model->reduce_tied_gradients();
     gdp.reduce_gradients(1.0 / static_cast<double>(dp));
     const double norm = clip_global_grad_norm(*model, replicas, cfg.grad_clip, groups->world);
     optimizer.step();

@@ -111,10 +111,13 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
             }).find("`tp`"),
             std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) {
-              c.pp = 2;
-              c.nproc = 8;
+              c.pp = 5;
+              c.nproc = 20;
             }).find("`pp`"),
             std::string::npos);
+  EXPECT_NE(
+      with([](TrainConfig& c) { c.pipeline_schedule = "zigzag"; }).find("`pipeline_schedule`"),
+      std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.seq_len = 128; }).find("`seq_len`"), std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
 }
@@ -329,6 +332,63 @@ TEST(TrainMultiRank, DistributedResumeEqualsUninterruptedRun) {
     for (size_t i = 0; i < 8; ++i) EXPECT_EQ(second.losses[i], full.losses[i]) << i;
     EXPECT_LT(full.losses.back(), full.losses.front());
   });
+}
+
+// The losses of metrics.jsonl, in step order.
+std::vector<double> logged_losses(const std::string& dir) {
+  std::vector<double> out;
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    long long step = 0;
+    double loss = 0;
+    if (std::sscanf(line.c_str(), "{\"step\": %lld, \"loss\": %lf", &step, &loss) == 2)
+      out.push_back(loss);
+  }
+  return out;
+}
+
+// Two pipeline stages (gpipe and 1f1b, 2 micro-batches, clipping active so that the tied
+// embedding's replicas count) follow the one-stage loss curve; a pipelined run resumes exactly.
+TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
+  auto cfg = [](const std::string& dir, int64_t pp) {
+    auto c = tiny_config(dir);
+    c.nproc = pp;
+    c.pp = pp;
+    c.steps = 6;
+    c.micro_batches = 2;
+    c.grad_clip = 0.05;
+    return c;
+  };
+  const auto d1 = test_dir("pp1"), d2 = test_dir("pp2"), d3 = test_dir("pp2_gpipe"),
+             d4 = test_dir("pp2_resume");
+  if (!testing::is_worker())
+    for (const auto& d : {d1, d2, d3, d4}) fs::remove_all(d);
+  testing::run_on_ranks(2, [&](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    TrainResult full = train(cfg(d2, 2), ctx.world);
+    auto g = cfg(d3, 2);
+    g.pipeline_schedule = "gpipe";
+    TrainResult gpipe = train(g, ctx.world);
+    for (size_t i = 0; i < full.losses.size(); ++i)
+      EXPECT_EQ(gpipe.losses[i], full.losses[i]) << "step " << i + 1;
+    auto b = cfg(d4, 2);
+    b.stop_after = 3;
+    train(b, ctx.world);
+    b.stop_after = 0;
+    b.resume = true;
+    TrainResult second = train(b, ctx.world);
+    ASSERT_EQ(second.losses.size(), full.losses.size());
+    for (size_t i = 0; i < full.losses.size(); ++i)
+      EXPECT_EQ(second.losses[i], full.losses[i]) << "step " << i + 1;
+  });
+  if (testing::is_worker()) return;
+  auto world = dist::init();
+  TrainResult one = train(cfg(d1, 1), *world);
+  const auto two = logged_losses(d2);
+  ASSERT_EQ(two.size(), one.losses.size());
+  for (size_t i = 0; i < two.size(); ++i)
+    EXPECT_NEAR(two[i], one.losses[i], 1e-4 * std::abs(one.losses[i])) << "step " << i + 1;
 }
 
 }  // namespace

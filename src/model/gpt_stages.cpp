@@ -1,0 +1,114 @@
+// gpt_stages.cpp — see model.h: the parts of the GPT that span ranks as a whole: inference through
+// the pipeline stages, the tied embedding's gradient over its two copies, and gathering the whole
+// model from every rank's shard.
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/model.h"
+
+namespace hybridmoe {
+
+GPTOutput GPTImpl::forward_pipelined(const torch::Tensor& tokens,
+                                     const std::vector<int64_t>& group_sizes) {
+  TORCH_CHECK(!torch::GradMode::is_enabled(), "GPT: forward() of a model with pp=", stages_,
+              " pipeline stages is for inference: call it under torch::NoGradGuard, and train "
+              "with run_pipeline() over forward_stage()");
+  const auto& pp = groups_->pp;
+  const int64_t B = tokens.size(0), S = tokens.size(1), d = options.d_model();
+  const auto like = parameters().front().options();
+  // 1. Through the stages in order: receive, run, send.
+  torch::Tensor input = tokens;
+  if (!is_first_stage()) input = recv({B, S, d}, like, stage_ - 1, 0, pp);
+  StageOutput r = forward_stage(input, group_sizes);
+  if (!is_last_stage()) send_async(r.output, stage_ + 1, 0, pp).wait();
+  // 2. The last stage's logits to every stage.
+  std::vector<torch::Tensor> logits = {
+      is_last_stage() ? r.output.contiguous() : torch::empty({B, S, options.vocab_size()}, like)};
+  dist::broadcast_(logits, stages_ - 1, pp);
+  // 3. Statistics of every MoE layer of the model: this stage's layers at their model-wide
+  //    index, zero counts for the others (so that sums over the world count each layer once).
+  GPTOutput out;
+  out.logits = logits[0];
+  out.aux_loss = r.aux_loss;
+  const int64_t first = first_moe_layer(), local = static_cast<int64_t>(r.moe_stats.size());
+  for (int64_t l = 0; l < num_moe_layers(); ++l) {
+    if (l >= first && l < first + local) {
+      out.moe_stats.push_back(r.moe_stats[l - first]);
+    } else {
+      RoutingStats empty;
+      empty.tokens_per_expert = torch::zeros({options.num_experts()}, torch::kInt64);
+      out.moe_stats.push_back(empty);
+    }
+  }
+  return out;
+}
+
+void GPTImpl::reduce_tied_gradients() {
+  if (stages_ <= 1) return;
+  // Every stage takes part (the middle ones with zeros) so that the group's members agree.
+  torch::Tensor g;
+  if (tok_emb) {
+    if (!tok_emb->weight.grad().defined())
+      tok_emb->weight.mutable_grad() = torch::zeros_like(tok_emb->weight);
+    g = tok_emb->weight.grad();
+  } else {
+    g = torch::zeros({options.vocab_size(), options.d_model()}, parameters().front().options());
+  }
+  std::vector<torch::Tensor> grads = {g};
+  dist::all_reduce_coalesced_(grads, groups_->pp);
+}
+
+void GPTImpl::gather_full(GPTImpl& full) {
+  TORCH_CHECK(full.groups_ == nullptr, "GPT::gather_full: the target must be single-process");
+  TORCH_CHECK(static_cast<int64_t>(full.block_list.size()) == options.n_layers(),
+              "GPT::gather_full: the target has ", full.block_list.size(), " blocks, this model ",
+              options.n_layers());
+  torch::NoGradGuard no_grad;
+  auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
+    auto s = src.named_parameters();
+    for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
+  };
+  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
+    layer->weight.copy_(wb.first);
+    if (layer->bias.defined()) layer->bias.copy_(wb.second);
+  };
+  // 1. With stages, every stage fills what it holds into a zeroed model; step 3 sums them.
+  if (stages_ > 1)
+    for (auto& p : full.parameters()) p.zero_();
+  if (is_first_stage()) {
+    copy(*full.tok_emb, *tok_emb);  // the last stage's copy is equal: counted once
+    copy(*full.pos_emb, *pos_emb);
+  }
+  if (is_last_stage()) copy(*full.ln_f, *ln_f);
+  // 2. This stage's blocks, gathered over the stage's tp / ep / etp groups.
+  for (size_t j = 0; j < block_list.size(); ++j) {
+    auto& b = *block_list[j];
+    auto& f = *full.block_list[range_.first + static_cast<int64_t>(j)];
+    copy(*f.ln1, *b.ln1);
+    copy(*f.ln2, *b.ln2);
+    set(f.attn->qkv, b.attn->qkv->gather_full());
+    set(f.attn->proj, b.attn->proj->gather_full());
+    if (b.moe) {
+      auto experts = b.moe->gather_full_expert_parameters();
+      auto params = f.moe->experts->named_parameters();
+      for (auto& kv : params) {
+        auto it = experts.find(kv.key());
+        if (it != experts.end()) kv.value().copy_(it->second);
+      }
+      // The experts' output bias lives on etp rank 0 only.
+      if (groups_ && groups_->etp.size() > 1 && params.contains("b2")) {
+        std::vector<torch::Tensor> bias = {params["b2"]};
+        dist::broadcast_(bias, 0, groups_->etp);
+      }
+      copy(*f.moe->gate, *b.moe->gate);
+    } else {
+      set(f.mlp->fc1, b.mlp->fc1->gather_full());
+      set(f.mlp->fc2, b.mlp->fc2->gather_full());
+    }
+  }
+  // 3. The stages' parts summed over pp.
+  if (stages_ > 1) {
+    auto params = full.parameters();
+    dist::all_reduce_coalesced_(params, groups_->pp);
+  }
+}
+
+}  // namespace hybridmoe

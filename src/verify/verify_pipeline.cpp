@@ -1,0 +1,149 @@
+// verify_pipeline.cpp — see verify.h: the layout proof on a small GPT trained through the
+// pipeline schedule. The reference is one process running each micro-batch of the global batch
+// with the layout's GShard groups (moe_group_sizes), its losses scaled by 1 / micro-batches.
+#include <algorithm>
+
+#include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/model.h"
+#include "hybridmoe/verify.h"
+#include "verify_util.h"
+
+namespace hybridmoe {
+
+namespace {
+
+constexpr int64_t kVocab = 32;
+
+// Tokens of one micro-batch of the global batch, the same on every rank: [rows, S] in [0, 32).
+torch::Tensor random_tokens(uint64_t seed, int64_t rows, int64_t S) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return torch::randint(kVocab, {rows, S}, gen, torch::kInt64);
+}
+
+GPTOptions verify_gpt_options(const ParallelConfig& layout, const GateSpec& gate,
+                              const VerifyOptions& o) {
+  GateOptions g;
+  g.type(gate.name)
+      .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
+      .capacity_factor(gate.capacity_factor)
+      .z_loss_coef(1e-3);
+  return GPTOptions()
+      .vocab_size(kVocab)
+      .context(o.tokens_per_rank)
+      .d_model(o.d_model)
+      .n_heads(kVerifyHeads)
+      .n_layers(2 * layout.pp)
+      .d_mlp(2 * o.d_model)
+      .moe_every(2)
+      .num_experts(o.experts)
+      .expert_hidden(o.d_hidden)
+      .gate(g);
+}
+
+}  // namespace
+
+VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
+                            const VerifyOptions& o, int64_t run_id) {
+  VerifyRow row;
+  row.layout = layout;
+  row.gate = gate.to_string();
+  row.model = "gpt";
+  row.schedule = to_string(o.schedule);
+  const int64_t w = layout.world_size();
+  layout.validate(w);
+  TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
+              " ranks, the world has ", world.size());
+  TORCH_CHECK(kVerifyHeads % layout.tp == 0, "verify: the GPT of pipeline layouts has ",
+              kVerifyHeads, " heads, which tp=", layout.tp, " does not divide");
+  TORCH_CHECK(o.d_model % kVerifyHeads == 0, "verify: d_model=", o.d_model,
+              " must be divisible by the GPT's ", kVerifyHeads, " heads");
+  std::vector<int64_t> members(w);
+  for (int64_t r = 0; r < w; ++r) members[r] = r;
+  const std::string tag = "verify" + std::to_string(run_id);
+  auto sub = world.new_group(tag, members);
+  if (!sub.is_member()) return row;
+  auto groups = std::make_shared<ParallelGroups>(
+      ParallelGroups::build(layout, sub, world.store(), false, tag));
+  const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
+  const int64_t M = o.micro_batches > 0 ? o.micro_batches : layout.pp + 1;
+  row.micro_batches = M;
+
+  // 1. The reference and the layout's model from the same initial weights.
+  const auto opts = verify_gpt_options(layout, gate, o);
+  torch::manual_seed(o.seed);
+  GPT ref(opts);
+  ref->to(o.dtype);
+  GPT net(opts, groups);
+  net->to(o.dtype);
+  net->load_shard_from(*ref);
+  GroupedDataParallel gdp(net.ptr(), groups);
+  torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
+  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
+
+  // One sequence of S tokens per data-parallel rank and micro-batch.
+  const auto coords = groups->coords();
+  const int64_t dp = layout.dp, tp = layout.tp, S = o.tokens_per_rank;
+  const auto group_sizes = moe_group_sizes(layout, S);
+  PipelineOptions po;
+  po.micro_batches = M;
+  po.schedule = o.schedule;
+  po.activation_sizes = {1, S, o.d_model};
+  po.activation_options = torch::TensorOptions().dtype(o.dtype);
+
+  // 2. S optimizer steps of both, comparing the global loss at each.
+  for (int64_t step = 0; step < o.steps; ++step) {
+    std::vector<torch::Tensor> tokens, targets;
+    for (int64_t m = 0; m < M; ++m) {
+      const uint64_t seed = o.seed * 1000 + static_cast<uint64_t>(step * M + m) * 2;
+      tokens.push_back(random_tokens(seed, dp, S));
+      targets.push_back(random_tokens(seed + 1, dp, S));
+    }
+    // The reference: every micro-batch of the global batch, gradients accumulated.
+    ref_opt.zero_grad();
+    double ref_loss = 0.0;
+    for (int64_t m = 0; m < M; ++m) {
+      auto r = ref->forward(tokens[m], group_sizes);
+      auto loss = (lm_loss(r.logits, targets[m]) + r.aux_loss) / static_cast<double>(M);
+      loss.backward();
+      ref_loss += loss.item<double>();
+    }
+    ref_opt.step();
+    // The layout: this dp rank's row of every micro-batch through the stages.
+    opt.zero_grad();
+    double share = 0.0;
+    run_pipeline(groups->pp, po, [&](int64_t m, const torch::Tensor& input) {
+      auto r = net->forward_stage(input.defined() ? input : tokens[m].narrow(0, coords.dp, 1));
+      StageForward f;
+      f.output = r.output;
+      f.loss = r.aux_loss / static_cast<double>(M);
+      share += r.aux_loss.item<double>() / static_cast<double>(dp * M);
+      if (net->is_last_stage()) {
+        auto ce = lm_loss(r.output, targets[m].narrow(0, coords.dp, 1));
+        f.loss = f.loss + ce / static_cast<double>(M);
+        share += ce.item<double>() / static_cast<double>(tp * dp * M);
+      }
+      return f;
+    });
+    net->reduce_tied_gradients();
+    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
+    opt.step();
+    const double loss = detail::sum_over(groups->world, share);
+    row.loss_rel_err =
+        std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
+  }
+
+  // 3. Every parameter after the last step, gathered back into a one-process model.
+  GPT full(opts);
+  full->to(o.dtype);
+  net->gather_full(*full);
+  double err = 0.0;
+  auto ref_params = ref->named_parameters();
+  for (auto& kv : full->named_parameters())
+    err = std::max(err, detail::rel_err(kv.value(), ref_params[kv.key()]));
+  row.param_rel_err = detail::max_over(groups->world, err);
+  row.loss_rel_err = detail::max_over(groups->world, row.loss_rel_err);
+  row.pass = row.loss_rel_err <= tol && row.param_rel_err <= tol;
+  return row;
+}
+
+}  // namespace hybridmoe
