@@ -41,12 +41,19 @@ struct GPTOptions {
   TORCH_ARG(int64_t, expert_hidden) = 0;
   /// The gates of the MoE layers (type, top_k, capacity factor, aux/z-loss coefficients).
   TORCH_ARG(GateOptions, gate);
+  /// Layout options of the distributed MoE layers (MoEOptions of the same names); a
+  /// single-process model takes single_process() options.
+  TORCH_ARG(std::string, expert_layout) = "fixed";
+  TORCH_ARG(int64_t, adaptive_r) = 1;
+  TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
 
  public:
   int64_t mlp_hidden() const { return d_mlp_ > 0 ? d_mlp_ : 4 * d_model_; }
   bool is_moe_block(int64_t i) const { return moe_every_ > 0 && (i + 1) % moe_every_ == 0; }
   /// The MoEOptions of the model's MoE layers.
   MoEOptions moe_options() const;
+  /// The same model on one process: the layout options reset (fixed experts, no overlap).
+  GPTOptions single_process() const;
 };
 
 /// Causal multi-head self-attention: fused QKV column-parallel, output projection row-parallel;

@@ -12,7 +12,14 @@ MoEOptions GPTOptions::moe_options() const {
   MoEOptions m(d_model_, num_experts_);
   m.d_hidden(expert_hidden_ > 0 ? expert_hidden_ : mlp_hidden());
   m.gate(gate_);
+  m.expert_layout(expert_layout_).adaptive_r(adaptive_r_).a2a_overlap_degree(a2a_overlap_degree_);
   return m;
+}
+
+GPTOptions GPTOptions::single_process() const {
+  GPTOptions o = *this;
+  o.expert_layout("fixed").adaptive_r(1).a2a_overlap_degree(1);
+  return o;
 }
 
 // ---- attention --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/train.h"
+#include "hybridmoe/zero.h"
 
 namespace hybridmoe {
 
@@ -100,8 +101,8 @@ std::string latest_checkpoint(const std::string& out) {
   return (fs::path(out) / "checkpoints" / name).string();
 }
 
-void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model,
-                     torch::optim::Optimizer& optimizer, const ParallelGroups& groups) {
+void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model, ZeroAdamW& optimizer,
+                     const ParallelGroups& groups) {
   const auto& world = groups.world;
   const int64_t rank = world.rank, W = world.size();
   const std::string final_dir = checkpoint_dir(config.out, step);
@@ -117,7 +118,7 @@ void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model,
   {
     torch::serialize::OutputArchive archive, model_ar, optim_ar;
     model.save(model_ar);
-    optimizer.save(optim_ar);
+    for (const auto& [name, t] : optimizer.state()) optim_ar.write(name, t);
     archive.write("model", model_ar);
     archive.write("optimizer", optim_ar);
     archive.save_to((fs::path(tmp_dir) / shard_name(rank)).string());
@@ -128,8 +129,7 @@ void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model,
       torch::tensor({static_cast<int64_t>(mine.first), mine.second}, torch::kInt64).view({1, 2});
   auto all = W > 1 ? dist::all_gather_rows(d, world) : d;
   // 3. The consolidated model (collective gathers), written by rank 0.
-  auto opts = config.model_options();
-  GPT full(opts);
+  GPT full(config.model_options().single_process());
   if (model.groups()) {
     model.gather_full(*full);
   } else {
@@ -172,7 +172,7 @@ TrainConfig read_checkpoint_config(const std::string& dir) {
 }
 
 int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTImpl& model,
-                        torch::optim::Optimizer& optimizer, const ParallelGroups& groups) {
+                        ZeroAdamW& optimizer, const ParallelGroups& groups) {
   const auto& world = groups.world;
   const int64_t rank = world.rank, W = world.size();
   // 1. The same checks on every rank: metadata, layout, model shape keys.
@@ -212,8 +212,16 @@ int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTIm
   archive.load_from(path);
   archive.read("model", model_ar);
   archive.read("optimizer", optim_ar);
+  // The optimizer's entries, named as this run's optimizer names them (load_state checks them).
+  ZeroAdamW::NamedTensors state;
+  for (const auto& [name, like] : optimizer.state()) {
+    torch::Tensor t;
+    TORCH_CHECK(optim_ar.try_read(name, t), "checkpoint ", dir, ": shard ", path,
+                " has no optimizer entry `", name, "` (written with another optimizer setting?)");
+    state.emplace_back(name, t);
+  }
   model.load(model_ar);
-  optimizer.load(optim_ar);
+  optimizer.load_state(state);
   return std::stoll(meta["step"]);
 }
 
@@ -224,7 +232,7 @@ GPT load_full_model(const std::string& dir) {
   TORCH_CHECK(digest_text(file_digest(path)) == meta["model"], "checkpoint ", dir,
               ": model.pt is corrupted (checksum differs from ", kMetaFile, ")");
   TrainConfig c = read_checkpoint_config(dir);
-  GPT model(c.model_options());
+  GPT model(c.model_options().single_process());
   torch::load(model, path);
   return model;
 }

@@ -112,6 +112,13 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(ep, "layout", "expert parallel degree"),
       HMOE_KEY(etp, "layout", "expert tensor parallel degree (1 or tp)"),
       HMOE_KEY(pipeline_schedule, "layout", "micro-batch schedule with pp > 1: 1f1b or gpipe"),
+      HMOE_KEY(expert_layout, "layout", "MoE expert placement: fixed (ep/etp) or adaptive (Tutel)"),
+      HMOE_KEY(adaptive_r, "layout", "adaptive layout degree r: an integer or auto (timed)"),
+      HMOE_KEY(adaptive_recheck_every, "layout", "adaptive_r = auto: re-time every N steps"),
+      HMOE_KEY(a2a_overlap_degree, "layout", "chunks of the expert all-to-all overlapped (1: off)"),
+      HMOE_KEY(zero_stage, "memory", "0: replicated optimizer; 1: ZeRO-1 sharded state"),
+      HMOE_KEY(optimizer_tile_mb, "memory", "optimizer step temporaries per tile (<= 0: untiled)"),
+      HMOE_KEY(dtype, "memory", "parameters and activations: float32 or float64"),
       make_key("layout", "layout", "manual (tp/dp/pp/ep/etp as given) or auto (hmoe plan's choice)",
                &TrainConfig::layout_mode),
       HMOE_KEY(out, "output", "output directory"),
@@ -148,6 +155,15 @@ ParallelConfig TrainConfig::layout() const {
 
 GPTOptions TrainConfig::model_options() const {
   GateOptions g;
+  int64_t r = 1;  // "auto" starts at r = 1 (the trainer times the others); checked by check_config
+  if (adaptive_r != "auto") {
+    try {
+      r = std::stoll(adaptive_r);
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "config key `adaptive_r` = \"", adaptive_r,
+                  "\": expected an integer or auto");
+    }
+  }
   g.type(gate)
       .top_k(top_k)
       .capacity_factor(capacity_factor)
@@ -162,7 +178,10 @@ GPTOptions TrainConfig::model_options() const {
       .moe_every(moe_every)
       .num_experts(num_experts)
       .expert_hidden(expert_hidden)
-      .gate(g);
+      .gate(g)
+      .expert_layout(expert_layout)
+      .adaptive_r(r)
+      .a2a_overlap_degree(a2a_overlap_degree);
 }
 
 const std::vector<ConfigKey>& train_config_keys() {
@@ -283,6 +302,43 @@ std::string check_config(const TrainConfig& c) {
        "`stop_after` must be >= 0");
   need(c.pp <= c.n_layers, "config key `pp` = " + s(c.pp) + " exceeds `n_layers` = " +
                                s(c.n_layers) + " (every stage needs a block)");
+  need(c.zero_stage == 0 || c.zero_stage == 1,
+       "config key `zero_stage` = " + s(c.zero_stage) + ": expected 0 or 1");
+  need(c.dtype == "float32" || c.dtype == "float64",
+       "config key `dtype` = \"" + c.dtype + "\": expected \"float32\" or \"float64\"");
+  need(c.a2a_overlap_degree >= 1,
+       "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) + " must be >= 1");
+  need(c.a2a_overlap_degree == 1 || (c.ep > 1 && c.etp == 1 && c.expert_layout == "fixed"),
+       "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) +
+           " overlaps the expert all-to-all: it needs `ep` > 1, `etp` = 1 and the fixed layout");
+  need(c.adaptive_recheck_every >= 1, "config key `adaptive_recheck_every` must be >= 1");
+  need(c.expert_layout == "fixed" || c.expert_layout == "adaptive",
+       "config key `expert_layout` = \"" + c.expert_layout +
+           "\": expected \"fixed\" or \"adaptive\"");
+  if (c.expert_layout == "adaptive") {
+    need(c.ep == 1 && c.etp == 1 && c.nproc > 1,
+         "config key `expert_layout` = \"adaptive\" places the experts itself over the tp * dp "
+         "ranks of a stage: it needs `ep` = 1, `etp` = 1 and more than one rank");
+    // S ranks hold the slices of one expert; r may be 0 or a divisor of S.
+    const int64_t W = c.tp * c.dp, S = c.num_experts < W ? W / c.num_experts : 1;
+    std::string valid = "0";
+    for (int64_t d = 1; d <= S; ++d)
+      if (S % d == 0) valid += ", " + s(d);
+    bool ok = c.adaptive_r == "auto";
+    if (!ok) {
+      try {
+        size_t used = 0;
+        const int64_t r = std::stoll(c.adaptive_r, &used);
+        ok = used == c.adaptive_r.size() && (r == 0 || (r >= 1 && S % r == 0));
+      } catch (const std::exception&) {
+      }
+    }
+    need(ok, "config key `adaptive_r` = \"" + c.adaptive_r + "\": expected auto or one of " +
+                 valid + " (S = " + s(S) + " ranks per expert)");
+  } else {
+    need(c.adaptive_r == "1",
+         "config key `adaptive_r` = \"" + c.adaptive_r + "\" needs `expert_layout` = \"adaptive\"");
+  }
   need(c.pipeline_schedule == "1f1b" || c.pipeline_schedule == "gpipe",
        "config key `pipeline_schedule` = \"" + c.pipeline_schedule +
            "\": expected \"1f1b\" or \"gpipe\"");

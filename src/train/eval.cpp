@@ -42,6 +42,7 @@ std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelG
     auto it = gdp.tags().find(kv.key());
     c10::optional<GroupKind> tag = it == gdp.tags().end() ? c10::nullopt : it->second;
     int64_t n = c.tp * c.dp;
+    if (!tag) n = 1;  // not synchronized: this rank's copy is the only one
     if (tag && *tag == GroupKind::kEdp) n = c.edp();
     if (tag && *tag == GroupKind::kDp) n = shards.count(kv.key()) ? c.dp : c.tp * c.dp;
     // The tied token embedding has a copy on the first and on the last pipeline stage.

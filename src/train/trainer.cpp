@@ -1,6 +1,7 @@
 // trainer.cpp — see train.h: the training loop of `hmoe train` on one rank of a layout.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
+#include "hybridmoe/zero.h"
 #include "report.h"
 
 namespace hybridmoe {
@@ -101,27 +103,27 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   // 2. Model: the single-process model from the seed, sharded into this rank's model.
   const auto opts = cfg.model_options();
   std::shared_ptr<const ParallelGroups> model_groups = world.size() > 1 ? groups : nullptr;
+  const auto dtype = cfg.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
   torch::manual_seed(static_cast<uint64_t>(cfg.seed));
   GPT model(opts, model_groups);
   {
     torch::manual_seed(static_cast<uint64_t>(cfg.seed));
-    GPT full(opts);
+    GPT full(opts.single_process());
     model->load_shard_from(*full);
   }
+  model->to(dtype);
   GroupedDataParallel gdp(model.ptr(), groups);
   const auto replicas = gradient_replicas(*model, *groups, gdp);
 
-  // 3. AdamW: weight decay on matrices only.
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& p : model->parameters()) (p.dim() >= 2 ? decay : no_decay).push_back(p);
-  auto adam = torch::optim::AdamWOptions(cfg.lr).betas({cfg.beta1, cfg.beta2});
-  std::vector<torch::optim::OptimizerParamGroup> param_groups;
-  param_groups.emplace_back(decay,
-                            std::make_unique<torch::optim::AdamWOptions>(
-                                torch::optim::AdamWOptions(adam).weight_decay(cfg.weight_decay)));
-  param_groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                          torch::optim::AdamWOptions(adam).weight_decay(0.0)));
-  torch::optim::AdamW optimizer(std::move(param_groups), adam);
+  // 3. AdamW (weight decay on matrices only), its state sharded over each parameter's gradient
+  //    group with zero_stage 1 (ZeRO-1), replicated with 0.
+  const auto named = model->named_parameters().pairs();
+  ZeroAdamW optimizer(
+      named, gdp.tags(),
+      ZeroAdamW::decay_groups(
+          named,
+          AdamWHyper().lr(cfg.lr).beta1(cfg.beta1).beta2(cfg.beta2).weight_decay(cfg.weight_decay)),
+      groups, ZeroAdamWOptions().zero_stage(cfg.zero_stage).tile_mb(cfg.optimizer_tile_mb));
 
   // 4. Resume, or start fresh output.
   TrainResult result;
@@ -171,6 +173,21 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   std::vector<double> load_run(L * E, 0.0);
   double dropped_run = 0;
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
+  // Adaptive r = auto: every adaptive_recheck_every steps, one step with each valid r is timed
+  // (the mean over ranks, so every rank decides alike), then the fastest is kept.
+  const bool auto_r = cfg.expert_layout == "adaptive" && cfg.adaptive_r == "auto";
+  std::vector<int64_t> r_values;
+  std::vector<double> r_ms;
+  if (auto_r) {
+    const int64_t W = tp * dp, S = cfg.num_experts < W ? W / cfg.num_experts : 1;
+    r_values.push_back(0);
+    for (int64_t d = 1; d <= S; ++d)
+      if (S % d == 0) r_values.push_back(d);
+  }
+  auto set_r = [&](int64_t r) {
+    for (auto& layer : moe) layer->set_adaptive_r(r);
+  };
+  int64_t current_r = cfg.expert_layout == "adaptive" ? opts.adaptive_r() : -1;
   const bool tty = isatty(fileno(stderr));
   const double tokens_per_step = static_cast<double>(cfg.batch_size * cfg.seq_len);
   double timed_s = 0;
@@ -178,8 +195,14 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   for (int64_t step = start + 1; step <= last; ++step) {
     const auto t0 = Clock::now();
     const double lr = learning_rate(cfg, step - 1);
-    for (auto& g : optimizer.param_groups())
-      static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    const int64_t phase = auto_r ? (step - 1) % cfg.adaptive_recheck_every : -1;
+    const bool r_trial = auto_r && phase < static_cast<int64_t>(r_values.size());
+    if (r_trial) {
+      if (phase == 0) r_ms.clear();
+      current_r = r_values[phase];
+      set_r(current_r);
+    }
+    optimizer.set_lr(lr);
     optimizer.zero_grad();
     double ce_sum = 0, aux_sum = 0;
     std::vector<double> load(L * E + 1, 0.0);
@@ -210,8 +233,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       return f;
     });
     model->reduce_tied_gradients();
-    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
-    const double norm = clip_global_grad_norm(*model, replicas, cfg.grad_clip, groups->world);
+    optimizer.reduce_gradients(1.0 / static_cast<double>(dp));
+    const double norm = optimizer.clip_grad_norm(cfg.grad_clip, groups->world, replicas);
     optimizer.step();
     for (auto& layer : moe) layer->gate->after_step();
     // The global loss: the shares of every rank sum to it.
@@ -222,6 +245,23 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     for (int64_t i = 0; i < L * E; ++i) load_run[i] += total[2 + i];
     dropped_run += total[2 + L * E];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (r_trial) {
+      r_ms.push_back(world_sum({dt}, *groups)[0] / static_cast<double>(world.size()) * 1000.0);
+      if (r_ms.size() == r_values.size()) {
+        const auto best = std::min_element(r_ms.begin(), r_ms.end()) - r_ms.begin();
+        current_r = r_values[best];
+        set_r(current_r);
+        if (lead && cfg.progress) {
+          std::ostringstream msg;
+          for (size_t i = 0; i < r_values.size(); ++i)
+            msg << (i ? ", " : "") << "r=" << r_values[i] << " " << std::fixed
+                << std::setprecision(1) << r_ms[i] << " ms";
+          std::printf("%sstep %lld adaptive_r auto: %s -> r=%lld\n", tty ? "\n" : "",
+                      static_cast<long long>(step), msg.str().c_str(),
+                      static_cast<long long>(current_r));
+        }
+      }
+    }
     if (step > start + 1 || last == start + 1) timed_s += dt, ++timed_steps;
     const double tps =
         timed_steps > 0 ? tokens_per_step * timed_steps / timed_s : tokens_per_step / dt;
@@ -233,6 +273,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       metrics << "{\"step\": " << step << ", \"loss\": " << std::setprecision(17) << loss
               << std::setprecision(8) << ", \"aux_loss\": " << aux << ", \"lr\": " << lr
               << ", \"grad_norm\": " << norm << ", \"tokens_per_s\": " << tps;
+      if (current_r >= 0) metrics << ", \"adaptive_r\": " << current_r;
       const bool stats = step % cfg.stats_every == 0 || step == last;
       if (stats && L > 0) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);

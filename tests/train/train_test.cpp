@@ -39,7 +39,8 @@ TrainConfig tiny_config(const std::string& out) {
   c.train_lines = 2000;
   c.eval_per_task = 4;
   c.nproc = 1;
-  c.tp = c.dp = c.ep = c.etp = 1;
+  c.tp = c.dp = c.pp = c.ep = c.etp = 1;
+  c.micro_batches = 1;
   c.out = out;
   c.progress = false;
   c.eval = false;
@@ -91,7 +92,7 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
     return check_config(c);
   };
   EXPECT_NE(with([](TrainConfig& c) {
-              c.tp = 1;
+              c.pp = 1;
               c.ep = 3;
               c.dp = 3;
               c.nproc = 3;
@@ -101,10 +102,11 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
             std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.micro_batches = 3; }).find("`micro_batches`"),
             std::string::npos);
-  EXPECT_NE(with([](TrainConfig& c) { c.tp = 1; }).find("`nproc`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.dp = 1; }).find("`nproc`"), std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) {
               c.tp = 8;
               c.dp = 1;
+              c.pp = 1;
               c.nproc = 8;
               c.ep = 8;
               c.num_experts = 8;
@@ -112,13 +114,35 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
             std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) {
               c.pp = 5;
-              c.nproc = 20;
+              c.nproc = 10;
             }).find("`pp`"),
             std::string::npos);
   EXPECT_NE(
       with([](TrainConfig& c) { c.pipeline_schedule = "zigzag"; }).find("`pipeline_schedule`"),
       std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.seq_len = 128; }).find("`seq_len`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.zero_stage = 2; }).find("`zero_stage`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.dtype = "half"; }).find("`dtype`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) { c.expert_layout = "adaptive"; }).find("`expert_layout`"),
+            std::string::npos);
+  const auto bad_r = with([](TrainConfig& c) {
+    c.expert_layout = "adaptive";
+    c.ep = 1;
+    c.adaptive_r = "3";
+  });
+  EXPECT_NE(bad_r.find("`adaptive_r`"), std::string::npos) << bad_r;
+  EXPECT_NE(bad_r.find("0, 1"), std::string::npos) << bad_r;  // the valid values are listed
+  EXPECT_EQ(with([](TrainConfig& c) {
+              c.expert_layout = "adaptive";
+              c.ep = 1;
+              c.adaptive_r = "auto";
+            }),
+            "");
+  EXPECT_NE(with([](TrainConfig& c) {
+              c.ep = 1;
+              c.a2a_overlap_degree = 2;
+            }).find("`a2a_overlap_degree`"),
+            std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
 }
 
@@ -389,6 +413,62 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
   ASSERT_EQ(two.size(), one.losses.size());
   for (size_t i = 0; i < two.size(); ++i)
     EXPECT_NEAR(two[i], one.losses[i], 1e-4 * std::abs(one.losses[i])) << "step " << i + 1;
+}
+
+// The trainer's memory and layout options change nothing but speed and memory: in float64,
+// ZeRO-1, overlapped all-to-alls and the adaptive expert layout with r = auto (timed, switching
+// every few steps) follow the plain dp2 · ep2 run's losses.
+TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
+  testing::run_on_ranks(2, [](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    auto cfg = [&](const std::string& name) {
+      auto c = tiny_config(test_dir(name));
+      c.nproc = 2;
+      c.dp = 2;
+      c.ep = 2;
+      c.steps = 5;
+      c.dtype = "float64";
+      c.grad_clip = 0.05;
+      if (ctx.rank() == 0) fs::remove_all(c.out);
+      return c;
+    };
+    TrainResult plain = train(cfg("opt_plain"), ctx.world);
+    auto z = cfg("opt_zero1");
+    z.zero_stage = 1;
+    z.optimizer_tile_mb = 0.01;  // several tiles
+    auto o = cfg("opt_overlap");
+    o.a2a_overlap_degree = 2;
+    auto a = cfg("opt_adaptive");
+    a.ep = 1;
+    a.expert_layout = "adaptive";
+    a.adaptive_r = "auto";
+    a.adaptive_recheck_every = 3;
+    for (const auto& c : {z, o, a}) {
+      TrainResult r = train(c, ctx.world);
+      ASSERT_EQ(r.losses.size(), plain.losses.size()) << c.out;
+      for (size_t i = 0; i < r.losses.size(); ++i)
+        EXPECT_NEAR(r.losses[i], plain.losses[i], 1e-9 * std::abs(plain.losses[i]))
+            << c.out << " step " << i + 1;
+    }
+    // ZeRO-1 resumes exactly from its sharded optimizer state.
+    auto b = cfg("opt_zero1_resume");
+    b.zero_stage = 1;
+    b.stop_after = 2;
+    train(b, ctx.world);
+    b.stop_after = 0;
+    b.resume = true;
+    TrainResult second = train(b, ctx.world);
+    TrainResult straight = train(
+        [&] {
+          auto c = cfg("opt_zero1_straight");
+          c.zero_stage = 1;
+          return c;
+        }(),
+        ctx.world);
+    ASSERT_EQ(second.losses.size(), straight.losses.size());
+    for (size_t i = 0; i < second.losses.size(); ++i)
+      EXPECT_EQ(second.losses[i], straight.losses[i]) << "step " << i + 1;
+  });
 }
 
 }  // namespace
