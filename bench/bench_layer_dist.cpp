@@ -1,6 +1,10 @@
 // bench_layer_dist.cpp — see bench_layer_dist.h.
 #include "bench_layer_dist.h"
 
+#include <algorithm>
+#include <chrono>
+#include <functional>
+
 #include <torch/torch.h>
 
 #include "bench_common.h"
@@ -15,10 +19,125 @@ namespace {
 torch::Tensor gather_value(double v, const dist::Group& g) {
   return dist::all_gather_rows(torch::tensor({v}, torch::kFloat64).view({1, 1}), g).view({-1});
 }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// One variant of a sweep: a step function and what each timed step cost.
+struct Variant {
+  std::function<void()> step;
+  std::vector<double> ms, comm_ms, a2a_ms;
+};
+
+// Times the variants interleaved (one step of each in turn, `iters` rounds after `warmup`), each
+// step after a barrier; communication is the comm_stats() growth during the step (time blocked
+// in collectives; the asynchronous all-to-alls count only their waits).
+void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
+                      const dist::Group& world) {
+  for (int i = 0; i < warmup; ++i)
+    for (auto& v : variants) v.step();
+  auto totals = [] {
+    double all = 0.0, a2a = 0.0;
+    for (const auto& [op, s] : dist::comm_stats()) {
+      all += s.seconds;
+      if (op.find("all_to_all") != std::string::npos) a2a += s.seconds;
+    }
+    return std::make_pair(all, a2a);
+  };
+  for (int i = 0; i < iters; ++i)
+    for (auto& v : variants) {
+      dist::barrier(world);
+      const auto before = totals();
+      const auto t0 = std::chrono::steady_clock::now();
+      v.step();
+      const auto t1 = std::chrono::steady_clock::now();
+      const auto after = totals();
+      v.ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+      v.comm_ms.push_back(1e3 * (after.first - before.first));
+      v.a2a_ms.push_back(1e3 * (after.second - before.second));
+    }
+}
+
+// {step_ms (slowest rank's median), comm_ms and a2a_ms (mean over ranks of the medians)}.
+nlohmann::json summarize(const Variant& v, const dist::Group& world) {
+  return {{"step_ms", gather_value(median(v.ms), world).max().item<double>()},
+          {"comm_blocked_ms", gather_value(median(v.comm_ms), world).mean().item<double>()},
+          {"a2a_blocked_ms", gather_value(median(v.a2a_ms), world).mean().item<double>()}};
+}
+
+// The overlap sweep: the layout with a2a_overlap_degree D for each D.
+nlohmann::json overlap_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
+                             const std::shared_ptr<ParallelGroups>& groups, const torch::Tensor& x,
+                             const std::vector<int64_t>& degrees) {
+  std::vector<MoE> layers;
+  std::vector<Variant> variants;
+  for (int64_t D : degrees) {
+    layers.emplace_back(MoEOptions(opts).a2a_overlap_degree(D), groups);
+    layers.back()->load_shard_from(full);
+    layers.back()->to(x.scalar_type());
+  }
+  for (auto& layer : layers)
+    variants.push_back({[&layer, &x] {
+      auto out = layer->forward(x);
+      (out.output.sum() + out.aux_loss).backward();
+    }});
+  time_interleaved(variants, a.warmup, a.iters, groups->world);
+  nlohmann::json rows = nlohmann::json::array();
+  double a2a_base = -1.0;
+  for (size_t i = 0; i < degrees.size(); ++i) {
+    auto row = summarize(variants[i], groups->world);
+    row["a2a_overlap_degree"] = degrees[i];
+    if (degrees[i] == 1) a2a_base = row["a2a_blocked_ms"].get<double>();
+    rows.push_back(row);
+  }
+  // Hidden: the share of the D = 1 all-to-all time that no longer blocks.
+  for (auto& row : rows)
+    if (a2a_base > 0)
+      row["a2a_hidden_fraction"] = 1.0 - row["a2a_blocked_ms"].get<double>() / a2a_base;
+  return rows;
+}
+
+// The adaptive sweep: the expert layout over the stage (ep = etp = 1), every valid r.
+nlohmann::json adaptive_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
+                              const ParallelConfig& layout, dist::World& world,
+                              const torch::Tensor& x) {
+  const int64_t W = layout.stage_size(), E = opts.num_experts();
+  const int64_t S = E >= W ? 1 : W / E;
+  if ((E >= W ? E % W : W % E) != 0 || opts.hidden() % S != 0 || layout.pp != 1)
+    return {{"skipped",
+             "experts and tp*dp do not divide one another (or S does not divide "
+             "d_hidden, or pp > 1)"}};
+  ParallelConfig c{layout.tp, layout.dp, 1, 1, 1};
+  auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(c, world));
+  MoE layer(MoEOptions(opts).expert_layout("adaptive"), groups);
+  layer->load_shard_from(full);
+  layer->to(x.scalar_type());
+  const auto degrees = layer->valid_adaptive_r();
+  std::vector<Variant> variants;
+  for (int64_t r : degrees)
+    variants.push_back({[&layer, &x, r] {
+      auto out = layer->forward_with(x, MoECallOptions().adaptive_r(r));
+      (out.output.sum() + out.aux_loss).backward();
+    }});
+  time_interleaved(variants, a.warmup, a.iters, groups->world);
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < degrees.size(); ++i) {
+    auto row = summarize(variants[i], groups->world);
+    row["adaptive_r"] = degrees[i];
+    rows.push_back(row);
+  }
+  return {{"layout", {{"tp", c.tp}, {"dp", c.dp}, {"ep", 1}, {"etp", 1}}},
+          {"shard_size", S},
+          {"runs", rows}};
+}
+
 }  // namespace
 
 nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const ParallelConfig& layout,
-                                           dist::World& world) {
+                                           dist::World& world,
+                                           const DistLayerBenchOptions& sweeps) {
   layout.validate(world.size());
   TORCH_CHECK(layout.world_size() == world.size(), "bench layer: layout ", layout.to_string(),
               " needs ", layout.world_size(), " ranks, launched ", world.size());
@@ -99,6 +218,14 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   j["comm_bytes_per_step"] = all_b.sum().item<double>();
   j["rank0_collectives"] = comm;
   if (!a.skip_naive) j["single_process_fwd_bwd_ms"] = single_ms;
+  // 4. The sweeps: overlap degree D, and the adaptive layout's r.
+  if (!sweeps.overlap_degrees.empty()) {
+    if (layout.ep > 1 && layout.etp == 1)
+      j["overlap"] = overlap_sweep(a, opts, *full, groups, x, sweeps.overlap_degrees);
+    else
+      j["overlap"] = {{"skipped", "a2a_overlap_degree needs ep > 1 and etp = 1"}};
+  }
+  if (sweeps.adaptive) j["adaptive"] = adaptive_sweep(a, opts, *full, layout, world, x);
   j["peak_rss_mb_rank0"] = peak_rss_mb();
   return j;
 }

@@ -117,4 +117,27 @@ void broadcast_(std::vector<torch::Tensor>& tensors, int64_t root, const Group& 
 /// Returns when every member has called it (an all-reduce of one CPU value).
 void barrier(const Group& group);
 
+// ---- flat in-place helpers (ZeRO; src/parallel/collectives_flat.cpp) ---------------------------
+// Plain (no autograd) collectives over 1-D tensors split into per-rank blocks: rank j's block has
+// counts[j] elements and starts at sum(counts[:j]). Counts may be uneven and zero.
+
+/// Sums `flat` over the group and writes this rank's block of the sum into `out`.
+/// flat: [sum(counts)] (same size on every rank); out: [counts[rank]], same dtype and device.
+///
+/// Example:
+///   auto counts = even_split(bucket.numel(), groups.dp.size());
+///   reduce_scatter_flat_(bucket, my_grad_shard, counts, groups.dp);
+void reduce_scatter_flat_(const torch::Tensor& flat, torch::Tensor& out,
+                          const std::vector<int64_t>& counts, const Group& group);
+
+/// Every rank's block `mine` lands at its offset in `flat` on every rank (`mine` may be a view
+/// of this rank's block of `flat`). flat: [sum(counts)]; mine: [counts[rank]], same dtype.
+///
+/// Example:
+///   all_gather_flat_(bucket, bucket.narrow(0, my_offset, counts[me]), counts, groups.dp);
+void all_gather_flat_(torch::Tensor& flat, const torch::Tensor& mine,
+                      const std::vector<int64_t>& counts, const Group& group);
+
+// ---- end of the flat in-place helpers -------------------------------------------------------
+
 }  // namespace hybridmoe::dist

@@ -24,7 +24,8 @@ struct GroupedDataParallelOptions {
 
 /// Tags parameters and keeps their replicas in sync.
 /// Default tags, set from the module tree: parameters of a GateImpl → stage; of an ExpertsBase →
-/// edp; every other parameter → dp. A parameter replicated over tp (not split) must start equal
+/// edp (none for an adaptive-layout MoE, whose expert slices have no replicas); every other
+/// parameter → dp. A parameter replicated over tp (not split) must start equal
 /// on the tp ranks (same seed): broadcast covers its tag group only.
 ///
 /// Example:

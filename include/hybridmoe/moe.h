@@ -2,7 +2,10 @@
 // transformer's MLP, dropless (grouped GEMM over variable expert batches) or with a capacity.
 #pragma once
 
+#include <map>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -56,6 +59,27 @@ struct MoEOptions {
   TORCH_ARG(GateOptions, gate);
   /// A user module per expert instead of the built-in grouped MLP (FastMoE's `expert=`).
   TORCH_ARG(ExpertFactory, expert) = nullptr;
+  /// Expert placement of a distributed layer: "fixed" (the layout's ep × etp × edp) or
+  /// "adaptive" (Tutel's adaptive parallelism over the W = tp * dp ranks of the stage; needs
+  /// ep = etp = 1 and the built-in grouped experts). Adaptive storage: with E < W each expert's
+  /// hidden width is sliced over its shard group of S = W / E ranks; with E >= W each rank
+  /// holds E / W whole experts (S = 1). See moe_adaptive.cpp.
+  TORCH_ARG(std::string, expert_layout) = "fixed";
+  /// Adaptive layout only: the degree r in {0} ∪ divisors(S) used by forward(). r = 0: every
+  /// rank all-gathers every expert and runs its own tokens (no token all-to-all); r >= 1: tokens
+  /// go to their expert's shard group, where the weight slices are all-gathered in sub-groups
+  /// of S / r ranks and each token block is run by r ranks whose partial outputs are summed.
+  TORCH_ARG(int64_t, adaptive_r) = 1;
+  /// Fixed layout with ep > 1 and etp = 1: the dispatched rows are exchanged and computed in D
+  /// chunks so that the all-to-alls of neighbouring chunks run while the experts compute (forward
+  /// and backward). 1 = off. Results are those of D = 1. See overlap.h.
+  TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
+};
+
+/// Per-call settings of MoEImpl::forward_with.
+struct MoECallOptions {
+  /// The adaptive degree r of this call; -1: MoEOptions::adaptive_r.
+  TORCH_ARG(int64_t, adaptive_r) = -1;
 };
 
 /// What the layer returns: the output in the input's shape, the auxiliary loss to add to the
@@ -88,6 +112,9 @@ class MoEImpl : public torch::nn::Module {
   MoEImpl(MoEOptions options, std::shared_ptr<const ParallelGroups> groups);
   /// x: [T, d_model] or [B, S, d_model], floating point.
   MoEOutput forward(const torch::Tensor& x);
+  /// forward() with per-call settings (e.g. the adaptive degree r of this call only). Every rank
+  /// of the stage must pass the same settings.
+  MoEOutput forward_with(const torch::Tensor& x, const MoECallOptions& call);
 
   /// One process, tokens routed in consecutive groups of group_sizes[g] tokens (GShard's groups):
   /// capacity and balance loss per group, aux_loss the mean over groups. This is what a
@@ -110,6 +137,15 @@ class MoEImpl : public torch::nn::Module {
   /// First global expert index held by this rank.
   int64_t first_local_expert() const;
 
+  /// Whether the experts use the adaptive layout (MoEOptions::expert_layout == "adaptive").
+  bool is_adaptive() const { return options.expert_layout() == "adaptive"; }
+  /// Adaptive layout: ranks holding the slices of one expert (S = W / E, or 1 when E >= W).
+  int64_t adaptive_shard_size() const;
+  /// Adaptive layout: the valid degrees r, {0} ∪ divisors(S), ascending.
+  std::vector<int64_t> valid_adaptive_r() const;
+  /// Sets the degree r used by later forward() calls; refuses r outside valid_adaptive_r().
+  void set_adaptive_r(int64_t r);
+
   MoEOptions options;
   std::shared_ptr<GateImpl> gate;
   std::shared_ptr<ExpertsBase> experts;
@@ -119,6 +155,14 @@ class MoEImpl : public torch::nn::Module {
  private:
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
   MoEOutput forward_distributed(const torch::Tensor& tokens);
+  /// The adaptive layout's forward with degree r (moe_adaptive.cpp). tokens: [T, d_model].
+  MoEOutput forward_adaptive(const torch::Tensor& tokens, int64_t r);
+  /// Checks the adaptive options at construction and builds this rank's expert storage.
+  void build_adaptive();
+  /// Raises an error listing the valid values unless r is a valid adaptive degree.
+  void check_adaptive_r(int64_t r) const;
+  void load_adaptive_shard_from(MoEImpl& full);
+  std::map<std::string, torch::Tensor> gather_adaptive_expert_parameters();
   /// counts: [E] tokens per expert when a plan has them; undefined: counted from the routing.
   MoEOutput finish(const torch::Tensor& out, const torch::Tensor& x, const RouterOutput& routing,
                    double aux_scale, const torch::Tensor& counts);

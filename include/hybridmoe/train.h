@@ -62,7 +62,7 @@ struct TrainConfig {
   /// 4 ranks: two pipeline stages of dp = 2 with ep = 2 (on 2 cores this is about twice as fast
   /// as tp = 2, whose all-reduces every block costs more than the pipeline bubble).
   int64_t tp = 1, dp = 2, pp = 2, ep = 2, etp = 1;
-  std::string pipeline_schedule = "1f1b";           ///< with pp > 1: "1f1b" or "gpipe"
+  std::string pipeline_schedule = "1f1b";  ///< with pp > 1: "1f1b" or "gpipe"
   /// MoE expert placement: "fixed" (ep × etp × edp) or "adaptive" (Tutel's, needs ep = etp = 1).
   std::string expert_layout = "fixed";
   /// Adaptive layout's degree r: an integer in {0} ∪ divisors(S), or "auto" (timed per step).
@@ -169,16 +169,19 @@ std::string checkpoint_dir(const std::string& out, int64_t step);
 /// The newest complete checkpoint under out/checkpoints ("" if none).
 std::string latest_checkpoint(const std::string& out);
 
-/// Writes this rank's shard (model and optimizer state) and, on rank 0, meta.json (layout, step,
-/// config, shard checksums) and model.pt (the full model gathered from the shards) into a
+/// Writes this rank's shard (model and optimizer state) and, on rank 0, checkpoint.meta (layout,
+/// step, config, checksums), model.pt (the full model gathered from the shards) and optimizer.pt
+/// (the optimizer state of every full-model parameter) into a
 /// temporary directory renamed to checkpoint_dir(out, step) once complete. Collective.
 void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model, ZeroAdamW& optimizer,
                      const ParallelGroups& groups);
 
-/// Loads this rank's shard from `dir` after checking that the layout and model keys match
-/// `config` and that every shard exists with the recorded checksum; raises a clear error
-/// (naming the checkpoint, the rank and the cause) otherwise, before anything is modified.
-/// Returns the checkpoint's step. Collective over the world.
+/// Loads this rank's shard from `dir` after checking the model keys and that every file it reads
+/// exists with the recorded checksum; raises a clear error (naming the checkpoint, the rank and
+/// the cause) otherwise, before anything is modified. A checkpoint of another layout (tp, dp, pp,
+/// ep, etp, zero_stage or expert_layout) is converted: the consolidated model.pt and optimizer.pt
+/// are sharded for this rank (experts redistributed, tp shards re-split, optimizer state
+/// resharded). Returns the checkpoint's step. Collective over the world.
 int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTImpl& model,
                         ZeroAdamW& optimizer, const ParallelGroups& groups);
 

@@ -9,6 +9,7 @@
 
 #include "hybridmoe/dist.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/pipeline.h"
 
 namespace hybridmoe {
 
@@ -25,7 +26,29 @@ struct VerifyOptions {
   uint64_t seed = 1234;
   /// Relative tolerance of losses and parameters; <= 0 picks 1e-9 (float64) or 1e-4 (float32).
   double tolerance = 0.0;
+  /// Expert layout of the MoE: kFixedExperts (the layout's ep × etp), r >= 0 (expert_layout
+  /// "adaptive" with degree r), or kAdaptiveEveryStep (adaptive, r changing every step through
+  /// the valid values). Adaptive layouts need ep = etp = 1 (see adaptive_r_values()).
+  int64_t adaptive_r = -1;
+  /// Pipeline layouts (pp > 1): micro-batches per step (0: pp + 1, so that 1F1B has warm-up,
+  /// steady and cool-down phases) and their schedule.
+  int64_t micro_batches = 0;
+  PipelineSchedule schedule = PipelineSchedule::kOneFOneB;
+  /// 1: the layout's optimizer is ZeroAdamW with ZeRO-1 (state sharded by tag group, gradients
+  /// reduce-scattered, tiled step) instead of the replicated Adam; 0: replicated.
+  int64_t zero_stage = 0;
 };
+
+/// VerifyOptions::adaptive_r: the fixed expert layout, or adaptive with r changing every step.
+constexpr int64_t kFixedExperts = -1;
+constexpr int64_t kAdaptiveEveryStep = -2;
+
+/// The valid adaptive degrees r of the MoE of `layout` with `experts` experts of hidden width
+/// d_hidden ({0} ∪ divisors of S, S = stage size / experts or 1); empty when the adaptive layout
+/// does not fit (ep or etp > 1, pp > 1, neither of experts and stage size dividing the other, or
+/// S not dividing d_hidden).
+std::vector<int64_t> adaptive_r_values(const ParallelConfig& layout, int64_t experts,
+                                       int64_t d_hidden);
 
 /// A gate setting to verify: a registered gate name, optionally its k and a capacity factor,
 /// written "name[:k][@factor]", e.g. "topk" (dropless), "topk@1.0", "switch:1@1.25".
@@ -44,17 +67,31 @@ struct VerifyRow {
   double loss_rel_err = 0.0;   ///< max over steps
   double param_rel_err = 0.0;  ///< max over parameters and ranks
   bool pass = false;
-  std::string error;  ///< set when the run raised an error
+  std::string error;                   ///< set when the run raised an error
+  int64_t adaptive_r = kFixedExperts;  ///< VerifyOptions::adaptive_r of the run
+  std::string model = "moe";           ///< "moe" (fc → MoE → fc) or "gpt" (pipeline layouts)
+  std::string schedule;                ///< pipeline layouts: "1f1b" or "gpipe"
+  int64_t micro_batches = 1;
+  int64_t zero_stage = 0;  ///< the ZeRO stage the layout's optimizer ran with
 };
 
-/// Layouts without pipeline stages on `world_size` ranks whose ep divides `experts` and whose
-/// etp divides `d_hidden`.
+/// Layouts on `world_size` ranks whose ep divides `experts` and whose etp divides `d_hidden`;
+/// pipeline layouts (pp > 1) also need tp to divide the GPT's kVerifyHeads heads.
 std::vector<ParallelConfig> verifiable_layouts(int64_t world_size, int64_t experts,
                                                int64_t d_hidden);
+
+/// Attention heads of the GPT that pipeline layouts are verified on.
+constexpr int64_t kVerifyHeads = 4;
 
 /// Runs one (layout, gate) pair on the first layout.world_size() ranks of `world` (others return
 /// at once with an empty row). Collective over those ranks. `run_id` keeps group names apart.
 VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
                         const VerifyOptions& options, int64_t run_id);
+
+/// The same proof on a small GPT (2 blocks per stage, the second an MoE block; tied embedding;
+/// width options.d_model, kVerifyHeads heads) trained through the pipeline schedule with
+/// micro-batches: every layout, pipeline stages included. verify_layout() sends pp > 1 here.
+VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
+                            const VerifyOptions& options, int64_t run_id);
 
 }  // namespace hybridmoe

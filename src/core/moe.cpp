@@ -6,6 +6,14 @@
 namespace hybridmoe {
 
 MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
+  TORCH_CHECK(options.expert_layout() == "fixed" || options.expert_layout() == "adaptive",
+              "MoE: expert_layout must be \"fixed\" or \"adaptive\", got \"",
+              options.expert_layout(), "\"");
+  TORCH_CHECK(
+      options.a2a_overlap_degree() == 1, "MoE: a2a_overlap_degree=", options.a2a_overlap_degree(),
+      " overlaps the expert-parallel all-to-all, which a single-process layer does not have "
+      "(use 1)");
+  if (is_adaptive()) check_adaptive_r(options.adaptive_r());
   build(options.num_experts(), 0, options.hidden(), /*add_output_bias=*/true);
 }
 

@@ -1,9 +1,13 @@
 // moe_parallel.cpp — the MoE layer distributed over a layout's groups: slices over tp, the
 // expert-parallel all-to-all over ep, expert tensor parallelism over etp; sharding from and
-// gathering to the single-process layer.
+// gathering to the single-process layer. The adaptive layout lives in moe_adaptive.cpp, the
+// overlapped (chunked) exchange in dispatch/overlap.cpp.
+#include <algorithm>
+
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/exchange.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/overlap.h"
 
 namespace hybridmoe {
 
@@ -12,8 +16,21 @@ MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> grou
   TORCH_CHECK(groups_,
               "MoE: the parallel groups are null (use the one-argument constructor for "
               "a single process)");
+  TORCH_CHECK(options.expert_layout() == "fixed" || options.expert_layout() == "adaptive",
+              "MoE: expert_layout must be \"fixed\" or \"adaptive\", got \"",
+              options.expert_layout(), "\"");
+  if (is_adaptive()) {
+    build_adaptive();
+    return;
+  }
   const auto& g = *groups_;
   const int64_t E = options.num_experts(), ep = g.ep.size(), etp = g.etp.size();
+  const int64_t D = options.a2a_overlap_degree();
+  TORCH_CHECK(D >= 1, "MoE: a2a_overlap_degree must be >= 1, got ", D);
+  TORCH_CHECK(D == 1 || (ep > 1 && etp == 1 && !options.expert()), "MoE: a2a_overlap_degree=", D,
+              " pipelines the expert-parallel all-to-all with the built-in grouped experts; it "
+              "needs ep > 1, etp = 1 and no user expert modules, got ep=",
+              ep, " etp=", etp, options.expert() ? " with user expert modules" : "");
   TORCH_CHECK(E % ep == 0, "MoE: num_experts=", E, " must be divisible by ep=", ep);
   TORCH_CHECK(options.hidden() % etp == 0, "MoE: d_hidden=", options.hidden(),
               " must be divisible by etp=", etp);
@@ -26,14 +43,21 @@ MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> grou
 }
 
 int64_t MoEImpl::num_local_experts() const {
+  if (groups_ && is_adaptive())
+    return std::max<int64_t>(1, options.num_experts() / groups_->stage.size());
   return groups_ ? options.num_experts() / groups_->ep.size() : options.num_experts();
 }
 
 int64_t MoEImpl::first_local_expert() const {
+  if (groups_ && is_adaptive()) {
+    const int64_t me = groups_->stage.rank, W = groups_->stage.size();
+    return options.num_experts() >= W ? me * num_local_experts() : me / adaptive_shard_size();
+  }
   return groups_ ? groups_->ep.rank * num_local_experts() : 0;
 }
 
 MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
+  if (is_adaptive()) return forward_adaptive(tokens, options.adaptive_r());
   const auto& g = *groups_;
   const int64_t E = options.num_experts();
   // 1. Slice: each rank of the slice (tp) group routes its block of the replicated tokens.
@@ -48,13 +72,17 @@ MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
   std::vector<int64_t> counts = plan.counts_host;
   if (g.ep.size() > 1) {
     xp = make_exchange_plan(plan, g.ep);
-    rows = exchange_tokens(rows, xp, g.ep);
+    if (options.a2a_overlap_degree() == 1) rows = exchange_tokens(rows, xp, g.ep);
     counts = xp.local_counts;
   }
   // 4. Experts; with etp > 1 every etp rank runs its hidden slice on the rows of the whole etp
   //    group and the partial outputs are summed back into each rank's rows.
   torch::Tensor y;
-  if (g.etp.size() > 1) {
+  if (options.a2a_overlap_degree() > 1) {
+    // 3-5 in D chunks: exchange, experts and return pipelined (overlap.h).
+    y = overlapped_expert_exchange(rows, plan.counts_host, xp, g.ep, *grouped,
+                                   options.a2a_overlap_degree());
+  } else if (g.etp.size() > 1) {
     const int64_t L = num_local_experts();
     auto count_t = torch::tensor(counts, torch::kInt64).view({1, L});
     auto all_counts = dist::all_gather_rows(count_t, g.etp, std::vector<int64_t>(g.etp.size(), 1));
@@ -75,7 +103,7 @@ MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
     y = experts->run(rows, counts);
   }
   // 5. Back to the ranks the rows came from, combine, and re-assemble the replicated tokens.
-  if (g.ep.size() > 1) y = exchange_back(y, xp, g.ep);
+  if (g.ep.size() > 1 && options.a2a_overlap_degree() == 1) y = exchange_back(y, xp, g.ep);
   auto out = gather_from_slices(unpermute(y, plan), g.slice, slice_rows);
   auto result =
       finish(out, tokens, routing, 1.0 / static_cast<double>(g.slice.size()), plan.counts);
@@ -91,6 +119,10 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
   torch::NoGradGuard no_grad;
   auto src_gate = full.gate->named_parameters();
   for (auto& kv : gate->named_parameters()) kv.value().copy_(src_gate[kv.key()]);
+  if (groups_ && is_adaptive()) {
+    load_adaptive_shard_from(full);
+    return;
+  }
   const int64_t L = num_local_experts(), e0 = first_local_expert();
   const int64_t etp = groups_ ? groups_->etp.size() : 1, q = groups_ ? groups_->etp.rank : 0;
   const int64_t h = options.hidden() / etp;
@@ -109,6 +141,7 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
 }
 
 std::map<std::string, torch::Tensor> MoEImpl::gather_full_expert_parameters() {
+  if (groups_ && is_adaptive()) return gather_adaptive_expert_parameters();
   torch::NoGradGuard no_grad;
   std::map<std::string, torch::Tensor> full;
   const bool dist_on = groups_ != nullptr;

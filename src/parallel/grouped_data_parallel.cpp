@@ -3,6 +3,9 @@
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/moe.h"
+
+#include <set>
 
 namespace hybridmoe {
 
@@ -13,13 +16,19 @@ GroupedDataParallel::GroupedDataParallel(std::shared_ptr<torch::nn::Module> modu
   TORCH_CHECK(module_, "GroupedDataParallel: the module is null");
   TORCH_CHECK(groups_, "GroupedDataParallel: the parallel groups are null");
   // 1. Default tags from the module tree (a gate's or experts' parameters keep their tag even
-  //    when nested deeper).
+  //    when nested deeper). Experts of an adaptive-layout MoE have no replicas (each slice lives
+  //    on one rank of the stage): not synchronized.
+  std::set<const torch::nn::Module*> unreplicated;
+  for (const auto& item : module_->named_modules())
+    if (auto* moe = dynamic_cast<MoEImpl*>(item.value().get()); moe && moe->is_adaptive())
+      unreplicated.insert(moe->experts.get());
   for (const auto& item : module_->named_modules()) {
     const auto& prefix = item.key();
     auto* m = item.value().get();
     c10::optional<GroupKind> kind = GroupKind::kDp;
     if (dynamic_cast<GateImpl*>(m)) kind = GroupKind::kStage;
-    if (dynamic_cast<ExpertsBase*>(m)) kind = GroupKind::kEdp;
+    if (dynamic_cast<ExpertsBase*>(m))
+      kind = unreplicated.count(m) ? c10::nullopt : c10::optional<GroupKind>(GroupKind::kEdp);
     const bool special = kind != GroupKind::kDp;
     for (const auto& p : m->named_parameters(/*recurse=*/special)) {
       const auto name = prefix.empty() ? p.key() : prefix + "." + p.key();

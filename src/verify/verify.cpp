@@ -9,6 +9,8 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/zero.h"
+#include "verify_util.h"
 
 namespace hybridmoe {
 
@@ -48,11 +50,25 @@ GateSpec GateSpec::parse(const std::string& text) {
   return spec;
 }
 
+std::vector<int64_t> adaptive_r_values(const ParallelConfig& layout, int64_t experts,
+                                       int64_t d_hidden) {
+  const int64_t W = layout.stage_size();
+  if (layout.pp != 1 || layout.ep != 1 || layout.etp != 1) return {};
+  if (experts >= W ? experts % W != 0 : W % experts != 0) return {};
+  const int64_t S = experts >= W ? 1 : W / experts;
+  if (d_hidden % S != 0) return {};
+  std::vector<int64_t> out = {0};
+  for (int64_t r = 1; r <= S; ++r)
+    if (S % r == 0) out.push_back(r);
+  return out;
+}
+
 std::vector<ParallelConfig> verifiable_layouts(int64_t world_size, int64_t experts,
                                                int64_t d_hidden) {
   std::vector<ParallelConfig> out;
   for (const auto& c : valid_parallel_configs(world_size))
-    if (c.pp == 1 && experts % c.ep == 0 && d_hidden % c.etp == 0) out.push_back(c);
+    if (experts % c.ep == 0 && d_hidden % c.etp == 0 && (c.pp == 1 || kVerifyHeads % c.tp == 0))
+      out.push_back(c);
   return out;
 }
 
@@ -86,24 +102,15 @@ std::pair<torch::Tensor, torch::Tensor> batch(const VerifyOptions& o, int64_t n,
   return {x, t};
 }
 
-double max_over(const dist::Group& g, double v) {
-  auto t = torch::tensor({v}, torch::kFloat64).view({1, 1});
-  return dist::all_gather_rows(t, g).max().item<double>();
-}
-
-double rel(const torch::Tensor& a, const torch::Tensor& b) {
-  auto d = (a.detach().to(torch::kFloat64) - b.detach().to(torch::kFloat64)).abs().max();
-  const double scale = std::max(b.detach().to(torch::kFloat64).abs().max().item<double>(), 1e-30);
-  return d.item<double>() / scale;
-}
-
 }  // namespace
 
 VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
                         const VerifyOptions& o, int64_t run_id) {
+  if (layout.pp > 1) return verify_gpt_layout(world, layout, gate, o, run_id);
   VerifyRow row;
   row.layout = layout;
   row.gate = gate.to_string();
+  row.adaptive_r = o.adaptive_r;
   const int64_t w = layout.world_size();
   layout.validate(w);
   TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
@@ -124,7 +131,15 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
                 .gate_type(gate.name)
                 .capacity_factor(gate.capacity_factor);
   torch::manual_seed(o.seed);
-  VerifyNet ref(mo, nullptr);
+  // The adaptive expert layout (if asked): the reference keeps the single-process experts.
+  const auto ref_mo = mo;
+  const auto degrees = adaptive_r_values(layout, o.experts, o.d_hidden);
+  if (o.adaptive_r != kFixedExperts) {
+    TORCH_CHECK(!degrees.empty(), "verify: layout ", layout.to_string(), " with ", o.experts,
+                " experts of width ", o.d_hidden, " has no adaptive expert layout");
+    mo.expert_layout("adaptive").adaptive_r(o.adaptive_r >= 0 ? o.adaptive_r : degrees[0]);
+  }
+  VerifyNet ref(ref_mo, nullptr);
   ref->to(o.dtype);
   VerifyNet net(mo, groups);
   net->to(o.dtype);
@@ -140,6 +155,18 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   GroupedDataParallel gdp(net.ptr(), groups);
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
+  // ZeRO-1: the same Adam (AdamW without decay) with state sharded over each tag group, in small
+  // buckets and tiles so that shards, buckets and tiles all cut parameters.
+  std::unique_ptr<ZeroAdamW> zero;
+  if (o.zero_stage > 0) {
+    auto named = net->named_parameters().pairs();
+    ZeroParamGroup all{{}, AdamWHyper().lr(o.lr).weight_decay(0.0)};
+    for (const auto& kv : named) all.names.push_back(kv.first);
+    zero = std::make_unique<ZeroAdamW>(
+        named, gdp.tags(), std::vector<ZeroParamGroup>{all}, groups,
+        ZeroAdamWOptions().zero_stage(o.zero_stage).bucket_bytes(256).tile_mb(1e-4));
+  }
+  row.zero_stage = o.zero_stage;
 
   const auto coords = groups->coords();
   const int64_t tp = layout.tp, dp = layout.dp, B = o.tokens_per_rank;
@@ -157,12 +184,19 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     ref_opt.step();
 
     opt.zero_grad();
+    if (o.adaptive_r == kAdaptiveEveryStep)
+      net->moe->set_adaptive_r(degrees[step % degrees.size()]);
     auto x_mine = x.narrow(0, coords.dp * B, B), t_mine = t.narrow(0, coords.dp * B, B);
     auto [y, aux] = net->forward(x_mine);
     auto mse = torch::mse_loss(y, t_mine);
     (mse + aux).backward();
-    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
-    opt.step();
+    if (zero) {
+      zero->reduce_gradients(1.0 / static_cast<double>(dp));
+      zero->step();
+    } else {
+      gdp.reduce_gradients(1.0 / static_cast<double>(dp));
+      opt.step();
+    }
     // This rank's share of the global loss; the shares sum to it over the layout's ranks.
     auto share =
         (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))
@@ -179,12 +213,12 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   auto ref_params = ref->named_parameters();
   for (auto& kv : net->named_parameters())
     if (kv.key().rfind("moe.experts.", 0) != 0)
-      err = std::max(err, rel(kv.value(), ref_params[kv.key()]));
+      err = std::max(err, detail::rel_err(kv.value(), ref_params[kv.key()]));
   auto full = net->moe->gather_full_expert_parameters();
   auto ref_experts = ref->moe->experts->named_parameters();
-  for (auto& [name, t] : full) err = std::max(err, rel(t, ref_experts[name]));
-  row.param_rel_err = max_over(groups->world, err);
-  row.loss_rel_err = max_over(groups->world, row.loss_rel_err);
+  for (auto& [name, t] : full) err = std::max(err, detail::rel_err(t, ref_experts[name]));
+  row.param_rel_err = detail::max_over(groups->world, err);
+  row.loss_rel_err = detail::max_over(groups->world, row.loss_rel_err);
   row.pass = row.loss_rel_err <= tol && row.param_rel_err <= tol;
   return row;
 }

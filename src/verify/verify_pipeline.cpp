@@ -6,6 +6,7 @@
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/verify.h"
+#include "hybridmoe/zero.h"
 #include "verify_util.h"
 
 namespace hybridmoe {
@@ -79,6 +80,18 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   GroupedDataParallel gdp(net.ptr(), groups);
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
+  // ZeRO-1: Adam with its state sharded over each tag group, in buckets and tiles small enough
+  // to cut parameters.
+  std::unique_ptr<ZeroAdamW> zero;
+  if (o.zero_stage > 0) {
+    auto named = net->named_parameters().pairs();
+    ZeroParamGroup all{{}, AdamWHyper().lr(o.lr).weight_decay(0.0)};
+    for (const auto& kv : named) all.names.push_back(kv.first);
+    zero = std::make_unique<ZeroAdamW>(
+        named, gdp.tags(), std::vector<ZeroParamGroup>{all}, groups,
+        ZeroAdamWOptions().zero_stage(o.zero_stage).bucket_bytes(256).tile_mb(1e-4));
+  }
+  row.zero_stage = o.zero_stage;
 
   // One sequence of S tokens per data-parallel rank and micro-batch.
   const auto coords = groups->coords();
@@ -125,8 +138,13 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
       return f;
     });
     net->reduce_tied_gradients();
-    gdp.reduce_gradients(1.0 / static_cast<double>(dp));
-    opt.step();
+    if (zero) {
+      zero->reduce_gradients(1.0 / static_cast<double>(dp));
+      zero->step();
+    } else {
+      gdp.reduce_gradients(1.0 / static_cast<double>(dp));
+      opt.step();
+    }
     const double loss = detail::sum_over(groups->world, share);
     row.loss_rel_err =
         std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));

@@ -5,6 +5,7 @@
 
 #include "bench_layer.h"
 #include "bench_layer_dist.h"
+#include "bench_optimizer.h"
 #include "hmoe/commands.h"
 #include "hybridmoe/collectives.h"
 
@@ -43,7 +44,18 @@ void add_bench_command(CLI::App& app) {
   layer->add_option("--layout", *layout,
                     "tp,dp,ep,etp of the distributed run (default: dp=nproc, "
                     "ep=nproc)");
-  layer->callback([args, nproc, layout] {
+  auto sweeps = std::make_shared<bench::DistLayerBenchOptions>();
+  auto degrees = std::make_shared<std::string>("1,2,4");
+  layer
+      ->add_option("--overlap-degrees", *degrees,
+                   "a2a_overlap_degree values compared with --nproc > 1 (ep > 1, etp = 1); "
+                   "empty: none")
+      ->capture_default_str();
+  layer
+      ->add_option("--adaptive", sweeps->adaptive,
+                   "With --nproc > 1: also time the adaptive expert layout at every valid r")
+      ->capture_default_str();
+  layer->callback([args, nproc, layout, sweeps, degrees] {
     const bool in_launcher = std::getenv("RANK") != nullptr;
     if (*nproc <= 1 && !in_launcher) {
       std::cout << bench::run_layer_bench(*args).dump() << std::endl;
@@ -73,10 +85,32 @@ void add_bench_command(CLI::App& app) {
       c.ep = v[2];
       c.etp = v[3];
     }
-    auto j = bench::run_layer_bench_distributed(*args, c, *world);
+    sweeps->overlap_degrees.clear();
+    std::stringstream ds(*degrees);
+    std::string item;
+    while (std::getline(ds, item, ','))
+      if (!item.empty()) sweeps->overlap_degrees.push_back(std::stoll(item));
+    auto j = bench::run_layer_bench_distributed(*args, c, *world, *sweeps);
     if (world->rank() == 0) std::cout << j.dump() << std::endl;
     world->finalize();
   });
+
+  // `hmoe bench optimizer`: the ZeroAdamW step's peak extra memory and time, tiled vs untiled.
+  auto oargs = std::make_shared<bench::OptimizerBenchArgs>();
+  auto* optim = bench->add_subcommand("optimizer",
+                                      "Peak extra resident memory and time of the optimizer "
+                                      "step, tiled vs untiled");
+  optim->add_option("--params-mb", oargs->params_mb, "Parameter MiB")->capture_default_str();
+  optim->add_option("--matrices", oargs->matrices, "Parameter matrices")->capture_default_str();
+  optim->add_option("--tile-mb", oargs->tile_mb, "Tile of the step's temporaries (MiB)")
+      ->capture_default_str();
+  optim->add_option("--dtype", oargs->dtype, "float32 | bfloat16 (float32 master)")
+      ->capture_default_str();
+  optim->add_option("--iters", oargs->iters, "Measured steps of each variant")
+      ->capture_default_str();
+  optim->add_option("--threads", oargs->threads, "Intra-op threads (0: all cores)")
+      ->capture_default_str();
+  optim->callback([oargs] { std::cout << bench::run_optimizer_bench(*oargs).dump() << std::endl; });
 }
 
 }  // namespace hybridmoe::cli

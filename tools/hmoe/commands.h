@@ -14,6 +14,7 @@ void add_launch_command(CLI::App&);
 void add_verify_command(CLI::App& app);
 void add_train_command(CLI::App&);
 void add_generate_command(CLI::App&);
+void add_plan_command(CLI::App& app);
 
 /// The command line this program was started with (argv[0] replaced by /proc/self/exe), so a
 /// subcommand can re-launch itself on several ranks.

@@ -10,6 +10,7 @@
 
 #include "hmoe/commands.h"
 #include "hybridmoe/dist.h"
+#include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 
 namespace hybridmoe::cli {
@@ -44,6 +45,27 @@ TrainConfig effective_config(const TrainArgs& a, CLI::App* cmd) {
     }
   }
   return c;
+}
+
+// `layout = "auto"`: the planner's first layout the trainer can run (plan.h, default machine
+// figures) replaces tp, dp, pp, ep, etp (and micro_batches and the keys of later features).
+void apply_auto_layout(TrainConfig& c, bool announce) {
+  plan::ClusterSpec cluster;
+  cluster.world = c.nproc;
+  const auto ranking =
+      plan::rank_layouts(plan::ModelSpec::from_train_config(c), cluster, plan::MachineSpec());
+  for (size_t i = 0; i < ranking.size(); ++i) {
+    TrainConfig t = c;
+    if (!plan::apply_layout(t, ranking[i].layout).empty()) continue;
+    if (announce)
+      std::printf("layout auto: %s (planner's choice %zu of %zu, predicted %.2f ms/step)\n",
+                  ranking[i].layout.to_string().c_str(), i + 1, ranking.size(),
+                  ranking[i].step_s * 1e3);
+    c = t;
+    return;
+  }
+  TORCH_CHECK(false, "config key `layout` = \"auto\": none of the planner's ", ranking.size(),
+              " layouts on ", c.nproc, " ranks can run this configuration");
 }
 
 int run(const TrainConfig& c) {
@@ -98,6 +120,7 @@ void add_train_command(CLI::App& app) {
   cmd->callback([a, cmd] {
     // Everything is checked here, before any rank starts.
     TrainConfig c = effective_config(*a, cmd);
+    if (c.layout_mode == "auto") apply_auto_layout(c, std::getenv("RANK") == nullptr);
     if (a->print_config) {
       std::cout << config_to_toml(c);
       const std::string why = check_config(c);

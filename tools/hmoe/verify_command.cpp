@@ -2,6 +2,7 @@
 // launcher's environment and with --nproc > 1 it re-launches itself on N local ranks.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -24,6 +25,8 @@ struct VerifyArgs {
   std::string layouts = "all";
   std::string gates = "topk,topk@1.0";
   std::string dtype = "float64";
+  std::string schedules = "1f1b";
+  std::string adaptive_r;  ///< "": fixed experts; "all", "every-step" or an r
   bool json = false;
   VerifyOptions options;
 };
@@ -68,8 +71,6 @@ std::vector<ParallelConfig> parse_layouts(const std::string& text, int64_t nproc
     c.validate(c.world_size());
     TORCH_CHECK(c.world_size() <= nproc, "--layouts: ", c.to_string(), " needs ", c.world_size(),
                 " ranks but --nproc is ", nproc);
-    TORCH_CHECK(c.pp == 1, "--layouts: pipeline layouts are not supported yet, got ",
-                c.to_string());
     out.push_back(c);
   }
   return out;
@@ -96,25 +97,75 @@ int run_worker(const VerifyArgs& a) {
   if (lead && !a.json)
     std::printf("%-22s %-16s %12s %12s  %s\n", "layout", "gate", "loss_rel_err", "param_rel_err",
                 "result");
-  for (const auto& layout : layouts)
-    for (const auto& gate : gates) {
-      VerifyRow row = verify_layout(*world, layout, gate, o, run_id++);
-      if (!lead) continue;
-      all_pass = all_pass && row.pass;
-      rows.push_back({{"tp", layout.tp},
-                      {"dp", layout.dp},
-                      {"pp", layout.pp},
-                      {"ep", layout.ep},
-                      {"etp", layout.etp},
-                      {"gate", row.gate},
-                      {"loss_rel_err", row.loss_rel_err},
-                      {"param_rel_err", row.param_rel_err},
-                      {"pass", row.pass}});
-      if (!a.json)
-        std::printf("%-22s %-16s %12.3e %12.3e  %s\n", layout.to_string().c_str(), row.gate.c_str(),
-                    row.loss_rel_err, row.param_rel_err, row.pass ? "pass" : "FAIL");
-      std::fflush(stdout);
+  std::vector<PipelineSchedule> schedules;
+  for (const auto& s : split_list(a.schedules, ','))
+    schedules.push_back(parse_pipeline_schedule(s));
+  TORCH_CHECK(!schedules.empty(), "--schedules: expected 1f1b, gpipe or both, got \"", a.schedules,
+              "\"");
+  // --adaptive-r: the expert layouts of each layout (kFixedExperts without the flag).
+  auto adaptive_runs = [&](const ParallelConfig& layout) -> std::vector<int64_t> {
+    if (a.adaptive_r.empty()) return {kFixedExperts};
+    auto valid = adaptive_r_values(layout, o.experts, o.d_hidden);
+    if (valid.empty()) {
+      TORCH_CHECK(a.layouts == "all", "--adaptive-r: layout ", layout.to_string(), " with ",
+                  o.experts,
+                  " experts has no adaptive expert layout (needs pp=ep=etp=1, E and "
+                  "tp*dp dividing one another, S dividing d_hidden)");
+      return {};
     }
+    if (a.adaptive_r == "every-step") return {kAdaptiveEveryStep};
+    if (a.adaptive_r == "all") {
+      valid.push_back(kAdaptiveEveryStep);
+      return valid;
+    }
+    int64_t r = 0;
+    try {
+      r = std::stoll(a.adaptive_r);
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "--adaptive-r: expected all, every-step or an integer, got \"",
+                  a.adaptive_r, "\"");
+    }
+    return {r};
+  };
+  auto r_json = [](int64_t r) -> nlohmann::json {
+    if (r == kFixedExperts) return "fixed";
+    if (r == kAdaptiveEveryStep) return "every_step";
+    return r;
+  };
+  for (const auto& layout : layouts)
+    for (const auto& gate : gates)
+      for (int64_t adaptive_r : adaptive_runs(layout))
+        for (size_t si = 0; si < (layout.pp > 1 ? schedules.size() : 1); ++si) {
+          o.schedule = schedules[si];
+          o.adaptive_r = adaptive_r;
+          VerifyRow row = verify_layout(*world, layout, gate, o, run_id++);
+          if (!lead) continue;
+          all_pass = all_pass && row.pass;
+          rows.push_back({{"tp", layout.tp},
+                          {"dp", layout.dp},
+                          {"pp", layout.pp},
+                          {"ep", layout.ep},
+                          {"etp", layout.etp},
+                          {"gate", row.gate},
+                          {"model", row.model},
+                          {"schedule", row.schedule},
+                          {"micro_batches", row.micro_batches},
+                          {"adaptive_r", r_json(row.adaptive_r)},
+                          {"zero", row.zero_stage},
+                          {"loss_rel_err", row.loss_rel_err},
+                          {"param_rel_err", row.param_rel_err},
+                          {"pass", row.pass}});
+          if (!a.json)
+            std::printf("%-22s %-16s %12.3e %12.3e  %s\n",
+                        (layout.to_string() + (row.schedule.empty() ? "" : " " + row.schedule) +
+                         (adaptive_r == kFixedExperts        ? ""
+                          : adaptive_r == kAdaptiveEveryStep ? " r=every_step"
+                                                             : " r=" + std::to_string(adaptive_r)))
+                            .c_str(),
+                        row.gate.c_str(), row.loss_rel_err, row.param_rel_err,
+                        row.pass ? "pass" : "FAIL");
+          std::fflush(stdout);
+        }
   if (lead && a.json) std::cout << nlohmann::json{{"layouts", rows}}.dump() << std::endl;
   if (lead && !a.json)
     std::printf("%zu runs, %s\n", rows.size(), all_pass ? "all pass" : "FAILURES");
@@ -140,11 +191,17 @@ void add_verify_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("verify", "Prove that parallel layouts equal one process");
   cmd->add_option("--nproc", a->nproc, "Local ranks to launch (max world size)")
       ->capture_default_str();
-  cmd->add_option("--layouts", a->layouts, "all, or tp,dp,ep,etp;tp,dp,ep,etp;...")
+  cmd->add_option("--layouts", a->layouts, "all, or tp,dp,ep,etp;tp,dp,pp,ep,etp;...")
       ->capture_default_str();
   cmd->add_option("--gates", a->gates, "Comma-separated gate specs: name or name@capacity_factor")
       ->capture_default_str();
   cmd->add_option("--steps", a->options.steps, "Optimizer steps")->capture_default_str();
+  cmd->add_option("--schedules", a->schedules,
+                  "Pipeline schedules of pp > 1 layouts: 1f1b, gpipe or 1f1b,gpipe")
+      ->capture_default_str();
+  cmd->add_option("--micro-batches", a->options.micro_batches,
+                  "Micro-batches of pp > 1 layouts (0: pp + 1)")
+      ->capture_default_str();
   cmd->add_option("--dtype", a->dtype, "float64 | float32")->capture_default_str();
   cmd->add_option("--tokens-per-rank", a->options.tokens_per_rank, "Tokens per data-parallel rank")
       ->capture_default_str();
@@ -152,6 +209,13 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--top-k", a->options.top_k, "Experts per token")->capture_default_str();
   cmd->add_option("--d-hidden", a->options.d_hidden, "Expert hidden width")->capture_default_str();
   cmd->add_option("--tolerance", a->options.tolerance, "Relative tolerance (0: by dtype)");
+  cmd->add_option("--zero", a->options.zero_stage,
+                  "ZeRO stage of the layout's optimizer: 0 (replicated Adam) or 1 (sharded)")
+      ->check(CLI::Range(0, 1))
+      ->capture_default_str();
+  cmd->add_option("--adaptive-r", a->adaptive_r,
+                  "Adaptive expert layout (layouts with ep=etp=1): all (every valid r, plus r "
+                  "changing every step), every-step, or one r");
   cmd->add_flag("--json", a->json, "Print one JSON line");
   cmd->callback([a] {
     const bool in_launcher =

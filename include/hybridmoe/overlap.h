@@ -1,0 +1,60 @@
+// overlap.h — overlap of the expert-parallel token exchange with expert compute (Tutel's adaptive
+// pipelining, FasterMoE's smart scheduling): the dispatched rows are cut into D chunks; while the
+// experts run on chunk i, the all-to-all of chunk i + 1 and the return of chunk i − 1 are in
+// flight as asynchronous c10d work, waited on in order. The backward runs the mirrored pipeline
+// (gradients of chunk i + 1 arrive while chunk i's input gradients are computed). Results equal
+// the unchunked exchange_tokens → experts → exchange_back bit for bit: every row is computed by
+// the same per-expert GEMMs, and the weight gradients are formed once, over all rows in the
+// unchunked order (bit-identity of the element-wise activation needs d_hidden to be a multiple of
+// twice the SIMD width, as ATen's vectorized loops treat a tensor's tail with scalar code).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "hybridmoe/dist.h"
+#include "hybridmoe/exchange.h"
+#include "hybridmoe/experts.h"
+
+namespace hybridmoe {
+
+/// One all-to-all in flight (no autograd): the constructor starts it, wait() returns the received
+/// rows. wait() is bounded by the group's timeout and raises an error naming the operation and
+/// the group; the time blocked in wait() is recorded in comm_stats() under `op`.
+/// x: [sum(input_splits), ...] → wait(): [sum(output_splits), ...].
+///
+/// Example:
+///   PendingAllToAll next("overlap_all_to_all", rows, out_splits, in_splits, groups.ep);
+///   ... compute ...
+///   auto received = next.wait();
+class PendingAllToAll {
+ public:
+  PendingAllToAll(const char* op, const torch::Tensor& x, std::vector<int64_t> output_splits,
+                  std::vector<int64_t> input_splits, const dist::Group& group);
+  torch::Tensor wait();
+  bool done() const { return done_; }
+
+ private:
+  const char* op_;
+  dist::Group group_;
+  torch::Tensor in_, out_;
+  c10::intrusive_ptr<c10d::Work> work_;
+  int64_t bytes_sent_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  bool done_ = false;
+};
+
+/// exchange_back(experts.run(exchange_tokens(rows, xp, ep), xp.local_counts), xp, ep), computed
+/// in `degree` chunks with the exchanges overlapped (forward and backward). Chunk c takes, of each
+/// expert's rows from each source, the c-th part of an even split. rows: [A, d] sorted by global
+/// expert; counts: [E] rows per global expert (the plan's counts_host). Returns [A, d].
+torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
+                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const dist::Group& ep, GroupedExpertsImpl& experts,
+                                         int64_t degree);
+
+}  // namespace hybridmoe

@@ -1,0 +1,277 @@
+// plan.h — the layout planner behind `hmoe plan`: a cost model of one training step (compute,
+// every collective, pipeline bubble) and of peak memory per rank, the enumeration of every layout
+// (tp, dp, pp, ep, etp, ZeRO stage, adaptive r, overlap degree D, micro-batches), the ranking, the
+// machine probe (GEMM FLOP/s, collective latency and bandwidth by group size, measured over c10d)
+// and the measurement of the top layouts with the trainer.
+//
+// ---- The cost model (the specification of tests/plan) -----------------------------------------
+// Notation: b bytes per element (dtype), d = d_model, f = dense MLP width, h = expert width,
+// E experts, k = top_k, V = 256 (byte vocabulary), s = seq_len, L = blocks, Lm = MoE blocks
+// (every moe_every-th), B = global batch (sequences), W = tp * dp (ranks of a stage).
+// Tokens of one micro-batch on one dp rank: T = B * s / (dp * M); of one tp slice: Ts = T / tp.
+// Blocks of the slowest stage: Lp = ceil(L / pp), of which Lmp = ceil(Lm / pp) are MoE blocks.
+//
+// Collectives (alpha-beta, ring algorithms) over g ranks, n bytes, latency a, bandwidth B:
+//   all-reduce     (n = buffer)          2 (g-1) a + 2 (g-1)/g * n / B
+//   all-gather     (n = gathered output) (g-1) a + (g-1)/g * n / B
+//   reduce-scatter (n = full input)      (g-1) a + (g-1)/g * n / B
+//   all-to-all     (n = send buffer)     (g-1) a + (g-1)/g * n / B
+//   p2p            (n = message)         a + n / B
+//   g = 1 costs nothing. a and B are per collective kind, intra-node when every group of that
+//   kind lies in one node (ranks_per_node consecutive ranks), else inter-node.
+// Bytes per micro-batch (LayerTraffic):
+//   tp all-reduce (attention out; dense MLP out)  T d b each; 1 fwd + 1 bwd (f's conjugate) per
+//     attention and per dense MLP.
+//   slice gather of the MoE output over tp        T d b (all-gather fwd, reduce-scatter bwd).
+//   token all-to-all over ep                      Ts k d b (dispatch, combine; x2 in backward:
+//     4 per MoE layer); adaptive r >= 1: over the stage (W ranks) with Ts k d b r (each token
+//     goes to r ranks), r = 0: none.
+//   etp all-gather / reduce-scatter of rows       etp Ts k d b (1 + 1 fwd, 1 + 1 bwd).
+//   adaptive weight all-gather                    r = 0: E Pe b over W; r >= 1: Pe b / r over
+//     S / r ranks (S = max(1, W / E), Pe = 2 d h + h + d), fwd; its reduce-scatter in bwd.
+//   pipeline p2p                                  T d b per boundary, fwd and bwd.
+// Gradients per step (once, after the last micro-batch): dense Pd b over dp, gates E d b over
+// the stage, experts Px b over edp (adaptive: none, the weight reduce-scatter already summed
+// them). ZeRO 0: all-reduce; ZeRO 1: reduce-scatter of the gradients + all-gather of the
+// updated parameters (same ring bytes, twice the latency terms).
+// Compute per micro-batch of the slowest stage, forward FLOPs (backward = 2x forward):
+//   attention 2 T d (3d + d)/tp + 4 T s d / tp, dense MLP 4 T d f / tp, gate 2 Ts d E,
+//   experts 4 Ts k d h (balanced load: the same on every rank for every layout), head 2 T d V.
+//   time = 3 * (flops / gemm_flops + gemm_calls * gemm_latency + ops * op_latency), with
+//   gemm_calls = 4 per attention, 2 per dense MLP, 1 + 2 * local experts per MoE layer (all E at
+//   r = 0), 1 for the head; ops = kOpsPerBlock per block + kOpsPerMoE per MoE layer.
+// Overlap degree D (token all-to-all in D chunks): the all-to-all latency terms are paid D times
+// and min(a2a, expert compute) * (1 - 1/D) of it is hidden.
+// Pipeline (1F1B): step = (M + pp - 1) * (t_mb + 2 p2p) + grad sync + optimizer, so the bubble is
+// the fraction (pp - 1) / (M + pp - 1). Optimizer: kOpsPerParamTensor * op_latency per
+// parameter tensor, plus 2 world all-reduces of a few values (loss, norm).
+// Peak memory per rank (MemoryEstimate): params + grads (b each) + AdamW moments (2 b each;
+// ZeRO 1: dense moments / dp, expert moments / edp — ep*etp/tp times larger a shard than dp
+// would give) + activations of min(pp, M) in-flight micro-batches (1 when pp = 1):
+//   per block T b (6d + 4d/tp + 2f/tp [dense] ) + 2 (B/(dp M)) (heads/tp) s^2 b,
+//   per MoE layer Ts k b (3 d + 2 h) + T d b, plus the logits 2 T V b;
+// adaptive r = 0 also holds one MoE layer's gathered weights and their gradients (2 E Pe b).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "hybridmoe/parallel.h"
+
+namespace hybridmoe {
+
+struct TrainConfig;
+
+namespace plan {
+
+/// Non-GEMM operator calls per transformer block and per MoE layer in a forward pass (layer
+/// norms, softmax, masks, activations, routing, permutation, index bookkeeping).
+inline constexpr double kOpsPerBlock = 24;
+inline constexpr double kOpsPerMoE = 40;
+/// Operator calls of AdamW (and clipping) per parameter tensor.
+inline constexpr double kOpsPerParamTensor = 12;
+
+/// The collective kinds the machine figures are given for.
+enum class Collective { kAllToAll = 0, kAllGather, kAllReduce, kReduceScatter, kP2P };
+inline constexpr int kNumCollectives = 5;
+std::string to_string(Collective kind);
+
+/// Latency (seconds per ring step) and bandwidth (bytes per second) of one collective kind.
+struct LinkFit {
+  double latency_s = 50e-6;
+  double bytes_per_s = 1e9;
+};
+
+/// The machine: GEMM throughput per rank and each collective's figures intra- and inter-node.
+struct MachineSpec {
+  double gemm_flops = 5e9;        ///< sustained GEMM FLOP/s of one rank
+  double gemm_latency_s = 10e-6;  ///< fixed cost of one GEMM call
+  double op_latency_s = 8e-6;     ///< fixed cost of one non-GEMM operator call
+  std::array<LinkFit, kNumCollectives> intra{}, inter{};
+  std::string source = "defaults";  ///< "defaults", "flags" or "probe"
+
+  const LinkFit& link(Collective kind, bool inter_node) const;
+  /// Sets the bandwidth (or latency) of every collective kind, intra- or inter-node.
+  void set_bandwidth(bool inter_node, double bytes_per_s);
+  void set_latency(bool inter_node, double latency_s);
+};
+
+/// The model and the batch of one training step.
+struct ModelSpec {
+  int64_t n_layers = 4, d_model = 64, n_heads = 4;
+  int64_t d_mlp = 256;          ///< dense MLP width (resolved: never 0)
+  int64_t expert_hidden = 256;  ///< expert width (resolved)
+  int64_t num_experts = 4, top_k = 2, moe_every = 2;
+  int64_t seq_len = 64, batch_size = 16;  ///< batch: sequences per step over all dp ranks
+  int64_t context = 64, vocab = 256;
+  int64_t dtype_bytes = 4;
+
+  int64_t moe_layers() const;
+  /// Parameters of one expert (two matrices and two biases).
+  int64_t expert_params() const;
+  /// The model of a `hmoe train` configuration (d_mlp / expert_hidden 0 resolved).
+  static ModelSpec from_train_config(const TrainConfig& config);
+};
+
+/// The ranks: how many, how many per node (0: all on one node), memory per rank (0: unlimited).
+struct ClusterSpec {
+  int64_t world = 4;
+  int64_t ranks_per_node = 0;
+  double mem_per_rank_mb = 0.0;
+};
+
+/// One candidate layout.
+struct Layout {
+  ParallelConfig par;
+  int64_t zero = 0;  ///< ZeRO stage: 0 or 1 (optimizer state sharded over dp / edp)
+  /// -1: fixed (ep, etp) experts; else Tutel's r in {0} ∪ divisors(S) (then ep = etp = 1: the
+  /// layer stores E / W experts or a 1 / S slice of one per rank, storage ep = min(E, W))
+  int64_t adaptive_r = -1;
+  int64_t overlap = 1;  ///< a2a overlap degree D (1: off)
+  int64_t micro_batches = 1;
+  /// "tp2.dp2.pp1.ep2.etp1.z0.r-.D1.M1".
+  std::string to_string() const;
+  bool operator==(const Layout& o) const {
+    return par == o.par && zero == o.zero && adaptive_r == o.adaptive_r && overlap == o.overlap &&
+           micro_batches == o.micro_batches;
+  }
+};
+
+/// Byte counts of one micro-batch (and of the per-step gradient sync) for one rank.
+struct LayerTraffic {
+  int64_t tokens = 0;        ///< T: tokens of a micro-batch on a dp rank
+  int64_t slice_tokens = 0;  ///< Ts = T / tp
+  double tp_all_reduce = 0;  ///< one tp all-reduce buffer (T d b)
+  double slice_gather = 0;   ///< the MoE output gather over tp (T d b)
+  double a2a = 0;            ///< one token all-to-all's send buffer
+  int64_t a2a_group = 1;     ///< its group size
+  double etp_rows = 0;       ///< one etp all-gather output / reduce-scatter input
+  double weight_gather = 0;  ///< adaptive: gathered expert weights per MoE layer
+  int64_t weight_group = 1;  ///< their group size
+  double p2p = 0;            ///< one pipeline message
+  double dense_grads = 0;    ///< per-step gradient bytes reduced over dp
+  double gate_grads = 0;     ///< over the stage
+  double expert_grads = 0;   ///< over edp (0 in adaptive mode)
+};
+
+/// Peak memory per rank, in bytes.
+struct MemoryEstimate {
+  double params = 0, grads = 0, optimizer = 0, activations = 0;
+  double dense_params = 0, expert_params = 0;  ///< the parts of params
+  double expert_optimizer = 0;                 ///< the experts' share of optimizer
+  double total() const { return params + grads + optimizer + activations; }
+};
+
+/// The prediction for one layout.
+struct Estimate {
+  Layout layout;
+  double step_s = 0;
+  double compute_s = 0;    ///< all micro-batches, slowest stage
+  double comm_s = 0;       ///< exposed communication of all micro-batches
+  double hidden_s = 0;     ///< communication hidden by the overlap
+  double bubble_s = 0;     ///< pipeline idle time
+  double grad_sync_s = 0;  ///< dp / edp / stage gradient sync (and ZeRO all-gather)
+  double optimizer_s = 0;
+  /// Seconds per step spent in each collective kind (exposed share for the all-to-all).
+  std::array<double, kNumCollectives> collective_s{};
+  MemoryEstimate memory;
+  bool fits = true;
+};
+
+// ---- the formulas ------------------------------------------------------------------------------
+
+/// Time of one collective of `bytes` over `group_size` ranks (formulas above).
+double collective_time(Collective kind, int64_t group_size, double bytes, const LinkFit& link);
+
+/// Whether some group of `kind` holds ranks of more than one node (ranks_per_node <= 0: never).
+bool spans_nodes(const ParallelConfig& config, GroupKind kind, int64_t ranks_per_node);
+
+/// S = max(1, W / E): how many ranks share one expert in adaptive mode (W = tp * dp).
+int64_t adaptive_shards(const ModelSpec& model, const ParallelConfig& config);
+
+/// "" if the model and batch can run on the layout, else why not (divisibility, sizes).
+std::string check_layout(const ModelSpec& model, const Layout& layout);
+
+LayerTraffic layer_traffic(const ModelSpec& model, const Layout& layout);
+MemoryEstimate memory_estimate(const ModelSpec& model, const Layout& layout);
+Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const MachineSpec& machine,
+                  const Layout& layout);
+
+// ---- enumeration and ranking -------------------------------------------------------------------
+
+/// What to enumerate.
+struct PlanOptions {
+  std::vector<int64_t> zero_stages = {0, 1};
+  std::vector<int64_t> overlap_degrees = {1, 2, 4};
+  int64_t max_micro_batches = 8;  ///< micro-batch counts: powers of two up to this
+  bool adaptive = true;           ///< include adaptive-r layouts
+  bool keep_unfit = false;        ///< keep layouts over the memory limit (ranked after the rest)
+};
+
+/// Every layout of valid_parallel_configs(world) the model can run, times every ZeRO stage
+/// (1 only where something is replicated: dp > 1 or edp > 1), adaptive r (fixed, and on the
+/// configs with ep = etp = 1 and W > 1 — adaptive mode places the experts itself, storage
+/// ep = min(E, W) — r in {0} ∪ divisors(S), leaving out r = 1 when S = 1: that is the fixed
+/// ep = W layout), overlap degree (only where a token all-to-all exists) and micro-batch count
+/// (powers of two up to max_micro_batches dividing B / dp).
+std::vector<Layout> enumerate_layouts(const ModelSpec& model, int64_t world,
+                                      const PlanOptions& options = PlanOptions());
+
+/// Estimates of every enumerated layout, fitting ones first, each part sorted by predicted time.
+std::vector<Estimate> rank_layouts(const ModelSpec& model, const ClusterSpec& cluster,
+                                   const MachineSpec& machine,
+                                   const PlanOptions& options = PlanOptions());
+
+/// The ranking as one JSON line {"layouts": [{tp, dp, pp, ep, etp, zero, adaptive_r, overlap,
+/// micro_batches, predicted_step_ms, peak_mem_mb, fits}, ...]} (adaptive_r -1: fixed layout).
+std::string to_json(const std::vector<Estimate>& ranking);
+/// The ranking as a text table (the first `rows` rows; <= 0: all).
+std::string to_table(const std::vector<Estimate>& ranking, int64_t rows = 0);
+
+/// Sets the layout keys of a training configuration (tp, dp, pp, ep, etp, micro_batches, and
+/// zero_stage / adaptive_r / a2a_overlap_degree where the trainer has those keys). Returns ""
+/// or why the trainer cannot run this layout (a key it lacks, or check_config's reason).
+std::string apply_layout(TrainConfig& config, const Layout& layout);
+
+// ---- measurement on the ranks at hand ----------------------------------------------------------
+
+/// Measures the machine on this process's ranks (collective over the world; every rank returns
+/// the same figures): GEMM FLOP/s and call latency at one thread per rank, all ranks at once;
+/// operator latency (forward + backward of a chain of small autograd operators / 3 per op); latency
+/// and bandwidth of each collective, fitted by least squares to the formulas above over group
+/// sizes 2..world (divisors) and a few message sizes. The inter-node figures are set equal to the
+/// intra-node ones (one node).
+MachineSpec probe_machine(dist::World& world);
+
+/// One measured layout.
+struct Measurement {
+  Layout layout;
+  double predicted_ms = 0, measured_ms = 0;
+  int64_t predicted_rank = 0;  ///< its position in the ranking (0-based)
+};
+
+/// What measure_layouts runs.
+struct MeasureOptions {
+  int64_t count = 4;    ///< layouts to run
+  int64_t steps = 8;    ///< optimizer steps per run (the first is not timed)
+  int64_t rounds = 2;   ///< runs of each layout, interleaved; the fastest round counts
+  bool spread = false;  ///< false: the top `count` runnable layouts; true: `count` runnable
+                        ///< layouts evenly spaced over the runnable ranking (first and last in)
+};
+
+/// Runs layouts of `ranking` that the trainer can run (model keys from `base`; output in a
+/// temporary directory) and returns for each the fastest round's median step time after the
+/// first step. Layouts ranked above the last one chosen that the trainer cannot run are reported
+/// through `skipped` ("layout: why"). Collective over the world.
+std::vector<Measurement> measure_layouts(const TrainConfig& base,
+                                         const std::vector<Estimate>& ranking,
+                                         const MeasureOptions& options, dist::World& world,
+                                         std::vector<std::string>* skipped);
+
+/// Spearman's rank correlation of two equally long series (average ranks for ties).
+double spearman(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace plan
+}  // namespace hybridmoe

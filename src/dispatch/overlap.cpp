@@ -1,0 +1,361 @@
+// overlap.cpp — see overlap.h: asynchronous all-to-all handles and the chunked, pipelined
+// exchange + grouped experts as one autograd function (forward and mirrored backward).
+#include "hybridmoe/overlap.h"
+
+#include <memory>
+#include <numeric>
+#include <sstream>
+
+#include "../experts/grouped_mlp.h"
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
+#include "kernels/cpu/grouped_gemm.h"
+
+namespace hybridmoe {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+std::string describe(const dist::Group& g) {
+  std::ostringstream out;
+  out << "group '" << g.name << "' (world ranks [";
+  for (size_t i = 0; i < g.ranks.size(); ++i) out << (i ? "," : "") << g.ranks[i];
+  out << "], this process is group rank " << g.rank << " of " << g.size() << ")";
+  return out.str();
+}
+
+std::string error_text(const std::exception& e) {
+  if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
+  return e.what();
+}
+
+int64_t total(const std::vector<int64_t>& v) {
+  return std::accumulate(v.begin(), v.end(), int64_t{0});
+}
+
+}  // namespace
+
+// ---- PendingAllToAll --------------------------------------------------------------------------
+
+PendingAllToAll::PendingAllToAll(const char* op, const torch::Tensor& x,
+                                 std::vector<int64_t> output_splits,
+                                 std::vector<int64_t> input_splits, const dist::Group& group)
+    : op_(op), group_(group), start_(std::chrono::steady_clock::now()) {
+  TORCH_CHECK(group.is_member(), op, ": this process is not a member of group '", group.name, "'");
+  TORCH_CHECK(static_cast<int64_t>(output_splits.size()) == group.size() &&
+                  static_cast<int64_t>(input_splits.size()) == group.size(),
+              op, ": splits need ", group.size(), " entries for group '", group.name, "', got ",
+              output_splits.size(), " and ", input_splits.size());
+  TORCH_CHECK(x.dim() >= 1 && total(input_splits) == x.size(0), op, ": input_splits sum to ",
+              total(input_splits), " but x has ", x.size(0), " rows");
+  in_ = x.contiguous();
+  auto sizes = in_.sizes().vec();
+  sizes[0] = total(output_splits);
+  if (group.size() == 1) {
+    out_ = in_;
+    done_ = true;
+    return;
+  }
+  out_ = torch::empty(sizes, in_.options());
+  const int64_t row_bytes =
+      in_.size(0) > 0 ? in_.numel() / in_.size(0) * static_cast<int64_t>(in_.element_size()) : 0;
+  bytes_sent_ = (total(input_splits) - input_splits[group.rank]) * row_bytes;
+  try {
+    work_ = group.pg_for(in_)->alltoall_base(out_, in_, output_splits, input_splits);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "hybridmoe::", op, " on ", describe(group),
+                " failed to start: ", error_text(e));
+  }
+}
+
+torch::Tensor PendingAllToAll::wait() {
+  if (done_) return out_;
+  const auto blocked = std::chrono::steady_clock::now();
+  try {
+    if (in_.is_cuda()) {
+      work_->wait();  // stream-ordered; NCCL's watchdog enforces the timeout
+    } else {
+      // Bounded by the group's timeout from the start of the operation.
+      const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(blocked - start_);
+      work_->wait(std::max(group_.timeout - spent, std::chrono::milliseconds(1)));
+    }
+  } catch (const std::exception& e) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    TORCH_CHECK(false, "hybridmoe::", op_, " on ", describe(group_), " failed after ", elapsed,
+                " s (timeout ", group_.timeout.count() / 1000.0, " s): ", error_text(e),
+                " -- a member may have hung, died, or called a different collective "
+                "(HMOE_TIMEOUT_S sets the timeout)");
+  }
+  dist::record_comm(
+      op_, bytes_sent_,
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - blocked).count());
+  done_ = true;
+  work_.reset();
+  return out_;
+}
+
+namespace {
+
+// ---- the chunk plan ---------------------------------------------------------------------------
+
+// One chunk's exchange: what leaves this rank (source side) and what arrives (expert side).
+struct Chunk {
+  torch::Tensor send_index;  // [A_c] rows of `rows` sent in this chunk, in send order
+  torch::Tensor recv_to_em;  // [R_c] received row of each expert-major row
+  torch::Tensor em_to_recv;  // [R_c] the inverse
+  torch::Tensor full_pos;    // [R_c] row of each expert-major chunk row in the unchunked order
+  std::vector<int64_t> send_splits, recv_splits, counts;  // counts: [L] rows per local expert
+};
+
+struct OverlapPlan : torch::CustomClassHolder {
+  dist::Group group;
+  std::vector<Chunk> chunks;
+  torch::Tensor src_inverse;         // [A] row of cat(returned chunks) of each row of `rows`
+  std::vector<int64_t> full_counts;  // [L] rows per local expert, unchunked
+  int64_t full_rows = 0;             // R
+  Activation activation = Activation::kGelu;
+};
+
+c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& counts,
+                                                  const ExchangePlan& xp, const dist::Group& ep,
+                                                  int64_t D, const torch::Device& device) {
+  auto plan = c10::make_intrusive<OverlapPlan>();
+  plan->group = ep;
+  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L;
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == E,
+              "overlapped_expert_exchange: ", counts.size(), " expert counts for ", E, " experts");
+  // 1. Unchunked expert-major start of each (local expert, source) run.
+  std::vector<std::vector<int64_t>> start(L, std::vector<int64_t>(P, 0));
+  int64_t offset = 0;
+  for (int64_t e = 0; e < L; ++e)
+    for (int64_t j = 0; j < P; ++j) {
+      start[e][j] = offset;
+      offset += xp.recv_counts[j * L + e];
+    }
+  plan->full_rows = offset;
+  plan->full_counts = xp.local_counts;
+  // 2. Each chunk: the c-th part of every (source, expert) run, on both sides.
+  std::vector<int64_t> src_offset(E + 1, 0);
+  for (int64_t g = 0; g < E; ++g) src_offset[g + 1] = src_offset[g] + counts[g];
+  auto part = [D](int64_t n, int64_t c) {  // (first, size) of part c of n rows
+    const auto sp = dist::even_split(n, D);
+    return std::make_pair(std::accumulate(sp.begin(), sp.begin() + c, int64_t{0}), sp[c]);
+  };
+  std::vector<int64_t> all_sent;
+  for (int64_t c = 0; c < D; ++c) {
+    Chunk ch;
+    ch.send_splits.assign(P, 0);
+    ch.recv_splits.assign(P, 0);
+    std::vector<int64_t> send_index;
+    for (int64_t g = 0; g < E; ++g) {
+      const auto [first, n] = part(counts[g], c);
+      for (int64_t a = 0; a < n; ++a) send_index.push_back(src_offset[g] + first + a);
+      ch.send_splits[g / L] += n;
+    }
+    std::vector<std::vector<int64_t>> blocks(P, std::vector<int64_t>(L, 0));
+    for (int64_t j = 0; j < P; ++j)
+      for (int64_t e = 0; e < L; ++e) {
+        blocks[j][e] = part(xp.recv_counts[j * L + e], c).second;
+        ch.recv_splits[j] += blocks[j][e];
+      }
+    auto order = expert_major_index(blocks);
+    std::vector<int64_t> full_pos;
+    for (int64_t e = 0; e < L; ++e)
+      for (int64_t j = 0; j < P; ++j) {
+        const auto [first, n] = part(xp.recv_counts[j * L + e], c);
+        for (int64_t t = 0; t < n; ++t) full_pos.push_back(start[e][j] + first + t);
+      }
+    ch.counts = order.per_expert;
+    ch.recv_to_em = order.index.to(device);
+    ch.em_to_recv = order.inverse.to(device);
+    ch.full_pos = torch::tensor(full_pos, torch::kInt64).to(device);
+    ch.send_index = torch::tensor(send_index, torch::kInt64).to(device);
+    all_sent.insert(all_sent.end(), send_index.begin(), send_index.end());
+    plan->chunks.push_back(std::move(ch));
+  }
+  // 3. The returned chunks, concatenated, back into the order of `rows`.
+  std::vector<int64_t> inverse(all_sent.size());
+  for (size_t i = 0; i < all_sent.size(); ++i) inverse[all_sent[i]] = static_cast<int64_t>(i);
+  plan->src_inverse = torch::tensor(inverse, torch::kInt64).to(device);
+  return plan;
+}
+
+torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
+  switch (act) {
+    case Activation::kGelu:
+      return torch::gelu(a);
+    case Activation::kRelu:
+      return torch::relu(a);
+    case Activation::kSwiGLU:
+      return torch::silu(a) * g;
+  }
+  TORCH_CHECK(false, "unknown activation");
+}
+
+// Runs `step(c, received)` on every chunk while the exchanges of the neighbours are in flight:
+// send(c) is the chunk's outbound tensor, step returns what goes back. Returns the returned
+// chunks in order. forward_op / back_op name the two all-to-alls in comm_stats.
+template <typename Send, typename Step>
+std::vector<torch::Tensor> pipeline(const OverlapPlan& plan, const char* forward_op,
+                                    const char* back_op, Send&& send, Step&& step) {
+  const int64_t D = static_cast<int64_t>(plan.chunks.size());
+  std::vector<std::unique_ptr<PendingAllToAll>> out(D), back(D);
+  auto start_out = [&](int64_t c) {
+    const auto& ch = plan.chunks[c];
+    out[c] = std::make_unique<PendingAllToAll>(forward_op, send(c), ch.recv_splits, ch.send_splits,
+                                               plan.group);
+  };
+  // 1. Chunk 0 leaves; then for each chunk: start the next one, wait for this one, compute it,
+  //    start its return, and collect the previous chunk's return.
+  start_out(0);
+  std::vector<torch::Tensor> returned(D);
+  for (int64_t c = 0; c < D; ++c) {
+    if (c + 1 < D) start_out(c + 1);
+    auto received = out[c]->wait();
+    auto result = step(c, received);
+    const auto& ch = plan.chunks[c];
+    back[c] = std::make_unique<PendingAllToAll>(back_op, result, ch.send_splits, ch.recv_splits,
+                                                plan.group);
+    if (c > 0) returned[c - 1] = back[c - 1]->wait();
+  }
+  // 2. The last return.
+  returned[D - 1] = back[D - 1]->wait();
+  return returned;
+}
+
+// ---- the autograd function --------------------------------------------------------------------
+
+using Opt = c10::optional<torch::Tensor>;
+torch::Tensor value_or_undefined(const Opt& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
+  // rows: [A, d] → [A, d]; weights as GroupedExperts (w1 [L, d, h], w2 [L, h, d], ...).
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows,
+                               const torch::Tensor& w1, const Opt& b1_opt, const torch::Tensor& w2,
+                               const Opt& b2_opt, const Opt& w3_opt, const Opt& b3_opt,
+                               c10::intrusive_ptr<OverlapPlan> plan) {
+    const auto b1 = value_or_undefined(b1_opt), b2 = value_or_undefined(b2_opt);
+    const auto w3 = value_or_undefined(w3_opt), b3 = value_or_undefined(b3_opt);
+    const auto act = plan->activation;
+    const int64_t R = plan->full_rows, d = rows.size(1), h = w1.size(2);
+    auto x_full = torch::empty({R, d}, rows.options());
+    auto a_full = torch::empty({R, h}, rows.options());
+    auto hidden_full = torch::empty({R, h}, rows.options());
+    auto g_full =
+        act == Activation::kSwiGLU ? torch::empty({R, h}, rows.options()) : torch::Tensor();
+    auto returned = pipeline(
+        *plan, "overlap_all_to_all", "overlap_all_to_all(back)",
+        [&](int64_t c) { return rows.index_select(0, plan->chunks[c].send_index); },
+        [&](int64_t c, const torch::Tensor& received) {
+          const auto& ch = plan->chunks[c];
+          // The experts on chunk c, exactly as GroupedMLPFunction does on all rows.
+          auto x = received.index_select(0, ch.recv_to_em);
+          const int64_t n = x.size(0);
+          auto a = torch::empty({n, h}, x.options());
+          kernels::grouped_mm(x, w1, ch.counts, false, b1, a);
+          torch::Tensor g;
+          if (act == Activation::kSwiGLU) {
+            g = torch::empty({n, h}, x.options());
+            kernels::grouped_mm(x, w3, ch.counts, false, b3, g);
+            g_full.index_copy_(0, ch.full_pos, g);
+          }
+          auto hidden = activate(a, g, act);
+          auto y = torch::empty({n, d}, x.options());
+          kernels::grouped_mm(hidden, w2, ch.counts, false, b2, y);
+          x_full.index_copy_(0, ch.full_pos, x);
+          a_full.index_copy_(0, ch.full_pos, a);
+          hidden_full.index_copy_(0, ch.full_pos, hidden);
+          return y.index_select(0, ch.em_to_recv);
+        });
+    ctx->save_for_backward({x_full, a_full, g_full, hidden_full, w1, w2, w3});
+    ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
+    ctx->saved_data["has_b1"] = b1.defined();
+    ctx->saved_data["has_b2"] = b2.defined();
+    return torch::cat(returned).index_select(0, plan->src_inverse);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto x = saved[0], a = saved[1], g = saved[2], hidden = saved[3];
+    auto w1 = saved[4], w2 = saved[5], w3 = saved[6];
+    auto* plan = static_cast<OverlapPlan*>(ctx->saved_data["plan"].toCapsule().get());
+    const bool has_b1 = ctx->saved_data["has_b1"].toBool();
+    const bool has_b2 = ctx->saved_data["has_b2"].toBool();
+    const auto act = plan->activation;
+    const bool swiglu = act == Activation::kSwiGLU;
+    auto dy_src = grads[0].contiguous();
+    const int64_t R = plan->full_rows, d = x.size(1), h = w1.size(2);
+    auto dy_full = torch::empty({R, d}, dy_src.options());
+    auto da_full = torch::empty({R, h}, dy_src.options());
+    auto dg_full = swiglu ? torch::empty({R, h}, dy_src.options()) : torch::Tensor();
+    // 1. The mirrored pipeline: output gradients out, input gradients back, chunk by chunk.
+    auto returned = pipeline(
+        *plan, "overlap_all_to_all", "overlap_all_to_all(back)",
+        [&](int64_t c) { return dy_src.index_select(0, plan->chunks[c].send_index); },
+        [&](int64_t c, const torch::Tensor& received) {
+          const auto& ch = plan->chunks[c];
+          auto dy = received.index_select(0, ch.recv_to_em);
+          auto a_c = a.index_select(0, ch.full_pos);
+          const int64_t n = dy.size(0);
+          auto dhidden = torch::empty({n, h}, dy.options());
+          kernels::grouped_mm(dy, w2, ch.counts, /*trans_b=*/true, {}, dhidden);
+          torch::Tensor da, dg;
+          if (swiglu) {
+            auto g_c = g.index_select(0, ch.full_pos);
+            dg = dhidden * torch::silu(a_c);
+            da = at::silu_backward(dhidden * g_c, a_c);
+            dg_full.index_copy_(0, ch.full_pos, dg);
+          } else if (act == Activation::kGelu) {
+            da = at::gelu_backward(dhidden, a_c);
+          } else {
+            da = at::threshold_backward(dhidden, a_c, 0);
+          }
+          auto dx = torch::empty({n, d}, dy.options());
+          kernels::grouped_mm(da, w1, ch.counts, true, {}, dx);
+          if (swiglu) kernels::grouped_mm(dg, w3, ch.counts, true, {}, dx, /*accumulate=*/true);
+          dy_full.index_copy_(0, ch.full_pos, dy);
+          da_full.index_copy_(0, ch.full_pos, da);
+          return dx.index_select(0, ch.em_to_recv);
+        });
+    auto drows = torch::cat(returned).index_select(0, plan->src_inverse);
+    // 2. Weight gradients once, over all rows in the unchunked order (as GroupedMLPFunction).
+    const auto& counts = plan->full_counts;
+    auto dw2 = kernels::grouped_mm_tn(hidden, dy_full, counts);
+    auto db2 = has_b2 ? kernels::segment_sum(dy_full, counts) : torch::Tensor();
+    auto dw1 = kernels::grouped_mm_tn(x, da_full, counts);
+    auto db1 = has_b1 ? kernels::segment_sum(da_full, counts) : torch::Tensor();
+    torch::Tensor dw3, db3;
+    if (swiglu) {
+      dw3 = kernels::grouped_mm_tn(x, dg_full, counts);
+      db3 = has_b1 ? kernels::segment_sum(dg_full, counts) : torch::Tensor();
+    }
+    return {drows, dw1, db1, dw2, db2, dw3, db3, torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
+                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const dist::Group& ep, GroupedExpertsImpl& experts,
+                                         int64_t degree) {
+  TORCH_CHECK(degree >= 1, "overlapped_expert_exchange: degree must be >= 1, got ", degree);
+  TORCH_CHECK(rows.dim() == 2 && rows.size(0) == total(counts),
+              "overlapped_expert_exchange: rows must be [", total(counts), ", d], got ",
+              rows.sizes());
+  TORCH_CHECK(experts.num_experts() == xp.num_local_experts,
+              "overlapped_expert_exchange: ", experts.num_experts(),
+              " local experts, the exchange plan has ", xp.num_local_experts);
+  auto plan = make_overlap_plan(counts, xp, ep, degree, rows.device());
+  plan->activation = experts.options.activation();
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
+  return OverlappedExpertsFn::apply(rows, experts.w1, opt(experts.b1), experts.w2, opt(experts.b2),
+                                    opt(experts.w3), opt(experts.b3), plan);
+}
+
+}  // namespace hybridmoe

@@ -1,0 +1,106 @@
+// collectives_flat.cpp — the flat in-place helpers of collectives.h (reduce_scatter_flat_,
+// all_gather_flat_) that the sharded optimizer (ZeRO) moves its gradient and parameter buckets
+// with. Uneven blocks: the reduce-scatter is an all-to-all followed by a local sum (Gloo has no
+// uneven reduce-scatter); the all-gather pads every block to the largest one.
+#include <algorithm>
+#include <numeric>
+
+#include "comm_run.h"
+#include "hybridmoe/collectives.h"
+
+namespace hybridmoe::dist {
+namespace {
+
+void check_counts(const char* op, const std::vector<int64_t>& counts, const Group& g,
+                  const torch::Tensor& flat) {
+  TORCH_CHECK(g.is_member(), op, ": this process is not a member of group '", g.name, "'");
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == g.size(), op, ": counts should have ",
+              g.size(), " entries (one per rank of group '", g.name, "'), got ", counts.size());
+  for (int64_t c : counts) TORCH_CHECK(c >= 0, op, ": counts should be >= 0, got ", c);
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  TORCH_CHECK(flat.defined() && flat.dim() == 1 && flat.numel() == total, op,
+              ": expected a flat tensor of ", total, " elements (the sum of counts), got ",
+              flat.defined() ? flat.sizes() : c10::IntArrayRef{});
+}
+
+/// Gloo moves no bfloat16: carry CPU bfloat16 as float16 bits (pure data movement; NCCL moves
+/// bfloat16 as it is).
+torch::Tensor transportable(const torch::Tensor& t) {
+  return t.scalar_type() == torch::kBFloat16 && !t.is_cuda() ? t.view(torch::kHalf) : t;
+}
+
+}  // namespace
+
+void reduce_scatter_flat_(const torch::Tensor& flat, torch::Tensor& out,
+                          const std::vector<int64_t>& counts, const Group& group) {
+  const char* op = "reduce_scatter_flat_";
+  check_counts(op, counts, group, flat);
+  const int64_t mine = counts[group.rank];
+  TORCH_CHECK(out.defined() && out.numel() == mine && out.scalar_type() == flat.scalar_type(), op,
+              ": out should hold this rank's ", mine, " elements of dtype ", flat.scalar_type(),
+              ", got ", out.defined() ? out.sizes() : c10::IntArrayRef{});
+  torch::NoGradGuard no_grad;
+  if (group.size() == 1) {
+    out.copy_(flat);
+    return;
+  }
+  // 1. Block j of every rank goes to rank j, 2. each rank sums the P copies of its block
+  //    (16-bit floats in float32, rounded once).
+  torch::Tensor in = flat.contiguous();
+  torch::Tensor received = torch::empty({group.size() * mine}, flat.options());
+  std::vector<int64_t> output_splits(group.size(), mine), input_splits = counts;
+  const int64_t bytes = (in.numel() - mine) * static_cast<int64_t>(in.element_size());
+  torch::Tensor in_t = transportable(in), received_t = transportable(received);
+  detail::run(
+      group, op, in,
+      [&](c10d::ProcessGroup& pg) {
+        return pg.alltoall_base(received_t, in_t, output_splits, input_splits);
+      },
+      bytes);
+  if (mine == 0) return;
+  auto blocks = received.view({group.size(), mine});
+  if (flat.scalar_type() == torch::kBFloat16 || flat.scalar_type() == torch::kHalf)
+    out.copy_(blocks.sum(0, /*keepdim=*/false, torch::kFloat32));
+  else
+    torch::sum_out(out, blocks, {0});
+}
+
+void all_gather_flat_(torch::Tensor& flat, const torch::Tensor& mine,
+                      const std::vector<int64_t>& counts, const Group& group) {
+  const char* op = "all_gather_flat_";
+  check_counts(op, counts, group, flat);
+  const int64_t n = counts[group.rank];
+  TORCH_CHECK(mine.defined() && mine.numel() == n && mine.scalar_type() == flat.scalar_type(), op,
+              ": expected this rank's block of ", n, " elements of dtype ", flat.scalar_type(),
+              ", got ", mine.defined() ? mine.sizes() : c10::IntArrayRef{});
+  torch::NoGradGuard no_grad;
+  if (group.size() == 1) {
+    if (!mine.is_same(flat)) flat.copy_(mine.reshape(-1));
+    return;
+  }
+  const int64_t most = *std::max_element(counts.begin(), counts.end());
+  if (most == 0) return;
+  // 1. Pad this rank's block to the largest one, 2. all-gather, 3. copy each block into place.
+  std::vector<torch::Tensor> inputs = {torch::zeros({most}, flat.options())};
+  inputs[0].narrow(0, 0, n).copy_(mine.reshape(-1));
+  std::vector<std::vector<torch::Tensor>> outputs(1);
+  for (int64_t j = 0; j < group.size(); ++j)
+    outputs[0].push_back(torch::empty({most}, flat.options()));
+  detail::run(
+      group, op, inputs[0],
+      [&](c10d::ProcessGroup& pg) {
+        std::vector<torch::Tensor> in_t = {transportable(inputs[0])};
+        std::vector<std::vector<torch::Tensor>> out_t(1);
+        for (auto& o : outputs[0]) out_t[0].push_back(transportable(o));
+        return pg.allgather(out_t, in_t);
+      },
+      n * static_cast<int64_t>(flat.element_size()) * (group.size() - 1));
+  int64_t offset = 0;
+  for (int64_t j = 0; j < group.size(); ++j) {
+    if (counts[j] > 0)
+      flat.narrow(0, offset, counts[j]).copy_(outputs[0][j].narrow(0, 0, counts[j]));
+    offset += counts[j];
+  }
+}
+
+}  // namespace hybridmoe::dist

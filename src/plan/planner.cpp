@@ -1,0 +1,189 @@
+// planner.cpp — see plan.h: enumerates every layout a model can run on a world, ranks them by the
+// cost model's predicted step time (layouts over the memory limit last or dropped), prints the
+// ranking (table, JSON), and maps a layout onto the trainer's configuration keys.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <sstream>
+
+#include "hybridmoe/plan.h"
+#include "hybridmoe/train.h"
+
+namespace hybridmoe::plan {
+
+namespace {
+
+// The adaptive r values of a stage layout: -1 (fixed experts) and, on ep = etp = 1 (adaptive mode
+// places the experts itself) with W > 1, {0} ∪ divisors(S) without r = 1 when S = 1.
+std::vector<int64_t> r_values(const ModelSpec& m, const ParallelConfig& p, bool adaptive) {
+  std::vector<int64_t> out = {-1};
+  if (!adaptive || m.moe_layers() == 0) return out;
+  const int64_t W = p.stage_size(), E = m.num_experts, S = adaptive_shards(m, p);
+  if (p.ep != 1 || p.etp != 1 || W < 2 || (E >= W ? E % W : W % E) != 0) return out;
+  out.push_back(0);
+  for (int64_t r = 1; r <= S; ++r)
+    if (S % r == 0 && !(r == 1 && S == 1)) out.push_back(r);
+  return out;
+}
+
+// Whether the layout has a token all-to-all for the overlap degree to split.
+bool has_token_a2a(const ModelSpec& m, const ParallelConfig& p, int64_t r) {
+  if (m.moe_layers() == 0) return false;
+  return r < 0 ? p.ep > 1 : (r >= 1 && p.stage_size() > 1);
+}
+
+// Whether ZeRO 1 has anything to shard: dp > 1, or experts replicated over edp > 1.
+bool zero_shards(const ParallelConfig& p, int64_t r) {
+  return p.dp > 1 || (r < 0 && p.edp() > 1);
+}
+
+std::string json_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+
+}  // namespace
+
+std::vector<Layout> enumerate_layouts(const ModelSpec& m, int64_t world, const PlanOptions& o) {
+  TORCH_CHECK(world >= 1, "enumerate_layouts: world must be >= 1, got ", world);
+  std::vector<Layout> out;
+  for (const auto& p : valid_parallel_configs(world)) {
+    for (int64_t zero : o.zero_stages) {
+      for (int64_t r : r_values(m, p, o.adaptive)) {
+        if (zero == 1 && !zero_shards(p, r)) continue;
+        std::vector<int64_t> degrees = {1};
+        if (has_token_a2a(m, p, r)) degrees = o.overlap_degrees;
+        for (int64_t D : degrees) {
+          for (int64_t M = 1; M <= std::max<int64_t>(1, o.max_micro_batches); M *= 2) {
+            Layout l;
+            l.par = p;
+            l.zero = zero;
+            l.adaptive_r = r;
+            l.overlap = D;
+            l.micro_batches = M;
+            if (check_layout(m, l).empty()) out.push_back(l);
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<Estimate> rank_layouts(const ModelSpec& m, const ClusterSpec& cluster,
+                                   const MachineSpec& machine, const PlanOptions& o) {
+  std::vector<Estimate> out;
+  for (const auto& l : enumerate_layouts(m, cluster.world, o)) {
+    Estimate e = estimate(m, cluster, machine, l);
+    if (e.fits || o.keep_unfit) out.push_back(e);
+  }
+  // Fitting layouts first, each part by predicted time; ties keep the enumeration order.
+  std::stable_sort(out.begin(), out.end(), [](const Estimate& a, const Estimate& b) {
+    if (a.fits != b.fits) return a.fits;
+    return a.step_s < b.step_s;
+  });
+  return out;
+}
+
+std::string to_json(const std::vector<Estimate>& ranking) {
+  std::ostringstream s;
+  s << "{\"layouts\": [";
+  for (size_t i = 0; i < ranking.size(); ++i) {
+    const auto& e = ranking[i];
+    const auto& l = e.layout;
+    s << (i ? ", " : "") << "{\"tp\": " << l.par.tp << ", \"dp\": " << l.par.dp
+      << ", \"pp\": " << l.par.pp << ", \"ep\": " << l.par.ep << ", \"etp\": " << l.par.etp
+      << ", \"zero\": " << l.zero << ", \"adaptive_r\": " << l.adaptive_r
+      << ", \"overlap\": " << l.overlap << ", \"micro_batches\": " << l.micro_batches
+      << ", \"predicted_step_ms\": " << json_number(e.step_s * 1e3)
+      << ", \"peak_mem_mb\": " << json_number(e.memory.total() / (1024.0 * 1024.0))
+      << ", \"fits\": " << (e.fits ? "true" : "false") << "}";
+  }
+  s << "]}";
+  return s.str();
+}
+
+std::string to_table(const std::vector<Estimate>& ranking, int64_t rows) {
+  std::ostringstream s;
+  char line[256];
+  std::snprintf(line, sizeof(line), "%4s  %-32s %9s %9s %8s %8s %8s %8s %9s\n", "rank", "layout",
+                "step_ms", "compute", "comm", "hidden", "bubble", "sync", "mem_mb");
+  s << line;
+  const size_t n = rows > 0 ? std::min<size_t>(ranking.size(), rows) : ranking.size();
+  for (size_t i = 0; i < n; ++i) {
+    const auto& e = ranking[i];
+    std::snprintf(line, sizeof(line), "%4zu  %-32s %9.3f %9.3f %8.3f %8.3f %8.3f %8.3f %9.2f%s\n",
+                  i + 1, e.layout.to_string().c_str(), e.step_s * 1e3, e.compute_s * 1e3,
+                  e.comm_s * 1e3, e.hidden_s * 1e3, e.bubble_s * 1e3, e.grad_sync_s * 1e3,
+                  e.memory.total() / (1024.0 * 1024.0), e.fits ? "" : "  (does not fit)");
+    s << line;
+  }
+  return s.str();
+}
+
+std::string apply_layout(TrainConfig& config, const Layout& l) {
+  auto has_key = [](const std::string& name) {
+    for (const auto& k : train_config_keys())
+      if (k.name == name) return true;
+    return false;
+  };
+  config.tp = l.par.tp;
+  config.dp = l.par.dp;
+  config.pp = l.par.pp;
+  config.ep = l.par.ep;
+  config.etp = l.par.etp;
+  config.nproc = l.par.world_size();
+  config.micro_batches = l.micro_batches;
+  // 1. The keys that later parts of the trainer add; a non-default value needs its key.
+  struct Extra {
+    const char* key;
+    int64_t value, off;
+  };
+  for (const Extra& x : {Extra{"zero_stage", l.zero, 0}, Extra{"adaptive_r", l.adaptive_r, -1},
+                         Extra{"a2a_overlap_degree", l.overlap, 1}}) {
+    if (has_key(x.key)) {
+      if (x.value != x.off) set_config_value(config, x.key, std::to_string(x.value));
+    } else if (x.value != x.off) {
+      return std::string("the trainer has no `") + x.key + "` key yet (layout needs " + x.key +
+             " = " + std::to_string(x.value) + ")";
+    }
+  }
+  if (l.adaptive_r >= 0 && has_key("expert_layout"))
+    set_config_value(config, "expert_layout", "adaptive");
+  // 2. Whatever else the trainer refuses (e.g. pipeline stages before it has them).
+  return check_config(config);
+}
+
+double spearman(const std::vector<double>& a, const std::vector<double>& b) {
+  TORCH_CHECK(a.size() == b.size() && a.size() >= 2,
+              "spearman: expected two series of the same length >= 2, got ", a.size(), " and ",
+              b.size());
+  auto ranks = [](const std::vector<double>& v) {
+    std::vector<size_t> idx(v.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::sort(idx.begin(), idx.end(), [&](size_t i, size_t j) { return v[i] < v[j]; });
+    std::vector<double> r(v.size());
+    for (size_t i = 0; i < idx.size();) {
+      size_t j = i;
+      while (j + 1 < idx.size() && v[idx[j + 1]] == v[idx[i]]) ++j;
+      for (size_t t = i; t <= j; ++t) r[idx[t]] = (static_cast<double>(i + j) / 2.0) + 1.0;
+      i = j + 1;
+    }
+    return r;
+  };
+  const auto ra = ranks(a), rb = ranks(b);
+  const double n = static_cast<double>(a.size());
+  const double ma = std::accumulate(ra.begin(), ra.end(), 0.0) / n;
+  const double mb = std::accumulate(rb.begin(), rb.end(), 0.0) / n;
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < ra.size(); ++i) {
+    sab += (ra[i] - ma) * (rb[i] - mb);
+    saa += (ra[i] - ma) * (ra[i] - ma);
+    sbb += (rb[i] - mb) * (rb[i] - mb);
+  }
+  return saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0;
+}
+
+}  // namespace hybridmoe::plan

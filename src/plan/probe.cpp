@@ -1,0 +1,200 @@
+// probe.cpp — see plan.h: measures the machine figures of the cost model on the ranks at hand
+// (GEMM throughput and call latency, operator latency, latency and bandwidth of every collective
+// kind by group size) over c10d, and fits them to the model's formulas by least squares.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/plan.h"
+
+namespace hybridmoe::plan {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Median seconds of `reps` calls of fn after one untimed call.
+template <typename Fn>
+double median_s(int reps, Fn&& fn) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// One sample of a fit y = c0 * x0 + c1 * x1 (c0, c1 >= 0).
+struct Sample {
+  double x0, x1, y;
+};
+
+// Least squares for two non-negative coefficients: the unconstrained solution, or the best fit
+// with one coefficient at zero when the other would come out negative.
+std::pair<double, double> fit_nonnegative(const std::vector<Sample>& s) {
+  double a00 = 0, a01 = 0, a11 = 0, b0 = 0, b1 = 0;
+  for (const auto& p : s) {
+    a00 += p.x0 * p.x0;
+    a01 += p.x0 * p.x1;
+    a11 += p.x1 * p.x1;
+    b0 += p.x0 * p.y;
+    b1 += p.x1 * p.y;
+  }
+  const double det = a00 * a11 - a01 * a01;
+  double c0 = det != 0 ? (b0 * a11 - b1 * a01) / det : 0.0;
+  double c1 = det != 0 ? (a00 * b1 - a01 * b0) / det : 0.0;
+  if (c0 < 0 || det == 0) {
+    c0 = 0;
+    c1 = a11 > 0 ? std::max(0.0, b1 / a11) : 0.0;
+  } else if (c1 < 0) {
+    c1 = 0;
+    c0 = a00 > 0 ? std::max(0.0, b0 / a00) : 0.0;
+  }
+  return {c0, c1};
+}
+
+// 1 / c as a bandwidth or rate, bounded so that a vanishing slope does not become infinite.
+double rate_of(double seconds_per_unit) {
+  return 1.0 / std::max(seconds_per_unit, 1e-13);
+}
+
+}  // namespace
+
+MachineSpec probe_machine(dist::World& world) {
+  torch::NoGradGuard no_grad;
+  const int previous_threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const int64_t W = world.size();
+  const auto& wg = world.group();
+  auto sync = [&] {
+    if (W > 1) dist::barrier(wg);
+  };
+  // Every measured time, in a fixed order on every rank (averaged over the ranks at the end).
+  std::vector<double> times;
+
+  // 1. GEMMs of a few shapes on every rank at once (they share the cores, as in training).
+  const std::vector<std::array<int64_t, 3>> shapes = {
+      {32, 64, 64}, {128, 64, 256}, {256, 256, 256}, {512, 256, 512}, {512, 512, 1024}};
+  std::vector<double> gemm_flops;
+  for (const auto& [m, k, n] : shapes) {
+    auto a = torch::randn({m, k}), b = torch::randn({k, n});
+    sync();
+    times.push_back(median_s(7, [&] { auto c = torch::mm(a, b); }));
+    gemm_flops.push_back(2.0 * m * k * n);
+  }
+  // 2. Operator overhead under autograd: forward and backward of a chain of small operators. The
+  //    model charges 3 * op_latency per operator and pass (forward, backward twice the forward).
+  {
+    torch::AutoGradMode grad_mode(true);
+    auto x = torch::randn({16, 64}, torch::requires_grad());
+    constexpr int kChain = 20;  // 3 operators each, plus the sum
+    sync();
+    times.push_back(median_s(9,
+                             [&] {
+                               auto y = x;
+                               for (int i = 0; i < kChain; ++i) y = torch::gelu(y * 1.0001 + 0.5);
+                               y.sum().backward();
+                             }) /
+                    (3.0 * (3 * kChain + 1)));
+  }
+  // 3. Collectives over groups of consecutive ranks (every group of a size at once), a few sizes.
+  struct CollSample {
+    Collective kind;
+    int64_t g;
+    double bytes;
+  };
+  std::vector<CollSample> coll;
+  const std::vector<int64_t> sizes = {int64_t{4} << 10, int64_t{64} << 10, int64_t{512} << 10};
+  for (int64_t g = 2; g <= W; ++g) {
+    if (W % g != 0) continue;
+    dist::Group mine;
+    for (int64_t start = 0; start < W; start += g) {
+      std::vector<int64_t> ranks(g);
+      for (int64_t i = 0; i < g; ++i) ranks[i] = start + i;
+      auto grp =
+          world.new_group("plan_probe_g" + std::to_string(g) + "_" + std::to_string(start), ranks);
+      if (grp.is_member()) mine = grp;
+    }
+    for (int64_t bytes : sizes) {
+      const int64_t elems = bytes / 4 / g * g;  // float32, divisible by g
+      auto x = torch::randn({elems, 1});
+      const std::vector<int64_t> even(g, elems / g);
+      for (Collective kind : {Collective::kAllToAll, Collective::kAllGather, Collective::kAllReduce,
+                              Collective::kReduceScatter, Collective::kP2P}) {
+        if (kind == Collective::kP2P && g != 2) continue;
+        std::function<void()> op;
+        double n = static_cast<double>(elems * 4);
+        switch (kind) {
+          case Collective::kAllToAll:
+            op = [&] { dist::all_to_all(x, even, even, mine); };
+            break;
+          case Collective::kAllGather: {
+            op = [&] { dist::all_gather_rows(x.narrow(0, 0, elems / g), mine, even); };
+            break;
+          }
+          case Collective::kAllReduce:
+            op = [&] { dist::all_reduce_sum(x, mine); };
+            break;
+          case Collective::kReduceScatter:
+            op = [&] { dist::reduce_scatter_rows(x, mine, even); };
+            break;
+          case Collective::kP2P: {
+            // An exchange between the two ranks of the pair: all rows go to the other rank.
+            const std::vector<int64_t> send =
+                mine.rank == 0 ? std::vector<int64_t>{0, elems} : std::vector<int64_t>{elems, 0};
+            op = [&, send] { dist::all_to_all(x, send, send, mine); };
+            break;
+          }
+        }
+        sync();
+        times.push_back(median_s(9, op));
+        coll.push_back({kind, g, n});
+      }
+    }
+  }
+  // 4. The same figures on every rank: the mean over the ranks.
+  auto t = torch::tensor(times, torch::kFloat64);
+  if (W > 1) t = dist::all_reduce_sum(t, wg) / static_cast<double>(W);
+  times.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+
+  // 5. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
+  MachineSpec machine;
+  machine.source = "probe";
+  std::vector<Sample> gemm;
+  for (size_t i = 0; i < shapes.size(); ++i) gemm.push_back({1.0, gemm_flops[i], times[i]});
+  const auto [gemm_latency, s_per_flop] = fit_nonnegative(gemm);
+  machine.gemm_latency_s = gemm_latency;
+  machine.gemm_flops = rate_of(s_per_flop);
+  machine.op_latency_s = times[shapes.size()];
+  const size_t first = shapes.size() + 1;
+  for (int c = 0; c < kNumCollectives; ++c) {
+    std::vector<Sample> samples;
+    for (size_t i = 0; i < coll.size(); ++i) {
+      const auto& cs = coll[i];
+      if (static_cast<int>(cs.kind) != c) continue;
+      const double steps = static_cast<double>(cs.g - 1);
+      const double factor = cs.kind == Collective::kAllReduce ? 2.0 : 1.0;
+      if (cs.kind == Collective::kP2P) {
+        samples.push_back({1.0, cs.bytes, times[first + i]});
+      } else {
+        samples.push_back({factor * steps, factor * steps / static_cast<double>(cs.g) * cs.bytes,
+                           times[first + i]});
+      }
+    }
+    if (samples.empty()) continue;  // one rank: keep the defaults
+    const auto [latency, s_per_byte] = fit_nonnegative(samples);
+    machine.intra[c] = LinkFit{latency, rate_of(s_per_byte)};
+  }
+  machine.inter = machine.intra;
+  at::set_num_threads(previous_threads);
+  return machine;
+}
+
+}  // namespace hybridmoe::plan

@@ -1,0 +1,122 @@
+// overlap_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one bit
+// for bit in float64: output, input gradient and every parameter gradient of the distributed
+// layer with a2a_overlap_degree D in {2, 3, 4} are torch::equal to D = 1, over several layouts,
+// activations, with and without biases, skewed routing and a rank without tokens. Also: D is
+// refused where it is not supported (etp > 1, ep = 1, adaptive layout, one process).
+#include <gtest/gtest.h>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
+#include "hybridmoe/moe.h"
+#include "support/compare.h"
+#include "support/multirank.h"
+
+using namespace hybridmoe;
+using hybridmoe::testing::RankContext;
+using hybridmoe::testing::run_on_ranks;
+using hybridmoe::testing::throws_with;
+
+namespace {
+
+struct Case {
+  ParallelConfig layout;
+  int64_t experts;
+  Activation activation;
+  bool bias;
+  bool skew;
+};
+
+// One forward and backward; returns output, input gradient and every parameter gradient.
+std::vector<std::pair<std::string, torch::Tensor>> step(MoE& moe, const torch::Tensor& x_in,
+                                                        const torch::Tensor& dy) {
+  auto x = x_in.clone().requires_grad_(true);
+  auto out = moe(x);
+  ((out.output * dy).sum() + out.aux_loss).backward();
+  std::vector<std::pair<std::string, torch::Tensor>> result = {{"output", out.output.detach()},
+                                                               {"dx", x.grad()}};
+  for (auto& kv : moe->named_parameters()) result.emplace_back(kv.key(), kv.value().grad());
+  return result;
+}
+
+void run_case(RankContext& ctx, const Case& c) {
+  auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(c.layout, ctx.world));
+  const int64_t d = 8, h = 32;  // h: a multiple of twice the widest SIMD width of doubles
+  auto opts = MoEOptions(d, c.experts).d_hidden(h).top_k(2).activation(c.activation).bias(c.bias);
+  torch::manual_seed(3);
+  MoE full(opts);
+  full->to(torch::kFloat64);
+  if (c.skew) {
+    torch::NoGradGuard ng;
+    auto w = full->gate->named_parameters()["weight"];
+    w.zero_();
+    w[0].fill_(5.0);
+  }
+  const int64_t dp_rank = groups->coords().dp;  // inputs are replicated over tp
+  const int64_t tokens = dp_rank == 1 ? 0 : 9 + 2 * dp_rank;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(21 + dp_rank);
+  auto x = torch::randn({tokens, d}, gen, torch::kFloat64).abs();
+  auto dy = torch::randn({tokens, d}, gen, torch::kFloat64);
+  std::vector<std::vector<std::pair<std::string, torch::Tensor>>> results;
+  for (int64_t D : {1, 2, 3, 4}) {
+    MoE moe(MoEOptions(opts).a2a_overlap_degree(D), groups);
+    moe->to(torch::kFloat64);
+    moe->load_shard_from(*full);
+    dist::reset_comm_stats();
+    results.push_back(step(moe, x, dy));
+    if (D > 1) {
+      // The chunks really went through the asynchronous exchange: D outbound, D returns.
+      auto stats = dist::comm_stats();
+      EXPECT_EQ(stats["overlap_all_to_all"].calls, 2 * D);  // forward and backward
+      EXPECT_EQ(stats["overlap_all_to_all(back)"].calls, 2 * D);
+    }
+  }
+  const std::string what = c.layout.to_string() + " E=" + std::to_string(c.experts) + " " +
+                           to_string(c.activation) + (c.bias ? " bias" : "") +
+                           (c.skew ? " skew" : "");
+  for (size_t k = 1; k < results.size(); ++k) {
+    ASSERT_EQ(results[k].size(), results[0].size());
+    for (size_t i = 0; i < results[0].size(); ++i) {
+      const auto& [name, expect] = results[0][i];
+      const auto& got = results[k][i].second;
+      ASSERT_EQ(expect.defined(), got.defined()) << what << " " << name;
+      if (expect.defined())
+        EXPECT_TRUE(torch::equal(got, expect))
+            << what << " D=" << k + 1 << " " << name << " differs by "
+            << (got - expect).abs().max().item<double>();
+    }
+  }
+}
+
+}  // namespace
+
+TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnFourRanks) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    run_case(ctx, {{1, 4, 1, 4, 1}, 8, Activation::kGelu, true, false});
+    run_case(ctx, {{1, 4, 1, 4, 1}, 4, Activation::kSwiGLU, false, true});
+    run_case(ctx, {{2, 2, 1, 2, 1}, 4, Activation::kRelu, true, false});
+    run_case(ctx, {{1, 4, 1, 2, 1}, 8, Activation::kSwiGLU, true, false});
+  });
+}
+
+TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnTwoRanks) {
+  run_on_ranks(2, [](RankContext& ctx) {
+    run_case(ctx, {{1, 2, 1, 2, 1}, 2, Activation::kGelu, true, true});
+  });
+}
+
+TEST(OverlapMoE, RefusesUnsupportedCombinations) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    auto etp2 = std::make_shared<ParallelGroups>(
+        ParallelGroups::build(ParallelConfig{2, 2, 1, 2, 2}, ctx.world));
+    auto ep1 = std::make_shared<ParallelGroups>(
+        ParallelGroups::build(ParallelConfig{1, 4, 1, 1, 1}, ctx.world));
+    auto opts = MoEOptions(4, 4).d_hidden(8).a2a_overlap_degree(2);
+    EXPECT_TRUE(throws_with([&] { MoE(opts, etp2); }, "needs ep > 1, etp = 1"));
+    EXPECT_TRUE(throws_with([&] { MoE(opts, ep1); }, "got ep=1 etp=1"));
+    EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).expert_layout("adaptive"), ep1); },
+                            "not supported with expert_layout=\"adaptive\""));
+    EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).a2a_overlap_degree(0), ep1); },
+                            "a2a_overlap_degree must be >= 1"));
+    EXPECT_TRUE(throws_with([&] { MoE{opts}; }, "single-process layer"));
+  });
+}

@@ -1,0 +1,271 @@
+// test_planner.cpp — the planner's enumeration and ranking (plan.h): the layouts match
+// valid_parallel_configs, the adaptive r values follow Tutel's rule, a layout that does not fit
+// memory never ranks first, more inter-node bandwidth never ranks an all-to-all-heavy layout
+// worse, the JSON parses with every key, the trainer mapping, the machine probe on 2 ranks.
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/plan.h"
+#include "hybridmoe/train.h"
+#include "support/multirank.h"
+
+namespace hybridmoe::plan {
+namespace {
+
+// Sizes every degree up to 8 divides.
+ModelSpec divisible_model() {
+  ModelSpec m;
+  m.n_layers = 8;
+  m.d_model = 64;
+  m.n_heads = 8;
+  m.d_mlp = 256;
+  m.expert_hidden = 256;
+  m.num_experts = 8;
+  m.top_k = 2;
+  m.moe_every = 2;
+  m.seq_len = 32;
+  m.batch_size = 64;
+  m.context = 32;
+  return m;
+}
+
+// Few parameters, many routed tokens: the token all-to-all dominates communication.
+ModelSpec a2a_heavy_model() {
+  ModelSpec m = divisible_model();
+  m.n_layers = 2;
+  m.d_model = 64;
+  m.d_mlp = 64;
+  m.expert_hidden = 64;
+  m.top_k = 4;
+  m.moe_every = 1;
+  m.seq_len = 128;
+  m.batch_size = 128;
+  m.context = 128;
+  return m;
+}
+
+std::set<std::string> config_names(const std::vector<ParallelConfig>& v) {
+  std::set<std::string> out;
+  for (const auto& c : v) out.insert(c.to_string());
+  return out;
+}
+
+TEST(Planner, EnumerationMatchesValidParallelConfigs) {
+  const ModelSpec m = divisible_model();
+  PlanOptions bare;
+  bare.zero_stages = {0};
+  bare.overlap_degrees = {1};
+  bare.max_micro_batches = 1;
+  bare.adaptive = false;
+  for (int64_t world : {1, 2, 4, 8}) {
+    const auto valid = valid_parallel_configs(world);
+    const auto layouts = enumerate_layouts(m, world, bare);
+    std::vector<ParallelConfig> pars;
+    for (const auto& l : layouts) pars.push_back(l.par);
+    EXPECT_EQ(layouts.size(), valid.size()) << "world " << world;
+    EXPECT_EQ(config_names(pars), config_names(valid)) << "world " << world;
+    // With every dimension on, the same configs appear, each with the other dimensions.
+    std::vector<ParallelConfig> all;
+    for (const auto& l : enumerate_layouts(m, world)) all.push_back(l.par);
+    EXPECT_EQ(config_names(all), config_names(valid)) << "world " << world;
+  }
+}
+
+TEST(Planner, EnumerationCountsPerConfig) {
+  // World 8, E = 8: per config, ZeRO {0, 1 where dp > 1 or edp > 1} x r x D x M in {1, 2, 4, 8}
+  // with M dividing 64 / dp.
+  const ModelSpec m = divisible_model();
+  const auto layouts = enumerate_layouts(m, 8);
+  for (const auto& p : valid_parallel_configs(8)) {
+    int64_t expected = 0;
+    const int64_t W = p.stage_size();
+    std::vector<int64_t> rs = {-1};
+    if (p.ep == 1 && p.etp == 1 && W > 1) {
+      // S = max(1, W / 8) = 1 on 8 ranks: r = 0 only (r = 1 is the fixed layout).
+      rs.push_back(0);
+    }
+    for (int64_t r : rs)
+      for (int64_t zero : {0, 1}) {
+        if (zero == 1 && p.dp == 1 && !(r < 0 && p.edp() > 1)) continue;
+        const bool a2a = r < 0 ? p.ep > 1 : (r >= 1 && W > 1);
+        const int64_t degrees = a2a ? 3 : 1;
+        int64_t micro = 0;
+        for (int64_t M : {1, 2, 4, 8})
+          if (64 % (p.dp * M) == 0 && p.pp <= 8) ++micro;
+        expected += degrees * micro;
+      }
+    const auto n =
+        std::count_if(layouts.begin(), layouts.end(), [&](const Layout& l) { return l.par == p; });
+    EXPECT_EQ(n, expected) << p.to_string();
+  }
+}
+
+TEST(Planner, AdaptiveRValuesAreZeroAndDivisorsOfS) {
+  // 4 experts on a stage of 8 ranks: S = 2, r in {0, 1, 2}; on a stage of 4: S = 1, r in {0}.
+  ModelSpec m = divisible_model();
+  m.num_experts = 4;
+  std::map<std::string, std::set<int64_t>> rs;
+  for (const auto& l : enumerate_layouts(m, 8))
+    if (l.adaptive_r >= 0) rs[l.par.to_string()].insert(l.adaptive_r);
+  EXPECT_EQ(rs["tp1.dp8.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
+  EXPECT_EQ(rs["tp2.dp4.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
+  EXPECT_EQ(rs["tp1.dp4.pp2.ep1.etp1"], (std::set<int64_t>{0}));
+  EXPECT_EQ(rs.count("tp1.dp8.pp1.ep2.etp1"), 0u);  // adaptive mode needs ep = etp = 1
+}
+
+TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
+  const ModelSpec m = divisible_model();
+  const MachineSpec machine;
+  for (int64_t world : {4, 8}) {
+    ClusterSpec free{world, 0, 0.0};
+    const auto unlimited = rank_layouts(m, free, machine);
+    ASSERT_FALSE(unlimited.empty());
+    // Memory limits at several quantiles of the layouts' peak memory.
+    std::vector<double> mems;
+    for (const auto& e : unlimited) mems.push_back(e.memory.total() / (1024.0 * 1024.0));
+    std::sort(mems.begin(), mems.end());
+    for (double q : {0.1, 0.5, 0.9}) {
+      ClusterSpec c = free;
+      c.mem_per_rank_mb = mems[static_cast<size_t>(q * (mems.size() - 1))];
+      PlanOptions keep;
+      keep.keep_unfit = true;
+      const auto ranked = rank_layouts(m, c, machine, keep);
+      ASSERT_FALSE(ranked.empty());
+      EXPECT_TRUE(ranked.front().fits);
+      EXPECT_LE(ranked.front().memory.total(), c.mem_per_rank_mb * 1024 * 1024);
+      bool seen_unfit = false;
+      for (const auto& e : ranked) {
+        seen_unfit = seen_unfit || !e.fits;
+        EXPECT_FALSE(seen_unfit && e.fits) << "a fitting layout ranked after one that does not";
+      }
+      for (const auto& e : rank_layouts(m, c, machine)) EXPECT_TRUE(e.fits);
+    }
+    // The unconstrained winner is dropped once the limit is just below its peak memory.
+    const Estimate& best = unlimited.front();
+    ClusterSpec tight = free;
+    tight.mem_per_rank_mb = best.memory.total() / (1024.0 * 1024.0) * 0.999;
+    const auto ranked = rank_layouts(m, tight, machine);
+    if (!ranked.empty()) EXPECT_FALSE(ranked.front().layout == best.layout);
+  }
+}
+
+TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
+  const ModelSpec m = a2a_heavy_model();
+  const ClusterSpec c{8, 2, 0.0};  // 4 nodes of 2 ranks
+  MachineSpec machine;
+  machine.set_bandwidth(false, 20e9);
+  const std::vector<double> bandwidths = {0.05e9, 0.2e9, 1e9, 5e9, 20e9};
+  // The layout with the largest share of its step in the all-to-all at the lowest bandwidth.
+  machine.set_bandwidth(true, bandwidths.front());
+  const auto slow = rank_layouts(m, c, machine);
+  const auto a2a = static_cast<size_t>(Collective::kAllToAll);
+  Layout heavy;
+  double share = -1;
+  for (const auto& e : slow)
+    if (e.layout.overlap == 1 && e.collective_s[a2a] / e.step_s > share)
+      share = e.collective_s[a2a] / e.step_s, heavy = e.layout;
+  ASSERT_GT(share, 0.3) << heavy.to_string();
+  size_t previous = slow.size();
+  double previous_step = 1e300;
+  for (double bw : bandwidths) {
+    machine.set_bandwidth(true, bw);
+    const auto ranked = rank_layouts(m, c, machine);
+    size_t pos = 0;
+    while (pos < ranked.size() && !(ranked[pos].layout == heavy)) ++pos;
+    ASSERT_LT(pos, ranked.size());
+    EXPECT_LE(pos, previous) << heavy.to_string() << " at " << bw / 1e9 << " GB/s";
+    EXPECT_LT(ranked[pos].step_s, previous_step);
+    previous = pos;
+    previous_step = ranked[pos].step_s;
+  }
+}
+
+TEST(Planner, StepTimeNeverGrowsWithBandwidth) {
+  const ModelSpec m = a2a_heavy_model();
+  const ClusterSpec c{8, 2, 0.0};
+  MachineSpec lo, hi;
+  lo.set_bandwidth(true, 0.1e9);
+  hi.set_bandwidth(true, 1e9);
+  for (const auto& l : enumerate_layouts(m, 8))
+    EXPECT_LE(estimate(m, c, hi, l).step_s, estimate(m, c, lo, l).step_s) << l.to_string();
+}
+
+TEST(Planner, JsonParsesWithEveryKey) {
+  const ModelSpec m = ModelSpec::from_train_config(TrainConfig());
+  const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, MachineSpec());
+  const auto j = nlohmann::json::parse(to_json(ranked));
+  ASSERT_TRUE(j.contains("layouts"));
+  ASSERT_EQ(j["layouts"].size(), ranked.size());
+  double previous = 0;
+  for (size_t i = 0; i < ranked.size(); ++i) {
+    const auto& row = j["layouts"][i];
+    for (const char* key : {"tp", "dp", "pp", "ep", "etp", "zero", "adaptive_r", "overlap",
+                            "micro_batches", "predicted_step_ms", "peak_mem_mb"})
+      ASSERT_TRUE(row.contains(key)) << key;
+    EXPECT_EQ(row["tp"].get<int64_t>(), ranked[i].layout.par.tp);
+    EXPECT_EQ(row["adaptive_r"].get<int64_t>(), ranked[i].layout.adaptive_r);
+    EXPECT_EQ(row["micro_batches"].get<int64_t>(), ranked[i].layout.micro_batches);
+    const double ms = row["predicted_step_ms"].get<double>();
+    EXPECT_NEAR(ms, ranked[i].step_s * 1e3, 1e-5 * ms);
+    EXPECT_GE(ms, previous);
+    previous = ms;
+  }
+}
+
+TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
+  const ModelSpec m = ModelSpec::from_train_config(TrainConfig());
+  const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, MachineSpec());
+  auto has_key = [](const std::string& name) {
+    for (const auto& k : train_config_keys())
+      if (k.name == name) return true;
+    return false;
+  };
+  int64_t runnable = 0;
+  for (const auto& e : ranked) {
+    TrainConfig c;
+    const std::string why = apply_layout(c, e.layout);
+    EXPECT_EQ(c.tp, e.layout.par.tp);
+    EXPECT_EQ(c.ep, e.layout.par.ep);
+    EXPECT_EQ(c.micro_batches, e.layout.micro_batches);
+    EXPECT_EQ(c.nproc, 4);
+    if (e.layout.zero == 1 && !has_key("zero_stage"))
+      EXPECT_NE(why.find("zero_stage"), std::string::npos);
+    if (e.layout.zero == 1 && has_key("zero_stage"))
+      EXPECT_EQ(get_config_value(c, "zero_stage"), "1");
+    if (!why.empty()) continue;
+    ++runnable;
+    EXPECT_EQ(check_config(c), "");
+  }
+  EXPECT_GT(runnable, 0);
+}
+
+TEST(Planner, SpearmanRankCorrelation) {
+  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
+  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {40, 30, 20, 10}), -1.0);
+  // ranks (1, 2, 3, 4) and (2, 1, 4, 3): 1 - 6 * 4 / (4 * 15) = 0.6
+  EXPECT_NEAR(spearman({1, 2, 3, 4}, {5, 1, 9, 7}), 0.6, 1e-12);
+  // ties get average ranks: (1.5, 1.5, 3) vs (1, 2, 3)
+  EXPECT_NEAR(spearman({1, 1, 2}, {1, 2, 3}), std::sqrt(0.75), 1e-12);
+}
+
+TEST(Planner, ProbeGivesTheSameFiguresOnEveryRank) {
+  testing::run_on_ranks(2, [](testing::RankContext& ctx) {
+    const MachineSpec m = probe_machine(ctx.world);
+    std::vector<double> v = {m.gemm_flops, m.gemm_latency_s, m.op_latency_s};
+    for (const auto& l : m.intra) v.push_back(l.latency_s), v.push_back(1.0 / l.bytes_per_s);
+    for (double x : v) EXPECT_TRUE(std::isfinite(x) && x >= 0) << x;
+    EXPECT_GT(m.gemm_flops, 1e6);
+    EXPECT_EQ(m.source, "probe");
+    const auto t = torch::tensor(v, torch::kFloat64);
+    auto gathered = dist::all_gather_rows(t.unsqueeze(0), ctx.group());
+    EXPECT_TRUE(torch::equal(gathered[0], gathered[1]));
+  });
+}
+
+}  // namespace
+}  // namespace hybridmoe::plan
