@@ -185,6 +185,16 @@ void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model, Ze
 int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTImpl& model,
                         ZeroAdamW& optimizer, const ParallelGroups& groups);
 
+/// Loads checkpoint `dir` into the layout of `target` (tp, dp, pp, ep, etp, zero_stage,
+/// expert_layout; its model keys must match the checkpoint's), then writes it as a checkpoint of
+/// that layout under target.out. Collective over `world`, which has target's world size.
+///
+/// Example (on 4 ranks):
+///   TrainConfig to = read_checkpoint_config(dir);
+///   to.dp = 4; to.ep = 4; to.tp = to.pp = 1; to.nproc = 4; to.out = "converted";
+///   convert_checkpoint(dir, to, *world);
+void convert_checkpoint(const std::string& dir, const TrainConfig& target, dist::World& world);
+
 /// The training configuration recorded in a checkpoint's meta.json.
 TrainConfig read_checkpoint_config(const std::string& dir);
 /// The full single-process model of a checkpoint (its model.pt).

@@ -80,6 +80,41 @@ std::map<std::string, std::vector<std::vector<double>>> load_by_task(
   return out;
 }
 
+// What a run is made of on this rank.
+struct RunParts {
+  std::shared_ptr<ParallelGroups> groups;
+  GPT model{nullptr};
+  std::unique_ptr<GroupedDataParallel> gdp;
+  std::unique_ptr<ZeroAdamW> optimizer;
+};
+
+// The groups, this rank's shard of the model initialized from the seed, and AdamW (weight decay
+// on matrices only; its state sharded over each parameter's gradient group with zero_stage 1,
+// replicated with 0). Collective over the world.
+RunParts build_run(const TrainConfig& cfg, dist::World& world) {
+  RunParts r;
+  r.groups = std::make_shared<ParallelGroups>(ParallelGroups::build(cfg.layout(), world));
+  const auto opts = cfg.model_options();
+  std::shared_ptr<const ParallelGroups> model_groups = world.size() > 1 ? r.groups : nullptr;
+  torch::manual_seed(static_cast<uint64_t>(cfg.seed));
+  r.model = GPT(opts, model_groups);
+  {
+    torch::manual_seed(static_cast<uint64_t>(cfg.seed));
+    GPT full(opts.single_process());
+    r.model->load_shard_from(*full);
+  }
+  r.model->to(cfg.dtype == "float64" ? torch::kFloat64 : torch::kFloat32);
+  r.gdp = std::make_unique<GroupedDataParallel>(r.model.ptr(), r.groups);
+  const auto named = r.model->named_parameters().pairs();
+  r.optimizer = std::make_unique<ZeroAdamW>(
+      named, r.gdp->tags(),
+      ZeroAdamW::decay_groups(
+          named,
+          AdamWHyper().lr(cfg.lr).beta1(cfg.beta1).beta2(cfg.beta2).weight_decay(cfg.weight_decay)),
+      r.groups, ZeroAdamWOptions().zero_stage(cfg.zero_stage).tile_mb(cfg.optimizer_tile_mb));
+  return r;
+}
+
 }  // namespace
 
 TrainResult train(const TrainConfig& cfg, dist::World& world,
@@ -89,7 +124,12 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   TORCH_CHECK(world.size() == layout.world_size(), "train: the layout ", layout.to_string(),
               " needs ", layout.world_size(), " ranks, the world has ", world.size());
   const auto t_start = Clock::now();
-  auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, world));
+  RunParts parts = build_run(cfg, world);
+  auto& groups = parts.groups;
+  GPT& model = parts.model;
+  ZeroAdamW& optimizer = *parts.optimizer;
+  const auto replicas = gradient_replicas(*model, *groups, *parts.gdp);
+  const auto opts = cfg.model_options();
   const bool lead = world.rank() == 0;
   const auto coords = groups->coords();
   const int64_t dp = layout.dp, tp = layout.tp, micro = cfg.micro_batches;
@@ -99,31 +139,6 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   Corpus corpus = cfg.data.empty() ? Corpus::synthetic(static_cast<uint64_t>(cfg.seed),
                                                        cfg.train_lines, cfg.eval_per_task)
                                    : Corpus::from_file(cfg.data);
-
-  // 2. Model: the single-process model from the seed, sharded into this rank's model.
-  const auto opts = cfg.model_options();
-  std::shared_ptr<const ParallelGroups> model_groups = world.size() > 1 ? groups : nullptr;
-  const auto dtype = cfg.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
-  torch::manual_seed(static_cast<uint64_t>(cfg.seed));
-  GPT model(opts, model_groups);
-  {
-    torch::manual_seed(static_cast<uint64_t>(cfg.seed));
-    GPT full(opts.single_process());
-    model->load_shard_from(*full);
-  }
-  model->to(dtype);
-  GroupedDataParallel gdp(model.ptr(), groups);
-  const auto replicas = gradient_replicas(*model, *groups, gdp);
-
-  // 3. AdamW (weight decay on matrices only), its state sharded over each parameter's gradient
-  //    group with zero_stage 1 (ZeRO-1), replicated with 0.
-  const auto named = model->named_parameters().pairs();
-  ZeroAdamW optimizer(
-      named, gdp.tags(),
-      ZeroAdamW::decay_groups(
-          named,
-          AdamWHyper().lr(cfg.lr).beta1(cfg.beta1).beta2(cfg.beta2).weight_decay(cfg.weight_decay)),
-      groups, ZeroAdamWOptions().zero_stage(cfg.zero_stage).tile_mb(cfg.optimizer_tile_mb));
 
   // 4. Resume, or start fresh output.
   TrainResult result;
@@ -336,6 +351,17 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     detail::write_report(cfg.out, cfg, result, data);
   }
   return result;
+}
+
+void convert_checkpoint(const std::string& dir, const TrainConfig& target, dist::World& world) {
+  validate_config(target);
+  TORCH_CHECK(world.size() == target.layout().world_size(), "checkpoint convert: the layout ",
+              target.layout().to_string(), " needs ", target.layout().world_size(),
+              " ranks, the world has ", world.size());
+  RunParts parts = build_run(target, world);
+  const int64_t step = load_checkpoint(dir, target, *parts.model, *parts.optimizer, *parts.groups);
+  if (world.rank() == 0) fs::create_directories(target.out);
+  save_checkpoint(target, step, *parts.model, *parts.optimizer, *parts.groups);
 }
 
 }  // namespace hybridmoe

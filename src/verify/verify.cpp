@@ -111,18 +111,9 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   row.layout = layout;
   row.gate = gate.to_string();
   row.adaptive_r = o.adaptive_r;
-  const int64_t w = layout.world_size();
-  layout.validate(w);
-  TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
-              " ranks, the world has ", world.size());
-  std::vector<int64_t> members(w);
-  for (int64_t r = 0; r < w; ++r) members[r] = r;
-  const std::string tag = "verify" + std::to_string(run_id);
-  auto sub = world.new_group(tag, members);
-  if (!sub.is_member()) return row;
-  auto groups = std::make_shared<ParallelGroups>(
-      ParallelGroups::build(layout, sub, world.store(), false, tag));
-  const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
+  auto groups = detail::verify_groups(world, layout, run_id);
+  if (!groups) return row;
+  const double tol = detail::verify_tolerance(o);
 
   // 1. The reference and the layout's model, from the same initial weights.
   auto mo = MoEOptions(o.d_model, o.experts)
@@ -152,20 +143,8 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     }
     net->moe->load_shard_from(*ref->moe);
   }
-  GroupedDataParallel gdp(net.ptr(), groups);
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
-  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
-  // ZeRO-1: the same Adam (AdamW without decay) with state sharded over each tag group, in small
-  // buckets and tiles so that shards, buckets and tiles all cut parameters.
-  std::unique_ptr<ZeroAdamW> zero;
-  if (o.zero_stage > 0) {
-    auto named = net->named_parameters().pairs();
-    ZeroParamGroup all{{}, AdamWHyper().lr(o.lr).weight_decay(0.0)};
-    for (const auto& kv : named) all.names.push_back(kv.first);
-    zero = std::make_unique<ZeroAdamW>(
-        named, gdp.tags(), std::vector<ZeroParamGroup>{all}, groups,
-        ZeroAdamWOptions().zero_stage(o.zero_stage).bucket_bytes(256).tile_mb(1e-4));
-  }
+  detail::VerifyOptimizer opt(net.ptr(), groups, o);
   row.zero_stage = o.zero_stage;
 
   const auto coords = groups->coords();
@@ -190,13 +169,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     auto [y, aux] = net->forward(x_mine);
     auto mse = torch::mse_loss(y, t_mine);
     (mse + aux).backward();
-    if (zero) {
-      zero->reduce_gradients(1.0 / static_cast<double>(dp));
-      zero->step();
-    } else {
-      gdp.reduce_gradients(1.0 / static_cast<double>(dp));
-      opt.step();
-    }
+    opt.step(dp);
     // This rank's share of the global loss; the shares sum to it over the layout's ranks.
     auto share =
         (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))

@@ -50,22 +50,13 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   row.gate = gate.to_string();
   row.model = "gpt";
   row.schedule = to_string(o.schedule);
-  const int64_t w = layout.world_size();
-  layout.validate(w);
-  TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
-              " ranks, the world has ", world.size());
   TORCH_CHECK(kVerifyHeads % layout.tp == 0, "verify: the GPT of pipeline layouts has ",
               kVerifyHeads, " heads, which tp=", layout.tp, " does not divide");
   TORCH_CHECK(o.d_model % kVerifyHeads == 0, "verify: d_model=", o.d_model,
               " must be divisible by the GPT's ", kVerifyHeads, " heads");
-  std::vector<int64_t> members(w);
-  for (int64_t r = 0; r < w; ++r) members[r] = r;
-  const std::string tag = "verify" + std::to_string(run_id);
-  auto sub = world.new_group(tag, members);
-  if (!sub.is_member()) return row;
-  auto groups = std::make_shared<ParallelGroups>(
-      ParallelGroups::build(layout, sub, world.store(), false, tag));
-  const double tol = o.tolerance > 0 ? o.tolerance : (o.dtype == torch::kFloat64 ? 1e-9 : 1e-4);
+  auto groups = detail::verify_groups(world, layout, run_id);
+  if (!groups) return row;
+  const double tol = detail::verify_tolerance(o);
   const int64_t M = o.micro_batches > 0 ? o.micro_batches : layout.pp + 1;
   row.micro_batches = M;
 
@@ -77,20 +68,8 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   GPT net(opts, groups);
   net->to(o.dtype);
   net->load_shard_from(*ref);
-  GroupedDataParallel gdp(net.ptr(), groups);
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
-  torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(o.lr));
-  // ZeRO-1: Adam with its state sharded over each tag group, in buckets and tiles small enough
-  // to cut parameters.
-  std::unique_ptr<ZeroAdamW> zero;
-  if (o.zero_stage > 0) {
-    auto named = net->named_parameters().pairs();
-    ZeroParamGroup all{{}, AdamWHyper().lr(o.lr).weight_decay(0.0)};
-    for (const auto& kv : named) all.names.push_back(kv.first);
-    zero = std::make_unique<ZeroAdamW>(
-        named, gdp.tags(), std::vector<ZeroParamGroup>{all}, groups,
-        ZeroAdamWOptions().zero_stage(o.zero_stage).bucket_bytes(256).tile_mb(1e-4));
-  }
+  detail::VerifyOptimizer opt(net.ptr(), groups, o);
   row.zero_stage = o.zero_stage;
 
   // One sequence of S tokens per data-parallel rank and micro-batch.
@@ -138,13 +117,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
       return f;
     });
     net->reduce_tied_gradients();
-    if (zero) {
-      zero->reduce_gradients(1.0 / static_cast<double>(dp));
-      zero->step();
-    } else {
-      gdp.reduce_gradients(1.0 / static_cast<double>(dp));
-      opt.step();
-    }
+    opt.step(dp);
     const double loss = detail::sum_over(groups->world, share);
     row.loss_rel_err =
         std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));

@@ -2,6 +2,7 @@
 // app and sets its callback; the callback's exit code is returned through CLI::RuntimeError.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -15,11 +16,17 @@ void add_verify_command(CLI::App& app);
 void add_train_command(CLI::App&);
 void add_generate_command(CLI::App&);
 void add_plan_command(CLI::App& app);
+void add_checkpoint_command(CLI::App& app);
 
 /// The command line this program was started with (argv[0] replaced by /proc/self/exe), so a
 /// subcommand can re-launch itself on several ranks.
 std::vector<std::string> self_command();
 /// Remembers argv for self_command(); called once by main().
 void set_self_command(int argc, char** argv);
+
+/// Runs `worker` in this process when a launcher (torchrun, mpirun, Slurm) started it or when
+/// nproc is 1; otherwise launches this same command line on nproc local ranks (each then runs
+/// the worker). Returns the exit code.
+int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker);
 
 }  // namespace hybridmoe::cli

@@ -241,23 +241,18 @@ void add_plan_command(CLI::App& app) {
   }
   cmd->callback([a, cmd] {
     TrainConfig c = model_config(*a, cmd);
-    const bool in_launcher =
-        std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
     const bool needs_ranks = a->probe || a->measure > 0;
     int code = 0;
     if (!needs_ranks) {
       code = run_plan(*a, c, nullptr);
-    } else if (!in_launcher && c.nproc > 1) {
-      dist::LaunchOptions lo;
-      lo.nproc = c.nproc;
-      lo.command = self_command();
-      lo.prefix_output = false;
-      code = dist::launch_local(lo).exit_code;
     } else {
-      auto world = dist::init();
-      at::set_num_threads(1);
-      code = run_plan(*a, c, world.get());
-      world->finalize();
+      code = run_here_or_on_local_ranks(c.nproc, [&] {
+        auto world = dist::init();
+        at::set_num_threads(1);
+        const int rc = run_plan(*a, c, world.get());
+        world->finalize();
+        return rc;
+      });
     }
     if (code != 0) throw CLI::RuntimeError(code);
   });

@@ -186,6 +186,17 @@ void set_self_command(int argc, char** argv) {
   if (n > 0) g_self[0] = std::string(buf, n);
 }
 
+int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker) {
+  const bool in_launcher =
+      std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
+  if (in_launcher || nproc <= 1) return worker();
+  dist::LaunchOptions lo;
+  lo.nproc = nproc;
+  lo.command = self_command();
+  lo.prefix_output = false;
+  return dist::launch_local(lo).exit_code;
+}
+
 void add_verify_command(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
   auto* cmd = app.add_subcommand("verify", "Prove that parallel layouts equal one process");
@@ -218,18 +229,7 @@ void add_verify_command(CLI::App& app) {
                   "changing every step), every-step, or one r");
   cmd->add_flag("--json", a->json, "Print one JSON line");
   cmd->callback([a] {
-    const bool in_launcher =
-        std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
-    int code = 0;
-    if (!in_launcher && a->nproc > 1) {
-      dist::LaunchOptions lo;
-      lo.nproc = a->nproc;
-      lo.command = self_command();
-      lo.prefix_output = false;
-      code = dist::launch_local(lo).exit_code;
-    } else {
-      code = run_worker(*a);
-    }
+    const int code = run_here_or_on_local_ranks(a->nproc, [&] { return run_worker(*a); });
     if (code != 0) throw CLI::RuntimeError(code);
   });
 }

@@ -1,0 +1,82 @@
+// checkpoint_command.cpp — `hmoe checkpoint convert DIR --to-layout tp,dp,pp,ep,etp --out OUT`:
+// rewrites a training checkpoint for another parallel layout (experts redistributed, tensor
+// parallel shards re-split, optimizer state resharded). It launches the target layout's ranks
+// locally, each loading its shard from the checkpoint's consolidated files.
+#include <cstdio>
+#include <memory>
+#include <sstream>
+
+#include "hmoe/commands.h"
+#include "hybridmoe/dist.h"
+#include "hybridmoe/train.h"
+
+namespace hybridmoe::cli {
+
+namespace {
+
+struct ConvertArgs {
+  std::string dir, to_layout, out;
+  int64_t zero_stage = -1;  ///< -1: the checkpoint's
+};
+
+// The checkpoint's configuration moved to the requested layout.
+TrainConfig target_config(const ConvertArgs& a) {
+  TrainConfig c = read_checkpoint_config(a.dir);
+  std::vector<int64_t> v;
+  std::stringstream ss(a.to_layout);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      v.push_back(std::stoll(item));
+    } catch (const std::exception&) {
+      TORCH_CHECK(false, "--to-layout: expected tp,dp,pp,ep,etp integers, got \"", a.to_layout,
+                  "\"");
+    }
+  }
+  TORCH_CHECK(v.size() == 5, "--to-layout: expected five numbers tp,dp,pp,ep,etp, got \"",
+              a.to_layout, "\"");
+  c.tp = v[0];
+  c.dp = v[1];
+  c.pp = v[2];
+  c.ep = v[3];
+  c.etp = v[4];
+  c.nproc = c.tp * c.dp * c.pp;
+  if (a.zero_stage >= 0) c.zero_stage = a.zero_stage;
+  c.out = a.out;
+  c.resume = false;
+  c.progress = true;
+  validate_config(c);
+  return c;
+}
+
+}  // namespace
+
+void add_checkpoint_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("checkpoint", "Work on training checkpoints");
+  cmd->require_subcommand(1);
+  auto a = std::make_shared<ConvertArgs>();
+  auto* conv = cmd->add_subcommand("convert", "Rewrite a checkpoint for another parallel layout");
+  conv->add_option("dir", a->dir, "Checkpoint directory (e.g. out/checkpoints/step_001200)")
+      ->required();
+  conv->add_option("--to-layout", a->to_layout, "Target layout tp,dp,pp,ep,etp")->required();
+  conv->add_option("--zero-stage", a->zero_stage, "Target ZeRO stage (default: the checkpoint's)");
+  conv->add_option("--out", a->out, "Output directory (its checkpoints/ receives the result)")
+      ->required();
+  conv->callback([a] {
+    const TrainConfig target = target_config(*a);
+    const int code = run_here_or_on_local_ranks(target.nproc, [&] {
+      auto world = dist::init();
+      at::set_num_threads(1);
+      convert_checkpoint(a->dir, target, *world);
+      if (world->rank() == 0)
+        std::printf("wrote %s (layout %s, zero_stage %lld)\n",
+                    latest_checkpoint(target.out).c_str(), target.layout().to_string().c_str(),
+                    static_cast<long long>(target.zero_stage));
+      world->finalize();
+      return 0;
+    });
+    if (code != 0) throw CLI::RuntimeError(code);
+  });
+}
+
+}  // namespace hybridmoe::cli
