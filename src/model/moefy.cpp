@@ -35,8 +35,15 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .activation(options.activation())
       .bias(options.bias())
       .expert(options.expert())
-      .d_hidden(options.d_hidden());
+      .d_hidden(options.d_hidden())
+      .expert_layout(options.expert_layout())
+      .adaptive_r(options.adaptive_r())
+      .a2a_overlap_degree(options.a2a_overlap_degree());
   if (upcycle) {
+    TORCH_CHECK(options.expert_layout() == "fixed",
+                "moefy: upcycling copies the MLP into experts of the fixed layout; expected "
+                "expert_layout \"fixed\", got \"",
+                options.expert_layout(), "\" (upcycle first, then load into an adaptive model)");
     TORCH_CHECK(!options.expert(), "moefy: upcycling needs the built-in experts, not user modules");
     TORCH_CHECK(options.activation() == Activation::kGelu,
                 "moefy: upcycling copies a gelu MLP; expected activation gelu, got ",
@@ -66,7 +73,10 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
   model.options.moe_every(every)
       .num_experts(mo.num_experts())
       .gate(mo.gate())
-      .expert_hidden(mo.d_hidden());
+      .expert_hidden(mo.d_hidden())
+      .expert_layout(mo.expert_layout())
+      .adaptive_r(mo.adaptive_r())
+      .a2a_overlap_degree(mo.a2a_overlap_degree());
 }
 
 }  // namespace hybridmoe
