@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hmoe/commands.h"
+#include "hybridmoe/collectives.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/verify.h"
 
@@ -139,6 +140,9 @@ int run_worker(const VerifyArgs& a) {
           o.schedule = schedules[si];
           o.adaptive_r = adaptive_r;
           VerifyRow row = verify_layout(*world, layout, gate, o, run_id++);
+          // Every rank waits here for the run's members: a rank outside many small layouts
+          // never waits longer than one run (not for all of them, in a store rendezvous).
+          if (world->size() > 1) dist::barrier(world->group());
           if (!lead) continue;
           all_pass = all_pass && row.pass;
           rows.push_back({{"tp", layout.tp},
