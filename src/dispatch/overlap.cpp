@@ -183,18 +183,6 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
   return plan;
 }
 
-torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
-  switch (act) {
-    case Activation::kGelu:
-      return torch::gelu(a);
-    case Activation::kRelu:
-      return torch::relu(a);
-    case Activation::kSwiGLU:
-      return torch::silu(a) * g;
-  }
-  TORCH_CHECK(false, "unknown activation");
-}
-
 // Runs `step(c, received)` on every chunk while the exchanges of the neighbours are in flight:
 // send(c) is the chunk's outbound tensor, step returns what goes back. Returns the returned
 // chunks in order. forward_op / back_op name the two all-to-alls in comm_stats.
@@ -264,7 +252,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
             kernels::grouped_mm(x, w3, ch.counts, false, b3, g);
             g_full.index_copy_(0, ch.full_pos, g);
           }
-          auto hidden = activate(a, g, act);
+          auto hidden = detail::activate(a, g, act);
           auto y = torch::empty({n, d}, x.options());
           kernels::grouped_mm(hidden, w2, ch.counts, false, b2, y);
           x_full.index_copy_(0, ch.full_pos, x);

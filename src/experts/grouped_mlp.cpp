@@ -92,6 +92,8 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
   }
 };
 
+}  // namespace
+
 torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
   switch (act) {
     case Activation::kGelu:
@@ -103,8 +105,6 @@ torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activatio
   }
   TORCH_CHECK(false, "unknown activation");
 }
-
-}  // namespace
 
 torch::Tensor grouped_mlp(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
                           const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& w3,

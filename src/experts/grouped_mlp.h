@@ -24,4 +24,8 @@ torch::Tensor expert_mlp_plain(const torch::Tensor& x, const torch::Tensor& w1,
                                const torch::Tensor& b2, const torch::Tensor& w3,
                                const torch::Tensor& b3, Activation activation);
 
+/// The expert activation of the grouped MLP. a: [rows, h]; g: [rows, h] (SwiGLU's gate, else
+/// undefined) → [rows, h].
+torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act);
+
 }  // namespace hybridmoe::detail

@@ -479,8 +479,8 @@ TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
 }
 
 // A checkpoint written under layout A resumes under layout B: the loss curve (float64) equals an
-// uninterrupted run under B (balance loss off, so that A and B compute the same function). Cases: zero_stage 1 → 0, (tp2) → (dp2, ep2), (pp2) → (pp1),
-// (dp2, ep2) → (dp4, ep4).
+// uninterrupted run under B (balance loss off, so that A and B compute the same function). Cases:
+// zero_stage 1 → 0, (tp2) → (dp2, ep2), (pp2) → (pp1), (dp2, ep2) → (dp4, ep4).
 TEST(TrainConvert, CheckpointsLoadIntoOtherLayouts) {
   auto cfg = [](const std::string& name, int64_t tp, int64_t dp, int64_t pp, int64_t ep,
                 int64_t zero) {
