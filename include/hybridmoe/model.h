@@ -15,6 +15,7 @@
 #include "hybridmoe/moe.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
+#include "hybridmoe/recompute.h"
 #include "hybridmoe/tensor_parallel.h"
 
 namespace hybridmoe {
@@ -46,6 +47,12 @@ struct GPTOptions {
   TORCH_ARG(std::string, expert_layout) = "fixed";
   TORCH_ARG(int64_t, adaptive_r) = 1;
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
+  /// Activation recomputation in training: "none", "block" (each block keeps only its input) or
+  /// "moe" (each MoE layer keeps only its input). See recompute.h.
+  TORCH_ARG(std::string, recompute) = "none";
+  /// With recompute: replay the collectives' results of the first forward instead of
+  /// communicating again (DeepSpeed-TED's communication-aware checkpointing).
+  TORCH_ARG(bool, recompute_cache_comm) = true;
 
  public:
   int64_t mlp_hidden() const { return d_mlp_ > 0 ? d_mlp_ : 4 * d_model_; }
@@ -96,15 +103,28 @@ class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const GPTOptions& options, bool use_moe, std::shared_ptr<const ParallelGroups> groups);
   /// x: [B, S, d_model]. group_sizes: non-empty only in a single-process reference of a
-  /// distributed run (MoEImpl::forward_grouped).
+  /// distributed run (MoEImpl::forward_grouped). In grad mode with recompute set, the block (or
+  /// its MoE layer) runs under checkpoint() and is recomputed in backward.
   BlockOutput forward(const torch::Tensor& x, const std::vector<int64_t>& group_sizes = {});
   /// Replaces the MLP by `moe` (already built with this block's groups).
   void set_moe(MoE moe);
+  /// What forward() recomputes in backward, and whether the recomputation replays the
+  /// collectives of the first run (see recompute.h).
+  void set_recompute(Recompute mode, bool cache_comm = true);
+  Recompute recompute() const { return recompute_; }
 
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   CausalSelfAttention attn{nullptr};
   MLP mlp{nullptr};  ///< null in an MoE block
   MoE moe{nullptr};  ///< null in a dense block
+
+ private:
+  /// The block's computation; checkpoint_moe runs the MoE layer under checkpoint().
+  BlockOutput run(const torch::Tensor& x, const std::vector<int64_t>& group_sizes,
+                  const MoECallOptions& call, bool checkpoint_moe);
+
+  Recompute recompute_ = Recompute::kNone;
+  bool cache_comm_ = true;
 };
 TORCH_MODULE(Block);
 
@@ -151,6 +171,9 @@ class GPTImpl : public torch::nn::Module {
   /// stage's hidden states [B, S, d_model]. The last stage returns logits.
   StageOutput forward_stage(const torch::Tensor& input,
                             const std::vector<int64_t>& group_sizes = {});
+
+  /// Sets the recompute mode of every block (and options.recompute / recompute_cache_comm).
+  void set_recompute(Recompute mode, bool cache_comm = true);
 
   /// Sums the gradient of the tied token embedding over its two copies (first and last stage) so
   /// both take the same step. A no-op without pipeline stages. Collective over pp.

@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/comm_tape.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/exchange.h"
 #include "hybridmoe/experts.h"
@@ -24,7 +25,8 @@ namespace hybridmoe {
 
 /// One all-to-all in flight (no autograd): the constructor starts it, wait() returns the received
 /// rows. wait() is bounded by the group's timeout and raises an error naming the operation and
-/// the group; the time blocked in wait() is recorded in comm_stats() under `op`.
+/// the group; the time blocked in wait() is recorded in comm_stats() under `op`. Under an active
+/// CommTape the result is recorded at wait(), or replayed without communicating.
 /// x: [sum(input_splits), ...] → wait(): [sum(output_splits), ...].
 ///
 /// Example:
@@ -43,6 +45,9 @@ class PendingAllToAll {
   dist::Group group_;
   torch::Tensor in_, out_;
   c10::intrusive_ptr<c10d::Work> work_;
+  dist::CommTape* tape_ = nullptr;  ///< records (or replays) the result at wait()
+  bool replaying_ = false;
+  std::vector<int64_t> out_sizes_;
   int64_t bytes_sent_ = 0;
   std::chrono::steady_clock::time_point start_;
   bool done_ = false;

@@ -73,6 +73,10 @@ struct TrainConfig {
   int64_t zero_stage = 0;         ///< 1: optimizer state sharded over dp / edp / stage (ZeRO-1)
   double optimizer_tile_mb = 64;  ///< the optimizer step's temporaries, in tiles of this size
   std::string dtype = "float32";  ///< parameters and activations: float32 or float64
+  /// Activations recomputed in backward: "none", "block" or "moe" (recompute.h).
+  std::string recompute = "none";
+  /// With recompute: replay the forward's collectives instead of communicating again (TED's CAC).
+  bool recompute_cache_comm = true;
   /// Key `layout`: "manual" (tp, dp, pp, ep, etp as given) or "auto" (`hmoe train` sets them to
   /// the first runnable choice of the planner, plan.h).
   std::string layout_mode = "manual";

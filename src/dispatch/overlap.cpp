@@ -9,6 +9,7 @@
 #include "../experts/grouped_mlp.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
+#include "hybridmoe/comm_tape.h"
 #include "kernels/cpu/grouped_gemm.h"
 
 namespace hybridmoe {
@@ -58,6 +59,14 @@ PendingAllToAll::PendingAllToAll(const char* op, const torch::Tensor& x,
     done_ = true;
     return;
   }
+  // A recomputed region replays the result of the original forward (comm_tape.h).
+  // Results are taken from the tape at wait(), the order in which they were recorded.
+  tape_ = dist::CommTape::active();
+  replaying_ = tape_ != nullptr && dist::CommTape::active_mode() == dist::CommTape::Mode::kReplay;
+  if (replaying_) {
+    out_sizes_ = sizes;
+    return;
+  }
   out_ = torch::empty(sizes, in_.options());
   const int64_t row_bytes =
       in_.size(0) > 0 ? in_.numel() / in_.size(0) * static_cast<int64_t>(in_.element_size()) : 0;
@@ -72,6 +81,13 @@ PendingAllToAll::PendingAllToAll(const char* op, const torch::Tensor& x,
 
 torch::Tensor PendingAllToAll::wait() {
   if (done_) return out_;
+  if (replaying_) {
+    out_ = tape_->replay(op_);
+    TORCH_CHECK(out_.sizes().vec() == out_sizes_, op_, ": the replayed result has shape ",
+                out_.sizes(), ", the recomputed exchange expects ", out_sizes_);
+    done_ = true;
+    return out_;
+  }
   const auto blocked = std::chrono::steady_clock::now();
   try {
     if (in_.is_cuda()) {
@@ -92,6 +108,7 @@ torch::Tensor PendingAllToAll::wait() {
   dist::record_comm(
       op_, bytes_sent_,
       std::chrono::duration<double>(std::chrono::steady_clock::now() - blocked).count());
+  if (tape_ != nullptr) tape_->record(op_, out_);
   done_ = true;
   work_.reset();
   return out_;

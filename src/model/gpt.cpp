@@ -92,21 +92,68 @@ BlockImpl::BlockImpl(const GPTOptions& o, bool use_moe,
 }
 
 BlockOutput BlockImpl::forward(const torch::Tensor& x, const std::vector<int64_t>& group_sizes) {
+  // An adaptive MoE layer's recomputation must use the degree r of this call.
+  MoECallOptions call;
+  if (moe && moe->is_adaptive()) call.adaptive_r(moe->options.adaptive_r());
+  const bool recompute = recompute_ != Recompute::kNone && torch::GradMode::is_enabled();
+  if (!recompute) return run(x, group_sizes, call, /*checkpoint_moe=*/false);
+  if (recompute_ == Recompute::kMoE) return run(x, group_sizes, call, /*checkpoint_moe=*/true);
+  // The whole block under checkpoint(): only x is kept; the routing statistics come from the
+  // first run.
+  auto self = std::static_pointer_cast<BlockImpl>(shared_from_this());
+  auto stats = std::make_shared<c10::optional<RoutingStats>>();
+  auto outs = checkpoint(
+      [self, group_sizes, call, stats](const std::vector<torch::Tensor>& in) {
+        BlockOutput r = self->run(in[0], group_sizes, call, /*checkpoint_moe=*/false);
+        *stats = r.stats;
+        return std::vector<torch::Tensor>{r.x, r.aux_loss};
+      },
+      {x}, CheckpointOptions().cache_comm(cache_comm_));
+  return BlockOutput{outs[0], outs[1], *stats};
+}
+
+BlockOutput BlockImpl::run(const torch::Tensor& x, const std::vector<int64_t>& group_sizes,
+                           const MoECallOptions& call, bool checkpoint_moe) {
   BlockOutput out;
   auto h = x + attn(ln1(x));
   auto n = ln2(h);
-  if (moe) {
-    // The MoE layer takes the tokens flattened to [B * S, d] (replicated over tp).
-    auto flat = n.reshape({-1, n.size(-1)});
-    MoEOutput m = group_sizes.empty() ? moe(flat) : moe->forward_grouped(flat, group_sizes);
-    out.x = h + m.output.view(n.sizes());
-    out.aux_loss = m.aux_loss;
-    out.stats = m.stats;
-  } else {
+  if (!moe) {
     out.x = h + mlp(n);
     out.aux_loss = torch::zeros({}, x.options());
+    return out;
   }
+  // The MoE layer takes the tokens flattened to [B * S, d] (replicated over tp).
+  auto flat = n.reshape({-1, n.size(-1)});
+  auto layer = moe.ptr();
+  auto moe_forward = [layer, group_sizes, call](const torch::Tensor& t) {
+    return group_sizes.empty() ? layer->forward_with(t, call)
+                               : layer->forward_grouped(t, group_sizes);
+  };
+  MoEOutput m;
+  if (checkpoint_moe) {
+    auto stats = std::make_shared<RoutingStats>();
+    auto outs = checkpoint(
+        [moe_forward, stats](const std::vector<torch::Tensor>& in) {
+          MoEOutput r = moe_forward(in[0]);
+          *stats = r.stats;
+          return std::vector<torch::Tensor>{r.output, r.aux_loss};
+        },
+        {flat}, CheckpointOptions().cache_comm(cache_comm_));
+    m.output = outs[0];
+    m.aux_loss = outs[1];
+    m.stats = *stats;
+  } else {
+    m = moe_forward(flat);
+  }
+  out.x = h + m.output.view(n.sizes());
+  out.aux_loss = m.aux_loss;
+  out.stats = m.stats;
   return out;
+}
+
+void BlockImpl::set_recompute(Recompute mode, bool cache_comm) {
+  recompute_ = mode;
+  cache_comm_ = cache_comm;
 }
 
 void BlockImpl::set_moe(MoE m) {
@@ -144,14 +191,21 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
   }
   // 3. The blocks, named by their index within the stage.
   blocks = register_module("blocks", torch::nn::ModuleList());
+  const Recompute recompute = parse_recompute(o.recompute());
   for (int64_t j = 0; j < range_.count; ++j) {
     Block b(o, o.is_moe_block(range_.first + j), groups_);
+    b->set_recompute(recompute, o.recompute_cache_comm());
     blocks->push_back(b);
     block_list.push_back(b);
   }
   if (is_last_stage())
     ln_f =
         register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+}
+
+void GPTImpl::set_recompute(Recompute mode, bool cache_comm) {
+  options.recompute(recompute_name(mode)).recompute_cache_comm(cache_comm);
+  for (auto& b : block_list) b->set_recompute(mode, cache_comm);
 }
 
 StageOutput GPTImpl::forward_stage(const torch::Tensor& input,

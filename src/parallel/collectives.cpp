@@ -2,6 +2,7 @@
 // that name the group and operation, the autograd pairs built on them, and the coalesced helpers.
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
+#include "hybridmoe/comm_tape.h"
 
 #include "comm_run.h"
 
@@ -154,7 +155,8 @@ struct AllToAllFn : torch::autograd::Function<AllToAllFn> {
     ctx->saved_data["out"] = output_splits;
     ctx->saved_data["in"] = input_splits;
     ctx->saved_data["group"] = pack(g);
-    return raw_all_to_all("all_to_all", x, output_splits, input_splits, g);
+    return taped("all_to_all", g,
+                 [&] { return raw_all_to_all("all_to_all", x, output_splits, input_splits, g); });
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The gradient of each received row goes back to the rank and row it came from.
@@ -170,7 +172,7 @@ struct AllGatherRowsFn : torch::autograd::Function<AllGatherRowsFn> {
                                const std::vector<int64_t>& counts, const Group& g) {
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["group"] = pack(g);
-    return raw_all_gather_rows(x, counts, g);
+    return taped("all_gather_rows", g, [&] { return raw_all_gather_rows(x, counts, g); });
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto dx =
@@ -185,7 +187,7 @@ struct ReduceScatterRowsFn : torch::autograd::Function<ReduceScatterRowsFn> {
                                const std::vector<int64_t>& counts, const Group& g) {
     ctx->saved_data["counts"] = counts;
     ctx->saved_data["group"] = pack(g);
-    return raw_reduce_scatter_rows(x, counts, g);
+    return taped("reduce_scatter_rows", g, [&] { return raw_reduce_scatter_rows(x, counts, g); });
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto dx = raw_all_gather_rows(grads[0], ctx->saved_data["counts"].toIntVector(),
@@ -196,7 +198,7 @@ struct ReduceScatterRowsFn : torch::autograd::Function<ReduceScatterRowsFn> {
 
 struct AllReduceSumFn : torch::autograd::Function<AllReduceSumFn> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Group& g) {
-    return raw_all_reduce("all_reduce_sum", x, g);
+    return taped("all_reduce_sum", g, [&] { return raw_all_reduce("all_reduce_sum", x, g); });
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     return {grads[0], torch::Tensor()};
@@ -318,20 +320,24 @@ torch::Tensor exchange_counts(const torch::Tensor& counts, const Group& group) {
   TORCH_CHECK(counts.numel() % group.size() == 0, "exchange_counts: ", counts.numel(),
               " counts are not a multiple of the group size ", group.size());
   std::vector<int64_t> splits(group.size(), counts.numel() / group.size());
-  return raw_all_to_all("exchange_counts", counts, splits, splits, group);
+  return taped("exchange_counts", group,
+               [&] { return raw_all_to_all("exchange_counts", counts, splits, splits, group); });
 }
 
 std::vector<int64_t> all_gather_counts(int64_t n, const Group& group) {
   TORCH_CHECK(group.is_member(), "all_gather_counts: not a member of group '", group.name, "'");
   if (group.size() == 1) return {n};
-  std::vector<std::vector<torch::Tensor>> outputs(1);
-  for (int64_t j = 0; j < group.size(); ++j) outputs[0].push_back(torch::empty({1}, torch::kInt64));
-  std::vector<torch::Tensor> inputs = {torch::full({1}, n, torch::kInt64)};
-  run(group, "all_gather_counts", inputs[0],
-      [&](c10d::ProcessGroup& pg) { return pg.allgather(outputs, inputs); });
-  std::vector<int64_t> out;
-  for (const auto& t : outputs[0]) out.push_back(t.item<int64_t>());
-  return out;
+  auto counts = taped("all_gather_counts", group, [&] {
+    std::vector<std::vector<torch::Tensor>> outputs(1);
+    for (int64_t j = 0; j < group.size(); ++j)
+      outputs[0].push_back(torch::empty({1}, torch::kInt64));
+    std::vector<torch::Tensor> inputs = {torch::full({1}, n, torch::kInt64)};
+    run(group, "all_gather_counts", inputs[0],
+        [&](c10d::ProcessGroup& pg) { return pg.allgather(outputs, inputs); });
+    return torch::cat(outputs[0]);
+  });
+  return std::vector<int64_t>(counts.data_ptr<int64_t>(),
+                              counts.data_ptr<int64_t>() + counts.numel());
 }
 
 void all_reduce_coalesced_(std::vector<torch::Tensor>& tensors, const Group& group,

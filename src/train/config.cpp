@@ -119,6 +119,9 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(zero_stage, "memory", "0: replicated optimizer; 1: ZeRO-1 sharded state"),
       HMOE_KEY(optimizer_tile_mb, "memory", "optimizer step temporaries per tile (<= 0: untiled)"),
       HMOE_KEY(dtype, "memory", "parameters and activations: float32 or float64"),
+      HMOE_KEY(recompute, "memory", "activations recomputed in backward: none, block or moe"),
+      HMOE_KEY(recompute_cache_comm, "memory",
+               "recompute replays the forward's all-to-alls instead of repeating them"),
       make_key("layout", "layout", "manual (tp/dp/pp/ep/etp as given) or auto (hmoe plan's choice)",
                &TrainConfig::layout_mode),
       HMOE_KEY(out, "output", "output directory"),
@@ -181,7 +184,9 @@ GPTOptions TrainConfig::model_options() const {
       .gate(g)
       .expert_layout(expert_layout)
       .adaptive_r(r)
-      .a2a_overlap_degree(a2a_overlap_degree);
+      .a2a_overlap_degree(a2a_overlap_degree)
+      .recompute(recompute)
+      .recompute_cache_comm(recompute_cache_comm);
 }
 
 const std::vector<ConfigKey>& train_config_keys() {
@@ -306,6 +311,8 @@ std::string check_config(const TrainConfig& c) {
        "config key `zero_stage` = " + s(c.zero_stage) + ": expected 0 or 1");
   need(c.dtype == "float32" || c.dtype == "float64",
        "config key `dtype` = \"" + c.dtype + "\": expected \"float32\" or \"float64\"");
+  need(c.recompute == "none" || c.recompute == "block" || c.recompute == "moe",
+       "config key `recompute` = \"" + c.recompute + "\": expected \"none\", \"block\" or \"moe\"");
   need(c.a2a_overlap_degree >= 1,
        "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) + " must be >= 1");
   need(c.a2a_overlap_degree == 1 || (c.ep > 1 && c.etp == 1 && c.expert_layout == "fixed"),

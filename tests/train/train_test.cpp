@@ -392,9 +392,9 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
     return c;
   };
   const auto d1 = test_dir("pp1"), d2 = test_dir("pp2"), d3 = test_dir("pp2_gpipe"),
-             d4 = test_dir("pp2_resume");
+             d4 = test_dir("pp2_resume"), d5 = test_dir("pp2_recompute");
   if (!testing::is_worker())
-    for (const auto& d : {d1, d2, d3, d4}) fs::remove_all(d);
+    for (const auto& d : {d1, d2, d3, d4, d5}) fs::remove_all(d);
   testing::run_on_ranks(2, [&](testing::RankContext& ctx) {
     at::set_num_threads(1);
     TrainResult full = train(cfg(d2, 2), ctx.world);
@@ -403,6 +403,13 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
     TrainResult gpipe = train(g, ctx.world);
     for (size_t i = 0; i < full.losses.size(); ++i)
       EXPECT_EQ(gpipe.losses[i], full.losses[i]) << "step " << i + 1;
+    // Recomputing each block inside the pipeline's micro-batches changes nothing.
+    auto rc = cfg(d5, 2);
+    rc.recompute = "block";
+    TrainResult recomputed = train(rc, ctx.world);
+    for (size_t i = 0; i < full.losses.size(); ++i)
+      EXPECT_NEAR(recomputed.losses[i], full.losses[i], 1e-6 * std::abs(full.losses[i]))
+          << "step " << i + 1;
     auto b = cfg(d4, 2);
     b.stop_after = 3;
     train(b, ctx.world);
@@ -423,8 +430,9 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
 }
 
 // The trainer's memory and layout options change nothing but speed and memory: in float64,
-// ZeRO-1, overlapped all-to-alls and the adaptive expert layout with r = auto (timed, switching
-// every few steps) follow the plain dp2 · ep2 run's losses.
+// ZeRO-1, overlapped all-to-alls, the adaptive expert layout with r = auto (timed, switching
+// every few steps) and recomputation (block, and moe without the communication cache over the
+// overlapped exchange) follow the plain dp2 · ep2 run's losses.
 TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
   testing::run_on_ranks(2, [](testing::RankContext& ctx) {
     at::set_num_threads(1);
@@ -450,7 +458,13 @@ TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
     a.expert_layout = "adaptive";
     a.adaptive_r = "auto";
     a.adaptive_recheck_every = 3;
-    for (const auto& c : {z, o, a}) {
+    auto rb = cfg("opt_recompute_block");
+    rb.recompute = "block";
+    auto rm = cfg("opt_recompute_moe_overlap");
+    rm.recompute = "moe";
+    rm.recompute_cache_comm = false;
+    rm.a2a_overlap_degree = 2;
+    for (const auto& c : {z, o, a, rb, rm}) {
       TrainResult r = train(c, ctx.world);
       ASSERT_EQ(r.losses.size(), plain.losses.size()) << c.out;
       for (size_t i = 0; i < r.losses.size(); ++i)

@@ -6,10 +6,33 @@
 #include "bench_layer.h"
 #include "bench_layer_dist.h"
 #include "bench_optimizer.h"
+#include "bench_recompute.h"
 #include "hmoe/commands.h"
 #include "hybridmoe/collectives.h"
 
 namespace hybridmoe::cli {
+
+namespace {
+
+// --layout tp,dp,ep,etp; empty: dp = ep = world (pure expert + data parallel).
+ParallelConfig parse_layout_arg(const std::string& text, int64_t world) {
+  ParallelConfig c;
+  c.dp = world;
+  c.ep = world;
+  if (text.empty()) return c;
+  std::vector<int64_t> v;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
+  TORCH_CHECK(v.size() == 4, "--layout: expected tp,dp,ep,etp, got \"", text, "\"");
+  c.tp = v[0];
+  c.dp = v[1];
+  c.ep = v[2];
+  c.etp = v[3];
+  return c;
+}
+
+}  // namespace
 
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks; each prints one JSON line");
@@ -71,20 +94,7 @@ void add_bench_command(CLI::App& app) {
       return;
     }
     auto world = dist::init();
-    ParallelConfig c;
-    c.dp = world->size();
-    c.ep = world->size();
-    if (!layout->empty()) {
-      std::vector<int64_t> v;
-      std::stringstream ss(*layout);
-      std::string item;
-      while (std::getline(ss, item, ',')) v.push_back(std::stoll(item));
-      TORCH_CHECK(v.size() == 4, "--layout: expected tp,dp,ep,etp, got \"", *layout, "\"");
-      c.tp = v[0];
-      c.dp = v[1];
-      c.ep = v[2];
-      c.etp = v[3];
-    }
+    const ParallelConfig c = parse_layout_arg(*layout, world->size());
     sweeps->overlap_degrees.clear();
     std::stringstream ds(*degrees);
     std::string item;
@@ -111,6 +121,41 @@ void add_bench_command(CLI::App& app) {
   optim->add_option("--threads", oargs->threads, "Intra-op threads (0: all cores)")
       ->capture_default_str();
   optim->callback([oargs] { std::cout << bench::run_optimizer_bench(*oargs).dump() << std::endl; });
+
+  // `hmoe bench recompute`: recompute modes with and without the communication cache.
+  auto rargs = std::make_shared<bench::RecomputeBenchArgs>();
+  auto rnproc = std::make_shared<int64_t>(4);
+  auto rlayout = std::make_shared<std::string>("");
+  auto* rec = bench->add_subcommand("recompute",
+                                    "All-to-all calls and bytes, activation memory and step time "
+                                    "per recompute mode, with and without the communication cache");
+  rec->add_option("--nproc", *rnproc, "Local ranks")->capture_default_str();
+  rec->add_option("--layout", *rlayout, "tp,dp,ep,etp (default: dp=nproc, ep=nproc)");
+  rec->add_option("--batch", rargs->batch, "Sequences per data-parallel rank")
+      ->capture_default_str();
+  rec->add_option("--seq", rargs->seq, "Tokens per sequence")->capture_default_str();
+  rec->add_option("--d-model", rargs->d_model, "Model width")->capture_default_str();
+  rec->add_option("--layers", rargs->layers, "Transformer blocks")->capture_default_str();
+  rec->add_option("--heads", rargs->heads, "Attention heads")->capture_default_str();
+  rec->add_option("--experts", rargs->experts, "Experts per MoE layer")->capture_default_str();
+  rec->add_option("--top-k", rargs->top_k, "Experts per token")->capture_default_str();
+  rec->add_option("--moe-every", rargs->moe_every, "An MoE layer every N blocks")
+      ->capture_default_str();
+  rec->add_option("--iters", rargs->iters, "Timed steps per variant")->capture_default_str();
+  rec->add_option("--warmup", rargs->warmup, "Untimed steps per variant first")
+      ->capture_default_str();
+  rec->callback([rargs, rnproc, rlayout] {
+    const int code = run_here_or_on_local_ranks(*rnproc, [&] {
+      auto world = dist::init();
+      at::set_num_threads(1);
+      auto j =
+          bench::run_recompute_bench(*rargs, parse_layout_arg(*rlayout, world->size()), *world);
+      if (world->rank() == 0) std::cout << j.dump() << std::endl;
+      world->finalize();
+      return 0;
+    });
+    if (code != 0) throw CLI::RuntimeError(code);
+  });
 }
 
 }  // namespace hybridmoe::cli
