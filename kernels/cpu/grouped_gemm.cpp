@@ -1,6 +1,8 @@
 // grouped_gemm.cpp — see grouped_gemm.h.
 #include "grouped_gemm.h"
 
+#include <algorithm>
+
 namespace hybridmoe::kernels {
 
 namespace {
@@ -60,14 +62,25 @@ torch::Tensor grouped_mm_tn(const torch::Tensor& a, const torch::Tensor& c,
 
 torch::Tensor segment_sum(const torch::Tensor& c, const std::vector<int64_t>& counts) {
   check_counts(c, counts, "segment_sum");
+  TORCH_CHECK(c.dim() == 2, "segment_sum: c must be [A, N], got ", c.sizes());
   const int64_t E = static_cast<int64_t>(counts.size());
   auto result = torch::zeros({E, c.size(1)}, c.options());
+  // Column sums as a matrix-vector product with ones (BLAS gemv): about 10x faster on the CPU
+  // than a reduction over the outer dimension of a row-major segment.
+  const bool gemv = c.scalar_type() == torch::kFloat || c.scalar_type() == torch::kDouble;
+  const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
+  const auto ones = gemv ? torch::ones({most}, c.options()) : torch::Tensor();
   int64_t offset = 0;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = counts[e];
     if (n > 0) {
       auto r_e = result[e];
-      at::sum_out(r_e, c.narrow(0, offset, n), {0});
+      auto seg = c.narrow(0, offset, n);
+      if (gemv) {
+        at::mv_out(r_e, seg.t(), ones.narrow(0, 0, n));
+      } else {
+        at::sum_out(r_e, seg, {0});
+      }
     }
     offset += n;
   }

@@ -2,6 +2,7 @@
 // gather_rows (dispatch) and scatter_add_rows (combine), each the other's backward.
 #include "hybridmoe/compat.h"
 #include "hybridmoe/dispatch.h"
+#include "kernels/cpu/row_scatter.h"
 
 namespace hybridmoe {
 
@@ -32,6 +33,8 @@ class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y,
                                const torch::Tensor& index, int64_t num_rows) {
     ctx->save_for_backward({index});
+    if (kernels::row_scatter_supported(y))
+      return kernels::scatter_add_rows_cpu(y, index, num_rows, torch::Tensor());
     auto sizes = y.sizes().vec();
     sizes[0] = num_rows;
     return torch::zeros(sizes, y.options()).index_add_(0, index, y);
@@ -39,6 +42,36 @@ class ScatterAddRows : public torch::autograd::Function<ScatterAddRows> {
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto index = ctx->get_saved_variables()[0];
     return {gather_rows(grads[0], index), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// The combine: out[index[i]] += weight[i] * y[i]. Backward: dy[i] = weight[i] * dout[index[i]],
+// dweight[i] = <dout[index[i]], y[i]>. One pass each way on the CPU (row_scatter.h).
+class WeightedScatterAddRows : public torch::autograd::Function<WeightedScatterAddRows> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& y,
+                               const torch::Tensor& weight, const torch::Tensor& index,
+                               int64_t num_rows) {
+    ctx->save_for_backward({y, weight, index});
+    if (kernels::row_scatter_supported(y))
+      return kernels::scatter_add_rows_cpu(y, index, num_rows, weight);
+    auto sizes = y.sizes().vec();
+    sizes[0] = num_rows;
+    return torch::zeros(sizes, y.options()).index_add_(0, index, y * weight.unsqueeze(1));
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto y = saved[0], weight = saved[1], index = saved[2];
+    torch::Tensor dy, dweight;
+    if (kernels::row_scatter_supported(y) && kernels::row_scatter_supported(grads[0])) {
+      std::tie(dy, dweight) =
+          kernels::weighted_gather_rows_backward_cpu(grads[0], index, y, weight);
+    } else {
+      auto g = grads[0].index_select(0, index);
+      dy = g * weight.unsqueeze(1);
+      dweight = (g * y).sum(1);
+    }
+    return {dy, dweight, torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -107,8 +140,9 @@ torch::Tensor permute(const torch::Tensor& x, const DispatchPlan& plan) {
 torch::Tensor unpermute(const torch::Tensor& y, const DispatchPlan& plan, bool weighted) {
   TORCH_CHECK(y.dim() == 2 && y.size(0) == plan.num_rows(), "unpermute: y must be [",
               plan.num_rows(), ", d], got ", y.sizes());
-  auto rows = weighted ? y * plan.sorted_weight.to(y.scalar_type()).unsqueeze(1) : y;
-  return scatter_add_rows(rows, plan.sorted_token, plan.num_tokens);
+  if (!weighted) return scatter_add_rows(y, plan.sorted_token, plan.num_tokens);
+  return WeightedScatterAddRows::apply(y, plan.sorted_weight.to(y.scalar_type()), plan.sorted_token,
+                                       plan.num_tokens);
 }
 
 }  // namespace hybridmoe

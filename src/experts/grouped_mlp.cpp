@@ -67,15 +67,16 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
     auto db2 = has_b2 ? segment_sum(dy, counts) : torch::Tensor();
     auto dhidden = torch::empty({A, h}, dy.options());
     grouped_mm(dy, w2, counts, /*trans_b=*/true, {}, dhidden);
-    // 2. Through the activation.
+    // 2. Through the activation (GELU and ReLU in place: dhidden's buffer becomes da, which
+    //    spares a fresh [A, h] buffer and its page faults).
     torch::Tensor da, dg;
     if (act == Activation::kSwiGLU) {
       dg = dhidden * torch::silu(a);
       da = at::silu_backward(dhidden * g, a);
     } else if (act == Activation::kGelu) {
-      da = at::gelu_backward(dhidden, a);
+      da = at::gelu_backward_out(dhidden, dhidden, a);
     } else {
-      da = at::threshold_backward(dhidden, a, 0);
+      da = at::threshold_backward_out(dhidden, dhidden, a, 0);
     }
     // 3. First projection(s): dw1 = x^T da, db1 = sum da, dx = da w1^T (+ dg w3^T).
     auto dw1 = grouped_mm_tn(x, da, counts);

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "hybridmoe/dispatch.h"
+#include "kernels/cpu/row_scatter.h"
 #include "support/compare.h"
 
 using namespace hybridmoe;
@@ -125,4 +126,37 @@ TEST(Permute, EmptyRouting) {
   auto rows = permute(x, plan);
   EXPECT_EQ(rows.size(0), 0);
   EXPECT_TRUE(identical(unpermute(rows, plan), torch::zeros({3, 4}, torch::kFloat64)));
+}
+
+// The CPU combine kernels (row_scatter.h) against the ATen compositions they replace: forward and
+// dy bit for bit (same summation order as index_add_), dweight to float tolerance; rows that no
+// index names stay zero; float32 and float64; a bad index is refused.
+TEST(Permute, CombineKernelsMatchTheATenComposition) {
+  for (auto dtype : {torch::kFloat64, torch::kFloat32})
+    for (auto [T, A, d] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 1, 1}, {5, 12, 3}, {64, 128, 33}, {300, 1200, 64}}) {
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(T + A + d);
+      auto y = torch::randn({A, d}, gen, dtype);
+      auto w = torch::rand({A}, gen, dtype);
+      auto index = torch::randint(0, T, {A}, gen, torch::kInt64);
+      auto dout = torch::randn({T, d}, gen, dtype);
+      auto weighted = kernels::scatter_add_rows_cpu(y, index, T, w);
+      EXPECT_TRUE(torch::equal(
+          weighted, torch::zeros({T, d}, y.options()).index_add_(0, index, y * w.unsqueeze(1))));
+      auto plain = kernels::scatter_add_rows_cpu(y, index, T, torch::Tensor());
+      EXPECT_TRUE(torch::equal(plain, torch::zeros({T, d}, y.options()).index_add_(0, index, y)));
+      auto [dy, dw] = kernels::weighted_gather_rows_backward_cpu(dout, index, y, w);
+      auto g = dout.index_select(0, index);
+      EXPECT_TRUE(torch::equal(dy, g * w.unsqueeze(1)));
+      EXPECT_TRUE(close(dw, (g * y).sum(1), dtype == torch::kFloat64 ? 1e-12 : 1e-5));
+    }
+  auto y = torch::ones({3, 2}, torch::kFloat64);
+  auto bad = torch::tensor({0, 1, 5}, torch::kInt64);
+  try {
+    kernels::scatter_add_rows_cpu(y, bad, 4, torch::Tensor());
+    ADD_FAILURE() << "no error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("index values must be in [0, 4), got [0, 5]"),
+              std::string::npos);
+  }
 }
