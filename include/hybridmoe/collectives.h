@@ -9,6 +9,10 @@
 // Plain helpers (no autograd): per-expert count exchange, row-count gathering, coalesced in-place
 // all-reduce and broadcast of tensor lists, barrier.
 //
+// Inside a recomputed region (recompute.h) the autograd collectives, the count exchange and the
+// count gather take their forward results from the active CommTape (comm_tape.h) instead of
+// communicating; their backward always communicates.
+//
 // Every operation waits for completion within the group's timeout and turns a timeout or a peer's
 // failure into a c10::Error naming the operation and the group. (CUDA tensors wait on the stream;
 // NCCL's own watchdog enforces the timeout there.) A group of one communicates nothing.
