@@ -4,36 +4,21 @@
 
 #include <cmath>
 
+#include "gpt_fixtures.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
+#include "support/compare.h"
 #include "support/multirank.h"
 
 namespace hybridmoe {
 namespace {
 
+using testing::random_tokens;
+using testing::rel_err;
+
 GPTOptions tiny_options(int64_t moe_every = 2) {
-  GateOptions gate;
-  gate.top_k(2).aux_loss_coef(0.01).z_loss_coef(0.001);
-  return GPTOptions()
-      .context(8)
-      .d_model(16)
-      .n_layers(2)
-      .n_heads(4)
-      .d_mlp(32)
-      .moe_every(moe_every)
-      .num_experts(4)
-      .gate(gate);
-}
-
-torch::Tensor random_tokens(int64_t B, int64_t S, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return torch::randint(0, 256, {B, S}, gen, torch::kInt64);
-}
-
-double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
-  auto d = (a.detach() - b.detach()).abs().max().item<double>();
-  return d / std::max(b.detach().abs().max().item<double>(), 1e-30);
+  return testing::tiny_gpt_options(moe_every);
 }
 
 // The model's computation written out with plain ops: per-head loops, an explicit causal mask,
@@ -93,9 +78,9 @@ TEST(Model, ForwardBackwardMatchPlainReference) {
   auto ref_loss =
       torch::nn::functional::cross_entropy(logits.view({-1, 256}), targets.view({-1})) + aux;
   auto ref_grads = torch::autograd::grad({ref_loss}, params);
-  EXPECT_LT(max_rel(out.logits, logits), 1e-10);
-  EXPECT_LT(max_rel(out.aux_loss, aux), 1e-10);
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(max_rel(grads[i], ref_grads[i]), 1e-9) << i;
+  EXPECT_LT(rel_err(out.logits, logits), 1e-10);
+  EXPECT_LT(rel_err(out.aux_loss, aux), 1e-10);
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(rel_err(grads[i], ref_grads[i]), 1e-9) << i;
 }
 
 TEST(Model, MoefyOneExpertTop1ReproducesDense) {
@@ -111,7 +96,7 @@ TEST(Model, MoefyOneExpertTop1ReproducesDense) {
   EXPECT_EQ(moe->options.moe_every(), 1);
   auto tokens = random_tokens(2, 8, 7);
   torch::NoGradGuard ng;
-  EXPECT_LT(max_rel(moe(tokens).logits, dense(tokens).logits), 1e-12);
+  EXPECT_LT(rel_err(moe(tokens).logits, dense(tokens).logits), 1e-12);
   EXPECT_EQ(moe->named_parameters().contains("blocks.0.mlp.fc1.weight"), false);
 }
 
@@ -128,7 +113,7 @@ TEST(Model, UpcyclingReproducesDenseWithAnyExperts) {
     EXPECT_EQ(moe->moe_layers().size(), 1u);
     auto tokens = random_tokens(2, 8, 8);
     torch::NoGradGuard ng;
-    EXPECT_LT(max_rel(moe(tokens).logits, dense(tokens).logits), 1e-12) << E << " experts, k " << k;
+    EXPECT_LT(rel_err(moe(tokens).logits, dense(tokens).logits), 1e-12) << E << " experts, k " << k;
   }
   // Without upcycling the experts are fresh: the output changes.
   torch::manual_seed(3);
@@ -138,7 +123,7 @@ TEST(Model, UpcyclingReproducesDenseWithAnyExperts) {
   moefy(*fresh, MoEOptions(16, 4), false);
   auto tokens = random_tokens(2, 8, 8);
   torch::NoGradGuard ng;
-  EXPECT_GT(max_rel(fresh(tokens).logits, dense(tokens).logits), 1e-6);
+  EXPECT_GT(rel_err(fresh(tokens).logits, dense(tokens).logits), 1e-6);
 }
 
 // One layout against the single-process model on the same global batch: loss and gradients.
@@ -191,7 +176,7 @@ void check_layout(dist::World& world, const ParallelConfig& layout, int64_t run_
   auto expected = grads_shard->named_parameters();
   for (auto& kv : net->named_parameters()) {
     ASSERT_TRUE(kv.value().grad().defined()) << kv.key();
-    EXPECT_LT(max_rel(kv.value().grad(), expected[kv.key()]), 1e-9)
+    EXPECT_LT(rel_err(kv.value().grad(), expected[kv.key()]), 1e-9)
         << layout.to_string() << " " << kv.key();
   }
 }
@@ -229,7 +214,7 @@ TEST(ModelMultiRank, UpcyclingUnderTensorParallelReproducesDense) {
     moefy(*net, MoEOptions(16, 4).top_k(2).normalize_top_k_weights(true), true);
     auto tokens = random_tokens(2, 8, 9);
     torch::NoGradGuard ng;
-    EXPECT_LT(max_rel(net(tokens).logits, dense(tokens).logits), 1e-12);
+    EXPECT_LT(rel_err(net(tokens).logits, dense(tokens).logits), 1e-12);
   });
 }
 

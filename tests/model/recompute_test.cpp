@@ -8,48 +8,25 @@
 #include <map>
 #include <string>
 
+#include "gpt_fixtures.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/comm_tape.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/recompute.h"
+#include "support/compare.h"
 #include "support/multirank.h"
 
 namespace hybridmoe {
 namespace {
 
+using testing::random_tokens;
+using testing::rel_err;
+using testing::throws_with;
+
+// Every block an MoE layer.
 GPTOptions small_options(const std::string& gate_type = "topk") {
-  GateOptions gate;
-  gate.type(gate_type).top_k(2).aux_loss_coef(0.01).z_loss_coef(0.001);
-  return GPTOptions()
-      .context(8)
-      .d_model(16)
-      .n_layers(2)
-      .n_heads(4)
-      .d_mlp(32)
-      .moe_every(1)
-      .num_experts(4)
-      .gate(gate);
-}
-
-torch::Tensor random_tokens(int64_t B, int64_t S, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  return torch::randint(0, 256, {B, S}, gen, torch::kInt64);
-}
-
-double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
-  auto d = (a.detach() - b.detach()).abs().max().item<double>();
-  return d / std::max(b.detach().abs().max().item<double>(), 1e-30);
-}
-
-std::string expect_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  ADD_FAILURE() << "no error was raised";
-  return "";
+  return testing::tiny_gpt_options(/*moe_every=*/1, gate_type);
 }
 
 // ---- checkpoint() -----------------------------------------------------------------------------
@@ -98,16 +75,11 @@ TEST(Checkpoint, EqualsThePlainComputation) {
 TEST(Checkpoint, RefusesBadUse) {
   auto x = torch::ones({2}, torch::kFloat64).requires_grad_(true);
   auto identity = [](const std::vector<torch::Tensor>& in) { return in; };
-  EXPECT_NE(expect_error([&] { checkpoint(identity, {x}); }).find("is one of the inputs"),
-            std::string::npos);
-  EXPECT_NE(expect_error([&] {
-              checkpoint(identity, {torch::ones({2}, torch::kInt64)});
-            }).find("input 0 must be a defined floating-point tensor, got Long"),
-            std::string::npos);
-  EXPECT_NE(expect_error([] {
-              parse_recompute("all");
-            }).find("recompute must be \"none\", \"block\" or \"moe\", got \"all\""),
-            std::string::npos);
+  EXPECT_TRUE(throws_with([&] { checkpoint(identity, {x}); }, "is one of the inputs"));
+  EXPECT_TRUE(throws_with([&] { checkpoint(identity, {torch::ones({2}, torch::kInt64)}); },
+                          "input 0 must be a defined floating-point tensor, got Long"));
+  EXPECT_TRUE(throws_with([] { parse_recompute("all"); },
+                          "recompute must be \"none\", \"block\" or \"moe\", got \"all\""));
 }
 
 TEST(CommTape, ReplayChecksTheOrderOfCollectives) {
@@ -117,13 +89,11 @@ TEST(CommTape, ReplayChecksTheOrderOfCollectives) {
   EXPECT_EQ(tape.bytes(), 2 * 3 * 4 + 4 * 4);
   EXPECT_TRUE(torch::equal(tape.replay("all_to_all"), torch::ones({2, 3})));
   EXPECT_EQ(tape.remaining(), 1);
-  EXPECT_NE(expect_error([&] { tape.replay("all_reduce_sum"); })
-                .find("collective 1 of the recomputed forward is 'all_reduce_sum' but the "
-                      "original forward ran 'all_gather_rows'"),
-            std::string::npos);
+  EXPECT_TRUE(throws_with([&] { tape.replay("all_reduce_sum"); },
+                          "collective 1 of the recomputed forward is 'all_reduce_sum' but the "
+                          "original forward ran 'all_gather_rows'"));
   tape.replay("all_gather_rows");
-  EXPECT_NE(expect_error([&] { tape.replay("all_to_all"); }).find("after all 2 collectives"),
-            std::string::npos);
+  EXPECT_TRUE(throws_with([&] { tape.replay("all_to_all"); }, "after all 2 collectives"));
 }
 
 // ---- the GPT on one process -------------------------------------------------------------------
@@ -157,7 +127,7 @@ void expect_same_step(const StepResult& got, const StepResult& want, const std::
   EXPECT_EQ(got.loss, want.loss) << what;
   ASSERT_EQ(got.grads.size(), want.grads.size()) << what;
   for (const auto& kv : want.grads)
-    EXPECT_LT(max_rel(got.grads.at(kv.first), kv.second), 1e-12) << what << " " << kv.first;
+    EXPECT_LT(rel_err(got.grads.at(kv.first), kv.second), 1e-12) << what << " " << kv.first;
 }
 
 TEST(Recompute, BlockAndMoEEqualNoRecomputeOnOneProcess) {
@@ -183,8 +153,7 @@ TEST(Recompute, BlockAndMoEEqualNoRecomputeOnOneProcess) {
 TEST(Recompute, ConfigOptionReachesTheBlocks) {
   GPT model(small_options().recompute("moe"));
   for (auto& b : model->block_list) EXPECT_EQ(b->recompute(), Recompute::kMoE);
-  EXPECT_NE(expect_error([] { GPT bad(small_options().recompute("layers")); }).find("\"layers\""),
-            std::string::npos);
+  EXPECT_TRUE(throws_with([] { GPT bad(small_options().recompute("layers")); }, "\"layers\""));
 }
 
 // ---- on 4 ranks: the communication cache ------------------------------------------------------
