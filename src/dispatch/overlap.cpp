@@ -4,9 +4,9 @@
 
 #include <memory>
 #include <numeric>
-#include <sstream>
 
 #include "../experts/grouped_mlp.h"
+#include "../parallel/comm_run.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/comm_tape.h"
@@ -19,18 +19,8 @@ using torch::autograd::variable_list;
 
 namespace {
 
-std::string describe(const dist::Group& g) {
-  std::ostringstream out;
-  out << "group '" << g.name << "' (world ranks [";
-  for (size_t i = 0; i < g.ranks.size(); ++i) out << (i ? "," : "") << g.ranks[i];
-  out << "], this process is group rank " << g.rank << " of " << g.size() << ")";
-  return out.str();
-}
-
-std::string error_text(const std::exception& e) {
-  if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
-  return e.what();
-}
+using dist::detail::describe;  // comm_run.h: shared with the collectives
+using dist::detail::error_text;
 
 int64_t total(const std::vector<int64_t>& v) {
   return std::accumulate(v.begin(), v.end(), int64_t{0});
