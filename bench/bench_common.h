@@ -9,7 +9,22 @@
 #include <utility>
 #include <vector>
 
+#include <torch/torch.h>
+
+#include "hybridmoe/collectives.h"
+
 namespace hybridmoe::bench {
+
+/// The median of v (0 when empty).
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+/// Every rank's value v, in group-rank order (collective over g). → [g.size()] float64.
+inline torch::Tensor gather_value(double v, const dist::Group& g) {
+  return dist::all_gather_rows(torch::tensor({v}, torch::kFloat64).view({1, 1}), g).view({-1});
+}
 
 /// Median wall time in milliseconds of `iters` calls of fn, after `warmup` untimed calls.
 inline double median_ms(int warmup, int iters, const std::function<void()>& fn) {

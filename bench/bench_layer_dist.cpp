@@ -15,16 +15,6 @@
 namespace hybridmoe::bench {
 
 namespace {
-// Gathers one value from every rank of `g`.
-torch::Tensor gather_value(double v, const dist::Group& g) {
-  return dist::all_gather_rows(torch::tensor({v}, torch::kFloat64).view({1, 1}), g).view({-1});
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 // One variant of a sweep: a step function and what each timed step cost.
 struct Variant {
   std::function<void()> step;

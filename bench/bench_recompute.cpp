@@ -3,12 +3,12 @@
 
 #include <malloc.h>
 
-#include <algorithm>
 #include <chrono>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "bench_common.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/model.h"
@@ -20,10 +20,6 @@ namespace {
 double heap_mb() {
   const struct mallinfo2 mi = mallinfo2();
   return static_cast<double>(mi.uordblks + mi.hblkhd) / (1024.0 * 1024.0);
-}
-
-torch::Tensor gather_value(double v, const dist::Group& g) {
-  return dist::all_gather_rows(torch::tensor({v}, torch::kFloat64).view({1, 1}), g).view({-1});
 }
 
 struct Variant {
@@ -101,12 +97,9 @@ nlohmann::json run_recompute_bench(const RecomputeBenchArgs& a, const ParallelCo
                 {"layers", a.layers},           {"experts", a.experts}, {"top_k", a.top_k},
                 {"moe_every", a.moe_every}};
   nlohmann::json rows = nlohmann::json::array();
-  const double P = static_cast<double>(world.size());
   for (auto& v : variants) {
-    std::sort(v.ms.begin(), v.ms.end());
-    const double mine = v.ms[v.ms.size() / 2];
-    const double slowest = gather_value(mine, groups->world).max().item<double>();
-    const double act = gather_value(v.activation_mb, groups->world).sum().item<double>() / P;
+    const double slowest = gather_value(median(v.ms), groups->world).max().item<double>();
+    const double act = gather_value(v.activation_mb, groups->world).mean().item<double>();
     int64_t a2a_calls = 0, a2a_bytes = 0, calls = 0, bytes = 0;
     for (const auto& [op, s] : v.comm) {
       calls += s.calls;
