@@ -270,17 +270,21 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
   // 2. Communication of one micro-batch.
   const bool tp_inter = spans_nodes(p, GroupKind::kTp, rpn);
   double comm_mb = 0;
+  // Adds an all-gather and its mirror reduce-scatter of `bytes` over `ranks`, `times` times.
+  auto add_gather_pair = [&](int64_t ranks, double bytes, bool inter, double times) {
+    comm_mb += add(
+        Collective::kAllGather,
+        collective_time(Collective::kAllGather, ranks, bytes, link(Collective::kAllGather, inter)),
+        times);
+    comm_mb += add(Collective::kReduceScatter,
+                   collective_time(Collective::kReduceScatter, ranks, bytes,
+                                   link(Collective::kReduceScatter, inter)),
+                   times);
+  };
   const double tp_ar = collective_time(Collective::kAllReduce, p.tp, t.tp_all_reduce,
                                        link(Collective::kAllReduce, tp_inter));
   comm_mb += add(Collective::kAllReduce, tp_ar, 2.0 * Lp + 2.0 * (Lp - Lmp));
-  comm_mb += add(Collective::kAllGather,
-                 collective_time(Collective::kAllGather, p.tp, t.slice_gather,
-                                 link(Collective::kAllGather, tp_inter)),
-                 Lmp);
-  comm_mb += add(Collective::kReduceScatter,
-                 collective_time(Collective::kReduceScatter, p.tp, t.slice_gather,
-                                 link(Collective::kReduceScatter, tp_inter)),
-                 Lmp);
+  add_gather_pair(p.tp, t.slice_gather, tp_inter, Lmp);
   double hidden_mb = 0;
   if (t.a2a_group > 1 && Lmp > 0) {
     const bool inter =
@@ -296,27 +300,12 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
     hidden_mb = hidden_layer * Lmp;
   }
   if (t.etp_rows > 0) {
-    const bool inter = spans_nodes(p, GroupKind::kEtp, rpn);
-    comm_mb += add(Collective::kAllGather,
-                   collective_time(Collective::kAllGather, p.etp, t.etp_rows,
-                                   link(Collective::kAllGather, inter)),
-                   2.0 * Lmp);
-    comm_mb += add(Collective::kReduceScatter,
-                   collective_time(Collective::kReduceScatter, p.etp, t.etp_rows,
-                                   link(Collective::kReduceScatter, inter)),
-                   2.0 * Lmp);
+    add_gather_pair(p.etp, t.etp_rows, spans_nodes(p, GroupKind::kEtp, rpn), 2.0 * Lmp);
   }
   if (t.weight_gather > 0) {
     const bool inter = size_spans_nodes(t.weight_group, rpn) ||
                        (t.weight_group == W && spans_nodes(p, GroupKind::kStage, rpn));
-    comm_mb += add(Collective::kAllGather,
-                   collective_time(Collective::kAllGather, t.weight_group, t.weight_gather,
-                                   link(Collective::kAllGather, inter)),
-                   Lmp);
-    comm_mb += add(Collective::kReduceScatter,
-                   collective_time(Collective::kReduceScatter, t.weight_group, t.weight_gather,
-                                   link(Collective::kReduceScatter, inter)),
-                   Lmp);
+    add_gather_pair(t.weight_group, t.weight_gather, inter, Lmp);
   }
   double p2p_mb = 0;
   if (p.pp > 1)
