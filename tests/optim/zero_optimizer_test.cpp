@@ -115,6 +115,20 @@ AdamWHyper hyper() {
   return AdamWHyper().lr(0.01).beta1(0.8).beta2(0.95).eps(1e-6).weight_decay(0.1);
 }
 
+// LibTorch's AdamW with the hyper() settings: matrices decayed, the rest not (the reference).
+std::unique_ptr<torch::optim::AdamW> reference_adamw(const NamedTensors& ref) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& kv : ref) (kv.second.dim() >= 2 ? decay : no_decay).push_back(kv.second);
+  const auto h = hyper();
+  auto base = torch::optim::AdamWOptions(h.lr()).betas({h.beta1(), h.beta2()}).eps(h.eps());
+  std::vector<torch::optim::OptimizerParamGroup> pgs;
+  pgs.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
+                              torch::optim::AdamWOptions(base).weight_decay(h.weight_decay())));
+  pgs.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
+                                 torch::optim::AdamWOptions(base).weight_decay(0.0)));
+  return std::make_unique<torch::optim::AdamW>(std::move(pgs), base);
+}
+
 // Sharded (tiled and untiled) vs torch::optim::AdamW on the reduced gradients, float64, exact.
 void check_matches_torch(RankContext& ctx, int64_t stage, int64_t bucket_bytes) {
   auto groups = build_groups(ctx);
@@ -125,24 +139,16 @@ void check_matches_torch(RankContext& ctx, int64_t stage, int64_t bucket_bytes) 
                     ZeroAdamWOptions(opts).tile_mb(3 * 8 / 1048576.0));  // 3-element tiles
   ZeroAdamW z_untiled(untiled, tags(), ZeroAdamW::decay_groups(untiled, hyper()), groups,
                       ZeroAdamWOptions(opts).tile_mb(0));
-  std::vector<torch::Tensor> decay, no_decay;
-  for (auto& kv : ref) (kv.second.dim() >= 2 ? decay : no_decay).push_back(kv.second);
-  auto base = torch::optim::AdamWOptions(0.01).betas({0.8, 0.95}).eps(1e-6);
-  std::vector<torch::optim::OptimizerParamGroup> pgs;
-  pgs.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                              torch::optim::AdamWOptions(base).weight_decay(0.1)));
-  pgs.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                 torch::optim::AdamWOptions(base).weight_decay(0.0)));
-  torch::optim::AdamW torch_opt(std::move(pgs), base);
+  auto torch_opt = reference_adamw(ref);
   for (int64_t step = 0; step < 4; ++step) {
     zero_step(z_tiled, tiled, *groups, step, torch::kFloat64, true);
     zero_step(z_untiled, untiled, *groups, step, torch::kFloat64, true);
-    torch_opt.zero_grad();
+    torch_opt->zero_grad();
     for (size_t i = 0; i < ref.size(); ++i)
       ref[i].second.mutable_grad() = reduced_grad(*groups, i, step, torch::kFloat64, true) * kScale;
-    for (auto& g : torch_opt.param_groups())
+    for (auto& g : torch_opt->param_groups())
       static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr_at(step));
-    torch_opt.step();
+    torch_opt->step();
   }
   EXPECT_EQ(z_tiled.step_count(), 4);
   for (size_t i = 0; i < ref.size(); ++i) {
@@ -214,24 +220,16 @@ TEST(ZeroAdamW, LowPrecisionStepsAFloat32MasterLikeTorchAdamW) {
     NamedTensors ref;
     for (const auto& [name, t] : p)
       ref.emplace_back(name, t.detach().to(torch::kFloat32).set_requires_grad(true));
-    std::vector<torch::Tensor> decay, no_decay;
-    for (auto& kv : ref) (kv.second.dim() >= 2 ? decay : no_decay).push_back(kv.second);
-    auto base = torch::optim::AdamWOptions(0.01).betas({0.8, 0.95}).eps(1e-6);
-    std::vector<torch::optim::OptimizerParamGroup> pgs;
-    pgs.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(
-                                torch::optim::AdamWOptions(base).weight_decay(0.1)));
-    pgs.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(
-                                   torch::optim::AdamWOptions(base).weight_decay(0.0)));
-    torch::optim::AdamW torch_opt(std::move(pgs), base);
+    auto torch_opt = reference_adamw(ref);
     for (int64_t step = 0; step < 3; ++step) {
       zero_step(z, p, *groups, step, torch::kBFloat16, true);
-      torch_opt.zero_grad();
+      torch_opt->zero_grad();
       for (size_t i = 0; i < ref.size(); ++i)
         ref[i].second.mutable_grad() =
             (reduced_grad(*groups, i, step, torch::kBFloat16, true) * kScale).to(torch::kFloat32);
-      for (auto& g : torch_opt.param_groups())
+      for (auto& g : torch_opt->param_groups())
         static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr_at(step));
-      torch_opt.step();
+      torch_opt->step();
     }
     for (size_t i = 0; i < p.size(); ++i)
       EXPECT_TRUE(torch::equal(p[i].second, ref[i].second.to(torch::kBFloat16))) << p[i].first;
