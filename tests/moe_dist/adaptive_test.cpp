@@ -7,6 +7,7 @@
 // layout does not support are refused.
 #include <gtest/gtest.h>
 
+#include "expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
@@ -66,18 +67,7 @@ void run_case(RankContext& ctx, const Case& c) {
   auto ref = full->forward_grouped(X, sizes);
   ((ref.output * dY).sum() + ref.aux_loss).backward();
   // 3. The shard of the full gradients, cut like the weights.
-  MoE grads_full(opts), grads_mine(adaptive_opts, groups);
-  grads_full->to(torch::kFloat64);
-  grads_mine->to(torch::kFloat64);
-  {
-    torch::NoGradGuard ng;
-    auto src = full->named_parameters();
-    for (auto& kv : grads_full->named_parameters())
-      kv.value().copy_(src[kv.key()].grad().defined() ? src[kv.key()].grad()
-                                                      : torch::zeros_like(kv.value()));
-  }
-  grads_mine->load_shard_from(*grads_full);
-  auto expect = grads_mine->experts->named_parameters();
+  auto expect = hybridmoe::testing::expert_grad_shard(*full, opts, adaptive_opts, groups);
   // 4. Calls with changing r on the same layer, each against the same reference.
   auto sequence = c.r_sequence;
   if (sequence.empty()) {

@@ -7,6 +7,7 @@
 
 #include <chrono>
 
+#include "expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
@@ -77,18 +78,7 @@ void run_case(RankContext& ctx, const Case& c) {
   for (auto& kv : mine->gate->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), gref[kv.key()].grad(), 1e-12)) << what << " gate";
   // 4. Expert gradients: the shard of the full gradients, cut by the same rule as the weights.
-  MoE grads_full(opts), grads_mine(opts, groups);
-  grads_full->to(torch::kFloat64);
-  grads_mine->to(torch::kFloat64);
-  {
-    torch::NoGradGuard ng;
-    auto src = full->named_parameters();
-    for (auto& kv : grads_full->named_parameters())
-      kv.value().copy_(src[kv.key()].grad().defined() ? src[kv.key()].grad()
-                                                      : torch::zeros_like(kv.value()));
-  }
-  grads_mine->load_shard_from(*grads_full);
-  auto expect = grads_mine->experts->named_parameters();
+  auto expect = hybridmoe::testing::expert_grad_shard(*full, opts, opts, groups);
   for (auto& kv : mine->experts->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), expect[kv.key()], 1e-12)) << what << " " << kv.key();
 }
