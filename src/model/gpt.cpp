@@ -78,6 +78,25 @@ torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
 
 // ---- block ------------------------------------------------------------------------------------
 
+namespace {
+
+// part(input) → {output, aux_loss, stats} under checkpoint(): recomputed in backward, the
+// routing statistics taken from the first run.
+template <typename Part>
+BlockOutput run_checkpointed(Part part, const torch::Tensor& input, bool cache_comm) {
+  auto stats = std::make_shared<c10::optional<RoutingStats>>();
+  auto outs = checkpoint(
+      [part, stats](const std::vector<torch::Tensor>& in) {
+        BlockOutput r = part(in[0]);
+        *stats = r.stats;
+        return std::vector<torch::Tensor>{r.x, r.aux_loss};
+      },
+      {input}, CheckpointOptions().cache_comm(cache_comm));
+  return BlockOutput{outs[0], outs[1], *stats};
+}
+
+}  // namespace
+
 BlockImpl::BlockImpl(const GPTOptions& o, bool use_moe,
                      std::shared_ptr<const ParallelGroups> groups) {
   ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
@@ -98,18 +117,13 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const std::vector<int64_t
   const bool recompute = recompute_ != Recompute::kNone && torch::GradMode::is_enabled();
   if (!recompute) return run(x, group_sizes, call, /*checkpoint_moe=*/false);
   if (recompute_ == Recompute::kMoE) return run(x, group_sizes, call, /*checkpoint_moe=*/true);
-  // The whole block under checkpoint(): only x is kept; the routing statistics come from the
-  // first run.
+  // The whole block under checkpoint(): only x is kept.
   auto self = std::static_pointer_cast<BlockImpl>(shared_from_this());
-  auto stats = std::make_shared<c10::optional<RoutingStats>>();
-  auto outs = checkpoint(
-      [self, group_sizes, call, stats](const std::vector<torch::Tensor>& in) {
-        BlockOutput r = self->run(in[0], group_sizes, call, /*checkpoint_moe=*/false);
-        *stats = r.stats;
-        return std::vector<torch::Tensor>{r.x, r.aux_loss};
+  return run_checkpointed(
+      [self, group_sizes, call](const torch::Tensor& t) {
+        return self->run(t, group_sizes, call, /*checkpoint_moe=*/false);
       },
-      {x}, CheckpointOptions().cache_comm(cache_comm_));
-  return BlockOutput{outs[0], outs[1], *stats};
+      x, cache_comm_);
 }
 
 BlockOutput BlockImpl::run(const torch::Tensor& x, const std::vector<int64_t>& group_sizes,
@@ -125,29 +139,13 @@ BlockOutput BlockImpl::run(const torch::Tensor& x, const std::vector<int64_t>& g
   // The MoE layer takes the tokens flattened to [B * S, d] (replicated over tp).
   auto flat = n.reshape({-1, n.size(-1)});
   auto layer = moe.ptr();
-  auto moe_forward = [layer, group_sizes, call](const torch::Tensor& t) {
-    return group_sizes.empty() ? layer->forward_with(t, call)
-                               : layer->forward_grouped(t, group_sizes);
+  auto moe_part = [layer, group_sizes, call](const torch::Tensor& t) {
+    MoEOutput m =
+        group_sizes.empty() ? layer->forward_with(t, call) : layer->forward_grouped(t, group_sizes);
+    return BlockOutput{m.output, m.aux_loss, m.stats};
   };
-  MoEOutput m;
-  if (checkpoint_moe) {
-    auto stats = std::make_shared<RoutingStats>();
-    auto outs = checkpoint(
-        [moe_forward, stats](const std::vector<torch::Tensor>& in) {
-          MoEOutput r = moe_forward(in[0]);
-          *stats = r.stats;
-          return std::vector<torch::Tensor>{r.output, r.aux_loss};
-        },
-        {flat}, CheckpointOptions().cache_comm(cache_comm_));
-    m.output = outs[0];
-    m.aux_loss = outs[1];
-    m.stats = *stats;
-  } else {
-    m = moe_forward(flat);
-  }
-  out.x = h + m.output.view(n.sizes());
-  out.aux_loss = m.aux_loss;
-  out.stats = m.stats;
+  out = checkpoint_moe ? run_checkpointed(moe_part, flat, cache_comm_) : moe_part(flat);
+  out.x = h + out.x.view(n.sizes());
   return out;
 }
 
