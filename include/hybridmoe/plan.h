@@ -41,7 +41,9 @@
 //   gemm_calls = 4 per attention, 2 per dense MLP, 1 + 2 * local experts per MoE layer (all E at
 //   r = 0), 1 for the head; ops = kOpsPerBlock per block + kOpsPerMoE per MoE layer.
 // Overlap degree D (token all-to-all in D chunks): the all-to-all latency terms are paid D times
-// and min(a2a, expert compute) * (1 - 1/D) of it is hidden.
+// and e * min(a2a, expert compute) * (1 - 1/D) of it is hidden, e the machine's overlap
+// efficiency (the share of an all-to-all that runs hidden behind compute when both are issued
+// together: 1 where communication has its own engine, near 0 where it competes for the cores).
 // Pipeline (1F1B): step = (M + pp - 1) * (t_mb + 2 p2p) + grad sync + optimizer, so the bubble is
 // the fraction (pp - 1) / (M + pp - 1). Optimizer: kOpsPerParamTensor * op_latency per
 // parameter tensor, plus 2 world all-reduces of a few values (loss, norm).
@@ -80,17 +82,26 @@ std::string to_string(Collective kind);
 
 /// Latency (seconds per ring step) and bandwidth (bytes per second) of one collective kind.
 struct LinkFit {
-  double latency_s = 50e-6;
-  double bytes_per_s = 1e9;
+  double latency_s = 400e-6;
+  double bytes_per_s = 0.4e9;
 };
 
 /// The machine: GEMM throughput per rank and each collective's figures intra- and inter-node.
+/// The defaults are this project's CPU machines (2 cores, Gloo over loopback, 4 ranks of one
+/// thread each): the medians, rounded, of seven `hmoe plan --nproc 4 --probe` runs. A cluster
+/// that is not at hand is described by flags, the ranks at hand by probe_machine().
 struct MachineSpec {
-  double gemm_flops = 5e9;        ///< sustained GEMM FLOP/s of one rank
-  double gemm_latency_s = 10e-6;  ///< fixed cost of one GEMM call
-  double op_latency_s = 8e-6;     ///< fixed cost of one non-GEMM operator call
-  std::array<LinkFit, kNumCollectives> intra{}, inter{};
-  std::string source = "defaults";  ///< "defaults", "flags" or "probe"
+  double gemm_flops = 2.6e10;    ///< sustained GEMM FLOP/s of one rank (all ranks busy)
+  double gemm_latency_s = 4e-6;  ///< fixed cost of one GEMM call
+  double op_latency_s = 30e-6;   ///< fixed cost of one non-GEMM operator call
+  /// Share of an all-to-all hidden behind compute issued with it (0..1; see the overlap above).
+  double overlap_efficiency = 0.0;
+  /// Per Collective kind: all-to-all, all-gather, all-reduce, reduce-scatter, p2p.
+  std::array<LinkFit, kNumCollectives> intra{LinkFit{300e-6, 0.5e9}, LinkFit{600e-6, 0.3e9},
+                                             LinkFit{500e-6, 0.45e9}, LinkFit{440e-6, 0.3e9},
+                                             LinkFit{260e-6, 0.8e9}},
+      inter = intra;
+  std::string source = "defaults";  ///< "defaults", "flags", "probe" or "probe+flags"
 
   const LinkFit& link(Collective kind, bool inter_node) const;
   /// Sets the bandwidth (or latency) of every collective kind, intra- or inter-node.
@@ -238,12 +249,27 @@ std::string apply_layout(TrainConfig& config, const Layout& layout);
 // ---- measurement on the ranks at hand ----------------------------------------------------------
 
 /// Measures the machine on this process's ranks (collective over the world; every rank returns
-/// the same figures): GEMM FLOP/s and call latency at one thread per rank, all ranks at once;
-/// operator latency (forward + backward of a chain of small autograd operators / 3 per op); latency
-/// and bandwidth of each collective, fitted by least squares to the formulas above over group
-/// sizes 2..world (divisors) and a few message sizes. The inter-node figures are set equal to the
-/// intra-node ones (one node).
+/// the same figures): GEMM FLOP/s and call latency at one thread per rank, all ranks at once and
+/// each timed over back-to-back calls (so that ranks sharing cores see their share); operator
+/// latency (forward + backward of a chain of small autograd operators / 3 per op); latency and
+/// bandwidth of each collective, fitted by least squares to the formulas above over group sizes
+/// 2..world (divisors) and a few message sizes; the overlap efficiency, from an all-to-all over
+/// the world timed alone, GEMMs of about the same time alone, and both issued together:
+/// (t_a2a + t_gemm - t_both) / min(t_a2a, t_gemm), clamped to [0, 1]. The inter-node figures
+/// are set equal to the intra-node ones (one node).
 MachineSpec probe_machine(dist::World& world);
+
+/// What `layout = "auto"` chose.
+struct AutoLayout {
+  Estimate estimate;    ///< the chosen layout and its prediction
+  size_t position = 0;  ///< its place in the ranking (0-based)
+  size_t ranked = 0;    ///< layouts ranked
+};
+
+/// `layout = "auto"`: sets config's layout keys (apply_layout) to the first layout of the ranking
+/// for config.nproc ranks on `machine` that the trainer can run. Raises an error naming the model
+/// and the world when none can.
+AutoLayout apply_auto_layout(TrainConfig& config, const MachineSpec& machine);
 
 /// One measured layout.
 struct Measurement {

@@ -80,6 +80,9 @@ struct TrainConfig {
   /// Key `layout`: "manual" (tp, dp, pp, ep, etp as given) or "auto" (`hmoe train` sets them to
   /// the first runnable choice of the planner, plan.h).
   std::string layout_mode = "manual";
+  /// With layout = "auto": the ranks measure the machine first (plan::probe_machine, a few
+  /// seconds) and plan with those figures; false: plan with the default figures.
+  bool layout_probe = true;
   // ---- output ----
   std::string out = "out";
   int64_t log_every = 10;          ///< a progress line (non-TTY) and metrics every N steps

@@ -295,7 +295,9 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
     const double counts = collective_time(Collective::kAllToAll, t.a2a_group, 8.0 * E, a2a_link);
     const double a2a_layer =
         4 * D * collective_time(Collective::kAllToAll, t.a2a_group, t.a2a / D, a2a_link);
-    const double hidden_layer = std::min(a2a_layer, expert_compute_mb / Lmp) * (1 - 1 / D);
+    const double efficiency = std::clamp(machine.overlap_efficiency, 0.0, 1.0);
+    const double hidden_layer =
+        efficiency * std::min(a2a_layer, expert_compute_mb / Lmp) * (1 - 1 / D);
     comm_mb += add(Collective::kAllToAll, counts + a2a_layer - hidden_layer, Lmp);
     hidden_mb = hidden_layer * Lmp;
   }

@@ -156,6 +156,22 @@ std::string apply_layout(TrainConfig& config, const Layout& l) {
   return check_config(config);
 }
 
+AutoLayout apply_auto_layout(TrainConfig& config, const MachineSpec& machine) {
+  ClusterSpec cluster;
+  cluster.world = config.nproc;
+  const auto ranking = rank_layouts(ModelSpec::from_train_config(config), cluster, machine);
+  for (size_t i = 0; i < ranking.size(); ++i) {
+    TrainConfig candidate = config;
+    if (!apply_layout(candidate, ranking[i].layout).empty()) continue;
+    config = candidate;
+    return AutoLayout{ranking[i], i, ranking.size()};
+  }
+  TORCH_CHECK(false, "config key `layout` = \"auto\": none of the planner's ", ranking.size(),
+              " layouts on nproc = ", config.nproc, " ranks can run this configuration (d_model ",
+              config.d_model, ", ", config.num_experts, " experts, batch_size ", config.batch_size,
+              ")");
+}
+
 double spearman(const std::vector<double>& a, const std::vector<double>& b) {
   TORCH_CHECK(a.size() == b.size() && a.size() >= 2,
               "spearman: expected two series of the same length >= 2, got ", a.size(), " and ",

@@ -2,6 +2,7 @@
 // (GEMM throughput and call latency, operator latency, latency and bandwidth of every collective
 // kind by group size) over c10d, and fits them to the model's formulas by least squares.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/overlap.h"
 #include "hybridmoe/plan.h"
 
 namespace hybridmoe::plan {
@@ -16,6 +18,11 @@ namespace hybridmoe::plan {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Seconds each sustained measurement runs for.
+constexpr double kWindowS = 0.05;
+// Interleaved rounds of the overlap measurement (all-to-all alone, GEMMs alone, both).
+constexpr int kOverlapRounds = 9;
 
 // Median seconds of `reps` calls of fn after one untimed call.
 template <typename Fn>
@@ -36,11 +43,15 @@ struct Sample {
   double x0, x1, y;
 };
 
-// Least squares for two non-negative coefficients: the unconstrained solution, or the best fit
-// with one coefficient at zero when the other would come out negative.
-std::pair<double, double> fit_nonnegative(const std::vector<Sample>& s) {
+// Least squares of the relative residuals (c0 x0 + c1 x1 - y) / y for two non-negative
+// coefficients: the unconstrained solution, or the best fit with one coefficient at zero when the
+// other would come out negative. Relative, so that the noise of the longest samples does not
+// decide the latency that the shortest ones measure.
+std::pair<double, double> fit_nonnegative(const std::vector<Sample>& samples) {
   double a00 = 0, a01 = 0, a11 = 0, b0 = 0, b1 = 0;
-  for (const auto& p : s) {
+  for (const auto& raw : samples) {
+    if (!(raw.y > 0)) continue;
+    const Sample p{raw.x0 / raw.y, raw.x1 / raw.y, 1.0};
     a00 += p.x0 * p.x0;
     a01 += p.x0 * p.x1;
     a11 += p.x1 * p.x1;
@@ -58,6 +69,22 @@ std::pair<double, double> fit_nonnegative(const std::vector<Sample>& s) {
     c0 = a00 > 0 ? std::max(0.0, b0 / a00) : 0.0;
   }
   return {c0, c1};
+}
+
+// Seconds per call of fn over back-to-back calls filling at least `window_s` (after one untimed
+// call): with every rank doing the same at once, ranks that share cores each see their share.
+template <typename Fn>
+double sustained_s(double window_s, Fn&& fn) {
+  fn();
+  int64_t calls = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  do {
+    fn();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (elapsed < window_s);
+  return elapsed / static_cast<double>(calls);
 }
 
 // 1 / c as a bandwidth or rate, bounded so that a vanishing slope does not become infinite.
@@ -86,7 +113,7 @@ MachineSpec probe_machine(dist::World& world) {
   for (const auto& [m, k, n] : shapes) {
     auto a = torch::randn({m, k}), b = torch::randn({k, n});
     sync();
-    times.push_back(median_s(7, [&] { auto c = torch::mm(a, b); }));
+    times.push_back(sustained_s(kWindowS, [&] { auto c = torch::mm(a, b); }));
     gemm_flops.push_back(2.0 * m * k * n);
   }
   // 2. Operator overhead under autograd: forward and backward of a chain of small operators. The
@@ -96,12 +123,13 @@ MachineSpec probe_machine(dist::World& world) {
     auto x = torch::randn({16, 64}, torch::requires_grad());
     constexpr int kChain = 20;  // 3 operators each, plus the sum
     sync();
-    times.push_back(median_s(9,
-                             [&] {
-                               auto y = x;
-                               for (int i = 0; i < kChain; ++i) y = torch::gelu(y * 1.0001 + 0.5);
-                               y.sum().backward();
-                             }) /
+    times.push_back(sustained_s(kWindowS,
+                                [&] {
+                                  auto y = x;
+                                  for (int i = 0; i < kChain; ++i)
+                                    y = torch::gelu(y * 1.0001 + 0.5);
+                                  y.sum().backward();
+                                }) /
                     (3.0 * (3 * kChain + 1)));
   }
   // 3. Collectives over groups of consecutive ranks (every group of a size at once), a few sizes.
@@ -159,12 +187,54 @@ MachineSpec probe_machine(dist::World& world) {
       }
     }
   }
-  // 4. The same figures on every rank: the mean over the ranks.
+  // 4. Overlap: an all-to-all over the world alone, GEMMs of about its time alone (the same count
+  //    on every rank), and both issued together (the all-to-all in flight during the GEMMs).
+  const size_t overlap_at = times.size();
+  if (W > 1) {
+    const int64_t elems = (int64_t{1} << 20) / W * W;  // 4 MiB of float32
+    auto x = torch::randn({elems, 1});
+    const std::vector<int64_t> even(W, elems / W);
+    auto exchange = [&] { dist::all_to_all(x, even, even, wg); };
+    auto a = torch::randn({256, 256}), b = torch::randn({256, 256});
+    sync();
+    const double t_exchange = median_s(5, exchange);
+    const double t_gemm = sustained_s(kWindowS, [&] { auto c = torch::mm(a, b); });
+    auto ratio = dist::all_reduce_sum(torch::tensor({t_exchange / t_gemm}, torch::kFloat64), wg);
+    const int64_t reps =
+        std::clamp<int64_t>(std::llround(ratio.item<double>() / static_cast<double>(W)), 1, 10000);
+    auto gemms = [&] {
+      for (int64_t i = 0; i < reps; ++i) auto c = torch::mm(a, b);
+    };
+    auto both = [&] {
+      PendingAllToAll in_flight("probe_overlap", x, even, even, wg);
+      gemms();
+      in_flight.wait();
+    };
+    // Rounds of the three, interleaved so that each sees the same machine; the median of each.
+    std::array<std::vector<double>, 3> rounds;
+    for (int round = 0; round < kOverlapRounds; ++round) {
+      int i = 0;
+      for (const std::function<void()>& fn :
+           {std::function<void()>(exchange), std::function<void()>(gemms),
+            std::function<void()>(both)}) {
+        sync();
+        const auto t0 = Clock::now();
+        fn();
+        rounds[i++].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+    }
+    for (auto& r : rounds) {
+      std::sort(r.begin(), r.end());
+      times.push_back(r[r.size() / 2]);
+    }
+  }
+
+  // 5. The same figures on every rank: the mean over the ranks.
   auto t = torch::tensor(times, torch::kFloat64);
   if (W > 1) t = dist::all_reduce_sum(t, wg) / static_cast<double>(W);
   times.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 
-  // 5. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
+  // 6. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
   MachineSpec machine;
   machine.source = "probe";
   std::vector<Sample> gemm;
@@ -193,6 +263,12 @@ MachineSpec probe_machine(dist::World& world) {
     machine.intra[c] = LinkFit{latency, rate_of(s_per_byte)};
   }
   machine.inter = machine.intra;
+  if (W > 1) {
+    const double t_exchange = times[overlap_at], t_gemms = times[overlap_at + 1];
+    const double t_both = times[overlap_at + 2];
+    machine.overlap_efficiency = std::clamp(
+        (t_exchange + t_gemms - t_both) / std::max(std::min(t_exchange, t_gemms), 1e-9), 0.0, 1.0);
+  }
   at::set_num_threads(previous_threads);
   return machine;
 }

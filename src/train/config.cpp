@@ -124,6 +124,8 @@ const std::vector<KeyAccess>& table() {
                "recompute replays the forward's all-to-alls instead of repeating them"),
       make_key("layout", "layout", "manual (tp/dp/pp/ep/etp as given) or auto (hmoe plan's choice)",
                &TrainConfig::layout_mode),
+      HMOE_KEY(layout_probe, "layout",
+               "layout = auto: measure the machine on the ranks first (else default figures)"),
       HMOE_KEY(out, "output", "output directory"),
       HMOE_KEY(log_every, "output", "metrics every N steps"),
       HMOE_KEY(stats_every, "output", "expert load every N steps"),

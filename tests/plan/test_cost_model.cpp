@@ -3,6 +3,9 @@
 // per rank, the pipeline bubble and the overlap's hidden time.
 #include <gtest/gtest.h>
 
+#include <utility>
+#include <vector>
+
 #include "hybridmoe/plan.h"
 
 namespace hybridmoe::plan {
@@ -188,7 +191,8 @@ TEST(CostModel, PipelineBubbleFraction) {
 }
 
 TEST(CostModel, OverlapHidesPartOfTheAllToAll) {
-  // Latency 0: splitting into D chunks costs nothing and hides min(a2a, experts) * (1 - 1/D).
+  // Latency 0: splitting into D chunks costs nothing and hides e * min(a2a, experts) * (1 - 1/D)
+  // for the machine's overlap efficiency e (clamped to [0, 1]).
   const ModelSpec m = tiny();
   const ClusterSpec c{4, 0, 0.0};
   MachineSpec mach;
@@ -196,13 +200,34 @@ TEST(CostModel, OverlapHidesPartOfTheAllToAll) {
   mach.set_bandwidth(false, 1e6);
   mach.gemm_latency_s = 0;
   const Layout l1 = make(1, 4, 1, 4, 1, 0, -1, 1), l4 = make(1, 4, 1, 4, 1, 0, -1, 4);
-  const Estimate e1 = estimate(m, c, mach, l1), e4 = estimate(m, c, mach, l4);
   const LayerTraffic t = layer_traffic(m, l1);
   const double a2a = 4 * collective_time(Collective::kAllToAll, 4, t.a2a, mach.intra[0]);
   const double experts = 3 * (4.0 * t.slice_tokens * 2 * 8 * 16) / mach.gemm_flops;
-  EXPECT_DOUBLE_EQ(e1.hidden_s, 0.0);
-  EXPECT_NEAR(e4.hidden_s, std::min(a2a, experts) * 0.75, 1e-15);
-  EXPECT_NEAR(e1.step_s - e4.step_s, e4.hidden_s, 1e-12);
+  for (const auto& [efficiency, used] :
+       std::vector<std::pair<double, double>>{{1.0, 1.0}, {0.5, 0.5}, {0.0, 0.0}, {1.5, 1.0}}) {
+    mach.overlap_efficiency = efficiency;
+    const Estimate e1 = estimate(m, c, mach, l1), e4 = estimate(m, c, mach, l4);
+    EXPECT_DOUBLE_EQ(e1.hidden_s, 0.0);
+    EXPECT_NEAR(e4.hidden_s, used * std::min(a2a, experts) * 0.75, 1e-15) << efficiency;
+    EXPECT_NEAR(e1.step_s - e4.step_s, e4.hidden_s, 1e-12) << efficiency;
+  }
+}
+
+TEST(CostModel, WithoutOverlapEfficiencyChunksOnlyAddLatency) {
+  // e = 0 (communication competes with compute for the cores): D chunks hide nothing and pay the
+  // all-to-all latency D times, so D > 1 is slower by exactly the extra latency terms.
+  const ModelSpec m = tiny();
+  const ClusterSpec c{4, 0, 0.0};
+  MachineSpec mach;
+  mach.overlap_efficiency = 0.0;
+  const LinkFit& link = mach.intra[static_cast<size_t>(Collective::kAllToAll)];
+  const Estimate e1 = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, -1, 1));
+  for (int64_t D : {2, 4}) {
+    const Estimate eD = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, -1, D));
+    EXPECT_DOUBLE_EQ(eD.hidden_s, 0.0);
+    // 4 all-to-alls per MoE layer (1 MoE block), each paying (D - 1) * 3 more latency steps.
+    EXPECT_NEAR(eD.step_s - e1.step_s, 4.0 * (D - 1) * 3 * link.latency_s, 1e-12) << D;
+  }
 }
 
 TEST(CostModel, GroupsSpanNodesByRankOrder) {

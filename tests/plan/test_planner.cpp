@@ -12,6 +12,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
+#include "support/compare.h"
 #include "support/multirank.h"
 
 namespace hybridmoe::plan {
@@ -157,7 +158,10 @@ TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
 TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
   const ModelSpec m = a2a_heavy_model();
   const ClusterSpec c{8, 2, 0.0};  // 4 nodes of 2 ranks
-  MachineSpec machine;
+  MachineSpec machine;             // a fast network: 50 us per ring step, overlap hides all
+  machine.set_latency(false, 50e-6);
+  machine.set_latency(true, 50e-6);
+  machine.overlap_efficiency = 1.0;
   machine.set_bandwidth(false, 20e9);
   const std::vector<double> bandwidths = {0.05e9, 0.2e9, 1e9, 5e9, 20e9};
   // The layout with the largest share of its step in the all-to-all at the lowest bandwidth.
@@ -244,6 +248,51 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
   EXPECT_GT(runnable, 0);
 }
 
+TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
+  TrainConfig base;  // nproc 4
+  base.layout_mode = "auto";
+  const ModelSpec m = ModelSpec::from_train_config(base);
+  for (double efficiency : {0.0, 1.0}) {
+    MachineSpec machine;
+    machine.overlap_efficiency = efficiency;
+    machine.set_latency(false, 20e-6);  // cheap chunks: D > 1 wins when overlap hides anything
+    const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, machine);
+    TrainConfig c = base;
+    const AutoLayout a = apply_auto_layout(c, machine);
+    ASSERT_EQ(a.ranked, ranked.size());
+    ASSERT_LT(a.position, ranked.size());
+    EXPECT_TRUE(a.estimate.layout == ranked[a.position].layout);
+    for (size_t i = 0; i < a.position; ++i) {
+      TrainConfig skipped = base;
+      EXPECT_NE(apply_layout(skipped, ranked[i].layout), "") << ranked[i].layout.to_string();
+    }
+    EXPECT_EQ(c.tp, a.estimate.layout.par.tp);
+    EXPECT_EQ(c.dp, a.estimate.layout.par.dp);
+    EXPECT_EQ(c.pp, a.estimate.layout.par.pp);
+    EXPECT_EQ(c.ep, a.estimate.layout.par.ep);
+    EXPECT_EQ(c.micro_batches, a.estimate.layout.micro_batches);
+    EXPECT_EQ(c.a2a_overlap_degree, a.estimate.layout.overlap);
+    EXPECT_EQ(check_config(c), "");
+    // Without overlap efficiency chunking only adds latency, so the choice never chunks; with
+    // full efficiency the best fixed layout with an all-to-all is predicted faster chunked.
+    if (efficiency == 0.0) EXPECT_EQ(a.estimate.layout.overlap, 1);
+    if (efficiency == 1.0) {
+      const Estimate* best_a2a = nullptr;
+      for (const auto& e : ranked)
+        if (e.layout.par.ep > 1 && e.layout.adaptive_r < 0 && !best_a2a) best_a2a = &e;
+      ASSERT_NE(best_a2a, nullptr);
+      EXPECT_GT(best_a2a->layout.overlap, 1) << best_a2a->layout.to_string();
+    }
+  }
+  // No layout of 3 ranks can run this model: tp 3 and dp 3 divide neither the 4 heads nor the
+  // batch of 32, and pp 3 exceeds the 2 blocks.
+  TrainConfig three = base;
+  three.nproc = 3;
+  three.n_layers = 2;
+  EXPECT_TRUE(testing::throws_with([&] { apply_auto_layout(three, MachineSpec()); },
+                                   "none of the planner's 0 layouts on nproc = 3 ranks"));
+}
+
 TEST(Planner, SpearmanRankCorrelation) {
   EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
   EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {40, 30, 20, 10}), -1.0);
@@ -260,6 +309,8 @@ TEST(Planner, ProbeGivesTheSameFiguresOnEveryRank) {
     for (const auto& l : m.intra) v.push_back(l.latency_s), v.push_back(1.0 / l.bytes_per_s);
     for (double x : v) EXPECT_TRUE(std::isfinite(x) && x >= 0) << x;
     EXPECT_GT(m.gemm_flops, 1e6);
+    EXPECT_TRUE(m.overlap_efficiency >= 0.0 && m.overlap_efficiency <= 1.0) << m.overlap_efficiency;
+    v.push_back(m.overlap_efficiency);
     EXPECT_EQ(m.source, "probe");
     const auto t = torch::tensor(v, torch::kFloat64);
     auto gathered = dist::all_gather_rows(t.unsqueeze(0), ctx.group());

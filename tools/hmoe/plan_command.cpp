@@ -38,7 +38,7 @@ struct PlanArgs {
   std::string zero = "0,1", overlap = "1,2,4";
   int64_t max_micro_batches = 8;
   // Machine figures given as flags (< 0: not given).
-  double flops = -1, gemm_latency_us = -1, op_latency_us = -1;
+  double flops = -1, gemm_latency_us = -1, op_latency_us = -1, overlap_efficiency = -1;
   double intra_bw = -1, inter_bw = -1, intra_lat_us = -1, inter_lat_us = -1;
   std::map<std::string, std::string> model;  // key → flag text
 };
@@ -78,6 +78,7 @@ void apply_machine_flags(const PlanArgs& a, plan::MachineSpec& m) {
   if (mark(a.flops)) m.gemm_flops = a.flops;
   if (mark(a.gemm_latency_us)) m.gemm_latency_s = a.gemm_latency_us * 1e-6;
   if (mark(a.op_latency_us)) m.op_latency_s = a.op_latency_us * 1e-6;
+  if (mark(a.overlap_efficiency)) m.overlap_efficiency = a.overlap_efficiency;
   if (mark(a.intra_bw)) m.set_bandwidth(false, a.intra_bw * 1e9);
   if (mark(a.inter_bw)) m.set_bandwidth(true, a.inter_bw * 1e9);
   if (mark(a.intra_lat_us)) m.set_latency(false, a.intra_lat_us * 1e-6);
@@ -89,7 +90,8 @@ std::string machine_summary(const plan::MachineSpec& m) {
   std::ostringstream s;
   s.precision(3);
   s << "machine (" << m.source << "): GEMM " << m.gemm_flops / 1e9 << " GFLOP/s + "
-    << m.gemm_latency_s * 1e6 << " us/call, op " << m.op_latency_s * 1e6 << " us";
+    << m.gemm_latency_s * 1e6 << " us/call, op " << m.op_latency_s * 1e6
+    << " us, overlap efficiency " << m.overlap_efficiency;
   for (int c = 0; c < plan::kNumCollectives; ++c) {
     const auto& l = m.intra[c];
     s << "\n  " << plan::to_string(static_cast<plan::Collective>(c)) << ": intra "
@@ -227,6 +229,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--flops", a->flops, "GEMM FLOP/s per rank");
   cmd->add_option("--gemm-latency-us", a->gemm_latency_us, "Fixed cost of a GEMM call (us)");
   cmd->add_option("--op-latency-us", a->op_latency_us, "Fixed cost of another operator (us)");
+  cmd->add_option("--overlap-efficiency", a->overlap_efficiency,
+                  "Share of an all-to-all hidden behind compute issued with it (0..1)")
+      ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)");
   cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)");
   cmd->add_option("--intra-lat-us", a->intra_lat_us, "Intra-node latency per ring step (us)");

@@ -47,25 +47,14 @@ TrainConfig effective_config(const TrainArgs& a, CLI::App* cmd) {
   return c;
 }
 
-// `layout = "auto"`: the planner's first layout the trainer can run (plan.h, default machine
-// figures) replaces tp, dp, pp, ep, etp (and micro_batches and the keys of later features).
-void apply_auto_layout(TrainConfig& c, bool announce) {
-  plan::ClusterSpec cluster;
-  cluster.world = c.nproc;
-  const auto ranking =
-      plan::rank_layouts(plan::ModelSpec::from_train_config(c), cluster, plan::MachineSpec());
-  for (size_t i = 0; i < ranking.size(); ++i) {
-    TrainConfig t = c;
-    if (!plan::apply_layout(t, ranking[i].layout).empty()) continue;
-    if (announce)
-      std::printf("layout auto: %s (planner's choice %zu of %zu, predicted %.2f ms/step)\n",
-                  ranking[i].layout.to_string().c_str(), i + 1, ranking.size(),
-                  ranking[i].step_s * 1e3);
-    c = t;
-    return;
-  }
-  TORCH_CHECK(false, "config key `layout` = \"auto\": none of the planner's ", ranking.size(),
-              " layouts on ", c.nproc, " ranks can run this configuration");
+// The line `layout = "auto"` prints about its choice.
+void announce_auto_layout(const plan::AutoLayout& a, const std::string& source) {
+  std::printf(
+      "layout auto: %s (planner's choice %zu of %zu on %s machine figures, predicted "
+      "%.2f ms/step)\n",
+      a.estimate.layout.to_string().c_str(), a.position + 1, a.ranked, source.c_str(),
+      a.estimate.step_s * 1e3);
+  std::fflush(stdout);
 }
 
 int run(const TrainConfig& c) {
@@ -80,7 +69,15 @@ int run(const TrainConfig& c) {
   }
   auto world = dist::init();
   if (world->size() > 1) at::set_num_threads(1);
-  TrainResult r = train(c, *world);
+  TrainConfig config = c;
+  if (config.layout_mode == "auto" && config.layout_probe) {
+    // The ranks measure the machine together (every rank gets the same figures, so every rank
+    // makes the same choice) and plan with those figures.
+    const plan::AutoLayout chosen = plan::apply_auto_layout(config, plan::probe_machine(*world));
+    if (world->rank() == 0) announce_auto_layout(chosen, "probed");
+    validate_config(config);
+  }
+  TrainResult r = train(config, *world);
   if (world->rank() == 0) {
     std::printf("\ndone: %lld steps, loss %.4f -> %.4f, %.0f tokens/s, %.1f s\n",
                 static_cast<long long>(r.steps), r.initial_loss, r.final_loss, r.tokens_per_s,
@@ -120,7 +117,13 @@ void add_train_command(CLI::App& app) {
   cmd->callback([a, cmd] {
     // Everything is checked here, before any rank starts.
     TrainConfig c = effective_config(*a, cmd);
-    if (c.layout_mode == "auto") apply_auto_layout(c, std::getenv("RANK") == nullptr);
+    // layout = "auto": the choice on the default figures, so that the configuration can be
+    // checked (and printed) here; with layout_probe the ranks choose again on measured figures.
+    if (c.layout_mode == "auto") {
+      const plan::AutoLayout chosen = plan::apply_auto_layout(c, plan::MachineSpec());
+      if (!c.layout_probe && std::getenv("RANK") == nullptr && !a->print_config)
+        announce_auto_layout(chosen, "default");
+    }
     if (a->print_config) {
       std::cout << config_to_toml(c);
       const std::string why = check_config(c);
