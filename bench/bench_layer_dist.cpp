@@ -29,12 +29,9 @@ void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
   for (int i = 0; i < warmup; ++i)
     for (auto& v : variants) v.step();
   auto totals = [] {
-    double all = 0.0, a2a = 0.0;
-    for (const auto& [op, s] : dist::comm_stats()) {
-      all += s.seconds;
-      if (op.find("all_to_all") != std::string::npos) a2a += s.seconds;
-    }
-    return std::make_pair(all, a2a);
+    const auto stats = dist::comm_stats();
+    return std::make_pair(dist::total_of(stats).seconds,
+                          dist::total_of(stats, dist::is_token_exchange).seconds);
   };
   for (int i = 0; i < iters; ++i)
     for (auto& v : variants) {
@@ -160,16 +157,11 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   const double step_ms = median_ms(0, a.iters, step);
   auto stats = dist::comm_stats();
   nlohmann::json comm = nlohmann::json::object();
-  double comm_ms = 0.0, a2a_ms = 0.0, bytes = 0.0, a2a_bytes = 0.0;
-  for (const auto& [op, s] : stats) {
-    const double ms = 1e3 * s.seconds / a.iters;
-    comm_ms += ms;
-    bytes += static_cast<double>(s.bytes_sent) / a.iters;
-    if (op.find("all_to_all") != std::string::npos) {
-      a2a_ms += ms;
-      a2a_bytes += static_cast<double>(s.bytes_sent) / a.iters;
-    }
-  }
+  const dist::OpStats all_ops = dist::total_of(stats);
+  const dist::OpStats a2a_ops = dist::total_of(stats, dist::is_token_exchange);
+  const double comm_ms = 1e3 * all_ops.seconds / a.iters, a2a_ms = 1e3 * a2a_ops.seconds / a.iters;
+  const double bytes = static_cast<double>(all_ops.bytes_sent) / a.iters;
+  const double a2a_bytes = static_cast<double>(a2a_ops.bytes_sent) / a.iters;
   // 2. Across ranks: the slowest step, mean communication time, total bytes.
   auto steps = gather_value(step_ms, groups->world);
   auto a2a = gather_value(a2a_ms, groups->world);

@@ -100,22 +100,15 @@ nlohmann::json run_recompute_bench(const RecomputeBenchArgs& a, const ParallelCo
   for (auto& v : variants) {
     const double slowest = gather_value(median(v.ms), groups->world).max().item<double>();
     const double act = gather_value(v.activation_mb, groups->world).mean().item<double>();
-    int64_t a2a_calls = 0, a2a_bytes = 0, calls = 0, bytes = 0;
-    for (const auto& [op, s] : v.comm) {
-      calls += s.calls;
-      bytes += s.bytes_sent;
-      if (op.find("all_to_all") != std::string::npos || op == "exchange_counts") {
-        a2a_calls += s.calls;
-        a2a_bytes += s.bytes_sent;
-      }
-    }
+    const dist::OpStats all = dist::total_of(v.comm);
+    const dist::OpStats a2a = dist::total_of(v.comm, dist::is_token_exchange);
     rows.push_back({{"recompute", recompute_name(v.mode)},
                     {"cache_comm", v.cache},
                     {"step_ms", slowest},
-                    {"a2a_calls_per_step", a2a_calls},
-                    {"a2a_mb_per_step", static_cast<double>(a2a_bytes) / (1024.0 * 1024.0)},
-                    {"comm_calls_per_step", calls},
-                    {"comm_mb_per_step", static_cast<double>(bytes) / (1024.0 * 1024.0)},
+                    {"a2a_calls_per_step", a2a.calls},
+                    {"a2a_mb_per_step", static_cast<double>(a2a.bytes_sent) / (1024.0 * 1024.0)},
+                    {"comm_calls_per_step", all.calls},
+                    {"comm_mb_per_step", static_cast<double>(all.bytes_sent) / (1024.0 * 1024.0)},
                     {"activation_mb", act}});
   }
   j["variants"] = rows;

@@ -16,6 +16,17 @@ struct OpStats {
   double seconds = 0.0;    ///< wall time from issuing to completion
 };
 
+/// Whether `op` belongs to the token exchange: an all-to-all (its name holds "all_to_all") or the
+/// exchange of row counts before one ("exchange_counts").
+bool is_token_exchange(const std::string& op);
+
+/// The sum of the totals in `stats` of the operations `select` accepts (every one when null).
+///
+/// Example:
+///   const OpStats a2a = total_of(comm_stats(), is_token_exchange);
+OpStats total_of(const std::map<std::string, OpStats>& stats,
+                 bool (*select)(const std::string& op) = nullptr);
+
 /// Adds one call to the totals of `op`. Thread-safe.
 void record_comm(const std::string& op, int64_t bytes_sent, double seconds);
 /// A copy of every operation's totals since the last reset.

@@ -29,6 +29,22 @@ std::map<std::string, OpStats> comm_stats() {
   return stats();
 }
 
+bool is_token_exchange(const std::string& op) {
+  return op.find("all_to_all") != std::string::npos || op == "exchange_counts";
+}
+
+OpStats total_of(const std::map<std::string, OpStats>& stats,
+                 bool (*select)(const std::string& op)) {
+  OpStats total;
+  for (const auto& [op, s] : stats) {
+    if (select != nullptr && !select(op)) continue;
+    total.calls += s.calls;
+    total.bytes_sent += s.bytes_sent;
+    total.seconds += s.seconds;
+  }
+  return total;
+}
+
 void reset_comm_stats() {
   std::lock_guard<std::mutex> lock(stats_mutex());
   stats().clear();

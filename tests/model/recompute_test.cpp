@@ -160,19 +160,12 @@ TEST(Recompute, ConfigOptionReachesTheBlocks) {
 
 // Calls and bytes of the token all-to-alls (expert exchange, count exchange, overlapped chunks).
 std::pair<int64_t, int64_t> all_to_all_totals(const std::map<std::string, dist::OpStats>& comm) {
-  int64_t calls = 0, bytes = 0;
-  for (const auto& [op, s] : comm)
-    if (op.find("all_to_all") != std::string::npos || op == "exchange_counts") {
-      calls += s.calls;
-      bytes += s.bytes_sent;
-    }
-  return {calls, bytes};
+  const dist::OpStats t = dist::total_of(comm, dist::is_token_exchange);
+  return {t.calls, t.bytes_sent};
 }
 
 int64_t all_calls(const std::map<std::string, dist::OpStats>& comm) {
-  int64_t calls = 0;
-  for (const auto& kv : comm) calls += kv.second.calls;
-  return calls;
+  return dist::total_of(comm).calls;
 }
 
 struct DistCase {
