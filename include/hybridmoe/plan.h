@@ -34,12 +34,20 @@
 // the stage, experts Px b over edp (adaptive: none, the weight reduce-scatter already summed
 // them). ZeRO 0: all-reduce; ZeRO 1: reduce-scatter of the gradients + all-gather of the
 // updated parameters (same ring bytes, twice the latency terms).
-// Compute per micro-batch of the slowest stage, forward FLOPs (backward = 2x forward):
-//   attention 2 T d (3d + d)/tp + 4 T s d / tp, dense MLP 4 T d f / tp, gate 2 Ts d E,
-//   experts 4 Ts k d h (balanced load: the same on every rank for every layout), head 2 T d V.
-//   time = 3 * (flops / gemm_flops + gemm_calls * gemm_latency + ops * op_latency), with
-//   gemm_calls = 4 per attention, 2 per dense MLP, 1 + 2 * local experts per MoE layer (all E at
-//   r = 0), 1 for the head; ops = kOpsPerBlock per block + kOpsPerMoE per MoE layer.
+// Compute per micro-batch of the slowest stage, forward (backward = 2x forward):
+//   GEMM FLOPs: attention projections 2 T d (3d + d)/tp, dense MLP 4 T d f / tp, gate 2 Ts d E,
+//     experts 4 Ts k d h (balanced load: the same on every rank for every layout), head 2 T d V.
+//   Attention FLOPs (batched small GEMMs, q k^T and p v per sequence and head): 4 T s d / tp.
+//   Streamed bytes (elementwise operators, each pass reading or writing a tensor once), with
+//     n = B / (dp M) sequences and H heads: per block kPassesPerToken T d b (norms, residuals,
+//     head reshapes) + kPassesPerScore n (H/tp) s^2 b (scale, mask, softmax); per dense MLP
+//     kPassesPerHidden T (f/tp) b (activation); per MoE layer Ts k (kPassesPerExpertHidden h +
+//     kPassesPerRoutedRow d) b (activation, permutation, weighted combine); the head
+//     kPassesPerLogit T V b (log-softmax, loss).
+//   time = 3 * (gemm / gemm_flops + attention / attention_flops + streamed / stream_bytes_per_s
+//   + gemm_calls * gemm_latency + ops * op_latency), with gemm_calls = 4 per attention, 2 per
+//   dense MLP, 1 + 2 * local experts per MoE layer (all E at r = 0), 1 for the head; ops =
+//   kOpsPerBlock per block + kOpsPerMoE per MoE layer.
 // Overlap degree D (token all-to-all in D chunks): the all-to-all latency terms are paid D times
 // and e * min(a2a, expert compute) * (1 - 1/D) of it is hidden, e the machine's overlap
 // efficiency (the share of an all-to-all that runs hidden behind compute when both are issued
@@ -74,6 +82,13 @@ inline constexpr double kOpsPerBlock = 24;
 inline constexpr double kOpsPerMoE = 40;
 /// Operator calls of AdamW (and clipping) per parameter tensor.
 inline constexpr double kOpsPerParamTensor = 12;
+/// Passes of elementwise operators over each kind of tensor in a forward pass (see above).
+inline constexpr double kPassesPerToken = 16;        ///< [T, d] per block
+inline constexpr double kPassesPerScore = 6;         ///< [n, H / tp, s, s] per block
+inline constexpr double kPassesPerHidden = 2;        ///< [T, f / tp] per dense MLP
+inline constexpr double kPassesPerExpertHidden = 2;  ///< [Ts k, h] per MoE layer
+inline constexpr double kPassesPerRoutedRow = 6;     ///< [Ts k, d] per MoE layer
+inline constexpr double kPassesPerLogit = 3;         ///< [T, V] for the head
 
 /// The collective kinds the machine figures are given for.
 enum class Collective { kAllToAll = 0, kAllGather, kAllReduce, kReduceScatter, kP2P };
@@ -88,12 +103,16 @@ struct LinkFit {
 
 /// The machine: GEMM throughput per rank and each collective's figures intra- and inter-node.
 /// The defaults are this project's CPU machines (2 cores, Gloo over loopback, 4 ranks of one
-/// thread each): the medians, rounded, of seven `hmoe plan --nproc 4 --probe` runs. A cluster
-/// that is not at hand is described by flags, the ranks at hand by probe_machine().
+/// thread each): the medians, rounded, of six to thirteen `hmoe plan --nproc 4 --probe` runs. A
+/// cluster that is not at hand is described by flags, the ranks at hand by probe_machine().
 struct MachineSpec {
-  double gemm_flops = 2.6e10;    ///< sustained GEMM FLOP/s of one rank (all ranks busy)
-  double gemm_latency_s = 4e-6;  ///< fixed cost of one GEMM call
-  double op_latency_s = 30e-6;   ///< fixed cost of one non-GEMM operator call
+  double gemm_flops = 3e10;      ///< sustained GEMM FLOP/s of one rank (all ranks busy)
+  double gemm_latency_s = 3e-6;  ///< fixed cost of one GEMM call
+  /// FLOP/s of attention's batched small GEMMs (forward and backward of q k^T and p v).
+  double attention_flops = 5.5e9;
+  /// Bytes per second that elementwise operators read plus write on one rank.
+  double stream_bytes_per_s = 1.8e9;
+  double op_latency_s = 25e-6;  ///< fixed cost of one non-GEMM operator call
   /// Share of an all-to-all hidden behind compute issued with it (0..1; see the overlap above).
   double overlap_efficiency = 0.0;
   /// Per Collective kind: all-to-all, all-gather, all-reduce, reduce-scatter, p2p.
@@ -250,7 +269,9 @@ std::string apply_layout(TrainConfig& config, const Layout& layout);
 
 /// Measures the machine on this process's ranks (collective over the world; every rank returns
 /// the same figures): GEMM FLOP/s and call latency at one thread per rank, all ranks at once and
-/// each timed over back-to-back calls (so that ranks sharing cores see their share); operator
+/// each timed over back-to-back calls (so that ranks sharing cores see their share); attention
+/// FLOP/s (forward and backward of q k^T and p v for 32 sequences of 64 tokens, 4 heads of 16);
+/// streamed bytes per second (an activation and an add over 2 MiB tensors); operator
 /// latency (forward + backward of a chain of small autograd operators / 3 per op); latency and
 /// bandwidth of each collective, fitted by least squares to the formulas above over group sizes
 /// 2..world (divisors) and a few message sizes; the overlap efficiency, from an all-to-all over

@@ -257,13 +257,22 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
   const double local_experts = adaptive ? (l.adaptive_r == 0 ? E : std::max<double>(1, E / W))
                                         : static_cast<double>(E / p.ep);
   const double expert_flops = Lmp * 4 * Ts * k * d * h;
-  const double flops = Lp * (2 * T * d * 4 * d / p.tp + 4 * T * s * d / p.tp) +
-                       (Lp - Lmp) * 4 * T * d * f / p.tp + Lmp * 2 * Ts * d * E + expert_flops +
-                       2 * T * d * V;
+  const double flops = Lp * 2 * T * d * 4 * d / p.tp + (Lp - Lmp) * 4 * T * d * f / p.tp +
+                       Lmp * 2 * Ts * d * E + expert_flops + 2 * T * d * V;
+  const double attention_flops = Lp * 4 * T * s * d / p.tp;
+  const double seqs = static_cast<double>(m.batch_size / (p.dp * l.micro_batches));
+  const double heads = static_cast<double>(m.n_heads / p.tp);
+  const double streamed =
+      b * (Lp * (kPassesPerToken * T * d + kPassesPerScore * seqs * heads * s * s) +
+           (Lp - Lmp) * kPassesPerHidden * T * f / p.tp +
+           Lmp * Ts * k * (kPassesPerExpertHidden * h + kPassesPerRoutedRow * d) +
+           kPassesPerLogit * T * V);
   const double calls = Lp * 4 + (Lp - Lmp) * 2 + Lmp * (1 + 2 * local_experts) + 1;
   const double ops = Lp * kOpsPerBlock + Lmp * kOpsPerMoE;
-  const double compute_mb = 3 * (flops / machine.gemm_flops + calls * machine.gemm_latency_s +
-                                 ops * machine.op_latency_s);
+  const double compute_mb =
+      3 * (flops / machine.gemm_flops + attention_flops / machine.attention_flops +
+           streamed / machine.stream_bytes_per_s + calls * machine.gemm_latency_s +
+           ops * machine.op_latency_s);
   const double expert_compute_mb =
       3 * (expert_flops / machine.gemm_flops + Lmp * 2 * local_experts * machine.gemm_latency_s);
 

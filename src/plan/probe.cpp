@@ -132,7 +132,35 @@ MachineSpec probe_machine(dist::World& world) {
                                 }) /
                     (3.0 * (3 * kChain + 1)));
   }
-  // 3. Collectives over groups of consecutive ranks (every group of a size at once), a few sizes.
+  // 3. Attention's batched small GEMMs: forward and backward of q k^T and p v over kSeqs
+  //    sequences of kSeq tokens and kHeads heads of kHeadDim, laid out as the model has them.
+  constexpr int64_t kSeqs = 32, kSeq = 64, kHeads = 4, kHeadDim = 16;
+  const double attention_flops = 3.0 * 4.0 * kSeqs * kHeads * kSeq * kSeq * kHeadDim;
+  {
+    torch::AutoGradMode grad_mode(true);
+    auto q = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
+    auto k = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
+    auto v = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
+    auto dy = torch::randn({kSeqs, kHeads, kSeq, kHeadDim});
+    sync();
+    times.push_back(sustained_s(kWindowS, [&] {
+      auto scores = torch::matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-2, -1));
+      auto y = torch::matmul(scores, v.transpose(1, 2));
+      torch::autograd::grad({y}, {q, k, v}, {dy});
+    }));
+  }
+  // 4. Streamed bytes: an activation (2 passes) and an add (3 passes) over 2 MiB tensors.
+  const int64_t stream_elems = int64_t{1} << 19;
+  const double stream_bytes = 5.0 * 4.0 * static_cast<double>(stream_elems);
+  {
+    auto x = torch::randn({stream_elems}), y = torch::randn({stream_elems});
+    sync();
+    times.push_back(sustained_s(kWindowS, [&] {
+      auto a = torch::gelu(x);
+      auto c = x + y;
+    }));
+  }
+  // 5. Collectives over groups of consecutive ranks (every group of a size at once), a few sizes.
   struct CollSample {
     Collective kind;
     int64_t g;
@@ -187,7 +215,7 @@ MachineSpec probe_machine(dist::World& world) {
       }
     }
   }
-  // 4. Overlap: an all-to-all over the world alone, GEMMs of about its time alone (the same count
+  // 6. Overlap: an all-to-all over the world alone, GEMMs of about its time alone (the same count
   //    on every rank), and both issued together (the all-to-all in flight during the GEMMs).
   const size_t overlap_at = times.size();
   if (W > 1) {
@@ -229,12 +257,12 @@ MachineSpec probe_machine(dist::World& world) {
     }
   }
 
-  // 5. The same figures on every rank: the mean over the ranks.
+  // 7. The same figures on every rank: the mean over the ranks.
   auto t = torch::tensor(times, torch::kFloat64);
   if (W > 1) t = dist::all_reduce_sum(t, wg) / static_cast<double>(W);
   times.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 
-  // 6. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
+  // 8. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
   MachineSpec machine;
   machine.source = "probe";
   std::vector<Sample> gemm;
@@ -243,7 +271,9 @@ MachineSpec probe_machine(dist::World& world) {
   machine.gemm_latency_s = gemm_latency;
   machine.gemm_flops = rate_of(s_per_flop);
   machine.op_latency_s = times[shapes.size()];
-  const size_t first = shapes.size() + 1;
+  machine.attention_flops = rate_of(times[shapes.size() + 1] / attention_flops);
+  machine.stream_bytes_per_s = rate_of(times[shapes.size() + 2] / stream_bytes);
+  const size_t first = shapes.size() + 3;
   for (int c = 0; c < kNumCollectives; ++c) {
     std::vector<Sample> samples;
     for (size_t i = 0; i < coll.size(); ++i) {

@@ -39,6 +39,7 @@ struct PlanArgs {
   int64_t max_micro_batches = 8;
   // Machine figures given as flags (< 0: not given).
   double flops = -1, gemm_latency_us = -1, op_latency_us = -1, overlap_efficiency = -1;
+  double attention_flops = -1, stream_bw = -1;
   double intra_bw = -1, inter_bw = -1, intra_lat_us = -1, inter_lat_us = -1;
   std::map<std::string, std::string> model;  // key → flag text
 };
@@ -79,6 +80,8 @@ void apply_machine_flags(const PlanArgs& a, plan::MachineSpec& m) {
   if (mark(a.gemm_latency_us)) m.gemm_latency_s = a.gemm_latency_us * 1e-6;
   if (mark(a.op_latency_us)) m.op_latency_s = a.op_latency_us * 1e-6;
   if (mark(a.overlap_efficiency)) m.overlap_efficiency = a.overlap_efficiency;
+  if (mark(a.attention_flops)) m.attention_flops = a.attention_flops;
+  if (mark(a.stream_bw)) m.stream_bytes_per_s = a.stream_bw * 1e9;
   if (mark(a.intra_bw)) m.set_bandwidth(false, a.intra_bw * 1e9);
   if (mark(a.inter_bw)) m.set_bandwidth(true, a.inter_bw * 1e9);
   if (mark(a.intra_lat_us)) m.set_latency(false, a.intra_lat_us * 1e-6);
@@ -90,7 +93,8 @@ std::string machine_summary(const plan::MachineSpec& m) {
   std::ostringstream s;
   s.precision(3);
   s << "machine (" << m.source << "): GEMM " << m.gemm_flops / 1e9 << " GFLOP/s + "
-    << m.gemm_latency_s * 1e6 << " us/call, op " << m.op_latency_s * 1e6
+    << m.gemm_latency_s * 1e6 << " us/call, attention " << m.attention_flops / 1e9
+    << " GFLOP/s, streaming " << m.stream_bytes_per_s / 1e9 << " GB/s, op " << m.op_latency_s * 1e6
     << " us, overlap efficiency " << m.overlap_efficiency;
   for (int c = 0; c < plan::kNumCollectives; ++c) {
     const auto& l = m.intra[c];
@@ -196,6 +200,23 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
 
 }  // namespace
 
+// A flag value that must be a number above `floor` (or at least `floor` when `inclusive`).
+CLI::Validator number_above(double floor, bool inclusive) {
+  std::ostringstream w;
+  w << (inclusive ? ">= " : "> ") << floor;
+  const std::string want = w.str();
+  return CLI::Validator(
+      [floor, inclusive, want](std::string& text) {
+        try {
+          const double v = std::stod(text);
+          if (v > floor || (inclusive && v == floor)) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "expected a number " + want + ", got \"" + text + "\"";
+      },
+      want);
+}
+
 void add_plan_command(CLI::App& app) {
   auto a = std::make_shared<PlanArgs>();
   auto* cmd = app.add_subcommand("plan",
@@ -226,16 +247,29 @@ void add_plan_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--max-micro-batches", a->max_micro_batches, "Largest micro-batch count")
       ->capture_default_str();
-  cmd->add_option("--flops", a->flops, "GEMM FLOP/s per rank");
-  cmd->add_option("--gemm-latency-us", a->gemm_latency_us, "Fixed cost of a GEMM call (us)");
-  cmd->add_option("--op-latency-us", a->op_latency_us, "Fixed cost of another operator (us)");
+  const CLI::Validator positive = number_above(0, false), non_negative = number_above(0, true);
+  cmd->add_option("--flops", a->flops, "GEMM FLOP/s per rank")->check(positive);
+  cmd->add_option("--gemm-latency-us", a->gemm_latency_us, "Fixed cost of a GEMM call (us)")
+      ->check(non_negative);
+  cmd->add_option("--op-latency-us", a->op_latency_us, "Fixed cost of another operator (us)")
+      ->check(non_negative);
+  cmd->add_option("--attention-flops", a->attention_flops,
+                  "FLOP/s of attention's batched small GEMMs per rank")
+      ->check(positive);
+  cmd->add_option("--stream-bw", a->stream_bw,
+                  "Bytes elementwise operators read plus write per rank (GB/s)")
+      ->check(positive);
   cmd->add_option("--overlap-efficiency", a->overlap_efficiency,
                   "Share of an all-to-all hidden behind compute issued with it (0..1)")
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)");
-  cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)");
-  cmd->add_option("--intra-lat-us", a->intra_lat_us, "Intra-node latency per ring step (us)");
-  cmd->add_option("--inter-lat-us", a->inter_lat_us, "Inter-node latency per ring step (us)");
+  cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)")
+      ->check(positive);
+  cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)")
+      ->check(positive);
+  cmd->add_option("--intra-lat-us", a->intra_lat_us, "Intra-node latency per ring step (us)")
+      ->check(non_negative);
+  cmd->add_option("--inter-lat-us", a->inter_lat_us, "Inter-node latency per ring step (us)")
+      ->check(non_negative);
   const TrainConfig defaults;
   for (const auto& k : kModelKeys) {
     std::string f = "--" + k;
