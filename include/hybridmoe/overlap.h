@@ -55,11 +55,14 @@ class PendingAllToAll {
 
 /// exchange_back(experts.run(exchange_tokens(rows, xp, ep), xp.local_counts), xp, ep), computed
 /// in `degree` chunks with the exchanges overlapped (forward and backward). Chunk c takes, of each
-/// expert's rows from each source, the c-th part of an even split. rows: [A, d] sorted by global
+/// expert's rows from each source, the c-th part of an even split. With etp > 1 (the experts'
+/// hidden dimension split over `etp`), each chunk's received rows are all-gathered over etp,
+/// every etp rank runs its slice on them, and the partial outputs are reduce-scattered back (in
+/// backward the mirror), as the unchunked layer does with all rows. rows: [A, d] sorted by global
 /// expert; counts: [E] rows per global expert (the plan's counts_host). Returns [A, d].
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
                                          const std::vector<int64_t>& counts, const ExchangePlan& xp,
-                                         const dist::Group& ep, GroupedExpertsImpl& experts,
-                                         int64_t degree);
+                                         const dist::Group& ep, const dist::Group& etp,
+                                         GroupedExpertsImpl& experts, int64_t degree);
 
 }  // namespace hybridmoe

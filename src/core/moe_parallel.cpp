@@ -27,9 +27,9 @@ MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> grou
   const int64_t E = options.num_experts(), ep = g.ep.size(), etp = g.etp.size();
   const int64_t D = options.a2a_overlap_degree();
   TORCH_CHECK(D >= 1, "MoE: a2a_overlap_degree must be >= 1, got ", D);
-  TORCH_CHECK(D == 1 || (ep > 1 && etp == 1 && !options.expert()), "MoE: a2a_overlap_degree=", D,
+  TORCH_CHECK(D == 1 || (ep > 1 && !options.expert()), "MoE: a2a_overlap_degree=", D,
               " pipelines the expert-parallel all-to-all with the built-in grouped experts; it "
-              "needs ep > 1, etp = 1 and no user expert modules, got ep=",
+              "needs ep > 1 and no user expert modules, got ep=",
               ep, " etp=", etp, options.expert() ? " with user expert modules" : "");
   TORCH_CHECK(E % ep == 0, "MoE: num_experts=", E, " must be divisible by ep=", ep);
   TORCH_CHECK(options.hidden() % etp == 0, "MoE: d_hidden=", options.hidden(),
@@ -80,7 +80,7 @@ MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
   torch::Tensor y;
   if (options.a2a_overlap_degree() > 1) {
     // 3-5 in D chunks: exchange, experts and return pipelined (overlap.h).
-    y = overlapped_expert_exchange(rows, plan.counts_host, xp, g.ep, *grouped,
+    y = overlapped_expert_exchange(rows, plan.counts_host, xp, g.ep, g.etp, *grouped,
                                    options.a2a_overlap_degree());
   } else if (g.etp.size() > 1) {
     const int64_t L = num_local_experts();

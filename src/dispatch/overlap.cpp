@@ -108,42 +108,71 @@ namespace {
 
 // ---- the chunk plan ---------------------------------------------------------------------------
 
-// One chunk's exchange: what leaves this rank (source side) and what arrives (expert side).
+// One chunk's exchange: what leaves this rank (source side) and what arrives (expert side). With
+// etp > 1 the expert side is the chunk's rows of the whole etp group: every etp rank's received
+// chunk, all-gathered in etp rank order, each in its receive order.
 struct Chunk {
   torch::Tensor send_index;  // [A_c] rows of `rows` sent in this chunk, in send order
-  torch::Tensor recv_to_em;  // [R_c] received row of each expert-major row
-  torch::Tensor em_to_recv;  // [R_c] the inverse
-  torch::Tensor full_pos;    // [R_c] row of each expert-major chunk row in the unchunked order
+  torch::Tensor recv_to_em;  // [G_c] gathered row of each expert-major row
+  torch::Tensor em_to_recv;  // [G_c] the inverse
+  torch::Tensor full_pos;    // [G_c] row of each expert-major chunk row in the unchunked order
   std::vector<int64_t> send_splits, recv_splits, counts;  // counts: [L] rows per local expert
+  std::vector<int64_t> gather_splits;                     // [etp] received rows of each etp rank
 };
 
 struct OverlapPlan : torch::CustomClassHolder {
-  dist::Group group;
+  dist::Group group;  // ep
+  dist::Group etp;    // the expert's hidden dimension is split over it (size 1: not split)
   std::vector<Chunk> chunks;
   torch::Tensor src_inverse;         // [A] row of cat(returned chunks) of each row of `rows`
-  std::vector<int64_t> full_counts;  // [L] rows per local expert, unchunked
-  int64_t full_rows = 0;             // R
+  std::vector<int64_t> full_counts;  // [L] rows per local expert over the etp group, unchunked
+  int64_t full_rows = 0;             // R: rows of the etp group, unchunked
   Activation activation = Activation::kGelu;
+
+  // With etp > 1, the etp group's rows of chunk c from this rank's received rows, and back
+  // (the partial outputs of every etp rank summed into this rank's rows). Otherwise identity.
+  torch::Tensor gather(const torch::Tensor& received, int64_t c) const {
+    return etp.size() > 1 ? dist::all_gather_rows(received, etp, chunks[c].gather_splits)
+                          : received;
+  }
+  torch::Tensor scatter(const torch::Tensor& partial, int64_t c) const {
+    return etp.size() > 1 ? dist::reduce_scatter_rows(partial, etp, chunks[c].gather_splits)
+                          : partial;
+  }
 };
 
 c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& counts,
                                                   const ExchangePlan& xp, const dist::Group& ep,
-                                                  int64_t D, const torch::Device& device) {
+                                                  const dist::Group& etp, int64_t D,
+                                                  const torch::Device& device) {
   auto plan = c10::make_intrusive<OverlapPlan>();
   plan->group = ep;
-  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L;
+  plan->etp = etp;
+  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L, Q = etp.size();
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == E,
               "overlapped_expert_exchange: ", counts.size(), " expert counts for ", E, " experts");
-  // 1. Unchunked expert-major start of each (local expert, source) run.
-  std::vector<std::vector<int64_t>> start(L, std::vector<int64_t>(P, 0));
+  // 1. What every etp rank receives: recv[q][j * L + e] rows from ep rank j for local expert e.
+  std::vector<std::vector<int64_t>> recv(Q, xp.recv_counts);
+  if (Q > 1) {
+    auto mine = torch::tensor(xp.recv_counts, torch::kInt64).view({1, P * L});
+    auto all = dist::all_gather_rows(mine, etp, std::vector<int64_t>(Q, 1)).contiguous();
+    for (int64_t q = 0; q < Q; ++q)
+      recv[q].assign(all[q].data_ptr<int64_t>(), all[q].data_ptr<int64_t>() + P * L);
+  }
+  // 2. Unchunked expert-major start of each (local expert, etp rank, ep source) run: the order
+  //    of the unchunked layer (expert e, then etp rank q's rows of e, each ordered by source).
+  std::vector<std::vector<std::vector<int64_t>>> start(
+      L, std::vector<std::vector<int64_t>>(Q, std::vector<int64_t>(P, 0)));
+  plan->full_counts.assign(L, 0);
   int64_t offset = 0;
   for (int64_t e = 0; e < L; ++e)
-    for (int64_t j = 0; j < P; ++j) {
-      start[e][j] = offset;
-      offset += xp.recv_counts[j * L + e];
-    }
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t j = 0; j < P; ++j) {
+        start[e][q][j] = offset;
+        offset += recv[q][j * L + e];
+        plan->full_counts[e] += recv[q][j * L + e];
+      }
   plan->full_rows = offset;
-  plan->full_counts = xp.local_counts;
   // 2. Each chunk: the c-th part of every (source, expert) run, on both sides.
   std::vector<int64_t> src_offset(E + 1, 0);
   for (int64_t g = 0; g < E; ++g) src_offset[g + 1] = src_offset[g] + counts[g];
@@ -162,19 +191,27 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
       for (int64_t a = 0; a < n; ++a) send_index.push_back(src_offset[g] + first + a);
       ch.send_splits[g / L] += n;
     }
-    std::vector<std::vector<int64_t>> blocks(P, std::vector<int64_t>(L, 0));
+    // The gathered chunk holds, for each etp rank q and ep source j (block q * P + j), the
+    // chunk's part of every local expert's rows.
+    std::vector<std::vector<int64_t>> blocks(Q * P, std::vector<int64_t>(L, 0));
+    ch.gather_splits.assign(Q, 0);
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t j = 0; j < P; ++j)
+        for (int64_t e = 0; e < L; ++e) {
+          blocks[q * P + j][e] = part(recv[q][j * L + e], c).second;
+          ch.gather_splits[q] += blocks[q * P + j][e];
+        }
     for (int64_t j = 0; j < P; ++j)
-      for (int64_t e = 0; e < L; ++e) {
-        blocks[j][e] = part(xp.recv_counts[j * L + e], c).second;
-        ch.recv_splits[j] += blocks[j][e];
-      }
+      for (int64_t e = 0; e < L; ++e)
+        ch.recv_splits[j] += part(xp.recv_counts[j * L + e], c).second;
     auto order = expert_major_index(blocks);
     std::vector<int64_t> full_pos;
     for (int64_t e = 0; e < L; ++e)
-      for (int64_t j = 0; j < P; ++j) {
-        const auto [first, n] = part(xp.recv_counts[j * L + e], c);
-        for (int64_t t = 0; t < n; ++t) full_pos.push_back(start[e][j] + first + t);
-      }
+      for (int64_t q = 0; q < Q; ++q)
+        for (int64_t j = 0; j < P; ++j) {
+          const auto [first, n] = part(recv[q][j * L + e], c);
+          for (int64_t t = 0; t < n; ++t) full_pos.push_back(start[e][q][j] + first + t);
+        }
     ch.counts = order.per_expert;
     ch.recv_to_em = order.index.to(device);
     ch.em_to_recv = order.inverse.to(device);
@@ -248,8 +285,9 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         [&](int64_t c) { return rows.index_select(0, plan->chunks[c].send_index); },
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
-          // The experts on chunk c, exactly as GroupedMLPFunction does on all rows.
-          auto x = received.index_select(0, ch.recv_to_em);
+          // The experts on chunk c (of the whole etp group), exactly as GroupedMLPFunction does
+          // on all rows.
+          auto x = plan->gather(received, c).index_select(0, ch.recv_to_em);
           const int64_t n = x.size(0);
           auto a = torch::empty({n, h}, x.options());
           kernels::grouped_mm(x, w1, ch.counts, false, b1, a);
@@ -265,7 +303,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
           x_full.index_copy_(0, ch.full_pos, x);
           a_full.index_copy_(0, ch.full_pos, a);
           hidden_full.index_copy_(0, ch.full_pos, hidden);
-          return y.index_select(0, ch.em_to_recv);
+          return plan->scatter(y.index_select(0, ch.em_to_recv), c);
         });
     ctx->save_for_backward({x_full, a_full, g_full, hidden_full, w1, w2, w3});
     ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
@@ -294,7 +332,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         [&](int64_t c) { return dy_src.index_select(0, plan->chunks[c].send_index); },
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
-          auto dy = received.index_select(0, ch.recv_to_em);
+          auto dy = plan->gather(received, c).index_select(0, ch.recv_to_em);
           auto a_c = a.index_select(0, ch.full_pos);
           const int64_t n = dy.size(0);
           auto dhidden = torch::empty({n, h}, dy.options());
@@ -315,7 +353,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
           if (swiglu) kernels::grouped_mm(dg, w3, ch.counts, true, {}, dx, /*accumulate=*/true);
           dy_full.index_copy_(0, ch.full_pos, dy);
           da_full.index_copy_(0, ch.full_pos, da);
-          return dx.index_select(0, ch.em_to_recv);
+          return plan->scatter(dx.index_select(0, ch.em_to_recv), c);
         });
     auto drows = torch::cat(returned).index_select(0, plan->src_inverse);
     // 2. Weight gradients once, over all rows in the unchunked order (as GroupedMLPFunction).
@@ -337,8 +375,8 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
 
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
                                          const std::vector<int64_t>& counts, const ExchangePlan& xp,
-                                         const dist::Group& ep, GroupedExpertsImpl& experts,
-                                         int64_t degree) {
+                                         const dist::Group& ep, const dist::Group& etp,
+                                         GroupedExpertsImpl& experts, int64_t degree) {
   TORCH_CHECK(degree >= 1, "overlapped_expert_exchange: degree must be >= 1, got ", degree);
   TORCH_CHECK(rows.dim() == 2 && rows.size(0) == total(counts),
               "overlapped_expert_exchange: rows must be [", total(counts), ", d], got ",
@@ -346,7 +384,7 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
   TORCH_CHECK(experts.num_experts() == xp.num_local_experts,
               "overlapped_expert_exchange: ", experts.num_experts(),
               " local experts, the exchange plan has ", xp.num_local_experts);
-  auto plan = make_overlap_plan(counts, xp, ep, degree, rows.device());
+  auto plan = make_overlap_plan(counts, xp, ep, etp, degree, rows.device());
   plan->activation = experts.options.activation();
   auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
   return OverlappedExpertsFn::apply(rows, experts.w1, opt(experts.b1), experts.w2, opt(experts.b2),

@@ -71,7 +71,7 @@ void add_bench_command(CLI::App& app) {
   auto degrees = std::make_shared<std::string>("1,2,4");
   layer
       ->add_option("--overlap-degrees", *degrees,
-                   "a2a_overlap_degree values compared with --nproc > 1 (ep > 1, etp = 1); "
+                   "a2a_overlap_degree values compared with --nproc > 1 (ep > 1); "
                    "empty: none")
       ->capture_default_str();
   layer
