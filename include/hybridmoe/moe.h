@@ -70,9 +70,10 @@ struct MoEOptions {
   /// go to their expert's shard group, where the weight slices are all-gathered in sub-groups
   /// of S / r ranks and each token block is run by r ranks whose partial outputs are summed.
   TORCH_ARG(int64_t, adaptive_r) = 1;
-  /// Fixed layout with ep > 1 (any etp): the dispatched rows are exchanged and computed in D
-  /// chunks so that the all-to-alls of neighbouring chunks run while the experts compute (forward
-  /// and backward). 1 = off. Results are those of D = 1. See overlap.h.
+  /// Fixed layout with ep > 1 (any etp), or the adaptive layout at r >= 1: the dispatched rows
+  /// are exchanged and computed in D chunks so that the all-to-alls of neighbouring chunks run
+  /// while the experts compute (forward and backward). 1 = off; r = 0 has no token exchange to
+  /// chunk. Results are those of D = 1. See overlap.h.
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
 };
 

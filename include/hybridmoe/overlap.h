@@ -65,4 +65,21 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
                                          const dist::Group& ep, const dist::Group& etp,
                                          GroupedExpertsImpl& experts, int64_t degree);
 
+/// Expert weights in GroupedExperts' layout (w1 [L, d, h], b1 [L, h], w2 [L, h, d], b2 [L, d],
+/// w3 / b3 as w1 / b1 for SwiGLU; undefined where absent). They may be computed tensors (the
+/// adaptive layout's gathered slices): their gradients flow back through autograd.
+struct ExpertWeights {
+  torch::Tensor w1, b1, w2, b2, w3, b3;
+};
+
+/// The same with given weights: the adaptive layout's exchange over the stage. Only the fields
+/// num_local_experts and recv_counts of `xp` are read; `etp` may be a default (empty) group for
+/// "not split". rows: [A, d] sorted by destination slot (rank j's local expert e at j * L + e),
+/// counts: [P * L] rows per slot. Returns [A, d].
+torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
+                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const dist::Group& ep, const dist::Group& etp,
+                                         const ExpertWeights& weights, Activation activation,
+                                         int64_t degree);
+
 }  // namespace hybridmoe

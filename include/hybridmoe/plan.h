@@ -244,8 +244,8 @@ struct PlanOptions {
 /// (1 only where something is replicated: dp > 1 or edp > 1), adaptive r (fixed, and on the
 /// configs with ep = etp = 1 and W > 1 — adaptive mode places the experts itself, storage
 /// ep = min(E, W) — r in {0} ∪ divisors(S), leaving out r = 1 when S = 1: that is the fixed
-/// ep = W layout), overlap degree (only on fixed layouts with ep > 1: the adaptive exchange is not
-/// chunked) and micro-batch count (powers of two up to max_micro_batches dividing B / dp).
+/// ep = W layout), overlap degree (only where a token all-to-all exists) and micro-batch count
+/// (powers of two up to max_micro_batches dividing B / dp).
 std::vector<Layout> enumerate_layouts(const ModelSpec& model, int64_t world,
                                       const PlanOptions& options = PlanOptions());
 

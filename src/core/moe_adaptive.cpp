@@ -24,15 +24,11 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/exchange.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/overlap.h"
 
 namespace hybridmoe {
 
 namespace {
-
-// The gathered expert weights of one call (undefined where absent).
-struct ExpertWeights {
-  torch::Tensor w1, b1, w2, b2, w3, b3;
-};
 
 // Concatenates, in stage-rank order, the rows of the `span` consecutive stage ranks starting at
 // `first` (every rank passes its own span; spans partition the stage and have the same size).
@@ -119,9 +115,8 @@ void MoEImpl::build_adaptive() {
   TORCH_CHECK(!options.expert(),
               "MoE: expert_layout=\"adaptive\" slices and gathers the built-in grouped experts' "
               "weights; user expert modules are not supported there (use expert_layout=\"fixed\")");
-  TORCH_CHECK(options.a2a_overlap_degree() == 1,
-              "MoE: a2a_overlap_degree=", options.a2a_overlap_degree(),
-              " is not supported with expert_layout=\"adaptive\" (use 1)");
+  TORCH_CHECK(options.a2a_overlap_degree() >= 1, "MoE: a2a_overlap_degree must be >= 1, got ",
+              options.a2a_overlap_degree());
   if (E >= W) {
     TORCH_CHECK(E % W == 0, "MoE: adaptive layout with num_experts=", E, " >= stage size W=", W,
                 " needs W to divide E");
@@ -177,7 +172,7 @@ MoEOutput MoEImpl::forward_adaptive(const torch::Tensor& tokens, int64_t r) {
   auto gather = [&](const torch::Tensor& t) {
     return gather_in_span(t, per_rank, first, span, stage);
   };
-  ExpertWeights w;
+  ExpertWeights w;  // this call's gathered weights
   w.w1 = join_columns(gather(ex->w1), c);
   w.w2 = join_rows(gather(ex->w2), c);
   if (ex->w3.defined()) w.w3 = join_columns(gather(ex->w3), c);
@@ -229,13 +224,23 @@ MoEOutput MoEImpl::forward_adaptive(const torch::Tensor& tokens, int64_t r) {
       }
     const auto dev = rows.device();
     auto sent = gather_rows(rows, torch::tensor(send_index, torch::kInt64).to(dev));
-    auto received = dist::all_to_all(sent, recv_splits, send_splits, stage);
-    // 4. This rank's partial outputs (its 1/r hidden slice) on the rows it received.
-    auto order = expert_major_index(blocks);
-    auto xe = gather_rows(received, order.index.to(dev));
-    auto ye = detail::grouped_mlp(xe, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3, order.per_expert, act);
-    auto back =
-        dist::all_to_all(gather_rows(ye, order.inverse.to(dev)), send_splits, recv_splits, stage);
+    torch::Tensor back;
+    if (options.a2a_overlap_degree() > 1) {
+      // 3-4 in D chunks, the exchanges overlapped with the experts (overlap.h).
+      ExchangePlan xp;
+      xp.num_local_experts = L;
+      xp.recv_counts = recv_counts;
+      back = overlapped_expert_exchange(sent, send_counts, xp, stage, dist::Group(), w, act,
+                                        options.a2a_overlap_degree());
+    } else {
+      auto received = dist::all_to_all(sent, recv_splits, send_splits, stage);
+      // 4. This rank's partial outputs (its 1/r hidden slice) on the rows it received.
+      auto order = expert_major_index(blocks);
+      auto xe = gather_rows(received, order.index.to(dev));
+      auto ye = detail::grouped_mlp(xe, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3, order.per_expert, act);
+      back =
+          dist::all_to_all(gather_rows(ye, order.inverse.to(dev)), send_splits, recv_splits, stage);
+    }
     // 5. Sum the r partial outputs of every row (copy j computed hidden slice j).
     for (int64_t j = 0; j < r; ++j) {
       auto part = gather_rows(back, torch::tensor(pos[j], torch::kInt64).to(dev));

@@ -148,7 +148,8 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
   auto plan = c10::make_intrusive<OverlapPlan>();
   plan->group = ep;
   plan->etp = etp;
-  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L, Q = etp.size();
+  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L;
+  const int64_t Q = std::max<int64_t>(1, etp.size());
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == E,
               "overlapped_expert_exchange: ", counts.size(), " expert counts for ", E, " experts");
   // 1. What every etp rank receives: recv[q][j * L + e] rows from ep rank j for local expert e.
@@ -376,19 +377,36 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
                                          const std::vector<int64_t>& counts, const ExchangePlan& xp,
                                          const dist::Group& ep, const dist::Group& etp,
-                                         GroupedExpertsImpl& experts, int64_t degree) {
+                                         const ExpertWeights& w, Activation activation,
+                                         int64_t degree) {
   TORCH_CHECK(degree >= 1, "overlapped_expert_exchange: degree must be >= 1, got ", degree);
   TORCH_CHECK(rows.dim() == 2 && rows.size(0) == total(counts),
               "overlapped_expert_exchange: rows must be [", total(counts), ", d], got ",
               rows.sizes());
+  TORCH_CHECK(
+      w.w1.defined() && w.w2.defined() && w.w1.dim() == 3 && w.w1.size(0) == xp.num_local_experts,
+      "overlapped_expert_exchange: w1 must be [", xp.num_local_experts,
+      ", d, h] (the exchange plan's local experts), got ",
+      w.w1.defined() ? w.w1.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(activation != Activation::kSwiGLU || w.w3.defined(),
+              "overlapped_expert_exchange: SwiGLU needs w3");
+  auto plan = make_overlap_plan(counts, xp, ep, etp, degree, rows.device());
+  plan->activation = activation;
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
+  return OverlappedExpertsFn::apply(rows, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
+                                    plan);
+}
+
+torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
+                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const dist::Group& ep, const dist::Group& etp,
+                                         GroupedExpertsImpl& experts, int64_t degree) {
   TORCH_CHECK(experts.num_experts() == xp.num_local_experts,
               "overlapped_expert_exchange: ", experts.num_experts(),
               " local experts, the exchange plan has ", xp.num_local_experts);
-  auto plan = make_overlap_plan(counts, xp, ep, etp, degree, rows.device());
-  plan->activation = experts.options.activation();
-  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
-  return OverlappedExpertsFn::apply(rows, experts.w1, opt(experts.b1), experts.w2, opt(experts.b2),
-                                    opt(experts.w3), opt(experts.b3), plan);
+  const ExpertWeights w{experts.w1, experts.b1, experts.w2, experts.b2, experts.w3, experts.b3};
+  return overlapped_expert_exchange(rows, counts, xp, ep, etp, w, experts.options.activation(),
+                                    degree);
 }
 
 }  // namespace hybridmoe

@@ -27,10 +27,10 @@ std::vector<int64_t> r_values(const ModelSpec& m, const ParallelConfig& p, bool 
   return out;
 }
 
-// Whether the layout has a token all-to-all for the overlap degree to split: the fixed layout
-// with ep > 1 (the adaptive layout's exchange is not chunked).
+// Whether the layout has a token all-to-all for the overlap degree to split.
 bool has_token_a2a(const ModelSpec& m, const ParallelConfig& p, int64_t r) {
-  return m.moe_layers() > 0 && r < 0 && p.ep > 1;
+  if (m.moe_layers() == 0) return false;
+  return r < 0 ? p.ep > 1 : (r >= 1 && p.stage_size() > 1);
 }
 
 // Whether ZeRO 1 has anything to shard: dp > 1, or experts replicated over edp > 1.

@@ -317,9 +317,9 @@ std::string check_config(const TrainConfig& c) {
        "config key `recompute` = \"" + c.recompute + "\": expected \"none\", \"block\" or \"moe\"");
   need(c.a2a_overlap_degree >= 1,
        "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) + " must be >= 1");
-  need(c.a2a_overlap_degree == 1 || (c.ep > 1 && c.expert_layout == "fixed"),
+  need(c.a2a_overlap_degree == 1 || c.ep > 1 || c.expert_layout == "adaptive",
        "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) +
-           " overlaps the expert all-to-all: it needs `ep` > 1 and the fixed layout");
+           " overlaps the expert all-to-all: it needs `ep` > 1 or the adaptive expert layout");
   need(c.adaptive_recheck_every >= 1, "config key `adaptive_recheck_every` must be >= 1");
   need(c.expert_layout == "fixed" || c.expert_layout == "adaptive",
        "config key `expert_layout` = \"" + c.expert_layout +

@@ -2,8 +2,8 @@
 // for bit in float64: output, input gradient and every parameter gradient of the distributed
 // layer with a2a_overlap_degree D in {2, 3, 4} are torch::equal to D = 1, over several layouts
 // (expert tensor parallel etp = 2 included), activations, with and without biases, skewed routing
-// and a rank without tokens. Also: D is refused where it is not supported (ep = 1, adaptive
-// layout, one process).
+// and a rank without tokens, and the adaptive layout at every kind of r. Also: D is refused where
+// it is not supported (the fixed layout with ep = 1, one process).
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
@@ -25,6 +25,7 @@ struct Case {
   Activation activation;
   bool bias;
   bool skew;
+  int64_t adaptive_r = -1;  // >= 0: expert_layout "adaptive" at this r
 };
 
 // One forward and backward; returns output, input gradient and every parameter gradient.
@@ -42,9 +43,14 @@ std::vector<std::pair<std::string, torch::Tensor>> step(MoE& moe, const torch::T
 void run_case(RankContext& ctx, const Case& c) {
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(c.layout, ctx.world));
   const int64_t d = 8, h = 32;  // h: a multiple of twice the widest SIMD width of doubles
-  auto opts = MoEOptions(d, c.experts).d_hidden(h).top_k(2).activation(c.activation).bias(c.bias);
+  auto opts = MoEOptions(d, c.experts)
+                  .d_hidden(h)
+                  .top_k(std::min<int64_t>(2, c.experts))
+                  .activation(c.activation)
+                  .bias(c.bias);
   torch::manual_seed(3);
   MoE full(opts);
+  if (c.adaptive_r >= 0) opts.expert_layout("adaptive").adaptive_r(c.adaptive_r);
   full->to(torch::kFloat64);
   if (c.skew) {
     torch::NoGradGuard ng;
@@ -65,15 +71,18 @@ void run_case(RankContext& ctx, const Case& c) {
     dist::reset_comm_stats();
     results.push_back(step(moe, x, dy));
     if (D > 1) {
-      // The chunks really went through the asynchronous exchange: D outbound, D returns.
+      // The chunks really went through the asynchronous exchange: D outbound, D returns (none at
+      // adaptive r = 0, which exchanges no tokens).
+      const int64_t chunks = c.adaptive_r == 0 ? 0 : D;
       auto stats = dist::comm_stats();
-      EXPECT_EQ(stats["overlap_all_to_all"].calls, 2 * D);  // forward and backward
-      EXPECT_EQ(stats["overlap_all_to_all(back)"].calls, 2 * D);
+      EXPECT_EQ(stats["overlap_all_to_all"].calls, 2 * chunks);  // forward and backward
+      EXPECT_EQ(stats["overlap_all_to_all(back)"].calls, 2 * chunks);
     }
   }
   const std::string what = c.layout.to_string() + " E=" + std::to_string(c.experts) + " " +
                            to_string(c.activation) + (c.bias ? " bias" : "") +
-                           (c.skew ? " skew" : "");
+                           (c.skew ? " skew" : "") +
+                           (c.adaptive_r >= 0 ? " adaptive r=" + std::to_string(c.adaptive_r) : "");
   for (size_t k = 1; k < results.size(); ++k) {
     ASSERT_EQ(results[k].size(), results[0].size());
     for (size_t i = 0; i < results[0].size(); ++i) {
@@ -103,6 +112,19 @@ TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnFourRanks) {
   });
 }
 
+TEST(OverlapMoE, ChunkedAdaptiveExchangeIsBitIdentical) {
+  // The adaptive layout over a stage of 4 ranks: E = 4 (whole experts, S = 1, r = 1), E = 2
+  // (each expert sliced over S = 2 ranks; r = 1 gathers the slices in pairs, r = 2 sends each
+  // row to both slices and sums), E = 1 (S = 4, r = 2), and r = 0 (no token exchange to chunk).
+  run_on_ranks(4, [](RankContext& ctx) {
+    run_case(ctx, {{1, 4, 1, 1, 1}, 4, Activation::kGelu, true, false, 1});
+    run_case(ctx, {{1, 4, 1, 1, 1}, 2, Activation::kSwiGLU, true, true, 1});
+    run_case(ctx, {{1, 4, 1, 1, 1}, 2, Activation::kGelu, true, false, 2});
+    run_case(ctx, {{2, 2, 1, 1, 1}, 1, Activation::kRelu, false, false, 2});
+    run_case(ctx, {{1, 4, 1, 1, 1}, 2, Activation::kGelu, true, false, 0});
+  });
+}
+
 TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnTwoRanks) {
   run_on_ranks(2, [](RankContext& ctx) {
     run_case(ctx, {{1, 2, 1, 2, 1}, 2, Activation::kGelu, true, true});
@@ -115,8 +137,6 @@ TEST(OverlapMoE, RefusesUnsupportedCombinations) {
         ParallelGroups::build(ParallelConfig{1, 4, 1, 1, 1}, ctx.world));
     auto opts = MoEOptions(4, 4).d_hidden(8).a2a_overlap_degree(2);
     EXPECT_TRUE(throws_with([&] { MoE(opts, ep1); }, "got ep=1 etp=1"));
-    EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).expert_layout("adaptive"), ep1); },
-                            "not supported with expert_layout=\"adaptive\""));
     EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).a2a_overlap_degree(0), ep1); },
                             "a2a_overlap_degree must be >= 1"));
     EXPECT_TRUE(throws_with([&] { MoE{opts}; }, "single-process layer"));

@@ -78,8 +78,8 @@ TEST(Planner, EnumerationMatchesValidParallelConfigs) {
 }
 
 TEST(Planner, EnumerationCountsPerConfig) {
-  // World 8, E = 8: per config, ZeRO {0, 1 where dp > 1 or edp > 1} x r x D (fixed layouts with
-  // ep > 1) x M in {1, 2, 4, 8} with M dividing 64 / dp.
+  // World 8, E = 8: per config, ZeRO {0, 1 where dp > 1 or edp > 1} x r x D x M in {1, 2, 4, 8}
+  // with M dividing 64 / dp.
   const ModelSpec m = divisible_model();
   const auto layouts = enumerate_layouts(m, 8);
   for (const auto& p : valid_parallel_configs(8)) {
@@ -93,8 +93,8 @@ TEST(Planner, EnumerationCountsPerConfig) {
     for (int64_t r : rs)
       for (int64_t zero : {0, 1}) {
         if (zero == 1 && p.dp == 1 && !(r < 0 && p.edp() > 1)) continue;
-        const bool chunked_a2a = r < 0 && p.ep > 1;  // the adaptive exchange is not chunked
-        const int64_t degrees = chunked_a2a ? 3 : 1;
+        const bool a2a = r < 0 ? p.ep > 1 : (r >= 1 && W > 1);
+        const int64_t degrees = a2a ? 3 : 1;
         int64_t micro = 0;
         for (int64_t M : {1, 2, 4, 8})
           if (64 % (p.dp * M) == 0 && p.pp <= 8) ++micro;
