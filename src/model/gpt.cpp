@@ -44,19 +44,21 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
 
 torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), local = local_heads_ * head_dim_;
-  // 1. Projections of this rank's heads: [B, S, 3 * local] → three [B, H_l, S, hd].
+  const int64_t BH = B * local_heads_;
+  // 1. Projections of this rank's heads: [B, S, 3 * local] → three [B * H_l, S, hd].
   auto parts = qkv(x).split(local, -1);
   auto heads = [&](const torch::Tensor& t) {
-    return t.view({B, S, local_heads_, head_dim_}).transpose(1, 2);
+    return t.view({B, S, local_heads_, head_dim_}).transpose(1, 2).reshape({BH, S, head_dim_});
   };
   auto q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
-  // 2. Causal softmax attention.
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
-  auto mask = torch::ones({S, S}, x.options().dtype(torch::kBool)).triu(1);
-  scores = scores.masked_fill(mask, -std::numeric_limits<double>::infinity());
-  auto y = torch::matmul(torch::softmax(scores, -1), v);
+  // 2. Causal softmax attention. The scale and the causal mask (-inf above the diagonal) ride in
+  //    the one batched GEMM of the scores, so no pass over [B * H_l, S, S] is spent on them.
+  auto causal = torch::full({S, S}, -std::numeric_limits<double>::infinity(), x.options()).triu(1);
+  auto scores = torch::baddbmm(causal, q, k.transpose(1, 2), /*beta=*/1.0,
+                               /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
+  auto y = torch::bmm(torch::softmax(scores, -1), v);  // [B * H_l, S, hd]
   // 3. Heads back together, then the row-parallel output projection (sums over tp).
-  return proj(y.transpose(1, 2).reshape({B, S, local}));
+  return proj(y.view({B, local_heads_, S, head_dim_}).transpose(1, 2).reshape({B, S, local}));
 }
 
 // ---- MLP --------------------------------------------------------------------------------------
