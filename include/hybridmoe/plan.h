@@ -40,7 +40,7 @@
 //   Attention FLOPs (batched small GEMMs, q k^T and p v per sequence and head): 4 T s d / tp.
 //   Streamed bytes (elementwise operators, each pass reading or writing a tensor once), with
 //     n = B / (dp M) sequences and H heads: per block kPassesPerToken T d b (norms, residuals,
-//     head reshapes) + kPassesPerScore n (H/tp) s^2 b (scale, mask, softmax); per dense MLP
+//     head reshapes) + kPassesPerScore n (H/tp) s^2 b (the mask bias, softmax); per dense MLP
 //     kPassesPerHidden T (f/tp) b (activation); per MoE layer Ts k (kPassesPerExpertHidden h +
 //     kPassesPerRoutedRow d) b (activation, permutation, weighted combine); the head
 //     kPassesPerLogit T V b (log-softmax, loss).
@@ -84,7 +84,7 @@ inline constexpr double kOpsPerMoE = 40;
 inline constexpr double kOpsPerParamTensor = 12;
 /// Passes of elementwise operators over each kind of tensor in a forward pass (see above).
 inline constexpr double kPassesPerToken = 16;        ///< [T, d] per block
-inline constexpr double kPassesPerScore = 6;         ///< [n, H / tp, s, s] per block
+inline constexpr double kPassesPerScore = 4;         ///< [n, H / tp, s, s] per block
 inline constexpr double kPassesPerHidden = 2;        ///< [T, f / tp] per dense MLP
 inline constexpr double kPassesPerExpertHidden = 2;  ///< [Ts k, h] per MoE layer
 inline constexpr double kPassesPerRoutedRow = 6;     ///< [Ts k, d] per MoE layer
@@ -109,7 +109,7 @@ struct MachineSpec {
   double gemm_flops = 3e10;      ///< sustained GEMM FLOP/s of one rank (all ranks busy)
   double gemm_latency_s = 3e-6;  ///< fixed cost of one GEMM call
   /// FLOP/s of attention's batched small GEMMs (forward and backward of q k^T and p v).
-  double attention_flops = 5.5e9;
+  double attention_flops = 4.8e9;
   /// Bytes per second that elementwise operators read plus write on one rank.
   double stream_bytes_per_s = 1.8e9;
   double op_latency_s = 25e-6;  ///< fixed cost of one non-GEMM operator call
@@ -270,7 +270,8 @@ std::string apply_layout(TrainConfig& config, const Layout& layout);
 /// Measures the machine on this process's ranks (collective over the world; every rank returns
 /// the same figures): GEMM FLOP/s and call latency at one thread per rank, all ranks at once and
 /// each timed over back-to-back calls (so that ranks sharing cores see their share); attention
-/// FLOP/s (forward and backward of q k^T and p v for 32 sequences of 64 tokens, 4 heads of 16);
+/// FLOP/s (forward and backward of the masked, scaled q k^T and of p v for 32 sequences of 64
+/// tokens, 4 heads of 16, as the model computes them);
 /// streamed bytes per second (an activation and an add over 2 MiB tensors); operator
 /// latency (forward + backward of a chain of small autograd operators / 3 per op); latency and
 /// bandwidth of each collective, fitted by least squares to the formulas above over group sizes

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -132,21 +133,28 @@ MachineSpec probe_machine(dist::World& world) {
                                 }) /
                     (3.0 * (3 * kChain + 1)));
   }
-  // 3. Attention's batched small GEMMs: forward and backward of q k^T and p v over kSeqs
-  //    sequences of kSeq tokens and kHeads heads of kHeadDim, laid out as the model has them.
+  // 3. Attention's batched small GEMMs: forward and backward of the scores (scale and causal
+  //    mask fused, one baddbmm) and of p v over kSeqs sequences of kSeq tokens and kHeads heads
+  //    of kHeadDim, laid out as the model (CausalSelfAttention) has them.
   constexpr int64_t kSeqs = 32, kSeq = 64, kHeads = 4, kHeadDim = 16;
   const double attention_flops = 3.0 * 4.0 * kSeqs * kHeads * kSeq * kSeq * kHeadDim;
   {
     torch::AutoGradMode grad_mode(true);
-    auto q = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
-    auto k = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
-    auto v = torch::randn({kSeqs, kSeq, kHeads, kHeadDim}, torch::requires_grad());
-    auto dy = torch::randn({kSeqs, kHeads, kSeq, kHeadDim});
+    auto qkv = torch::randn({kSeqs, kSeq, 3 * kHeads * kHeadDim}, torch::requires_grad());
+    auto causal = torch::full({kSeq, kSeq}, -std::numeric_limits<double>::infinity()).triu(1);
+    auto dy = torch::randn({kSeqs * kHeads, kSeq, kHeadDim});
     sync();
     times.push_back(sustained_s(kWindowS, [&] {
-      auto scores = torch::matmul(q.transpose(1, 2), k.transpose(1, 2).transpose(-2, -1));
-      auto y = torch::matmul(scores, v.transpose(1, 2));
-      torch::autograd::grad({y}, {q, k, v}, {dy});
+      auto parts = qkv.split(kHeads * kHeadDim, -1);
+      auto heads = [&](const torch::Tensor& t) {
+        return t.view({kSeqs, kSeq, kHeads, kHeadDim})
+            .transpose(1, 2)
+            .reshape({kSeqs * kHeads, kSeq, kHeadDim});
+      };
+      auto scores = torch::baddbmm(causal, heads(parts[0]), heads(parts[1]).transpose(1, 2), 1.0,
+                                   1.0 / std::sqrt(static_cast<double>(kHeadDim)));
+      auto y = torch::bmm(scores, heads(parts[2]));
+      torch::autograd::grad({y}, {qkv}, {dy});
     }));
   }
   // 4. Streamed bytes: an activation (2 passes) and an add (3 passes) over 2 MiB tensors.
