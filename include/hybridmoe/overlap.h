@@ -72,12 +72,14 @@ struct ExpertWeights {
   torch::Tensor w1, b1, w2, b2, w3, b3;
 };
 
-/// The same with given weights: the adaptive layout's exchange over the stage. Only the fields
-/// num_local_experts and recv_counts of `xp` are read; `etp` may be a default (empty) group for
-/// "not split". rows: [A, d] sorted by destination slot (rank j's local expert e at j * L + e),
-/// counts: [P * L] rows per slot. Returns [A, d].
+/// The same with given weights (L = weights.w1.size(0) local experts): the adaptive layout's
+/// exchange over the stage. `etp` may be a default (empty) group for "not split". rows: [A, d]
+/// sorted by destination slot (rank j's local expert e at j * L + e); counts: [P * L] rows per
+/// slot; recv_counts: [P * L] rows this rank receives from rank j for its expert e at j * L + e
+/// (exchange_counts of counts). Returns [A, d].
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
-                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const std::vector<int64_t>& counts,
+                                         const std::vector<int64_t>& recv_counts,
                                          const dist::Group& ep, const dist::Group& etp,
                                          const ExpertWeights& weights, Activation activation,
                                          int64_t degree);

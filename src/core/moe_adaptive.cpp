@@ -227,11 +227,8 @@ MoEOutput MoEImpl::forward_adaptive(const torch::Tensor& tokens, int64_t r) {
     torch::Tensor back;
     if (options.a2a_overlap_degree() > 1) {
       // 3-4 in D chunks, the exchanges overlapped with the experts (overlap.h).
-      ExchangePlan xp;
-      xp.num_local_experts = L;
-      xp.recv_counts = recv_counts;
-      back = overlapped_expert_exchange(sent, send_counts, xp, stage, dist::Group(), w, act,
-                                        options.a2a_overlap_degree());
+      back = overlapped_expert_exchange(sent, send_counts, recv_counts, stage, dist::Group(), w,
+                                        act, options.a2a_overlap_degree());
     } else {
       auto received = dist::all_to_all(sent, recv_splits, send_splits, stage);
       // 4. This rank's partial outputs (its 1/r hidden slice) on the rows it received.

@@ -141,21 +141,26 @@ struct OverlapPlan : torch::CustomClassHolder {
   }
 };
 
+// counts: [P * L] rows of `rows` per destination slot; recv_counts: [P * L] rows this rank
+// receives from ep rank j for local expert e at j * L + e.
 c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& counts,
-                                                  const ExchangePlan& xp, const dist::Group& ep,
+                                                  const std::vector<int64_t>& recv_counts,
+                                                  int64_t L, const dist::Group& ep,
                                                   const dist::Group& etp, int64_t D,
                                                   const torch::Device& device) {
   auto plan = c10::make_intrusive<OverlapPlan>();
   plan->group = ep;
   plan->etp = etp;
-  const int64_t P = ep.size(), L = xp.num_local_experts, E = P * L;
-  const int64_t Q = std::max<int64_t>(1, etp.size());
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == E,
-              "overlapped_expert_exchange: ", counts.size(), " expert counts for ", E, " experts");
+  const int64_t P = ep.size(), E = P * L;
+  const int64_t Q = std::max<int64_t>(1, etp.size()), me = Q > 1 ? etp.rank : 0;
+  TORCH_CHECK(
+      static_cast<int64_t>(counts.size()) == E && static_cast<int64_t>(recv_counts.size()) == E,
+      "overlapped_expert_exchange: ", counts.size(), " send and ", recv_counts.size(),
+      " receive counts for ", E, " experts");
   // 1. What every etp rank receives: recv[q][j * L + e] rows from ep rank j for local expert e.
-  std::vector<std::vector<int64_t>> recv(Q, xp.recv_counts);
+  std::vector<std::vector<int64_t>> recv(Q, recv_counts);
   if (Q > 1) {
-    auto mine = torch::tensor(xp.recv_counts, torch::kInt64).view({1, P * L});
+    auto mine = torch::tensor(recv_counts, torch::kInt64).view({1, P * L});
     auto all = dist::all_gather_rows(mine, etp, std::vector<int64_t>(Q, 1)).contiguous();
     for (int64_t q = 0; q < Q; ++q)
       recv[q].assign(all[q].data_ptr<int64_t>(), all[q].data_ptr<int64_t>() + P * L);
@@ -174,7 +179,7 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
         plan->full_counts[e] += recv[q][j * L + e];
       }
   plan->full_rows = offset;
-  // 2. Each chunk: the c-th part of every (source, expert) run, on both sides.
+  // 3. Each chunk: the c-th part of every (source, expert) run, on both sides.
   std::vector<int64_t> src_offset(E + 1, 0);
   for (int64_t g = 0; g < E; ++g) src_offset[g + 1] = src_offset[g] + counts[g];
   auto part = [D](int64_t n, int64_t c) {  // (first, size) of part c of n rows
@@ -193,7 +198,7 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
       ch.send_splits[g / L] += n;
     }
     // The gathered chunk holds, for each etp rank q and ep source j (block q * P + j), the
-    // chunk's part of every local expert's rows.
+    // chunk's part of every local expert's rows; this rank's own blocks are what it receives.
     std::vector<std::vector<int64_t>> blocks(Q * P, std::vector<int64_t>(L, 0));
     ch.gather_splits.assign(Q, 0);
     for (int64_t q = 0; q < Q; ++q)
@@ -201,10 +206,8 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
         for (int64_t e = 0; e < L; ++e) {
           blocks[q * P + j][e] = part(recv[q][j * L + e], c).second;
           ch.gather_splits[q] += blocks[q * P + j][e];
+          if (q == me) ch.recv_splits[j] += blocks[q * P + j][e];
         }
-    for (int64_t j = 0; j < P; ++j)
-      for (int64_t e = 0; e < L; ++e)
-        ch.recv_splits[j] += part(xp.recv_counts[j * L + e], c).second;
     auto order = expert_major_index(blocks);
     std::vector<int64_t> full_pos;
     for (int64_t e = 0; e < L; ++e)
@@ -375,7 +378,8 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
 }  // namespace
 
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
-                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
+                                         const std::vector<int64_t>& counts,
+                                         const std::vector<int64_t>& recv_counts,
                                          const dist::Group& ep, const dist::Group& etp,
                                          const ExpertWeights& w, Activation activation,
                                          int64_t degree) {
@@ -383,14 +387,12 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
   TORCH_CHECK(rows.dim() == 2 && rows.size(0) == total(counts),
               "overlapped_expert_exchange: rows must be [", total(counts), ", d], got ",
               rows.sizes());
-  TORCH_CHECK(
-      w.w1.defined() && w.w2.defined() && w.w1.dim() == 3 && w.w1.size(0) == xp.num_local_experts,
-      "overlapped_expert_exchange: w1 must be [", xp.num_local_experts,
-      ", d, h] (the exchange plan's local experts), got ",
-      w.w1.defined() ? w.w1.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(w.w1.defined() && w.w2.defined() && w.w1.dim() == 3,
+              "overlapped_expert_exchange: w1 must be [local experts, d, h], got ",
+              w.w1.defined() ? w.w1.sizes() : c10::IntArrayRef{});
   TORCH_CHECK(activation != Activation::kSwiGLU || w.w3.defined(),
               "overlapped_expert_exchange: SwiGLU needs w3");
-  auto plan = make_overlap_plan(counts, xp, ep, etp, degree, rows.device());
+  auto plan = make_overlap_plan(counts, recv_counts, w.w1.size(0), ep, etp, degree, rows.device());
   plan->activation = activation;
   auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
   return OverlappedExpertsFn::apply(rows, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
@@ -405,8 +407,8 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
               "overlapped_expert_exchange: ", experts.num_experts(),
               " local experts, the exchange plan has ", xp.num_local_experts);
   const ExpertWeights w{experts.w1, experts.b1, experts.w2, experts.b2, experts.w3, experts.b3};
-  return overlapped_expert_exchange(rows, counts, xp, ep, etp, w, experts.options.activation(),
-                                    degree);
+  return overlapped_expert_exchange(rows, counts, xp.recv_counts, ep, etp, w,
+                                    experts.options.activation(), degree);
 }
 
 }  // namespace hybridmoe

@@ -1,6 +1,7 @@
 // probe.cpp — see plan.h: measures the machine figures of the cost model on the ranks at hand
-// (GEMM throughput and call latency, operator latency, latency and bandwidth of every collective
-// kind by group size) over c10d, and fits them to the model's formulas by least squares.
+// (GEMM throughput and call latency, attention's batched GEMMs, streamed bytes, operator latency,
+// latency and bandwidth of every collective kind by group size, the overlap efficiency) over c10d,
+// and fits them to the model's formulas by least squares.
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -247,18 +248,15 @@ MachineSpec probe_machine(dist::World& world) {
       in_flight.wait();
     };
     // Rounds of the three, interleaved so that each sees the same machine; the median of each.
+    const std::array<std::function<void()>, 3> kinds = {exchange, gemms, both};
     std::array<std::vector<double>, 3> rounds;
-    for (int round = 0; round < kOverlapRounds; ++round) {
-      int i = 0;
-      for (const std::function<void()>& fn :
-           {std::function<void()>(exchange), std::function<void()>(gemms),
-            std::function<void()>(both)}) {
+    for (int round = 0; round < kOverlapRounds; ++round)
+      for (size_t i = 0; i < kinds.size(); ++i) {
         sync();
         const auto t0 = Clock::now();
-        fn();
-        rounds[i++].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+        kinds[i]();
+        rounds[i].push_back(std::chrono::duration<double>(Clock::now() - t0).count());
       }
-    }
     for (auto& r : rounds) {
       std::sort(r.begin(), r.end());
       times.push_back(r[r.size() / 2]);

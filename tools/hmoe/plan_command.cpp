@@ -198,8 +198,6 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
   return 0;
 }
 
-}  // namespace
-
 // A flag value that must be a number above `floor` (or at least `floor` when `inclusive`).
 CLI::Validator number_above(double floor, bool inclusive) {
   std::ostringstream w;
@@ -216,6 +214,8 @@ CLI::Validator number_above(double floor, bool inclusive) {
       },
       want);
 }
+
+}  // namespace
 
 void add_plan_command(CLI::App& app) {
   auto a = std::make_shared<PlanArgs>();
