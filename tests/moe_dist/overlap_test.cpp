@@ -1,9 +1,16 @@
-// overlap_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one bit
-// for bit in float64: output, input gradient and every parameter gradient of the distributed
-// layer with a2a_overlap_degree D in {2, 3, 4} are torch::equal to D = 1, over several layouts
-// (expert tensor parallel etp = 2 included), activations, with and without biases, skewed routing
-// and a rank without tokens, and the adaptive layout at every kind of r. Also: D is refused where
-// it is not supported (the fixed layout with ep = 1, one process).
+// overlap_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one:
+// output, input gradient and every parameter gradient of the distributed layer with
+// a2a_overlap_degree D in {2, 3, 4} against D = 1, over several layouts (expert tensor parallel
+// etp = 2 included), activations, with and without biases, skewed routing and a rank without
+// tokens, and the adaptive layout at every kind of r. Also: D is refused where it is not supported
+// (the fixed layout with ep = 1, one process).
+//
+// What is exact and what is not: routing (tokens per expert) and the number of chunks sent are
+// exact by construction and compared exactly. The float results are equal to rounding only:
+// chunking changes the row count of every expert GEMM, and a BLAS may treat a block's edge rows
+// with another micro-kernel (OpenBLAS's AVX2 kernels do; its AVX-512 ones happen not to), so an
+// element can differ in its last bits. They are compared within kChunkTol, relative to the
+// tensor's largest magnitude (float64); a wrong chunk, order or scale is off by O(1).
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
@@ -14,10 +21,14 @@
 
 using namespace hybridmoe;
 using hybridmoe::testing::RankContext;
+using hybridmoe::testing::rel_err;
 using hybridmoe::testing::run_on_ranks;
 using hybridmoe::testing::throws_with;
 
 namespace {
+
+// Rounding of a few GEMMs of different row blocking (float64 ulp 2.2e-16, ~45 ulps of headroom).
+constexpr double kChunkTol = 1e-14;
 
 struct Case {
   ParallelConfig layout;
@@ -34,15 +45,17 @@ std::vector<std::pair<std::string, torch::Tensor>> step(MoE& moe, const torch::T
   auto x = x_in.clone().requires_grad_(true);
   auto out = moe(x);
   ((out.output * dy).sum() + out.aux_loss).backward();
-  std::vector<std::pair<std::string, torch::Tensor>> result = {{"output", out.output.detach()},
-                                                               {"dx", x.grad()}};
+  std::vector<std::pair<std::string, torch::Tensor>> result = {
+      {"tokens_per_expert", out.stats.tokens_per_expert},
+      {"output", out.output.detach()},
+      {"dx", x.grad()}};
   for (auto& kv : moe->named_parameters()) result.emplace_back(kv.key(), kv.value().grad());
   return result;
 }
 
 void run_case(RankContext& ctx, const Case& c) {
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(c.layout, ctx.world));
-  const int64_t d = 8, h = 32;  // h: a multiple of twice the widest SIMD width of doubles
+  const int64_t d = 8, h = 32;
   auto opts = MoEOptions(d, c.experts)
                   .d_hidden(h)
                   .top_k(std::min<int64_t>(2, c.experts))
@@ -89,17 +102,22 @@ void run_case(RankContext& ctx, const Case& c) {
       const auto& [name, expect] = results[0][i];
       const auto& got = results[k][i].second;
       ASSERT_EQ(expect.defined(), got.defined()) << what << " " << name;
-      if (expect.defined())
-        EXPECT_TRUE(torch::equal(got, expect))
-            << what << " D=" << k + 1 << " " << name << " differs by "
-            << (got - expect).abs().max().item<double>();
+      if (!expect.defined()) continue;
+      if (!expect.is_floating_point()) {
+        EXPECT_TRUE(torch::equal(got, expect)) << what << " D=" << k + 1 << " " << name;
+        continue;
+      }
+      ASSERT_EQ(got.sizes(), expect.sizes()) << what << " D=" << k + 1 << " " << name;
+      EXPECT_LE(rel_err(got, expect), kChunkTol)
+          << what << " D=" << k + 1 << " " << name << " differs by "
+          << (got - expect).abs().max().item<double>();
     }
   }
 }
 
 }  // namespace
 
-TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnFourRanks) {
+TEST(OverlapMoE, ChunkedExchangeEqualsPlainOnFourRanks) {
   run_on_ranks(4, [](RankContext& ctx) {
     run_case(ctx, {{1, 4, 1, 4, 1}, 8, Activation::kGelu, true, false});
     run_case(ctx, {{1, 4, 1, 4, 1}, 4, Activation::kSwiGLU, false, true});
@@ -112,7 +130,7 @@ TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnFourRanks) {
   });
 }
 
-TEST(OverlapMoE, ChunkedAdaptiveExchangeIsBitIdentical) {
+TEST(OverlapMoE, ChunkedAdaptiveExchangeEqualsPlain) {
   // The adaptive layout over a stage of 4 ranks: E = 4 (whole experts, S = 1, r = 1), E = 2
   // (each expert sliced over S = 2 ranks; r = 1 gathers the slices in pairs, r = 2 sends each
   // row to both slices and sums), E = 1 (S = 4, r = 2), and r = 0 (no token exchange to chunk).
@@ -125,7 +143,7 @@ TEST(OverlapMoE, ChunkedAdaptiveExchangeIsBitIdentical) {
   });
 }
 
-TEST(OverlapMoE, ChunkedExchangeIsBitIdenticalOnTwoRanks) {
+TEST(OverlapMoE, ChunkedExchangeEqualsPlainOnTwoRanks) {
   run_on_ranks(2, [](RankContext& ctx) {
     run_case(ctx, {{1, 2, 1, 2, 1}, 2, Activation::kGelu, true, true});
   });

@@ -214,6 +214,15 @@ inline torch::Tensor gaussian(int64_t rows, int64_t cols, double scale, uint64_t
   return torch::randn({rows, cols}, gen, torch::kFloat64) * scale;
 }
 
+/// Gaussian values rounded to multiples of 2^-bits: continuous-looking, yet their dot products
+/// over a few columns are exact in float64 in any summation order (no BLAS rounding), so equal
+/// rows give bit-equal logits. → [rows, cols] float64.
+inline torch::Tensor quantized_gaussian(int64_t rows, int64_t cols, double scale, int64_t bits,
+                                        uint64_t seed) {
+  const double unit = std::ldexp(1.0, static_cast<int>(bits));
+  return torch::round(gaussian(rows, cols, scale, seed) * unit) / unit;
+}
+
 /// The sizes the reference tests sweep: tokens, experts, k.
 struct Size {
   int64_t T, E, k;
