@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 OUT ?= out
 CTEST_FLAGS ?=
 
-.PHONY: all deps configure build train test bench clean
+.PHONY: all deps configure build train test test-unit test-blas-kernel bench clean
 
 all: build
 
@@ -21,10 +21,24 @@ build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
 train: build
-	$(BUILD)/hmoe train --out $(OUT)
+	$(BUILD)/hmoe train --out $(OUT) --overwrite
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_FLAGS)
+
+# The one-process tests only (seconds each).
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit $(CTEST_FLAGS)
+
+# The unit and multirank tests again under a second OpenBLAS kernel (Haswell on an AVX-512 CPU,
+# Sandybridge on an AVX2 one; scripts/second_blas_kernel.sh), so that a test which only passes with
+# one kernel's rounding fails on any machine. OPENBLAS_VERBOSE=2 makes OpenBLAS name the kernel.
+test-blas-kernel: build
+	@kernel=$$(scripts/second_blas_kernel.sh) && \
+	  echo "test-blas-kernel: OPENBLAS_CORETYPE=$$kernel ($$(OPENBLAS_CORETYPE=$$kernel \
+	    OPENBLAS_VERBOSE=2 $(BUILD)/tests/test_router --gtest_list_tests 2>&1 | grep -m1 Core))" && \
+	  cd $(BUILD) && OPENBLAS_CORETYPE=$$kernel ctest --output-on-failure -j $(JOBS) \
+	    -L 'unit|multirank' $(CTEST_FLAGS)
 
 bench: build
 	$(BUILD)/hmoe bench layer

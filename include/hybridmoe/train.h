@@ -53,6 +53,9 @@ struct TrainConfig {
   double beta2 = 0.98;
   double grad_clip = 1.0;  ///< <= 0: no clipping
   int64_t seed = 1234;
+  /// A step whose loss or global gradient norm is NaN or infinite is skipped (no update); this
+  /// many such steps in a row stop the run with an error naming the step and the value.
+  int64_t max_nonfinite_steps = 3;
   // ---- data ----
   std::string data;             ///< a text file; empty: the embedded synthetic corpus
   int64_t train_lines = 40000;  ///< synthetic corpus size
@@ -89,7 +92,11 @@ struct TrainConfig {
   int64_t stats_every = 50;        ///< per-expert load and dropped tokens every N steps
   int64_t checkpoint_every = 200;  ///< 0: only at the end
   int64_t stop_after = 0;          ///< stop (with a checkpoint) after this step; 0: run all steps
+  int64_t checkpoint_keep = 3;     ///< keep the newest N checkpoints; 0: all
   bool resume = false;
+  /// Start afresh in an `out` that holds a run: the old run is moved aside to out.old-N, not
+  /// deleted. Without it (and without resume) such an `out` is refused.
+  bool overwrite = false;
   bool progress = true;  ///< rank 0's progress bar
   bool eval = true;      ///< task accuracy at the end
 
@@ -110,13 +117,16 @@ void set_config_value(TrainConfig& config, const std::string& key, const std::st
 /// The text form of one key's value.
 std::string get_config_value(const TrainConfig& config, const std::string& key);
 
-/// Applies a TOML file's keys (top-level keys, or keys inside any table) over `config`. Unknown
-/// keys, wrong types and unreadable files raise an error naming the key or the file.
+/// Applies a TOML file's keys over `config`: top-level keys, or keys inside the table of their
+/// group ([model], [moe], [optim], [data], [layout], [memory], [output]). Unknown keys, keys in
+/// another group's table, wrong types, directories and unreadable files raise an error naming
+/// the key or the file.
 void apply_toml_file(TrainConfig& config, const std::string& path);
 /// Applies a TOML document given as text (same rules). `origin` names it in errors.
 void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin);
 
-/// "" if the configuration can run, else why not, naming the key(s): sizes, degrees that do not
+/// "" if the configuration can run, else every reason why not, one per line, naming the key(s):
+/// sizes, non-finite numbers, degrees that do not
 /// divide (world = tp * dp * pp = nproc, ep | num_experts, tp | n_heads, etp | hidden, ...),
 /// batch_size not divisible by dp * micro_batches, pp > n_layers, an unknown pipeline schedule.
 std::string check_config(const TrainConfig& config);
@@ -132,6 +142,7 @@ struct TrainResult {
   int64_t steps = 0;           ///< the last step done
   double initial_loss = 0.0, final_loss = 0.0;
   double tokens_per_s = 0.0;
+  int64_t skipped_steps = 0;  ///< steps skipped for a non-finite loss or gradient norm
   std::map<std::string, double> task_accuracy;
   double wall_s = 0.0;
 };
@@ -139,7 +150,14 @@ struct TrainResult {
 /// Runs training on this process's rank of `world` (world.size() must equal the layout's world
 /// size). Collective over the world. Writes metrics, checkpoints, summary and report under
 /// config.out (rank 0 writes the shared files).
-/// `on_step` (optional) is called on every rank after every optimizer step with (step, loss).
+/// - A fresh run refuses an `out` that holds a run unless config.overwrite (moved aside); a
+///   resume continues from find_resume_checkpoint(out) (the newest complete checkpoint).
+/// - A step whose global loss or gradient norm is NaN or infinite is skipped (no update; a
+///   metrics line with `"loss": null, "skipped": true`); max_nonfinite_steps of them in a row
+///   raise an error naming the step and the values. No non-finite value is ever written to
+///   metrics.jsonl, summary.json or a checkpoint.
+/// `on_step` (optional) is called on every rank after every step with (step, loss); the loss is
+/// NaN or infinite on a skipped step, and TrainResult::losses has no entry for it.
 TrainResult train(const TrainConfig& config, dist::World& world,
                   const std::function<void(int64_t, double)>& on_step = nullptr);
 
@@ -173,13 +191,45 @@ std::map<std::string, double> task_accuracy(GPTImpl& model, const std::vector<Ta
 
 /// The checkpoint of step `step` under out/checkpoints.
 std::string checkpoint_dir(const std::string& out, int64_t step);
-/// The newest complete checkpoint under out/checkpoints ("" if none).
+/// The checkpoint out/checkpoints/latest names ("" if none); not verified.
 std::string latest_checkpoint(const std::string& out);
+
+/// The step directories under out/checkpoints (step_NNNNNN), oldest first.
+std::vector<std::string> list_checkpoints(const std::string& out);
+
+/// The checkpoint whose recorded configuration `hmoe train --resume` continues with: the one
+/// `latest` names if its checkpoint.meta parses, else the newest step directory whose meta
+/// parses ("" if none). Reads only metadata; rank 0 of the run verifies every checksum before
+/// loading (find_resume_checkpoint).
+std::string resume_config_checkpoint(const std::string& out);
+
+/// "" when checkpoint `dir` is complete and intact (checkpoint.meta parses; every shard, model.pt
+/// and optimizer.pt exists with its recorded checksum and size), else what is wrong, naming the
+/// file. Reads every file; changes nothing.
+std::string verify_checkpoint(const std::string& dir);
+
+/// Where `--resume` continues: the checkpoint `latest` names when it verifies; otherwise the
+/// newest step directory that does, with `note` saying why `latest` was passed over ("" dir: none
+/// verifies, and `note` says why).
+struct ResumePoint {
+  std::string dir;
+  std::string note;  ///< empty when `latest` was used as it is
+};
+ResumePoint find_resume_checkpoint(const std::string& out);
+
+/// Removes interrupted temporaries (.tmp_step_*) and all but the newest `keep` step directories
+/// (never the one `latest` names); keep <= 0 keeps every checkpoint. Returns what was removed.
+std::vector<std::string> prune_checkpoints(const std::string& out, int64_t keep);
 
 /// Writes this rank's shard (model and optimizer state) and, on rank 0, checkpoint.meta (layout,
 /// step, config, checksums), model.pt (the full model gathered from the shards) and optimizer.pt
 /// (the optimizer state of every full-model parameter) into a
 /// temporary directory renamed to checkpoint_dir(out, step) once complete. Collective.
+/// Every file is written durably (fsynced, size checked; checkpoint_files.h) and `latest` is
+/// rewritten last. Any failure on any rank (a full disk, an I/O error, a serializer error, a
+/// non-finite parameter) raises the same error on every rank, naming the step and the failing
+/// rank's path and cause; the temporary directory is removed and `latest` still names the
+/// previous checkpoint. After success, prune_checkpoints(out, checkpoint_keep).
 void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model, ZeroAdamW& optimizer,
                      const ParallelGroups& groups);
 
@@ -202,7 +252,7 @@ int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTIm
 ///   convert_checkpoint(dir, to, *world);
 void convert_checkpoint(const std::string& dir, const TrainConfig& target, dist::World& world);
 
-/// The training configuration recorded in a checkpoint's meta.json.
+/// The training configuration recorded in a checkpoint's checkpoint.meta.
 TrainConfig read_checkpoint_config(const std::string& dir);
 /// The full single-process model of a checkpoint (its model.pt).
 GPT load_full_model(const std::string& dir);

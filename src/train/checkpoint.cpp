@@ -1,11 +1,13 @@
-// checkpoint.cpp — see train.h: sharded checkpoints written atomically (a temporary directory
-// renamed once complete), checked on load (layout, model keys, shard checksums) before anything
-// is modified, and the consolidated full model for generation.
+// checkpoint.cpp — see train.h: sharded checkpoints written durably and atomically (files fsynced
+// into a temporary directory renamed once complete; checkpoint_files.h), checked on load (layout,
+// model keys, shard checksums) before anything is modified, and the consolidated full model for
+// generation.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "checkpoint_files.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/zero.h"
@@ -16,8 +18,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kMetaFile = "checkpoint.meta";
-constexpr const char* kFormat = "hybridmoe-checkpoint-1";
+using detail::digest_of_bytes;
+using detail::digest_of_file;
+using detail::digest_text;
+using detail::kMetaFile;
+using detail::read_meta;
 
 // The configuration keys that fix the model's shapes: they must match on resume.
 const std::vector<std::string>& model_keys() {
@@ -27,56 +32,46 @@ const std::vector<std::string>& model_keys() {
   return keys;
 }
 
-// FNV-1a 64 of a file's bytes → (hash, size); (0, -1) when it cannot be read.
-std::pair<uint64_t, int64_t> file_digest(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in.good()) return {0, -1};
-  uint64_t h = 1469598103934665603ULL;
-  int64_t n = 0;
-  char buf[1 << 16];
-  while (in) {
-    in.read(buf, sizeof(buf));
-    const auto got = in.gcount();
-    for (std::streamsize i = 0; i < got; ++i) {
-      h ^= static_cast<unsigned char>(buf[i]);
-      h *= 1099511628211ULL;
-    }
-    n += got;
+// Runs one phase of a checkpoint write on this rank; returns "" or what went wrong (file errors
+// and serializer errors alike, never an abort).
+template <typename Fn>
+std::string attempt(Fn&& fn) {
+  try {
+    fn();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
   }
-  return {h, n};
+  return "";
 }
 
-std::string digest_text(const std::pair<uint64_t, int64_t>& d) {
-  std::ostringstream s;
-  s << std::hex << d.first << std::dec << " " << d.second;
-  return s.str();
+// Every rank learns whether any rank's phase failed (one gather of a flag); on failure every
+// rank raises the same error, naming the failing ranks and, on each of them, its own cause.
+// `cleanup` runs first (rank 0 removes the temporary directory).
+void agree_or_fail(const std::string& problem, const std::string& what,
+                   const ParallelGroups& groups, const std::function<void()>& cleanup) {
+  const auto& world = groups.world;
+  const int64_t W = world.size();
+  std::vector<int64_t> bad = W > 1 ? dist::all_gather_counts(problem.empty() ? 0 : 1, world)
+                                   : std::vector<int64_t>{problem.empty() ? 0 : 1};
+  std::ostringstream ranks;
+  for (int64_t r = 0; r < W; ++r)
+    if (bad[r]) ranks << (ranks.tellp() > 0 ? ", " : "") << r;
+  if (ranks.tellp() == 0) return;
+  cleanup();
+  TORCH_CHECK(false, what, " failed on rank(s) ", ranks.str(),
+              problem.empty() ? std::string(" (this rank's part succeeded)") : ": " + problem,
+              "; the temporary files were removed and `latest` still names the previous "
+              "checkpoint");
 }
 
-std::map<std::string, std::string> read_meta(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kMetaFile).string();
-  std::ifstream in(path);
-  TORCH_CHECK(in.good(), "checkpoint ", dir, ": cannot read ", kMetaFile,
-              " (not a checkpoint, or an incomplete one)");
-  std::map<std::string, std::string> meta;
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto eq = line.find(" = ");
-    if (eq == std::string::npos) continue;
-    meta[line.substr(0, eq)] = line.substr(eq + 3);
-  }
-  TORCH_CHECK(meta["format"] == kFormat, "checkpoint ", dir, ": unknown format \"", meta["format"],
-              "\"");
-  return meta;
-}
-
-void write_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    TORCH_CHECK(out.good(), "checkpoint: cannot write ", tmp);
-    out << text;
-  }
-  fs::rename(tmp, path);
+// The bytes of a serialized archive (the serializer writes to memory; the file is then written
+// durably, so a full disk is an error, not an abort inside the serializer).
+std::string archive_bytes(torch::serialize::OutputArchive& archive) {
+  std::ostringstream out(std::ios::binary);
+  archive.save_to(out);
+  return out.str();
 }
 
 std::string shard_name(int64_t rank) {
@@ -134,8 +129,8 @@ void load_converted(const std::string& dir, std::map<std::string, std::string>& 
     TORCH_CHECK(fs::exists(path), "checkpoint ", dir, ": ", fs::path(path).filename().string(),
                 " is missing; it is needed to load the checkpoint into another layout; nothing "
                 "was loaded or overwritten");
-    TORCH_CHECK(meta.count(key) && digest_text(file_digest(path)) == meta[key], "checkpoint ", dir,
-                ": ", fs::path(path).filename().string(),
+    TORCH_CHECK(meta.count(key) && digest_text(digest_of_file(path)) == meta[key], "checkpoint ",
+                dir, ": ", fs::path(path).filename().string(),
                 " is corrupted (checksum or size differs from ", kMetaFile,
                 "); nothing was loaded or overwritten");
   }
@@ -195,63 +190,89 @@ void save_checkpoint(const TrainConfig& config, int64_t step, GPTImpl& model, Ze
   const auto& world = groups.world;
   const int64_t rank = world.rank, W = world.size();
   const std::string final_dir = checkpoint_dir(config.out, step);
+  const fs::path parent = fs::path(final_dir).parent_path();
   const std::string tmp_dir =
-      (fs::path(final_dir).parent_path() / (".tmp_" + fs::path(final_dir).filename().string()))
-          .string();
-  // 1. A fresh temporary directory (rank 0), then every rank writes its shard into it.
-  if (rank == 0) {
-    fs::remove_all(tmp_dir);
-    fs::create_directories(tmp_dir);
-  }
-  if (W > 1) dist::barrier(world);
-  {
+      (parent / (".tmp_" + fs::path(final_dir).filename().string())).string();
+  const std::string what = "checkpoint of step " + std::to_string(step) + " (" + final_dir + ")";
+  auto cleanup = [&] {
+    std::error_code ec;
+    if (rank == 0) fs::remove_all(tmp_dir, ec);
+  };
+  // 1. Nothing non-finite is saved; rank 0 prepares a fresh temporary directory.
+  std::string problem = attempt([&] {
+    torch::NoGradGuard ng;
+    for (const auto& kv : model.named_parameters())
+      TORCH_CHECK(torch::isfinite(kv.value()).all().item<bool>(), "parameter ", kv.key(),
+                  " holds NaN or infinite values; a checkpoint never stores them");
+    if (rank == 0) {
+      fs::remove_all(tmp_dir);
+      fs::create_directories(tmp_dir);
+    }
+  });
+  agree_or_fail(problem, what, groups, cleanup);
+  // 2. Every rank writes its shard (serialized in memory, then written durably), and sends its
+  //    checksum to rank 0.
+  detail::Digest mine;
+  problem = attempt([&] {
     torch::serialize::OutputArchive archive, model_ar, optim_ar;
     model.save(model_ar);
     for (const auto& [name, t] : optimizer.state()) optim_ar.write(name, t);
     archive.write("model", model_ar);
     archive.write("optimizer", optim_ar);
-    archive.save_to((fs::path(tmp_dir) / shard_name(rank)).string());
-  }
-  // 2. Checksums of every shard to rank 0.
-  const auto mine = file_digest((fs::path(tmp_dir) / shard_name(rank)).string());
-  auto d =
-      torch::tensor({static_cast<int64_t>(mine.first), mine.second}, torch::kInt64).view({1, 2});
+    const std::string bytes = archive_bytes(archive);
+    mine = digest_of_bytes(bytes);
+    detail::write_file_durable((fs::path(tmp_dir) / shard_name(rank)).string(), bytes);
+  });
+  agree_or_fail(problem, what, groups, cleanup);
+  auto d = torch::tensor({static_cast<int64_t>(mine.hash), mine.size}, torch::kInt64).view({1, 2});
   auto all = W > 1 ? dist::all_gather_rows(d, world) : d;
   // 3. The consolidated model and optimizer state (collective gathers), written by rank 0: what
   //    loading into another layout starts from.
   GPT full = consolidate_model(model, config);
   auto full_state = consolidate_optimizer(model, optimizer, config);
-  if (rank == 0) {
-    const std::string model_path = (fs::path(tmp_dir) / "model.pt").string();
-    const std::string optim_path = (fs::path(tmp_dir) / "optimizer.pt").string();
-    torch::save(full, model_path);
-    {
+  problem = "";
+  if (rank == 0)
+    problem = attempt([&] {
+      std::ostringstream model_out(std::ios::binary);
+      torch::save(full, model_out);
+      const std::string model_bytes = model_out.str();
       torch::serialize::OutputArchive ar;
       for (const auto& [name, t] : full_state) ar.write(name, t);
-      ar.save_to(optim_path);
-    }
-    // 4. Metadata last, then the rename that makes the checkpoint visible.
-    std::ostringstream meta;
-    meta << "format = " << kFormat << "\n"
-         << "step = " << step << "\n"
-         << "world_size = " << W << "\n"
-         << "layout = " << config.layout().to_string() << "\n";
-    for (int64_t r = 0; r < W; ++r)
-      meta << "shard." << r << " = "
-           << digest_text(
-                  {static_cast<uint64_t>(all[r][0].item<int64_t>()), all[r][1].item<int64_t>()})
-           << "\n";
-    meta << "model = " << digest_text(file_digest(model_path)) << "\n"
-         << "optimizer = " << digest_text(file_digest(optim_path)) << "\n";
-    for (const auto& k : train_config_keys())
-      meta << "config." << k.name << " = " << get_config_value(config, k.name) << "\n";
-    write_file_atomic((fs::path(tmp_dir) / kMetaFile).string(), meta.str());
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
-    fs::rename(tmp_dir, final_dir);
-    write_file_atomic((fs::path(config.out) / "checkpoints" / "latest").string(),
-                      fs::path(final_dir).filename().string() + "\n");
-  }
-  if (W > 1) dist::barrier(world);
+      const std::string optim_bytes = archive_bytes(ar);
+      detail::write_file_durable((fs::path(tmp_dir) / "model.pt").string(), model_bytes);
+      detail::write_file_durable((fs::path(tmp_dir) / "optimizer.pt").string(), optim_bytes);
+      // 4. Metadata last, then the rename that makes the checkpoint visible, then `latest`.
+      std::ostringstream meta;
+      meta << "format = " << detail::kCheckpointFormat << "\n"
+           << "step = " << step << "\n"
+           << "world_size = " << W << "\n"
+           << "layout = " << config.layout().to_string() << "\n";
+      for (int64_t r = 0; r < W; ++r)
+        meta << "shard." << r << " = "
+             << digest_text(
+                    {static_cast<uint64_t>(all[r][0].item<int64_t>()), all[r][1].item<int64_t>()})
+             << "\n";
+      meta << "model = " << digest_text(digest_of_bytes(model_bytes)) << "\n"
+           << "optimizer = " << digest_text(digest_of_bytes(optim_bytes)) << "\n";
+      for (const auto& k : train_config_keys())
+        meta << "config." << k.name << " = " << get_config_value(config, k.name) << "\n";
+      detail::write_file_durable((fs::path(tmp_dir) / kMetaFile).string(), meta.str());
+      detail::fsync_directory(tmp_dir);
+      // A checkpoint of the same step (a re-run after resume) is moved aside, not lost, until
+      // the new one is in place.
+      const std::string aside = final_dir + ".replaced";
+      if (fs::exists(final_dir)) {
+        fs::remove_all(aside);
+        detail::rename_durable(final_dir, aside);
+      }
+      detail::rename_durable(tmp_dir, final_dir);
+      fs::remove_all(aside);
+      detail::write_file_durable((parent / "latest").string(),
+                                 fs::path(final_dir).filename().string() + "\n");
+      // 5. Retention: the newest checkpoint_keep step directories.
+      prune_checkpoints(config.out, config.checkpoint_keep);
+    });
+  agree_or_fail(problem, what, groups, cleanup);
 }
 
 TrainConfig read_checkpoint_config(const std::string& dir) {
@@ -296,7 +317,7 @@ int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTIm
     problem = "no checksum of " + shard_name(rank) + " in " + kMetaFile;
   } else if (!fs::exists(path)) {
     problem = "shard " + path + " is missing";
-  } else if (digest_text(file_digest(path)) != meta[key]) {
+  } else if (digest_text(digest_of_file(path)) != meta[key]) {
     problem = "shard " + path + " is corrupted (checksum or size differs from " + kMetaFile + ")";
   }
   std::vector<int64_t> bad = W > 1 ? dist::all_gather_counts(problem.empty() ? 0 : 1, world)
@@ -329,7 +350,7 @@ GPT load_full_model(const std::string& dir) {
   auto meta = read_meta(dir);
   const std::string path = (fs::path(dir) / "model.pt").string();
   TORCH_CHECK(fs::exists(path), "checkpoint ", dir, ": model.pt is missing");
-  TORCH_CHECK(digest_text(file_digest(path)) == meta["model"], "checkpoint ", dir,
+  TORCH_CHECK(digest_text(digest_of_file(path)) == meta["model"], "checkpoint ", dir,
               ": model.pt is corrupted (checksum differs from ", kMetaFile, ")");
   TrainConfig c = read_checkpoint_config(dir);
   GPT model(c.model_options().single_process());

@@ -1,6 +1,7 @@
 // config.cpp — see train.h: the configuration keys of `hmoe train`, TOML input, validation and
 // the effective-configuration printout.
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -102,6 +103,9 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(beta2, "optim", "AdamW beta2"),
       HMOE_KEY(grad_clip, "optim", "global gradient-norm clip (<= 0: off)"),
       HMOE_KEY(seed, "optim", "seed of weights and batches"),
+      HMOE_KEY(max_nonfinite_steps, "optim",
+               "steps in a row with a NaN/Inf loss or gradient norm (each skipped) before the "
+               "run stops"),
       HMOE_KEY(data, "data", "text file to train on (empty: embedded synthetic tasks)"),
       HMOE_KEY(train_lines, "data", "lines of the synthetic corpus"),
       HMOE_KEY(eval_per_task, "data", "held-out samples per synthetic task"),
@@ -131,19 +135,24 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(stats_every, "output", "expert load every N steps"),
       HMOE_KEY(checkpoint_every, "output", "checkpoint every N steps (0: at the end only)"),
       HMOE_KEY(stop_after, "output", "stop after this step with a checkpoint (0: never)"),
-      HMOE_KEY(resume, "output", "continue from the latest checkpoint in out"),
+      HMOE_KEY(checkpoint_keep, "output", "keep the newest N checkpoints (0: all)"),
+      HMOE_KEY(resume, "output", "continue from the newest complete checkpoint in out"),
+      HMOE_KEY(overwrite, "output",
+               "start afresh in an out holding a run (moved aside to out.old-N)"),
       HMOE_KEY(progress, "output", "rank 0 progress bar"),
       HMOE_KEY(eval, "output", "held-out task accuracy at the end"),
   };
   return keys;
 }
 
-const KeyAccess& find_key(const std::string& name) {
+// The key named `name`; `origin` (a file, when there is one) leads the error text.
+const KeyAccess& find_key(const std::string& name, const std::string& origin = "") {
   for (const auto& k : table())
     if (k.key.name == name) return k;
   std::ostringstream known;
   for (const auto& k : table()) known << (known.tellp() > 0 ? ", " : "") << k.key.name;
-  TORCH_CHECK(false, "unknown config key `", name, "`; known keys: ", known.str());
+  TORCH_CHECK(false, origin.empty() ? "" : origin + ": ", "unknown config key `", name,
+              "`; known keys: ", known.str());
 }
 
 }  // namespace
@@ -214,7 +223,7 @@ namespace {
 // Applies one TOML node under its leaf key.
 void apply_node(TrainConfig& config, const std::string& key, const toml::node& node,
                 const std::string& origin) {
-  const auto& k = find_key(key);
+  const auto& k = find_key(key, origin);
   std::string text;
   if (auto v = node.value_exact<int64_t>()) {
     text = std::to_string(*v);
@@ -232,15 +241,30 @@ void apply_node(TrainConfig& config, const std::string& key, const toml::node& n
                   (kind == "float" && (node.is_floating_point() || node.is_integer())) ||
                   (kind == "bool" && node.is_boolean()) || (kind == "string" && node.is_string());
   TORCH_CHECK(ok, origin, ": config key `", key, "` expects a ", kind, " value");
-  k.set(config, text);
+  try {
+    k.set(config, text);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, origin, ": ", e.what_without_backtrace());
+  }
 }
 
-void apply_table(TrainConfig& config, const toml::table& tbl, const std::string& origin) {
+// Top-level keys, or keys inside the table of their group ([model], [optim], ...): a key in
+// another table is refused, naming the table it belongs in.
+void apply_table(TrainConfig& config, const toml::table& tbl, const std::string& origin,
+                 const std::string& table_name = "") {
   for (const auto& [name, node] : tbl) {
     const std::string key(name.str());
     if (const auto* sub = node.as_table()) {
-      apply_table(config, *sub, origin);
+      TORCH_CHECK(table_name.empty(), origin, ": table [", table_name, ".", key,
+                  "]: configuration tables do not nest; expected keys at the top level or in one "
+                  "of the group tables [model], [moe], [optim], [data], [layout], [memory], "
+                  "[output]");
+      apply_table(config, *sub, origin, key);
     } else {
+      const auto& k = find_key(key, origin);
+      TORCH_CHECK(table_name.empty() || k.key.group == table_name, origin, ": config key `", key,
+                  "` belongs in table [", k.key.group, "] (or at the top level), found in [",
+                  table_name, "]");
       apply_node(config, key, node, origin);
     }
   }
@@ -266,6 +290,9 @@ void apply_toml_text(TrainConfig&, const std::string&, const std::string& origin
 #endif
 
 void apply_toml_file(TrainConfig& config, const std::string& path) {
+  std::error_code ec;
+  TORCH_CHECK(!std::filesystem::is_directory(path, ec), "--config: \"", path,
+              "\" is a directory; expected a TOML file");
   std::ifstream in(path);
   TORCH_CHECK(in.good(), "--config: cannot read \"", path, "\"");
   std::ostringstream ss;
@@ -274,9 +301,16 @@ void apply_toml_file(TrainConfig& config, const std::string& path) {
 }
 
 std::string check_config(const TrainConfig& c) {
-  std::ostringstream why;
+  // Every problem is reported, one per line; the relations between keys (divisibility, the
+  // layout) are checked only once the sizes they divide by are valid.
+  std::vector<std::string> problems;
   auto need = [&](bool ok, const std::string& msg) {
-    if (!ok && why.tellp() == 0) why << msg;
+    if (!ok) problems.push_back(msg);
+  };
+  auto joined = [&] {
+    std::string out;
+    for (const auto& p : problems) out += (out.empty() ? "" : "\n") + p;
+    return out;
   };
   auto s = [](auto v) {
     std::ostringstream o;
@@ -303,6 +337,14 @@ std::string check_config(const TrainConfig& c) {
                                                     {"log_every", c.log_every},
                                                     {"stats_every", c.stats_every}})
     need(v >= 1, "config key `" + name + "` must be >= 1, got " + s(v));
+  need(c.max_nonfinite_steps >= 1,
+       "config key `max_nonfinite_steps` must be >= 1, got " + s(c.max_nonfinite_steps));
+  need(c.checkpoint_keep >= 0,
+       "config key `checkpoint_keep` must be >= 0 (0: keep all), got " + s(c.checkpoint_keep));
+  need(!(c.resume && c.overwrite),
+       "config keys `resume` and `overwrite` exclude each other: resume continues the run in "
+       "`out`, overwrite moves it aside");
+  if (!problems.empty()) return joined();
   need(c.d_mlp >= 0 && c.expert_hidden >= 0 && c.moe_every >= 0 && c.warmup_steps >= 0 &&
            c.checkpoint_every >= 0 && c.stop_after >= 0,
        "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
@@ -344,6 +386,14 @@ std::string check_config(const TrainConfig& c) {
     }
     need(ok, "config key `adaptive_r` = \"" + c.adaptive_r + "\": expected auto or one of " +
                  valid + " (S = " + s(S) + " ranks per expert)");
+    // auto times one step with each valid r at the start of every period, then runs the fastest:
+    // a period of no more steps than there are r would never run the choice.
+    int64_t count = 1;
+    for (int64_t d = 1; d <= S; ++d) count += S % d == 0 ? 1 : 0;
+    need(c.adaptive_r != "auto" || c.adaptive_recheck_every > count,
+         "config key `adaptive_recheck_every` = " + s(c.adaptive_recheck_every) +
+             " must exceed the number of valid r (" + s(count) + ": " + valid +
+             ") with adaptive_r = auto: each period times every r once, then runs the fastest");
   } else {
     need(c.adaptive_r == "1",
          "config key `adaptive_r` = \"" + c.adaptive_r + "\" needs `expert_layout` = \"adaptive\"");
@@ -382,6 +432,10 @@ std::string check_config(const TrainConfig& c) {
        "config keys `lr` > 0 and 0 <= `min_lr` <= "
        "`lr` expected, got lr " +
            s(c.lr) + ", min_lr " + s(c.min_lr));
+  for (const auto& k : table())
+    if (k.key.kind == "float")
+      need(std::isfinite(std::stod(k.get(c))),
+           "config key `" + k.key.name + "` must be a finite number, got " + k.get(c));
   need(c.beta1 >= 0 && c.beta1 < 1 && c.beta2 >= 0 && c.beta2 < 1,
        "config keys `beta1`, `beta2` must be in [0, 1)");
   need(c.train_lines >= 1, "config key `train_lines` must be >= 1");
@@ -389,11 +443,11 @@ std::string check_config(const TrainConfig& c) {
   bool known_gate = false;
   for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
   need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
-  if (why.tellp() == 0) {
+  if (problems.empty()) {
     const std::string layout = c.layout().check(c.tp * c.dp * c.pp);
     need(layout.empty(), "config keys `tp`/`dp`/`pp`/`ep`/`etp`: " + layout);
   }
-  return why.str();
+  return joined();
 }
 
 void validate_config(const TrainConfig& config) {

@@ -127,6 +127,10 @@ std::vector<std::string> continue_batch(GPTImpl& model, const std::vector<std::s
 std::string generate_text(GPTImpl& model, const std::string& prompt, int64_t max_new,
                           double temperature, uint64_t seed, bool stop_at_newline) {
   TORCH_CHECK(!prompt.empty(), "generate: the prompt must not be empty");
+  TORCH_CHECK(max_new >= 0, "generate: max_new (--max-new) should be >= 0, got ", max_new);
+  TORCH_CHECK(std::isfinite(temperature) && temperature >= 0,
+              "generate: temperature should be a finite number >= 0 (0: greedy), got ",
+              temperature);
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include "hybridmoe/train.h"
 #include "hybridmoe/zero.h"
 #include "report.h"
+#include "run_dir.h"
 
 namespace hybridmoe {
 
@@ -71,8 +73,8 @@ std::map<std::string, std::vector<std::vector<double>>> load_by_task(
     auto res = model.forward(tokens);
     std::vector<double> flat;
     for (const auto& st : res.moe_stats) {
-      auto c = st.tokens_per_expert.to(torch::kFloat64);
-      for (int64_t e = 0; e < E; ++e) flat.push_back(c[e].item<double>());
+      auto c = st.tokens_per_expert.to(torch::kFloat64).cpu().contiguous();
+      flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + E);
     }
     out[task] = fractions(world_sum(flat, groups), layers, E);
   }
@@ -140,32 +142,24 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
                                                        cfg.train_lines, cfg.eval_per_task)
                                    : Corpus::from_file(cfg.data);
 
-  // 4. Resume, or start fresh output.
+  // 4. Resume from the newest complete checkpoint, or start in an output directory that holds no
+  //    earlier run (or moved it aside).
   TrainResult result;
   std::vector<std::pair<int64_t, double>> curve;
   int64_t start = 0;
-  if (lead) fs::create_directories(cfg.out);
   const std::string metrics_path = cfg.out + "/metrics.jsonl";
   std::vector<std::string> kept_lines;
   if (cfg.resume) {
-    const std::string dir = latest_checkpoint(cfg.out);
-    TORCH_CHECK(!dir.empty(), "--resume: no checkpoint under ", cfg.out, "/checkpoints");
+    const std::string dir = detail::choose_resume_checkpoint(cfg, *groups);
     start = load_checkpoint(dir, cfg, *model, optimizer, *groups);
-    std::ifstream in(metrics_path);
-    std::string line;
-    while (std::getline(in, line)) {
-      int64_t step = -1;
-      double loss = 0;
-      if (std::sscanf(line.c_str(), "{\"step\": %lld, \"loss\": %lf",
-                      reinterpret_cast<long long*>(&step), &loss) == 2 &&
-          step <= start) {
-        kept_lines.push_back(line);
-        curve.emplace_back(step, loss);
-      }
-    }
+    auto kept = detail::read_metrics_until(metrics_path, start);
+    kept_lines = std::move(kept.lines);
+    curve = std::move(kept.curve);
     if (world.size() > 1) dist::barrier(groups->world);  // everyone has read before rank 0 rewrites
     if (lead)
       std::printf("resumed from %s at step %lld\n", dir.c_str(), static_cast<long long>(start));
+  } else {
+    detail::prepare_run_dir(cfg, *groups);
   }
   std::ofstream metrics;
   if (lead) {
@@ -207,6 +201,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const double tokens_per_step = static_cast<double>(cfg.batch_size * cfg.seq_len);
   double timed_s = 0;
   int64_t timed_steps = 0;
+  int64_t nonfinite_in_a_row = 0;
   for (int64_t step = start + 1; step <= last; ++step) {
     const auto t0 = Clock::now();
     const double lr = learning_rate(cfg, step - 1);
@@ -219,8 +214,12 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     }
     optimizer.set_lr(lr);
     optimizer.zero_grad();
-    double ce_sum = 0, aux_sum = 0;
-    std::vector<double> load(L * E + 1, 0.0);
+    // The step's task loss, auxiliary loss and expert load accumulate on the model's device,
+    // [ce, aux, load of every (layer, expert)], and come to the host once after the pipeline: no
+    // host synchronisation per micro-batch or per expert. Float64, in the order the host sums
+    // would take, so the figures are the same bits as summing on the host.
+    auto acc = torch::zeros({2 + L * E}, pipe.activation_options.dtype(torch::kFloat64));
+    double dropped_step = 0;
     // This dp rank's rows of every micro-batch; the stages run them through the pipeline (one
     // stage without pp), each micro-batch's loss scaled by 1 / micro (gradient accumulation).
     std::vector<torch::Tensor> xs, ys;
@@ -234,29 +233,66 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       StageForward f;
       f.output = out.output;
       f.loss = out.aux_loss / static_cast<double>(micro);
-      aux_sum += out.aux_loss.item<double>() / micro;
+      acc.narrow(0, 1, 1).add_(out.aux_loss.detach().to(torch::kFloat64).reshape({1}) / micro);
       if (model->is_last_stage()) {
         auto ce = lm_loss(out.output, ys[m]);
         f.loss = f.loss + ce / static_cast<double>(micro);
-        ce_sum += ce.item<double>() / micro;
+        acc.narrow(0, 0, 1).add_(ce.detach().to(torch::kFloat64).reshape({1}) / micro);
       }
       for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        auto c = out.moe_stats[l].tokens_per_expert.to(torch::kFloat64);
-        for (int64_t e = 0; e < E; ++e) load[(L0 + l) * E + e] += c[e].item<double>();
-        load[L * E] += static_cast<double>(out.moe_stats[l].tokens_dropped);
+        acc.narrow(0, 2 + (L0 + static_cast<int64_t>(l)) * E, E)
+            .add_(out.moe_stats[l].tokens_per_expert.to(torch::kFloat64));
+        dropped_step += static_cast<double>(out.moe_stats[l].tokens_dropped);
       }
       return f;
     });
+    const auto host = acc.cpu();
+    const double* sums = host.data_ptr<double>();
+    const double ce_sum = sums[0], aux_sum = sums[1];
+    std::vector<double> load(sums + 2, sums + 2 + L * E);
+    load.push_back(dropped_step);
     model->reduce_tied_gradients();
     optimizer.reduce_gradients(1.0 / static_cast<double>(dp));
     const double norm = optimizer.clip_grad_norm(cfg.grad_clip, groups->world, replicas);
-    optimizer.step();
-    for (auto& layer : moe) layer->gate->after_step();
-    // The global loss: the shares of every rank sum to it.
+    // The global loss: the shares of every rank sum to it (the same reduction also carries the
+    // expert load, so checking the loss costs nothing extra; the norm is global already).
     std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
     shares.insert(shares.end(), load.begin(), load.end());
     auto total = world_sum(shares, *groups);
     const double loss = total[0], aux = total[1];
+    // A NaN or infinite loss or gradient norm: the update is skipped (every rank sees the same
+    // global values, so every rank skips), and too many in a row end the run.
+    const bool finite = std::isfinite(loss) && std::isfinite(aux) && std::isfinite(norm);
+    if (finite) {
+      nonfinite_in_a_row = 0;
+      optimizer.step();
+      for (auto& layer : moe) layer->gate->after_step();
+    } else {
+      ++nonfinite_in_a_row;
+      ++result.skipped_steps;
+      std::ostringstream values;
+      values << "loss " << loss << ", aux_loss " << aux << ", grad_norm " << norm;
+      if (lead) {
+        metrics << "{\"step\": " << step
+                << ", \"loss\": null, \"aux_loss\": null, \"lr\": " << std::setprecision(8) << lr
+                << ", \"grad_norm\": null, \"skipped\": true, "
+                << "\"nonfinite\": " << detail::json_string(values.str()) << "}\n";
+        metrics.flush();
+        std::printf(
+            "%sstep %lld skipped: non-finite %s (%lld in a row, max_nonfinite_steps %lld)\n",
+            tty && cfg.progress ? "\n" : "", static_cast<long long>(step), values.str().c_str(),
+            static_cast<long long>(nonfinite_in_a_row),
+            static_cast<long long>(cfg.max_nonfinite_steps));
+        std::fflush(stdout);
+      }
+      TORCH_CHECK(nonfinite_in_a_row < cfg.max_nonfinite_steps, "step ", step, ": non-finite ",
+                  values.str(), "; ", nonfinite_in_a_row,
+                  " steps in a row had a NaN or infinite loss or gradient norm "
+                  "(max_nonfinite_steps = ",
+                  cfg.max_nonfinite_steps,
+                  "), so the run stops. Skipped steps changed no weight and no checkpoint holds "
+                  "a non-finite value: lower lr or set grad_clip, then --resume");
+    }
     for (int64_t i = 0; i < L * E; ++i) load_run[i] += total[2 + i];
     dropped_run += total[2 + L * E];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -280,11 +316,13 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     if (step > start + 1 || last == start + 1) timed_s += dt, ++timed_steps;
     const double tps =
         timed_steps > 0 ? tokens_per_step * timed_steps / timed_s : tokens_per_step / dt;
-    result.losses.push_back(loss);
-    curve.emplace_back(step, loss);
     if (on_step) on_step(step, loss);
+    if (finite) {
+      result.losses.push_back(loss);
+      curve.emplace_back(step, loss);
+    }
     // Rank 0: metrics, progress, expert load.
-    if (lead) {
+    if (lead && finite) {
       metrics << "{\"step\": " << step << ", \"loss\": " << std::setprecision(17) << loss
               << std::setprecision(8) << ", \"aux_loss\": " << aux << ", \"lr\": " << lr
               << ", \"grad_norm\": " << norm << ", \"tokens_per_s\": " << tps;

@@ -12,64 +12,12 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/train.h"
 #include "support/multirank.h"
+#include "train/train_fixtures.h"
 
 namespace hybridmoe {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string test_dir(const std::string& name) {
-  return (fs::temp_directory_path() / ("hmoe_train_test_" + std::to_string(getuid())) / name)
-      .string();
-}
-
-// A tiny single-process configuration that runs in about a second.
-TrainConfig tiny_config(const std::string& out) {
-  TrainConfig c;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.context = 32;
-  c.seq_len = 32;
-  c.moe_every = 2;
-  c.num_experts = 4;
-  c.batch_size = 8;
-  c.steps = 12;
-  c.warmup_steps = 3;
-  c.train_lines = 2000;
-  c.eval_per_task = 4;
-  c.nproc = 1;
-  c.tp = c.dp = c.pp = c.ep = c.etp = 1;
-  c.micro_batches = 1;
-  c.out = out;
-  c.progress = false;
-  c.eval = false;
-  c.checkpoint_every = 0;
-  return c;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::map<std::string, std::string> snapshot(const std::string& dir) {
-  std::map<std::string, std::string> files;
-  for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files[e.path().string()] = read_file(e.path().string());
-  return files;
-}
 
 TEST(TrainConfig, UnknownKeysAreRefusedByName) {
   TrainConfig c;
@@ -125,6 +73,20 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
   EXPECT_NE(with([](TrainConfig& c) { c.dtype = "half"; }).find("`dtype`"), std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.expert_layout = "adaptive"; }).find("`expert_layout`"),
             std::string::npos);
+  // adaptive_r = auto needs a re-timing period longer than the valid r (here 0, 1, 2: 3).
+  const auto short_period = with([](TrainConfig& c) {
+    c.nproc = c.dp = 4;
+    c.pp = 1;
+    c.ep = 1;
+    c.num_experts = 2;
+    c.expert_layout = "adaptive";
+    c.adaptive_r = "auto";
+    c.adaptive_recheck_every = 3;
+  });
+  EXPECT_NE(short_period.find("`adaptive_recheck_every` = 3 must exceed the number of valid r (3: "
+                              "0, 1, 2)"),
+            std::string::npos)
+      << short_period;
   const auto bad_r = with([](TrainConfig& c) {
     c.expert_layout = "adaptive";
     c.ep = 1;
@@ -150,7 +112,7 @@ TEST(TrainConfig, TomlRoundTripAndTables) {
   TrainConfig c;
   apply_toml_text(c,
                   "[model]\nd_model = 48\n[optim]\nlr = 0.01\nsteps = 7\n[output]\nresume = true\n"
-                  "data = \"x.txt\"\n",
+                  "[data]\ndata = \"x.txt\"\n",
                   "t.toml");
   EXPECT_EQ(c.d_model, 48);
   EXPECT_EQ(c.steps, 7);
@@ -258,7 +220,8 @@ TEST(TrainCheckpoint, CorruptMissingOrForeignCheckpointsAreRefused) {
   c.resume = true;
   // 1. A corrupted shard: refused, nothing changed on disk.
   const std::string shard = ckpt + "/rank_0.pt";
-  std::string bytes = read_file(shard);
+  const std::string shard_intact = read_file(shard);
+  std::string bytes = shard_intact;
   bytes[bytes.size() / 2] ^= 0x5a;
   std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
   auto before = snapshot(dir);
@@ -278,14 +241,17 @@ TEST(TrainCheckpoint, CorruptMissingOrForeignCheckpointsAreRefused) {
   std::ofstream(ckpt + "/checkpoint.meta", std::ios::trunc) << meta;
   // ... is converted from the consolidated files, which are checked first.
   const std::string optim = ckpt + "/optimizer.pt";
-  std::string obytes = read_file(optim);
+  const std::string intact = read_file(optim);
+  std::string obytes = intact;
   obytes[obytes.size() / 2] ^= 0x5a;
   std::ofstream(optim, std::ios::binary | std::ios::trunc) << obytes;
   before = snapshot(dir);
   e = error_of([&] { train(c, *world); });
   EXPECT_NE(e.find("optimizer.pt is corrupted"), std::string::npos) << e;
   EXPECT_EQ(snapshot(dir), before);
-  // 4. Another model shape.
+  // 4. Another model shape (the checkpoint intact again).
+  std::ofstream(optim, std::ios::binary | std::ios::trunc) << intact;
+  std::ofstream(shard, std::ios::binary | std::ios::trunc) << shard_intact;
   auto other = c;
   other.d_model = 64;
   meta.replace(meta.find("layout = "), std::string("layout = tp1.dp2.pp1.ep2.etp1").size(),

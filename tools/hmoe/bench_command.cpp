@@ -63,6 +63,7 @@ void add_bench_command(CLI::App& app) {
   auto nproc = std::make_shared<int64_t>(1);
   auto layout = std::make_shared<std::string>("");
   layer->add_option("--nproc", *nproc, "Local ranks (> 1: the distributed layer)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   layer->add_option("--layout", *layout,
                     "tp,dp,ep,etp of the distributed run (default: dp=nproc, "
@@ -129,7 +130,9 @@ void add_bench_command(CLI::App& app) {
   auto* rec = bench->add_subcommand("recompute",
                                     "All-to-all calls and bytes, activation memory and step time "
                                     "per recompute mode, with and without the communication cache");
-  rec->add_option("--nproc", *rnproc, "Local ranks")->capture_default_str();
+  rec->add_option("--nproc", *rnproc, "Local ranks")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   rec->add_option("--layout", *rlayout, "tp,dp,ep,etp (default: dp=nproc, ep=nproc)");
   rec->add_option("--batch", rargs->batch, "Sequences per data-parallel rank")
       ->capture_default_str();

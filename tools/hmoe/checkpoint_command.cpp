@@ -1,8 +1,10 @@
-// checkpoint_command.cpp — `hmoe checkpoint convert DIR --to-layout tp,dp,pp,ep,etp --out OUT`:
+// checkpoint_command.cpp — `hmoe checkpoint verify DIR` checks a run's checkpoints without
+// training. `hmoe checkpoint convert DIR --to-layout tp,dp,pp,ep,etp --out OUT`:
 // rewrites a training checkpoint for another parallel layout (experts redistributed, tensor
 // parallel shards re-split, optimizer state resharded). It launches the target layout's ranks
 // locally, each loading its shard from the checkpoint's consolidated files.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <sstream>
 
@@ -76,6 +78,42 @@ void add_checkpoint_command(CLI::App& app) {
       return 0;
     });
     if (code != 0) throw CLI::RuntimeError(code);
+  });
+
+  auto verify_dir = std::make_shared<std::string>();
+  auto* ver = cmd->add_subcommand(
+      "verify",
+      "Check a run's checkpoints (or one checkpoint) without training: metadata, every "
+      "file's checksum and size; exit 1 if any fails");
+  ver->add_option("dir", *verify_dir, "A run's output directory, or one checkpoint directory")
+      ->required();
+  ver->callback([verify_dir] {
+    const std::string dir = *verify_dir;
+    const bool one = std::filesystem::exists(std::filesystem::path(dir) / "checkpoint.meta");
+    const std::vector<std::string> dirs =
+        one ? std::vector<std::string>{dir} : list_checkpoints(dir);
+    TORCH_CHECK(!dirs.empty(), "checkpoint verify: ", dir,
+                " holds no checkpoint (expected a run directory with checkpoints/step_NNNNNN, or "
+                "a checkpoint directory with checkpoint.meta)");
+    int64_t failed = 0;
+    for (const auto& d : dirs) {
+      const std::string problem = verify_checkpoint(d);
+      failed += problem.empty() ? 0 : 1;
+      std::printf("%s %s%s%s\n", problem.empty() ? "ok  " : "FAIL", d.c_str(),
+                  problem.empty() ? "" : ": ", problem.c_str());
+    }
+    if (!one) {
+      const ResumePoint p = find_resume_checkpoint(dir);
+      std::printf("latest: %s\n",
+                  latest_checkpoint(dir).empty() ? "(none)" : latest_checkpoint(dir).c_str());
+      std::printf("--resume would continue from: %s%s%s\n",
+                  p.dir.empty() ? "(nothing)" : p.dir.c_str(), p.note.empty() ? "" : " — ",
+                  p.note.c_str());
+    }
+    std::printf("%lld of %zu checkpoint(s) pass\n", static_cast<long long>(dirs.size() - failed),
+                dirs.size());
+    std::fflush(stdout);
+    if (failed > 0) throw CLI::RuntimeError(1);
   });
 }
 

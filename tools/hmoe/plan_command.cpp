@@ -223,7 +223,8 @@ void add_plan_command(CLI::App& app) {
                                  "Rank every parallel layout of the model by a cost model "
                                  "(--probe: measured machine; --measure K: time the top K)");
   cmd->add_option("--config", a->config_file, "TOML file of `hmoe train` keys (model, nproc)");
-  cmd->add_option("--nproc", a->nproc, "Ranks to plan for (default: the configuration's nproc)");
+  cmd->add_option("--nproc", a->nproc, "Ranks to plan for (default: the configuration's nproc)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--ranks-per-node", a->ranks_per_node, "Ranks per node (0: one node)")
       ->capture_default_str();
   cmd->add_option("--mem-mb", a->mem_mb, "Memory per rank in MiB (0: unlimited)")

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <sstream>
 
 #include "hmoe/commands.h"
 #include "hybridmoe/dist.h"
@@ -31,9 +32,8 @@ std::string flag_name(const std::string& key) {
   return "--" + f;
 }
 
-// Defaults, then the TOML file, then the flags given on the command line.
-TrainConfig effective_config(const TrainArgs& a, CLI::App* cmd) {
-  TrainConfig c;
+// The TOML file, then the flags given on the command line, over `c`.
+void apply_given(TrainConfig& c, const TrainArgs& a, CLI::App* cmd) {
   if (!a.config_file.empty()) apply_toml_file(c, a.config_file);
   for (const auto& k : train_config_keys()) {
     const std::string f = flag_name(k.name);
@@ -44,7 +44,42 @@ TrainConfig effective_config(const TrainArgs& a, CLI::App* cmd) {
       set_config_value(c, k.name, a.values.at(k.name));
     }
   }
-  return c;
+}
+
+// Keys that describe this invocation rather than the run: never taken from a checkpoint.
+bool per_invocation(const std::string& key) {
+  return key == "out" || key == "resume" || key == "overwrite" || key == "stop_after" ||
+         key == "progress";
+}
+
+// Defaults, then the TOML file, then the flags. With resume: the configuration stored in the
+// checkpoint, with what the file and the flags give now as overrides (printed once).
+TrainConfig effective_config(const TrainArgs& a, CLI::App* cmd) {
+  TrainConfig c;
+  apply_given(c, a, cmd);
+  if (!c.resume) return c;
+  const std::string dir = resume_config_checkpoint(c.out);
+  TORCH_CHECK(!dir.empty(), "--resume: no checkpoint under ", c.out,
+              "/checkpoints (none has a readable checkpoint.meta)");
+  const TrainConfig stored = read_checkpoint_config(dir);
+  TrainConfig r = stored;
+  for (const auto& k : train_config_keys())
+    if (per_invocation(k.name)) set_config_value(r, k.name, get_config_value(c, k.name));
+  apply_given(r, a, cmd);
+  if (std::getenv("RANK") == nullptr && !a.print_config) {
+    std::ostringstream overrides;
+    for (const auto& k : train_config_keys()) {
+      if (per_invocation(k.name)) continue;
+      const std::string now = get_config_value(r, k.name), then = get_config_value(stored, k.name);
+      if (now != then)
+        overrides << "\n  " << k.name << " = " << now << " (checkpoint: " << then << ")";
+    }
+    std::printf("resume: the configuration of %s%s%s\n", dir.c_str(),
+                overrides.tellp() > 0 ? ", with overrides:" : " (no overrides)",
+                overrides.str().c_str());
+    std::fflush(stdout);
+  }
+  return r;
 }
 
 // The line `layout = "auto"` prints about its choice.
@@ -127,8 +162,12 @@ void add_train_command(CLI::App& app) {
     if (a->print_config) {
       std::cout << config_to_toml(c);
       const std::string why = check_config(c);
-      if (!why.empty()) std::cout << "# invalid: " << why << "\n";
-      return;
+      if (why.empty()) return;
+      std::istringstream lines(why);
+      std::string line;
+      while (std::getline(lines, line)) std::cout << "# invalid: " << line << "\n";
+      std::cout.flush();
+      throw CLI::RuntimeError(1);
     }
     validate_config(c);
     const int code = run(c);

@@ -205,6 +205,7 @@ void add_verify_command(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
   auto* cmd = app.add_subcommand("verify", "Prove that parallel layouts equal one process");
   cmd->add_option("--nproc", a->nproc, "Local ranks to launch (max world size)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--layouts", a->layouts, "all, or tp,dp,ep,etp;tp,dp,pp,ep,etp;...")
       ->capture_default_str();
