@@ -158,6 +158,15 @@ class World {
 ///   world->finalize();
 std::shared_ptr<World> init(const InitOptions& options = InitOptions());
 
+/// The rendezvous of a world of 2 or more ranks over a TCPStore at info.master_addr:master_port
+/// (rank 0 serves it), bounded by `timeout` as a whole: a client waits for the server to accept
+/// connections until the deadline, then every rank sets the store key hmoe/rank/<r>/arrived and
+/// waits for all the others. On timeout every waiting rank raises an error naming itself, the
+/// address and port, the timeout and the ranks that never arrived, e.g.
+/// "rank 1: rendezvous at 127.0.0.1:29500 timed out after 3 s (HMOE_TIMEOUT_S): rank 2 of 3 never
+/// arrived". Returns the store (its timeout set to `timeout`). Called by init().
+StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout);
+
 /// Builds the Group `name` of world ranks `ranks` (group-rank order) for the process of world
 /// rank `world_rank`, over `store` under the key prefix `prefix` (unique per group and build).
 /// Collective over the members only; a non-member gets rank -1 at once. A group of one uses a
