@@ -222,7 +222,7 @@ struct RankFailure {
   int code = 0;                    ///< exit code, 128 + signal if a signal ended it
   int signal = 0;                  ///< the signal that ended it; 0 if it exited
   bool root_cause = false;         ///< the first rank to fail (not ended by the launcher)
-  bool ended_by_launcher = false;  ///< still running when the launcher ended the ranks
+  bool ended_by_launcher = false;  ///< the launcher's SIGTERM / SIGKILL ended it
   std::string last_error;          ///< the last non-empty line it printed on stderr ("" if none)
 };
 

@@ -321,7 +321,9 @@ LaunchResult launch_local(const LaunchOptions& o) {
     f.code = ranks[r].code;
     f.signal = ranks[r].signal;
     f.root_cause = r == result.failed_rank;
-    f.ended_by_launcher = ranks[r].signalled;
+    // Ended by the launcher's signal; a rank that was signalled but had already exited (or
+    // exited on its own after handling the signal) failed after the root cause.
+    f.ended_by_launcher = ranks[r].signalled && ranks[r].signal != 0;
     f.last_error = ranks[r].last_error;
     result.failures.push_back(f);
   }
