@@ -158,6 +158,15 @@ class World {
 ///   world->finalize();
 std::shared_ptr<World> init(const InitOptions& options = InitOptions());
 
+/// The rendezvous of a world of 2 or more ranks over a TCPStore at info.master_addr:master_port
+/// (rank 0 serves it), bounded by `timeout` as a whole: a client waits for the server to accept
+/// connections until the deadline, then every rank sets the store key hmoe/rank/<r>/arrived and
+/// waits for all the others. On timeout every waiting rank raises an error naming itself, the
+/// address and port, the timeout and the ranks that never arrived, e.g.
+/// "rank 1: rendezvous at 127.0.0.1:29500 timed out after 3 s (HMOE_TIMEOUT_S): rank 2 of 3 never
+/// arrived". Returns the store (its timeout set to `timeout`). Called by init().
+StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout);
+
 /// Builds the Group `name` of world ranks `ranks` (group-rank order) for the process of world
 /// rank `world_rank`, over `store` under the key prefix `prefix` (unique per group and build).
 /// Collective over the members only; a non-member gets rank -1 at once. A group of one uses a
@@ -195,25 +204,53 @@ struct LaunchOptions {
   /// End the other ranks (SIGTERM, then SIGKILL after grace_s) as soon as one fails.
   bool kill_on_failure = true;
   double grace_s = 3.0;
-  /// Prefix each line of a rank's output with "[rank R] ".
+  /// Prefix each line of a rank's output with "[rank R] " (the launcher's own lines always get
+  /// "[launch] ").
   bool prefix_output = true;
+  /// With prefix_output: leave rank 0's stdout lines unprefixed. For commands that re-launch
+  /// themselves (`hmoe train --nproc N`, verify, bench), whose result (a done line, JSON) rank 0
+  /// prints on stdout; every stderr line and every other rank's line keeps its prefix.
+  bool plain_lead_stdout = false;
   /// Where output lines go (line without its newline; rank -1: the launcher itself); default:
   /// stdout / stderr.
   std::function<void(int64_t rank, bool is_stderr, const std::string& line)> on_line;
+};
+
+/// One rank of a local run that ended abnormally (a non-zero exit code or a signal).
+struct RankFailure {
+  int64_t rank = -1;
+  int code = 0;                    ///< exit code, 128 + signal if a signal ended it
+  int signal = 0;                  ///< the signal that ended it; 0 if it exited
+  bool root_cause = false;         ///< the first rank to fail (not ended by the launcher)
+  bool ended_by_launcher = false;  ///< the launcher's SIGTERM / SIGKILL ended it
+  std::string last_error;          ///< the last non-empty line it printed on stderr ("" if none)
 };
 
 /// How a local run ended.
 struct LaunchResult {
   /// 0, the first failing rank's code (128 + signal if killed), or 124 if max_time_s ran out.
   int exit_code = 0;
-  int64_t failed_rank = -1;     ///< the first rank that failed; -1 if none
-  std::vector<int> rank_codes;  ///< each rank's code, same convention
-  bool timed_out = false;       ///< max_time_s was reached
+  int64_t failed_rank = -1;           ///< the first rank that failed; -1 if none
+  std::vector<int> rank_codes;        ///< each rank's code, same convention
+  bool timed_out = false;             ///< max_time_s was reached
+  std::vector<RankFailure> failures;  ///< the ranks that failed, in the order they ended
 };
+
+/// The summary line of one failed rank (what launch_local prints after "[launch] "), e.g.
+/// "rank 1 failed (root cause): SIGKILL (exit code 137); last error line: (none)" or
+/// "rank 0 failed (consequence: ended by the launcher after rank 1 failed): SIGTERM (exit code
+/// 143); last error line: ...". `root_rank`: the root cause's rank, -1 if the wall-clock limit
+/// ended the run; `max_time_s`: that limit.
+std::string describe_failure(const RankFailure& failure, int64_t root_rank, double max_time_s);
+
+/// "SIGKILL", "SIGSEGV", ... for a signal number ("signal N" for one without a name here).
+std::string signal_name(int signal);
 
 /// Starts nproc copies of options.command with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 /// MASTER_ADDR=127.0.0.1 and MASTER_PORT set (and OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1 unless
-/// already set), relays their output line by line, and waits for all of them.
+/// already set), relays their output line by line, and waits for all of them. If any rank failed,
+/// it then prints (as the launcher, rank -1 on stderr) one line per failed rank in the order
+/// they ended (describe_failure): the first is the root cause, the others consequences.
 LaunchResult launch_local(const LaunchOptions& options);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

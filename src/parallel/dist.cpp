@@ -15,7 +15,6 @@
 #if HMOE_HAVE_GLOO
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -311,18 +310,7 @@ std::shared_ptr<World> init(const InitOptions& options) {
   if (info.world_size == 1) {
     store = c10::make_intrusive<c10d::HashStore>();
   } else {
-    c10d::TCPStoreOptions store_options;
-    store_options.port = static_cast<std::uint16_t>(info.master_port);
-    store_options.isServer = info.rank == 0;
-    store_options.numWorkers = static_cast<std::size_t>(info.world_size);
-    store_options.waitWorkers = true;
-    store_options.timeout = timeout;
-    try {
-      store = c10::make_intrusive<c10d::TCPStore>(info.master_addr, store_options);
-    } catch (const std::exception& e) {
-      TORCH_CHECK(false, "rank ", info.rank, ": rendezvous at ", info.master_addr, ":",
-                  info.master_port, " failed: ", e.what());
-    }
+    store = rendezvous(info, timeout);
   }
   // 4. The world group.
   return std::make_shared<World>(std::move(info), std::move(store), timeout, use_cuda);

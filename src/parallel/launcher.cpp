@@ -1,6 +1,7 @@
 // launcher.cpp — the built-in local launcher (`hmoe launch`, multi-rank tests): starts N ranks of a
 // command with torchrun's variables, relays their output line by line with a rank prefix, ends
-// the others when one fails, and reports how each ended.
+// the others when one fails, and reports how each ended: one summary line per failed rank (exit
+// code or signal, last error line, root cause or consequence).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -11,10 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -34,7 +37,13 @@ struct Rank {
   std::string partial[2];
   bool running = false;
   int code = 0;
+  int signal = 0;          // the signal that ended it, 0 if it exited
+  bool signalled = false;  // the launcher sent it SIGTERM / SIGKILL while it ran
+  std::string last_error;  // its last non-empty stderr line
 };
+
+/// The longest last error line a summary quotes.
+constexpr size_t kMaxErrorLine = 400;
 
 int exit_code_of(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -42,10 +51,13 @@ int exit_code_of(int status) {
   return 1;
 }
 
-void default_line_sink(int64_t rank, bool is_stderr, const std::string& line, bool prefix) {
+void default_line_sink(int64_t rank, bool is_stderr, const std::string& line,
+                       const LaunchOptions& o) {
   FILE* out = is_stderr ? stderr : stdout;
+  const bool plain =
+      rank >= 0 && (!o.prefix_output || (o.plain_lead_stdout && rank == 0 && !is_stderr));
   const std::string tag = rank < 0 ? "[launch] " : "[rank " + std::to_string(rank) + "] ";
-  std::string text = prefix ? tag + line + "\n" : line + "\n";
+  std::string text = plain ? line + "\n" : tag + line + "\n";
   std::fwrite(text.data(), 1, text.size(), out);
   std::fflush(out);
 }
@@ -78,6 +90,41 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 
 }  // namespace
 
+std::string signal_name(int signal) {
+  static const std::pair<int, const char*> kNames[] = {
+      {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+      {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+      {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+      {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGXCPU, "SIGXCPU"},
+      {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"}};
+  for (const auto& [number, name] : kNames) {
+    if (number == signal) return name;
+  }
+  return "signal " + std::to_string(signal);
+}
+
+std::string describe_failure(const RankFailure& f, int64_t root_rank, double max_time_s) {
+  std::ostringstream s;
+  s << "rank " << f.rank << " failed (";
+  if (f.root_cause) {
+    s << "root cause";
+  } else if (root_rank < 0) {
+    s << "ended by the launcher at the wall-clock limit of " << max_time_s << " s";
+  } else if (f.ended_by_launcher) {
+    s << "consequence: ended by the launcher after rank " << root_rank << " failed";
+  } else {
+    s << "consequence: failed after rank " << root_rank;
+  }
+  s << "): ";
+  if (f.signal != 0) {
+    s << signal_name(f.signal) << " (exit code " << f.code << ")";
+  } else {
+    s << "exit code " << f.code;
+  }
+  s << "; last error line: " << (f.last_error.empty() ? "(none)" : f.last_error);
+  return s.str();
+}
+
 int64_t find_free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   TORCH_CHECK(fd >= 0, "find_free_port: socket() failed: ", std::strerror(errno));
@@ -102,7 +149,7 @@ LaunchResult launch_local(const LaunchOptions& o) {
     if (o.on_line) {
       o.on_line(rank, is_stderr, line);
     } else {
-      default_line_sink(rank, is_stderr, line, o.prefix_output);
+      default_line_sink(rank, is_stderr, line, o);
     }
   };
 
@@ -149,11 +196,21 @@ LaunchResult launch_local(const LaunchOptions& o) {
 
   // 3. Relay output and watch the ranks until all have ended and their pipes are drained.
   LaunchResult result;
+  std::vector<int64_t> end_order;  // ranks in the order they were reaped
+  auto relay = [&](int64_t r, int s, const std::string& line) {
+    if (s == 1 && line.find_first_not_of(" \t\r") != std::string::npos) {
+      ranks[r].last_error = line.substr(0, kMaxErrorLine);
+    }
+    sink(r, s == 1, line);
+  };
   const auto start = Clock::now();
   c10::optional<Clock::time_point> kill_deadline;  // SIGKILL stragglers after this
   auto end_others = [&] {
     for (auto& rk : ranks) {
-      if (rk.running) ::kill(rk.pid, SIGTERM);
+      if (rk.running) {
+        ::kill(rk.pid, SIGTERM);
+        rk.signalled = true;
+      }
     }
     if (!kill_deadline) {
       kill_deadline =
@@ -191,24 +248,34 @@ LaunchResult launch_local(const LaunchOptions& o) {
         part.append(buf, n);
         size_t nl;
         while ((nl = part.find('\n')) != std::string::npos) {
-          sink(r, s == 1, part.substr(0, nl));
+          relay(r, s, part.substr(0, nl));
           part.erase(0, nl + 1);
         }
       } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-        if (!ranks[r].partial[s].empty()) sink(r, s == 1, ranks[r].partial[s]);
+        if (!ranks[r].partial[s].empty()) relay(r, s, ranks[r].partial[s]);
         ranks[r].partial[s].clear();
         ::close(ranks[r].fds[s]);
         ranks[r].fds[s] = -1;
       }
     }
     if (pfds.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    // 3b. Reap ended ranks; the first failure ends the others.
+    // 3b. Reap ended ranks; the first failure ends the others. Ranks reaped in the same pass
+    //     ended within one poll interval: one that a signal ended is taken to have ended first
+    //     (a crash or a kill is the cause, peers failing on its closed sockets the consequence).
+    std::vector<int64_t> reaped;
     for (int64_t r = 0; r < o.nproc; ++r) {
       if (!ranks[r].running) continue;
       int status = 0;
       if (::waitpid(ranks[r].pid, &status, WNOHANG) != ranks[r].pid) continue;
       ranks[r].running = false;
       ranks[r].code = exit_code_of(status);
+      ranks[r].signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+      reaped.push_back(r);
+    }
+    std::stable_partition(reaped.begin(), reaped.end(),
+                          [&](int64_t r) { return ranks[r].signal != 0 && !ranks[r].signalled; });
+    for (int64_t r : reaped) {
+      end_order.push_back(r);
       if (ranks[r].code != 0 && result.failed_rank < 0 && !result.timed_out) {
         result.failed_rank = r;
         result.exit_code = ranks[r].code;
@@ -244,9 +311,25 @@ LaunchResult launch_local(const LaunchOptions& o) {
     }
   }
 
-  // 4. Report.
+  // 4. Report: every rank's code, and one line per failed rank in the order they ended.
   for (const auto& rk : ranks) result.rank_codes.push_back(rk.code);
   if (result.timed_out && result.failed_rank < 0) result.exit_code = 124;
+  for (int64_t r : end_order) {
+    if (ranks[r].code == 0) continue;
+    RankFailure f;
+    f.rank = r;
+    f.code = ranks[r].code;
+    f.signal = ranks[r].signal;
+    f.root_cause = r == result.failed_rank;
+    // Ended by the launcher's signal; a rank that was signalled but had already exited (or
+    // exited on its own after handling the signal) failed after the root cause.
+    f.ended_by_launcher = ranks[r].signalled && ranks[r].signal != 0;
+    f.last_error = ranks[r].last_error;
+    result.failures.push_back(f);
+  }
+  for (const auto& f : result.failures) {
+    sink(-1, true, describe_failure(f, result.failed_rank, o.max_time_s));
+  }
   return result;
 }
 

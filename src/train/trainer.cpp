@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/fingerprint.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/zero.h"
@@ -122,6 +123,7 @@ RunParts build_run(const TrainConfig& cfg, dist::World& world) {
 TrainResult train(const TrainConfig& cfg, dist::World& world,
                   const std::function<void(int64_t, double)>& on_step) {
   validate_config(cfg);
+  check_config_agreement(cfg, world);  // before any step or checkpoint: every rank alike
   const auto layout = cfg.layout();
   TORCH_CHECK(world.size() == layout.world_size(), "train: the layout ", layout.to_string(),
               " needs ", layout.world_size(), " ranks, the world has ", world.size());

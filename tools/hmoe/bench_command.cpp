@@ -89,7 +89,7 @@ void add_bench_command(CLI::App& app) {
       dist::LaunchOptions lo;
       lo.nproc = *nproc;
       lo.command = self_command();
-      lo.prefix_output = false;
+      lo.plain_lead_stdout = true;
       const int code = dist::launch_local(lo).exit_code;
       if (code != 0) throw CLI::RuntimeError(code);
       return;

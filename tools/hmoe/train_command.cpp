@@ -11,6 +11,7 @@
 
 #include "hmoe/commands.h"
 #include "hybridmoe/dist.h"
+#include "hybridmoe/fingerprint.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 
@@ -99,13 +100,14 @@ int run(const TrainConfig& c) {
     dist::LaunchOptions lo;
     lo.nproc = c.nproc;
     lo.command = self_command();
-    lo.prefix_output = false;
+    lo.plain_lead_stdout = true;
     return dist::launch_local(lo).exit_code;
   }
   auto world = dist::init();
   if (world->size() > 1) at::set_num_threads(1);
   TrainConfig config = c;
   if (config.layout_mode == "auto" && config.layout_probe) {
+    check_config_agreement(config, *world);  // the probe is collective: agree first
     // The ranks measure the machine together (every rank gets the same figures, so every rank
     // makes the same choice) and plan with those figures.
     const plan::AutoLayout chosen = plan::apply_auto_layout(config, plan::probe_machine(*world));

@@ -197,7 +197,7 @@ int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker
   dist::LaunchOptions lo;
   lo.nproc = nproc;
   lo.command = self_command();
-  lo.prefix_output = false;
+  lo.plain_lead_stdout = true;
   return dist::launch_local(lo).exit_code;
 }
 
