@@ -1,6 +1,7 @@
 // generate_command.cpp — `hmoe generate --checkpoint DIR --prompt TEXT`: continues a prompt with
 // the full model of a training checkpoint (greedy, or sampled with --temperature), on one process.
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "hmoe/commands.h"
@@ -30,9 +31,17 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--stop-at-newline,!--no-stop-at-newline", a->stop_at_newline,
                 "Stop at the first newline (default on)");
   cmd->callback([a] {
+    // A run directory: the newest checkpoint that passes its checks (like --resume), saying so
+    // when `latest` was passed over.
     std::string dir = a->checkpoint;
-    const std::string latest = latest_checkpoint(dir);
-    if (!latest.empty()) dir = latest;
+    if (!std::filesystem::exists(std::filesystem::path(dir) / "checkpoint.meta")) {
+      const ResumePoint p = find_resume_checkpoint(dir);
+      TORCH_CHECK(
+          !p.dir.empty(), "generate: ", dir,
+          " is neither a checkpoint nor a run directory with a complete checkpoint: ", p.note);
+      if (!p.note.empty()) std::fprintf(stderr, "generate: %s\n", p.note.c_str());
+      dir = p.dir;
+    }
     GPT model = load_full_model(dir);
     const std::string text = generate_text(*model, a->prompt, a->max_new, a->temperature,
                                            static_cast<uint64_t>(a->seed), a->stop_at_newline);
