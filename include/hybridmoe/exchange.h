@@ -56,6 +56,12 @@ struct ExchangePlan {
 /// [j*L, (j+1)*L)): exchanges the per-expert counts over `ep`.
 ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep);
 
+/// The same from counts already exchanged (no communication): send_counts [P * L] rows of this
+/// rank per destination slot (rank j's local expert e at j * L + e), recv_counts [P * L] rows this
+/// rank receives from rank j for its local expert e (exchange_counts of send_counts).
+ExchangePlan make_exchange_plan(const std::vector<int64_t>& send_counts,
+                                const std::vector<int64_t>& recv_counts, int64_t P);
+
 /// All-to-all of expert-sorted rows to the experts' ranks, then reordered expert-major.
 /// rows: [A, d] → [R, d] with R = sum(local_counts).
 torch::Tensor exchange_tokens(const torch::Tensor& rows, const ExchangePlan& xp,

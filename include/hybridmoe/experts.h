@@ -22,6 +22,13 @@ enum class Activation { kGelu, kRelu, kSwiGLU };
 Activation parse_activation(const std::string& name);
 std::string to_string(Activation activation);
 
+/// Expert weights in GroupedExperts' layout: w1 [L, d, h], b1 [L, h], w2 [L, h, d], b2 [L, d],
+/// w3 / b3 as w1 / b1 for SwiGLU; undefined where absent (each bias on its own). They may be
+/// computed tensors (the adaptive layout's gathered slices): gradients flow back through autograd.
+struct ExpertWeights {
+  torch::Tensor w1, b1, w2, b2, w3, b3;
+};
+
 /// Interface of anything that runs the experts on expert-contiguous rows.
 class ExpertsBase : public torch::nn::Module {
  public:
@@ -62,6 +69,8 @@ class GroupedExpertsImpl : public ExpertsBase {
     return run(x, counts);
   }
   int64_t num_experts() const override { return options.num_experts(); }
+  /// The parameters as ExpertWeights (the same tensors, not copies).
+  ExpertWeights weights() const { return {w1, b1, w2, b2, w3, b3}; }
 
   GroupedExpertsOptions options;
   torch::Tensor w1, b1, w2, b2, w3, b3;

@@ -1,4 +1,5 @@
-// moe.h — the MoE layer: gate → plan → permute → experts → unpermute/combine. It replaces a
+// moe.h — the MoE layer: route → dispatch → experts → combine, the same four steps for every
+// layout (the token dispatcher, dispatcher.h, is where layouts differ). It replaces a
 // transformer's MLP, dropless (grouped GEMM over variable expert batches) or with a capacity.
 #pragma once
 
@@ -10,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "hybridmoe/dispatch.h"
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/parallel.h"
@@ -75,12 +77,6 @@ struct MoEOptions {
   /// while the experts compute (forward and backward). 1 = off; r = 0 has no token exchange to
   /// chunk. Results are those of D = 1. See overlap.h.
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
-};
-
-/// Per-call settings of MoEImpl::forward_with.
-struct MoECallOptions {
-  /// The adaptive degree r of this call; -1: MoEOptions::adaptive_r.
-  TORCH_ARG(int64_t, adaptive_r) = -1;
 };
 
 /// What the layer returns: the output in the input's shape, the auxiliary loss to add to the
@@ -154,10 +150,8 @@ class MoEImpl : public torch::nn::Module {
   GroupedExperts grouped{nullptr};
 
  private:
+  /// Builds the gate, the experts (this rank's share) and the token dispatcher of the layout.
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
-  MoEOutput forward_distributed(const torch::Tensor& tokens);
-  /// The adaptive layout's forward with degree r (moe_adaptive.cpp). tokens: [T, d_model].
-  MoEOutput forward_adaptive(const torch::Tensor& tokens, int64_t r);
   /// Checks the adaptive options at construction and builds this rank's expert storage.
   void build_adaptive();
   /// Raises an error listing the valid values unless r is a valid adaptive degree.
@@ -171,6 +165,8 @@ class MoEImpl : public torch::nn::Module {
   RoutingStats make_stats(const RouterOutput& routing, const torch::Tensor& counts) const;
 
   std::shared_ptr<const ParallelGroups> groups_;
+  /// Where the rows go between routing and the experts, and back (dispatcher.h).
+  std::shared_ptr<TokenDispatcher> dispatcher_;
 };
 TORCH_MODULE(MoE);
 

@@ -54,30 +54,17 @@ class PendingAllToAll {
   bool done_ = false;
 };
 
-/// exchange_back(experts.run(exchange_tokens(rows, xp, ep), xp.local_counts), xp, ep), computed
-/// in `degree` chunks with the exchanges overlapped (forward and backward). Chunk c takes, of each
-/// expert's rows from each source, the c-th part of an even split. With etp > 1 (the experts'
-/// hidden dimension split over `etp`), each chunk's received rows are all-gathered over etp,
-/// every etp rank runs its slice on them, and the partial outputs are reduce-scattered back (in
-/// backward the mirror), as the unchunked layer does with all rows. rows: [A, d] sorted by global
-/// expert; counts: [E] rows per global expert (the plan's counts_host). Returns [A, d].
-torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
-                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
-                                         const dist::Group& ep, const dist::Group& etp,
-                                         GroupedExpertsImpl& experts, int64_t degree);
-
-/// Expert weights in GroupedExperts' layout (w1 [L, d, h], b1 [L, h], w2 [L, h, d], b2 [L, d],
-/// w3 / b3 as w1 / b1 for SwiGLU; undefined where absent). They may be computed tensors (the
-/// adaptive layout's gathered slices): their gradients flow back through autograd.
-struct ExpertWeights {
-  torch::Tensor w1, b1, w2, b2, w3, b3;
-};
-
-/// The same with given weights (L = weights.w1.size(0) local experts): the adaptive layout's
-/// exchange over the stage. `etp` may be a default (empty) group for "not split". rows: [A, d]
-/// sorted by destination slot (rank j's local expert e at j * L + e); counts: [P * L] rows per
-/// slot; recv_counts: [P * L] rows this rank receives from rank j for its expert e at j * L + e
-/// (exchange_counts of counts). Returns [A, d].
+/// The token exchange, the grouped MLP with `weights` (L = weights.w1.size(0) local experts) and
+/// the return, computed in `degree` chunks with the exchanges overlapped (forward and backward):
+/// the result of all-to-all → expert-major rows → grouped_mlp → the mirror all-to-all. Chunk c
+/// takes, of each (source, expert) run of rows, the c-th part of an even split. With etp > 1 (the
+/// experts' hidden width split over `etp`; a default, empty group: not split), each chunk's
+/// received rows are all-gathered over etp, every etp rank runs its slice on them, and the
+/// partial outputs are reduce-scattered back (in backward the mirror). rows: [A, d] sorted by
+/// destination slot (rank j's local expert e at j * L + e); counts: [P * L] rows per slot;
+/// recv_counts: [P * L] rows this rank receives from rank j for its expert e at j * L + e
+/// (exchange_counts of counts). Returns [A, d]. The chunked overlap dispatcher's experts step
+/// (dispatcher.h).
 torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
                                          const std::vector<int64_t>& counts,
                                          const std::vector<int64_t>& recv_counts,

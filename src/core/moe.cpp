@@ -1,5 +1,6 @@
-// moe.cpp — the MoE layer on one process: route → plan → permute → experts → unpermute/combine,
-// the grouped (GShard groups) variant that distributed layouts are proved against, and the
+// moe.cpp — the MoE layer's forward, one flow for every layout: route → dispatch → experts →
+// combine (the token dispatcher holds what differs between layouts, dispatcher.h); the grouped
+// (GShard groups) single-process variant that distributed layouts are proved against, and the
 // sequential reference.
 #include "hybridmoe/moe.h"
 
@@ -38,6 +39,7 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
                                  .add_output_bias(add_output_bias));
     experts = register_module("experts", grouped.ptr());
   }
+  dispatcher_ = make_token_dispatcher(options, groups_, grouped ? grouped.ptr() : nullptr);
 }
 
 torch::Tensor MoEImpl::flatten_input(const torch::Tensor& x) const {
@@ -74,22 +76,31 @@ MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
 }
 
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {
-  auto tokens = flatten_input(x);
-  if (groups_) {
-    auto result = forward_distributed(tokens);
-    result.output = result.output.view(x.sizes());
-    return result;
+  return forward_with(x, MoECallOptions());
+}
+
+MoEOutput MoEImpl::forward_with(const torch::Tensor& x, const MoECallOptions& call_options) {
+  MoECallOptions call = call_options;
+  if (call.adaptive_r() >= 0) {
+    TORCH_CHECK(is_adaptive(), "MoE: a per-call adaptive_r=", call.adaptive_r(),
+                " needs expert_layout=\"adaptive\", got \"", options.expert_layout(), "\"");
+    check_adaptive_r(call.adaptive_r());
+  } else {
+    call.adaptive_r(options.adaptive_r());
   }
+  auto tokens = flatten_input(x);
+  // This rank's block of the tokens (the slice group's share when they are replicated over tp).
+  auto mine = dispatcher_->local_tokens(tokens);
   // 1. Route: which experts, with which weights; capacity applied by the gate.
-  RouterOutput routing = gate->route(tokens);
-  // 2. Plan: per-expert counts and a stable expert-contiguous order.
-  DispatchPlan plan = make_plan(routing, tokens.size(0), options.num_experts());
-  // 3. Permute token rows into that order.
-  auto rows = permute(tokens, plan);
-  // 4. Experts on their segments (grouped GEMM).
-  auto expert_out = experts->run(rows, plan.counts_host);
-  // 5. Unpermute and combine with the router weights.
-  return finish(unpermute(expert_out, plan), x, routing, 1.0, plan.counts);
+  RouterOutput routing = gate->route(mine);
+  // 2. Dispatch: the rows of this rank's experts, expert-major (exchanged between ranks when
+  //    the layout places experts elsewhere).
+  DispatchedRows d = dispatcher_->dispatch(mine, routing, call);
+  // 3. Experts on their segments (grouped GEMM).
+  auto y = dispatcher_->run_experts(d, *experts);
+  // 4. Combine: back to token order, weighted by the router, re-assembled over the slices.
+  auto out = dispatcher_->combine(y, d);
+  return finish(out, x, routing, dispatcher_->aux_scale(), d.routed_per_expert);
 }
 
 MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
@@ -130,10 +141,10 @@ MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
   routing.probs = torch::cat(probs);
   routing.aux_loss = aux / static_cast<double>(group_sizes.size());
   routing.z_loss = torch::zeros_like(routing.aux_loss);
-  // 2. The rest is the ordinary single-process pipeline.
-  DispatchPlan plan = make_plan(routing, tokens.size(0), options.num_experts());
-  auto expert_out = experts->run(permute(tokens, plan), plan.counts_host);
-  return finish(unpermute(expert_out, plan), x, routing, 1.0, plan.counts);
+  // 2. The rest is the ordinary single-process flow.
+  DispatchedRows d = dispatcher_->dispatch(tokens, routing, MoECallOptions());
+  auto y = dispatcher_->run_experts(d, *experts);
+  return finish(dispatcher_->combine(y, d), x, routing, 1.0, d.routed_per_expert);
 }
 
 MoEOutput MoEImpl::forward_reference(const torch::Tensor& x) {

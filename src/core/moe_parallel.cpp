@@ -1,13 +1,12 @@
-// moe_parallel.cpp — the MoE layer distributed over a layout's groups: slices over tp, the
-// expert-parallel all-to-all over ep, expert tensor parallelism over etp; sharding from and
-// gathering to the single-process layer. The adaptive layout lives in moe_adaptive.cpp, the
-// overlapped (chunked) exchange in dispatch/overlap.cpp.
+// moe_parallel.cpp — the MoE layer distributed over a layout's groups (the fixed expert layout):
+// which experts and hidden slices this rank holds (ep, etp), sharding from and gathering to the
+// single-process layer. Its forward is the layer's one flow (moe.cpp) with the all-to-all token
+// dispatcher (dispatch/alltoall_dispatcher.cpp); the adaptive layout's storage lives in
+// moe_adaptive.cpp.
 #include <algorithm>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/exchange.h"
 #include "hybridmoe/moe.h"
-#include "hybridmoe/overlap.h"
 
 namespace hybridmoe {
 
@@ -54,60 +53,6 @@ int64_t MoEImpl::first_local_expert() const {
     return options.num_experts() >= W ? me * num_local_experts() : me / adaptive_shard_size();
   }
   return groups_ ? groups_->ep.rank * num_local_experts() : 0;
-}
-
-MoEOutput MoEImpl::forward_distributed(const torch::Tensor& tokens) {
-  if (is_adaptive()) return forward_adaptive(tokens, options.adaptive_r());
-  const auto& g = *groups_;
-  const int64_t E = options.num_experts();
-  // 1. Slice: each rank of the slice (tp) group routes its block of the replicated tokens.
-  const auto slice_rows = dist::even_split(tokens.size(0), g.slice.size());
-  auto mine = scatter_to_slices(tokens, g.slice, slice_rows);
-  // 2. Route and plan over all E experts; permute into expert-sorted rows.
-  RouterOutput routing = gate->route(mine);
-  DispatchPlan plan = make_plan(routing, mine.size(0), E);
-  auto rows = permute(mine, plan);
-  // 3. Expert-parallel exchange: rows to the ranks of their experts, expert-major.
-  ExchangePlan xp;
-  std::vector<int64_t> counts = plan.counts_host;
-  if (g.ep.size() > 1) {
-    xp = make_exchange_plan(plan, g.ep);
-    if (options.a2a_overlap_degree() == 1) rows = exchange_tokens(rows, xp, g.ep);
-    counts = xp.local_counts;
-  }
-  // 4. Experts; with etp > 1 every etp rank runs its hidden slice on the rows of the whole etp
-  //    group and the partial outputs are summed back into each rank's rows.
-  torch::Tensor y;
-  if (options.a2a_overlap_degree() > 1) {
-    // 3-5 in D chunks: exchange, experts and return pipelined (overlap.h).
-    y = overlapped_expert_exchange(rows, plan.counts_host, xp, g.ep, g.etp, *grouped,
-                                   options.a2a_overlap_degree());
-  } else if (g.etp.size() > 1) {
-    const int64_t L = num_local_experts();
-    auto count_t = torch::tensor(counts, torch::kInt64).view({1, L});
-    auto all_counts = dist::all_gather_rows(count_t, g.etp, std::vector<int64_t>(g.etp.size(), 1));
-    std::vector<std::vector<int64_t>> blocks(g.etp.size(), std::vector<int64_t>(L));
-    std::vector<int64_t> rows_per_rank(g.etp.size(), 0);
-    for (int64_t q = 0; q < g.etp.size(); ++q)
-      for (int64_t e = 0; e < L; ++e) {
-        blocks[q][e] = all_counts[q][e].item<int64_t>();
-        rows_per_rank[q] += blocks[q][e];
-      }
-    auto order = expert_major_index(blocks);
-    auto gathered = dist::all_gather_rows(rows, g.etp, rows_per_rank);
-    auto partial =
-        experts->run(gather_rows(gathered, order.index.to(rows.device())), order.per_expert);
-    partial = gather_rows(partial, order.inverse.to(rows.device()));
-    y = dist::reduce_scatter_rows(partial, g.etp, rows_per_rank);
-  } else {
-    y = experts->run(rows, counts);
-  }
-  // 5. Back to the ranks the rows came from, combine, and re-assemble the replicated tokens.
-  if (g.ep.size() > 1 && options.a2a_overlap_degree() == 1) y = exchange_back(y, xp, g.ep);
-  auto out = gather_from_slices(unpermute(y, plan), g.slice, slice_rows);
-  auto result =
-      finish(out, tokens, routing, 1.0 / static_cast<double>(g.slice.size()), plan.counts);
-  return result;
 }
 
 void MoEImpl::load_shard_from(MoEImpl& full) {

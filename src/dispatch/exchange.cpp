@@ -127,14 +127,24 @@ ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep)
   TORCH_CHECK(ep.is_member(), "make_exchange_plan: this rank is not in group ", ep.name);
   TORCH_CHECK(E % P == 0, "make_exchange_plan: ", E, " experts do not divide over the ", P,
               " ranks of group ", ep.name);
+  // What each rank sends to each of my experts.
+  return make_exchange_plan(plan.counts_host, dist::exchange_counts(plan.counts_host, ep), P);
+}
+
+ExchangePlan make_exchange_plan(const std::vector<int64_t>& send_counts,
+                                const std::vector<int64_t>& recv_counts, int64_t P) {
+  const int64_t E = static_cast<int64_t>(send_counts.size());
+  TORCH_CHECK(P >= 1 && E % P == 0 && static_cast<int64_t>(recv_counts.size()) == E,
+              "make_exchange_plan: ", E, " send and ", recv_counts.size(),
+              " receive counts do not make P * L slots for P = ", P, " ranks");
   ExchangePlan xp;
   const int64_t L = E / P;
   xp.num_local_experts = L;
-  // 1. Rows to each rank: the sum of the counts of its experts.
+  // 1. Rows to each rank: the sum of the counts of its slots.
   xp.send_splits.assign(P, 0);
-  for (int64_t e = 0; e < E; ++e) xp.send_splits[e / L] += plan.counts_host[e];
-  // 2. Exchange the per-expert counts: what each rank sends to each of my experts.
-  xp.recv_counts = dist::exchange_counts(plan.counts_host, ep);
+  for (int64_t e = 0; e < E; ++e) xp.send_splits[e / L] += send_counts[e];
+  // 2. Rows from each rank, per local expert.
+  xp.recv_counts = recv_counts;
   xp.recv_splits.assign(P, 0);
   std::vector<std::vector<int64_t>> blocks(P, std::vector<int64_t>(L, 0));
   for (int64_t j = 0; j < P; ++j)

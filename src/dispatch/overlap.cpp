@@ -10,7 +10,6 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/comm_tape.h"
-#include "kernels/cpu/grouped_gemm.h"
 
 namespace hybridmoe {
 
@@ -269,16 +268,23 @@ torch::Tensor value_or_undefined(const Opt& t) {
   return t.has_value() ? *t : torch::Tensor();
 }
 
+// The chunked exchange and the grouped MLP of grouped_mlp.h (the same forward and backward
+// pieces, run chunk by chunk between the exchanges).
 struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
   // rows: [A, d] → [A, d]; weights as GroupedExperts (w1 [L, d, h], w2 [L, h, d], ...).
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& rows,
-                               const torch::Tensor& w1, const Opt& b1_opt, const torch::Tensor& w2,
-                               const Opt& b2_opt, const Opt& w3_opt, const Opt& b3_opt,
+                               const torch::Tensor& w1, const Opt& b1, const torch::Tensor& w2,
+                               const Opt& b2, const Opt& w3, const Opt& b3,
                                c10::intrusive_ptr<OverlapPlan> plan) {
-    const auto b1 = value_or_undefined(b1_opt), b2 = value_or_undefined(b2_opt);
-    const auto w3 = value_or_undefined(w3_opt), b3 = value_or_undefined(b3_opt);
+    const ExpertWeights w{w1,
+                          value_or_undefined(b1),
+                          w2,
+                          value_or_undefined(b2),
+                          value_or_undefined(w3),
+                          value_or_undefined(b3)};
     const auto act = plan->activation;
     const int64_t R = plan->full_rows, d = rows.size(1), h = w1.size(2);
+    // What the backward needs, kept in the unchunked expert-major order.
     auto x_full = torch::empty({R, d}, rows.options());
     auto a_full = torch::empty({R, h}, rows.options());
     auto hidden_full = torch::empty({R, h}, rows.options());
@@ -289,44 +295,34 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         [&](int64_t c) { return rows.index_select(0, plan->chunks[c].send_index); },
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
-          // The experts on chunk c (of the whole etp group), exactly as GroupedMLPFunction does
-          // on all rows.
+          // The experts on chunk c (of the whole etp group).
           auto x = plan->gather(received, c).index_select(0, ch.recv_to_em);
-          const int64_t n = x.size(0);
-          auto a = torch::empty({n, h}, x.options());
-          kernels::grouped_mm(x, w1, ch.counts, false, b1, a);
-          torch::Tensor g;
-          if (act == Activation::kSwiGLU) {
-            g = torch::empty({n, h}, x.options());
-            kernels::grouped_mm(x, w3, ch.counts, false, b3, g);
-            g_full.index_copy_(0, ch.full_pos, g);
-          }
-          auto hidden = detail::activate(a, g, act);
-          auto y = torch::empty({n, d}, x.options());
-          kernels::grouped_mm(hidden, w2, ch.counts, false, b2, y);
+          detail::MlpActivations keep;
+          auto y = detail::mlp_forward(x, w, ch.counts, act, &keep);
           x_full.index_copy_(0, ch.full_pos, x);
-          a_full.index_copy_(0, ch.full_pos, a);
-          hidden_full.index_copy_(0, ch.full_pos, hidden);
+          a_full.index_copy_(0, ch.full_pos, keep.a);
+          hidden_full.index_copy_(0, ch.full_pos, keep.hidden);
+          if (keep.g.defined()) g_full.index_copy_(0, ch.full_pos, keep.g);
           return plan->scatter(y.index_select(0, ch.em_to_recv), c);
         });
-    ctx->save_for_backward({x_full, a_full, g_full, hidden_full, w1, w2, w3});
+    ctx->save_for_backward(
+        {x_full, a_full, g_full, hidden_full, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3});
     ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
-    ctx->saved_data["has_b1"] = b1.defined();
-    ctx->saved_data["has_b2"] = b2.defined();
     return torch::cat(returned).index_select(0, plan->src_inverse);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto saved = ctx->get_saved_variables();
-    auto x = saved[0], a = saved[1], g = saved[2], hidden = saved[3];
-    auto w1 = saved[4], w2 = saved[5], w3 = saved[6];
+    auto s = ctx->get_saved_variables();
+    const auto& x = s[0];
+    const auto& a = s[1];
+    const auto& g = s[2];
+    const auto& hidden = s[3];
+    const ExpertWeights w{s[4], s[5], s[6], s[7], s[8], s[9]};
     auto* plan = static_cast<OverlapPlan*>(ctx->saved_data["plan"].toCapsule().get());
-    const bool has_b1 = ctx->saved_data["has_b1"].toBool();
-    const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     const auto act = plan->activation;
     const bool swiglu = act == Activation::kSwiGLU;
     auto dy_src = grads[0].contiguous();
-    const int64_t R = plan->full_rows, d = x.size(1), h = w1.size(2);
+    const int64_t R = plan->full_rows, d = x.size(1), h = w.w1.size(2);
     auto dy_full = torch::empty({R, d}, dy_src.options());
     auto da_full = torch::empty({R, h}, dy_src.options());
     auto dg_full = swiglu ? torch::empty({R, h}, dy_src.options()) : torch::Tensor();
@@ -337,41 +333,20 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
           auto dy = plan->gather(received, c).index_select(0, ch.recv_to_em);
-          auto a_c = a.index_select(0, ch.full_pos);
-          const int64_t n = dy.size(0);
-          auto dhidden = torch::empty({n, h}, dy.options());
-          kernels::grouped_mm(dy, w2, ch.counts, /*trans_b=*/true, {}, dhidden);
+          auto g_c = swiglu ? g.index_select(0, ch.full_pos) : torch::Tensor();
           torch::Tensor da, dg;
-          if (swiglu) {
-            auto g_c = g.index_select(0, ch.full_pos);
-            dg = dhidden * torch::silu(a_c);
-            da = at::silu_backward(dhidden * g_c, a_c);
-            dg_full.index_copy_(0, ch.full_pos, dg);
-          } else if (act == Activation::kGelu) {
-            da = at::gelu_backward(dhidden, a_c);
-          } else {
-            da = at::threshold_backward(dhidden, a_c, 0);
-          }
-          auto dx = torch::empty({n, d}, dy.options());
-          kernels::grouped_mm(da, w1, ch.counts, true, {}, dx);
-          if (swiglu) kernels::grouped_mm(dg, w3, ch.counts, true, {}, dx, /*accumulate=*/true);
+          auto dx = detail::mlp_backward_input(dy, a.index_select(0, ch.full_pos), g_c, w,
+                                               ch.counts, act, &da, &dg);
           dy_full.index_copy_(0, ch.full_pos, dy);
           da_full.index_copy_(0, ch.full_pos, da);
+          if (swiglu) dg_full.index_copy_(0, ch.full_pos, dg);
           return plan->scatter(dx.index_select(0, ch.em_to_recv), c);
         });
     auto drows = torch::cat(returned).index_select(0, plan->src_inverse);
-    // 2. Weight gradients once, over all rows in the unchunked order (as GroupedMLPFunction).
-    const auto& counts = plan->full_counts;
-    auto dw2 = kernels::grouped_mm_tn(hidden, dy_full, counts);
-    auto db2 = has_b2 ? kernels::segment_sum(dy_full, counts) : torch::Tensor();
-    auto dw1 = kernels::grouped_mm_tn(x, da_full, counts);
-    auto db1 = has_b1 ? kernels::segment_sum(da_full, counts) : torch::Tensor();
-    torch::Tensor dw3, db3;
-    if (swiglu) {
-      dw3 = kernels::grouped_mm_tn(x, dg_full, counts);
-      db3 = has_b1 ? kernels::segment_sum(dg_full, counts) : torch::Tensor();
-    }
-    return {drows, dw1, db1, dw2, db2, dw3, db3, torch::Tensor()};
+    // 2. Weight gradients once, over all rows in the unchunked order.
+    const ExpertWeights dw =
+        detail::mlp_backward_weights(x, hidden, dy_full, da_full, dg_full, plan->full_counts, w);
+    return {drows, dw.w1, dw.b1, dw.w2, dw.b2, dw.w3, dw.b3, torch::Tensor()};
   }
 };
 
@@ -397,18 +372,6 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
   auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
   return OverlappedExpertsFn::apply(rows, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
                                     plan);
-}
-
-torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
-                                         const std::vector<int64_t>& counts, const ExchangePlan& xp,
-                                         const dist::Group& ep, const dist::Group& etp,
-                                         GroupedExpertsImpl& experts, int64_t degree) {
-  TORCH_CHECK(experts.num_experts() == xp.num_local_experts,
-              "overlapped_expert_exchange: ", experts.num_experts(),
-              " local experts, the exchange plan has ", xp.num_local_experts);
-  const ExpertWeights w{experts.w1, experts.b1, experts.w2, experts.b2, experts.w3, experts.b3};
-  return overlapped_expert_exchange(rows, counts, xp.recv_counts, ep, etp, w,
-                                    experts.options.activation(), degree);
 }
 
 }  // namespace hybridmoe

@@ -62,7 +62,7 @@ torch::Tensor GroupedExpertsImpl::run(const torch::Tensor& x, const std::vector<
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == options.num_experts(),
               "GroupedExperts: ", counts.size(), " segment sizes for ", options.num_experts(),
               " experts");
-  return detail::grouped_mlp(x, w1, b1, w2, b2, w3, b3, counts, options.activation());
+  return detail::grouped_mlp(x, weights(), counts, options.activation());
 }
 
 namespace {

@@ -1,5 +1,6 @@
-// grouped_mlp.cpp — the fused grouped expert MLP: forward with grouped GEMMs into preallocated
-// buffers, backward written out by hand (dx, dw1, db1, dw2, db2, and dw3, db3 for SwiGLU).
+// grouped_mlp.cpp — the grouped expert MLP: forward with grouped GEMMs into preallocated buffers,
+// backward written out by hand (dx; dw1, db1, dw2, db2, and dw3, db3 for SwiGLU), as pieces that
+// the plain autograd function here and the chunked one of dispatch/overlap.cpp share.
 #include "grouped_mlp.h"
 
 #include "kernels/cpu/grouped_gemm.h"
@@ -11,89 +12,6 @@ using kernels::grouped_mm_tn;
 using kernels::segment_sum;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-namespace {
-
-class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> {
- public:
-  // x: [A, d] → [A, d]. See grouped_mlp().
-  // Optional tensors are passed as c10::optional so that absent ones are not autograd inputs.
-  using Opt = c10::optional<torch::Tensor>;
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in,
-                               const torch::Tensor& w1, const Opt& b1_opt, const torch::Tensor& w2,
-                               const Opt& b2_opt, const Opt& w3_opt, const Opt& b3_opt,
-                               std::vector<int64_t> counts, int64_t activation) {
-    auto get = [](const Opt& t) { return t.has_value() ? *t : torch::Tensor(); };
-    const auto b1 = get(b1_opt), b2 = get(b2_opt), w3 = get(w3_opt), b3 = get(b3_opt);
-    auto x = x_in.contiguous();
-    const int64_t A = x.size(0), d = x.size(1), h = w1.size(2);
-    const auto act = static_cast<Activation>(activation);
-    // 1. First projection(s): a = x w1 + b1 (and g = x w3 + b3 for SwiGLU).
-    auto a = torch::empty({A, h}, x.options());
-    grouped_mm(x, w1, counts, false, b1, a);
-    torch::Tensor g, hidden;
-    if (act == Activation::kSwiGLU) {
-      g = torch::empty({A, h}, x.options());
-      grouped_mm(x, w3, counts, false, b3, g);
-      hidden = torch::silu(a) * g;
-    } else if (act == Activation::kGelu) {
-      hidden = torch::gelu(a);
-    } else {
-      hidden = torch::relu(a);
-    }
-    // 2. Second projection: y = hidden w2 + b2.
-    auto y = torch::empty({A, d}, x.options());
-    grouped_mm(hidden, w2, counts, false, b2, y);
-    ctx->save_for_backward({x, a, g, hidden, w1, w2, w3});
-    ctx->saved_data["counts"] = c10::IValue(counts);
-    ctx->saved_data["activation"] = activation;
-    ctx->saved_data["has_b1"] = b1.defined();
-    ctx->saved_data["has_b2"] = b2.defined();
-    return y;
-  }
-
-  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto saved = ctx->get_saved_variables();
-    auto x = saved[0], a = saved[1], g = saved[2], hidden = saved[3];
-    auto w1 = saved[4], w2 = saved[5], w3 = saved[6];
-    auto counts = ctx->saved_data["counts"].toIntVector();
-    const auto act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
-    const bool has_b1 = ctx->saved_data["has_b1"].toBool();
-    const bool has_b2 = ctx->saved_data["has_b2"].toBool();
-    auto dy = grads[0].contiguous();
-    const int64_t A = x.size(0), d = x.size(1), h = w1.size(2);
-    // 1. Second projection: dw2 = hidden^T dy, db2 = sum dy, dhidden = dy w2^T.
-    auto dw2 = grouped_mm_tn(hidden, dy, counts);
-    auto db2 = has_b2 ? segment_sum(dy, counts) : torch::Tensor();
-    auto dhidden = torch::empty({A, h}, dy.options());
-    grouped_mm(dy, w2, counts, /*trans_b=*/true, {}, dhidden);
-    // 2. Through the activation (GELU and ReLU in place: dhidden's buffer becomes da, which
-    //    spares a fresh [A, h] buffer and its page faults).
-    torch::Tensor da, dg;
-    if (act == Activation::kSwiGLU) {
-      dg = dhidden * torch::silu(a);
-      da = at::silu_backward(dhidden * g, a);
-    } else if (act == Activation::kGelu) {
-      da = at::gelu_backward_out(dhidden, dhidden, a);
-    } else {
-      da = at::threshold_backward_out(dhidden, dhidden, a, 0);
-    }
-    // 3. First projection(s): dw1 = x^T da, db1 = sum da, dx = da w1^T (+ dg w3^T).
-    auto dw1 = grouped_mm_tn(x, da, counts);
-    auto db1 = has_b1 ? segment_sum(da, counts) : torch::Tensor();
-    auto dx = torch::empty({A, d}, dy.options());
-    grouped_mm(da, w1, counts, true, {}, dx);
-    torch::Tensor dw3, db3;
-    if (act == Activation::kSwiGLU) {
-      dw3 = grouped_mm_tn(x, dg, counts);
-      db3 = has_b1 ? segment_sum(dg, counts) : torch::Tensor();
-      grouped_mm(dg, w3, counts, true, {}, dx, /*accumulate=*/true);
-    }
-    return {dx, dw1, db1, dw2, db2, dw3, db3, torch::Tensor(), torch::Tensor()};
-  }
-};
-
-}  // namespace
 
 torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
   switch (act) {
@@ -107,21 +25,126 @@ torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activatio
   TORCH_CHECK(false, "unknown activation");
 }
 
-torch::Tensor grouped_mlp(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& b1,
-                          const torch::Tensor& w2, const torch::Tensor& b2, const torch::Tensor& w3,
-                          const torch::Tensor& b3, const std::vector<int64_t>& counts,
-                          Activation activation) {
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == w1.size(1), "grouped_mlp: x must be [A, ", w1.size(1),
-              "], got ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == w1.scalar_type(), "grouped_mlp: x dtype ", x.scalar_type(),
-              " differs from the expert weights' dtype ", w1.scalar_type());
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == w1.size(0), "grouped_mlp: ", counts.size(),
-              " segment sizes for ", w1.size(0), " experts");
-  TORCH_CHECK(activation != Activation::kSwiGLU || w3.defined(), "grouped_mlp: SwiGLU needs w3");
-  using Opt = c10::optional<torch::Tensor>;
+torch::Tensor mlp_forward(const torch::Tensor& x, const ExpertWeights& w,
+                          const std::vector<int64_t>& counts, Activation act,
+                          MlpActivations* keep) {
+  const int64_t n = x.size(0), d = x.size(1), h = w.w1.size(2);
+  // 1. First projection(s) into preallocated buffers: a = x w1 + b1 (g = x w3 + b3 for SwiGLU).
+  auto a = torch::empty({n, h}, x.options());
+  grouped_mm(x, w.w1, counts, false, w.b1, a);
+  torch::Tensor g;
+  if (act == Activation::kSwiGLU) {
+    g = torch::empty({n, h}, x.options());
+    grouped_mm(x, w.w3, counts, false, w.b3, g);
+  }
+  // 2. The activation, 3. the second projection: y = hidden w2 + b2.
+  auto hidden = activate(a, g, act);
+  auto y = torch::empty({n, d}, x.options());
+  grouped_mm(hidden, w.w2, counts, false, w.b2, y);
+  if (keep != nullptr) *keep = MlpActivations{a, g, hidden};
+  return y;
+}
+
+torch::Tensor mlp_backward_input(const torch::Tensor& dy, const torch::Tensor& a,
+                                 const torch::Tensor& g, const ExpertWeights& w,
+                                 const std::vector<int64_t>& counts, Activation act,
+                                 torch::Tensor* da, torch::Tensor* dg) {
+  const int64_t n = dy.size(0), d = dy.size(1), h = w.w1.size(2);
+  // 1. Second projection: dhidden = dy w2^T.
+  auto dhidden = torch::empty({n, h}, dy.options());
+  grouped_mm(dy, w.w2, counts, /*trans_b=*/true, {}, dhidden);
+  // 2. Through the activation (GELU and ReLU in place: dhidden's buffer becomes da, which spares
+  //    a fresh [n, h] buffer and its page faults).
+  if (act == Activation::kSwiGLU) {
+    *dg = dhidden * torch::silu(a);
+    *da = at::silu_backward(dhidden * g, a);
+  } else if (act == Activation::kGelu) {
+    *da = at::gelu_backward_out(dhidden, dhidden, a);
+  } else {
+    *da = at::threshold_backward_out(dhidden, dhidden, a, 0);
+  }
+  // 3. First projection(s): dx = da w1^T (+ dg w3^T).
+  auto dx = torch::empty({n, d}, dy.options());
+  grouped_mm(*da, w.w1, counts, true, {}, dx);
+  if (act == Activation::kSwiGLU) grouped_mm(*dg, w.w3, counts, true, {}, dx, /*accumulate=*/true);
+  return dx;
+}
+
+ExpertWeights mlp_backward_weights(const torch::Tensor& x, const torch::Tensor& hidden,
+                                   const torch::Tensor& dy, const torch::Tensor& da,
+                                   const torch::Tensor& dg, const std::vector<int64_t>& counts,
+                                   const ExpertWeights& w) {
+  ExpertWeights dw;
+  dw.w2 = grouped_mm_tn(hidden, dy, counts);
+  if (w.b2.defined()) dw.b2 = segment_sum(dy, counts);
+  dw.w1 = grouped_mm_tn(x, da, counts);
+  if (w.b1.defined()) dw.b1 = segment_sum(da, counts);
+  if (dg.defined()) {
+    dw.w3 = grouped_mm_tn(x, dg, counts);
+    if (w.b3.defined()) dw.b3 = segment_sum(dg, counts);
+  }
+  return dw;
+}
+
+namespace {
+
+using Opt = c10::optional<torch::Tensor>;
+torch::Tensor value_of(const Opt& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
+class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> {
+ public:
+  // x: [A, d] → [A, d]. See grouped_mlp(). Optional tensors are passed as c10::optional so that
+  // absent ones are not autograd inputs.
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x_in,
+                               const torch::Tensor& w1, const Opt& b1, const torch::Tensor& w2,
+                               const Opt& b2, const Opt& w3, const Opt& b3,
+                               std::vector<int64_t> counts, int64_t activation) {
+    const ExpertWeights w{w1, value_of(b1), w2, value_of(b2), value_of(w3), value_of(b3)};
+    auto x = x_in.contiguous();
+    MlpActivations keep;
+    auto y = mlp_forward(x, w, counts, static_cast<Activation>(activation), &keep);
+    ctx->save_for_backward({x, keep.a, keep.g, keep.hidden, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3});
+    ctx->saved_data["counts"] = c10::IValue(counts);
+    ctx->saved_data["activation"] = activation;
+    return y;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto s = ctx->get_saved_variables();
+    const auto& x = s[0];
+    const auto& a = s[1];
+    const auto& g = s[2];
+    const auto& hidden = s[3];
+    const ExpertWeights w{s[4], s[5], s[6], s[7], s[8], s[9]};
+    const auto counts = ctx->saved_data["counts"].toIntVector();
+    const auto act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
+    auto dy = grads[0].contiguous();
+    torch::Tensor da, dg;
+    auto dx = mlp_backward_input(dy, a, g, w, counts, act, &da, &dg);
+    const ExpertWeights dw = mlp_backward_weights(x, hidden, dy, da, dg, counts, w);
+    return {dx, dw.w1, dw.b1, dw.w2, dw.b2, dw.w3, dw.b3, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor grouped_mlp(const torch::Tensor& x, const ExpertWeights& w,
+                          const std::vector<int64_t>& counts, Activation activation) {
+  TORCH_CHECK(w.w1.defined() && w.w2.defined() && w.w1.dim() == 3,
+              "grouped_mlp: w1 must be [experts, d, h], got ",
+              w.w1.defined() ? w.w1.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == w.w1.size(1), "grouped_mlp: x must be [A, ",
+              w.w1.size(1), "], got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == w.w1.scalar_type(), "grouped_mlp: x dtype ", x.scalar_type(),
+              " differs from the expert weights' dtype ", w.w1.scalar_type());
+  TORCH_CHECK(static_cast<int64_t>(counts.size()) == w.w1.size(0), "grouped_mlp: ", counts.size(),
+              " segment sizes for ", w.w1.size(0), " experts");
+  TORCH_CHECK(activation != Activation::kSwiGLU || w.w3.defined(), "grouped_mlp: SwiGLU needs w3");
   auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
-  return GroupedMLPFunction::apply(x, w1, opt(b1), w2, opt(b2), opt(w3), opt(b3), counts,
-                                   static_cast<int64_t>(activation));
+  return GroupedMLPFunction::apply(x, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
+                                   counts, static_cast<int64_t>(activation));
 }
 
 torch::Tensor expert_mlp_plain(const torch::Tensor& x, const torch::Tensor& w1,

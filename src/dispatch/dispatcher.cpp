@@ -1,0 +1,190 @@
+// dispatcher.cpp — see dispatcher.h and dispatchers.h: the experts step shared by every
+// dispatcher, the local dispatcher, the exchange every exchanging dispatcher shares (all-to-all,
+// expert-major order, etp gather), the chunked overlap decorator, and the factory.
+#include "dispatch/dispatchers.h"
+
+#include "experts/grouped_mlp.h"
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/overlap.h"
+
+namespace hybridmoe {
+
+torch::Tensor TokenDispatcher::run_experts(DispatchedRows& d, ExpertsBase& experts) {
+  if (d.weights.w1.defined()) return detail::grouped_mlp(d.rows, d.weights, d.counts, d.activation);
+  return experts.run(d.rows, d.counts);
+}
+
+std::unique_ptr<TokenDispatcher> make_token_dispatcher(
+    const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
+    std::shared_ptr<GroupedExpertsImpl> grouped) {
+  if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
+  std::unique_ptr<detail::ExchangingDispatcher> d;
+  if (options.expert_layout() == "adaptive") {
+    d = std::make_unique<detail::AdaptiveDispatcher>(options, groups, grouped);
+  } else {
+    d = std::make_unique<detail::AllToAllDispatcher>(options, groups);
+  }
+  if (options.a2a_overlap_degree() == 1) return d;
+  return std::make_unique<detail::OverlapDispatcher>(std::move(d), grouped, options.activation(),
+                                                     options.a2a_overlap_degree());
+}
+
+namespace detail {
+
+namespace {
+
+// Local dispatch: the plan is all combine needs.
+struct PlanHandle : DispatchHandle {
+  DispatchPlan plan;
+};
+
+// What an exchanging dispatch keeps for combine: the exchange, its plan, and with etp > 1 the
+// rows of every etp rank and the expert-major order of the gathered rows.
+struct ExchangeHandle : DispatchHandle {
+  TokenExchange x;
+  ExchangePlan xp;
+  std::vector<int64_t> etp_rows;
+  ExpertMajorOrder etp_order;
+};
+
+}  // namespace
+
+// ---- one process --------------------------------------------------------------------------------
+
+DispatchedRows LocalDispatcher::dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                                         const MoECallOptions& /*call*/) {
+  auto h = std::make_shared<PlanHandle>();
+  // 1. Plan: per-expert counts and a stable expert-contiguous order; 2. permute into it.
+  h->plan = make_plan(routing, mine.size(0), num_experts_);
+  DispatchedRows d;
+  d.rows = permute(mine, h->plan);
+  d.counts = h->plan.counts_host;
+  d.routed_per_expert = h->plan.counts;
+  d.handle = h;
+  return d;
+}
+
+torch::Tensor LocalDispatcher::combine(const torch::Tensor& y, DispatchedRows& d) {
+  return unpermute(y, static_cast<PlanHandle&>(*d.handle).plan);
+}
+
+// ---- the exchange of every exchanging dispatcher
+// -------------------------------------------------
+
+DispatchedRows ExchangingDispatcher::dispatch(const torch::Tensor& mine,
+                                              const RouterOutput& routing,
+                                              const MoECallOptions& call) {
+  auto h = std::make_shared<ExchangeHandle>();
+  DispatchedRows d;
+  h->x = prepare(mine, routing, call, &d.routed_per_expert);
+  const auto& x = h->x;
+  torch::Tensor rows = x.send_rows;
+  std::vector<int64_t> counts = x.send_counts;
+  // 1. The token exchange: an all-to-all over the group, then the rows expert-major.
+  if (x.exchanges()) {
+    h->xp = make_exchange_plan(x.send_counts, x.recv_counts, x.group.size());
+    rows = exchange_tokens(rows, h->xp, x.group);
+    counts = h->xp.local_counts;
+  }
+  // 2. etp > 1: every etp rank runs its hidden slice on the rows of the whole etp group, expert-
+  //    major over the etp ranks' blocks; combine sums the partial outputs back.
+  const auto& etp = x.etp;
+  if (etp.size() > 1) {
+    const int64_t L = static_cast<int64_t>(counts.size()), Q = etp.size();
+    auto count_t = torch::tensor(counts, torch::kInt64).view({1, L});
+    auto all_counts = dist::all_gather_rows(count_t, etp, std::vector<int64_t>(Q, 1)).contiguous();
+    std::vector<std::vector<int64_t>> blocks(Q, std::vector<int64_t>(L));
+    h->etp_rows.assign(Q, 0);
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t e = 0; e < L; ++e) {
+        blocks[q][e] = all_counts[q][e].item<int64_t>();
+        h->etp_rows[q] += blocks[q][e];
+      }
+    h->etp_order = expert_major_index(blocks);
+    auto gathered = dist::all_gather_rows(rows, etp, h->etp_rows);
+    rows = gather_rows(gathered, h->etp_order.index.to(rows.device()));
+    counts = h->etp_order.per_expert;
+  }
+  d.rows = rows;
+  d.counts = std::move(counts);
+  d.weights = x.weights;
+  d.activation = x.activation;
+  d.handle = h;
+  return d;
+}
+
+torch::Tensor ExchangingDispatcher::combine(const torch::Tensor& y_in, DispatchedRows& d) {
+  auto& h = static_cast<ExchangeHandle&>(*d.handle);
+  torch::Tensor y = y_in;
+  // 1. etp > 1: the partial outputs back in block order, summed into each rank's rows.
+  if (h.x.etp.size() > 1) {
+    auto partial = gather_rows(y, h.etp_order.inverse.to(y.device()));
+    y = dist::reduce_scatter_rows(partial, h.x.etp, h.etp_rows);
+  }
+  // 2. The mirror exchange, 3. the dispatcher's local finish.
+  if (h.x.exchanges()) y = exchange_back(y, h.xp, h.x.group);
+  return finish(y, *h.x.finish);
+}
+
+// ---- the chunked overlap ------------------------------------------------------------------------
+
+namespace {
+
+// The overlap's handle: the exchange (adaptive r = 0 has none; its rows stay on this rank).
+struct OverlapHandle : DispatchHandle {
+  TokenExchange x;
+};
+
+}  // namespace
+
+OverlapDispatcher::OverlapDispatcher(std::unique_ptr<ExchangingDispatcher> inner,
+                                     std::shared_ptr<GroupedExpertsImpl> grouped,
+                                     Activation activation, int64_t degree)
+    : inner_(std::move(inner)),
+      grouped_(std::move(grouped)),
+      activation_(activation),
+      degree_(degree) {
+  TORCH_CHECK(degree_ >= 2, "OverlapDispatcher: the degree must be >= 2, got ", degree_);
+  TORCH_CHECK(grouped_,
+              "OverlapDispatcher: the chunked exchange runs the built-in grouped "
+              "experts; user expert modules are not supported there");
+}
+
+torch::Tensor OverlapDispatcher::local_tokens(const torch::Tensor& tokens) {
+  return inner_->local_tokens(tokens);
+}
+
+double OverlapDispatcher::aux_scale() const {
+  return inner_->aux_scale();
+}
+
+DispatchedRows OverlapDispatcher::dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                                           const MoECallOptions& call) {
+  auto h = std::make_shared<OverlapHandle>();
+  DispatchedRows d;
+  h->x = inner_->prepare(mine, routing, call, &d.routed_per_expert);
+  // Rows that stay on this rank (no exchange to overlap) are the experts' rows already.
+  d.rows = h->x.send_rows;
+  d.counts = h->x.send_counts;
+  d.weights = h->x.weights;
+  d.activation = activation_;
+  d.handle = h;
+  return d;
+}
+
+torch::Tensor OverlapDispatcher::run_experts(DispatchedRows& d, ExpertsBase& experts) {
+  auto& h = static_cast<OverlapHandle&>(*d.handle);
+  if (!h.x.exchanges()) return TokenDispatcher::run_experts(d, experts);
+  // Exchange, experts and return, chunk by chunk (overlap.h).
+  const ExpertWeights w = h.x.weights.w1.defined() ? h.x.weights : grouped_->weights();
+  return overlapped_expert_exchange(h.x.send_rows, h.x.send_counts, h.x.recv_counts, h.x.group,
+                                    h.x.etp, w, activation_, degree_);
+}
+
+torch::Tensor OverlapDispatcher::combine(const torch::Tensor& y, DispatchedRows& d) {
+  auto& h = static_cast<OverlapHandle&>(*d.handle);
+  return inner_->finish(y, *h.x.finish);
+}
+
+}  // namespace detail
+}  // namespace hybridmoe

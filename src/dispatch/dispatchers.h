@@ -1,0 +1,117 @@
+// dispatchers.h — the token dispatchers behind make_token_dispatcher (dispatcher.h). Internal.
+//   LocalDispatcher        one process: plan → permute; combine = unpermute.
+//   ExchangingDispatcher   a dispatcher whose rows travel: prepare() (local work and count
+//                          exchanges) → the token exchange → the experts → its mirror →
+//                          finish() (local). Its plain exchange is an all-to-all over a group,
+//                          expert-major reordering, and with etp > 1 an all-gather of the rows
+//                          over etp (reduce-scatter of the partial outputs back).
+//   AllToAllDispatcher     the fixed layout: slices over tp, experts over ep (and etp).
+//   AdaptiveDispatcher     Tutel's adaptive layout: the call's degree r over the stage.
+//   OverlapDispatcher      wraps an ExchangingDispatcher: the same prepare / finish, with the
+//                          exchange and the experts pipelined in D chunks (overlap.h).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "hybridmoe/dispatcher.h"
+#include "hybridmoe/dist.h"
+#include "hybridmoe/exchange.h"
+#include "hybridmoe/moe.h"
+
+namespace hybridmoe::detail {
+
+class LocalDispatcher : public TokenDispatcher {
+ public:
+  explicit LocalDispatcher(int64_t num_experts) : num_experts_(num_experts) {}
+  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                          const MoECallOptions& call) override;
+  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+
+ private:
+  int64_t num_experts_;
+};
+
+/// How the rows of one call travel: this rank's rows in destination-slot order (slot j * L + e:
+/// rank j of `group`, its local expert e), the rows per slot both ways, and the group. A group of
+/// size <= 1 means no exchange: send_rows are already the local experts' rows (send_counts then
+/// has one entry per local expert).
+struct TokenExchange {
+  torch::Tensor send_rows;                    // [A, d]
+  std::vector<int64_t> send_counts;           // [P * L] rows of send_rows per slot
+  std::vector<int64_t> recv_counts;           // [P * L] rows from rank j for local expert e
+  dist::Group group;                          // the rows travel over it
+  dist::Group etp;                            // the experts' hidden width is split over it
+  ExpertWeights weights;                      // the call's weights (w1 undefined: the module's)
+  Activation activation = Activation::kGelu;  // the grouped MLP's, with `weights`
+  std::shared_ptr<DispatchHandle> finish;     // what finish() needs (the subclass's)
+  bool exchanges() const { return group.size() > 1; }
+};
+
+class ExchangingDispatcher : public TokenDispatcher {
+ public:
+  /// Local work before the exchange: route-ordered rows into slot order, counts exchanged.
+  virtual TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
+                                const MoECallOptions& call, torch::Tensor* routed_per_expert) = 0;
+  /// Local work after the mirror exchange: returned rows (in send_rows' order) → token order.
+  /// returned: [A, d] → [T, d].
+  virtual torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) = 0;
+
+  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                          const MoECallOptions& call) override;
+  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+};
+
+class AllToAllDispatcher : public ExchangingDispatcher {
+ public:
+  AllToAllDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups);
+  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
+  double aux_scale() const override;
+  TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
+                        const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
+  torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
+
+ private:
+  int64_t num_experts_;
+  std::shared_ptr<const ParallelGroups> groups_;
+  std::vector<int64_t> slice_rows_;  // of the current call
+};
+
+class AdaptiveDispatcher : public ExchangingDispatcher {
+ public:
+  AdaptiveDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
+                     std::shared_ptr<GroupedExpertsImpl> grouped);
+  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
+  double aux_scale() const override;
+  TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
+                        const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
+  torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
+
+ private:
+  int64_t num_experts_, d_model_;
+  bool bias_;
+  std::shared_ptr<const ParallelGroups> groups_;
+  std::shared_ptr<GroupedExpertsImpl> grouped_;
+  std::vector<int64_t> slice_rows_;  // of the current call
+};
+
+class OverlapDispatcher : public TokenDispatcher {
+ public:
+  OverlapDispatcher(std::unique_ptr<ExchangingDispatcher> inner,
+                    std::shared_ptr<GroupedExpertsImpl> grouped, Activation activation,
+                    int64_t degree);
+  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
+  double aux_scale() const override;
+  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                          const MoECallOptions& call) override;
+  torch::Tensor run_experts(DispatchedRows& d, ExpertsBase& experts) override;
+  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+
+ private:
+  std::unique_ptr<ExchangingDispatcher> inner_;
+  std::shared_ptr<GroupedExpertsImpl> grouped_;
+  Activation activation_;
+  int64_t degree_;
+};
+
+}  // namespace hybridmoe::detail
