@@ -64,22 +64,14 @@ struct AdaptiveHandle : DispatchHandle {
 AdaptiveDispatcher::AdaptiveDispatcher(const MoEOptions& options,
                                        std::shared_ptr<const ParallelGroups> groups,
                                        std::shared_ptr<GroupedExpertsImpl> grouped)
-    : num_experts_(options.num_experts()),
+    : ExchangingDispatcher(std::move(groups)),
+      num_experts_(options.num_experts()),
       d_model_(options.d_model()),
       bias_(options.bias()),
-      groups_(std::move(groups)),
       grouped_(std::move(grouped)) {
-  TORCH_CHECK(groups_ && grouped_,
-              "AdaptiveDispatcher: needs the parallel groups and the grouped experts");
-}
-
-torch::Tensor AdaptiveDispatcher::local_tokens(const torch::Tensor& tokens) {
-  slice_rows_ = dist::even_split(tokens.size(0), groups_->slice.size());
-  return scatter_to_slices(tokens, groups_->slice, slice_rows_);
-}
-
-double AdaptiveDispatcher::aux_scale() const {
-  return 1.0 / static_cast<double>(groups_->slice.size());
+  TORCH_CHECK(grouped_,
+              "AdaptiveDispatcher: needs the grouped experts (user expert modules "
+              "are not supported by the adaptive layout)");
 }
 
 TokenExchange AdaptiveDispatcher::prepare(const torch::Tensor& mine, const RouterOutput& routing,
@@ -168,7 +160,7 @@ torch::Tensor AdaptiveDispatcher::finish(const torch::Tensor& returned, Dispatch
     auto part = gather_rows(returned, copy);
     y = y.defined() ? y + part : part;
   }
-  return gather_from_slices(unpermute(y, h.plan), groups_->slice, h.slice_rows);
+  return gather_slices(unpermute(y, h.plan), h.slice_rows);
 }
 
 }  // namespace hybridmoe::detail

@@ -19,18 +19,7 @@ struct AllToAllHandle : DispatchHandle {
 
 AllToAllDispatcher::AllToAllDispatcher(const MoEOptions& options,
                                        std::shared_ptr<const ParallelGroups> groups)
-    : num_experts_(options.num_experts()), groups_(std::move(groups)) {
-  TORCH_CHECK(groups_, "AllToAllDispatcher: the parallel groups are null");
-}
-
-torch::Tensor AllToAllDispatcher::local_tokens(const torch::Tensor& tokens) {
-  slice_rows_ = dist::even_split(tokens.size(0), groups_->slice.size());
-  return scatter_to_slices(tokens, groups_->slice, slice_rows_);
-}
-
-double AllToAllDispatcher::aux_scale() const {
-  return 1.0 / static_cast<double>(groups_->slice.size());
-}
+    : ExchangingDispatcher(std::move(groups)), num_experts_(options.num_experts()) {}
 
 TokenExchange AllToAllDispatcher::prepare(const torch::Tensor& mine, const RouterOutput& routing,
                                           const MoECallOptions& /*call*/,
@@ -54,7 +43,7 @@ TokenExchange AllToAllDispatcher::prepare(const torch::Tensor& mine, const Route
 
 torch::Tensor AllToAllDispatcher::finish(const torch::Tensor& returned, DispatchHandle& handle) {
   auto& h = static_cast<AllToAllHandle&>(handle);
-  return gather_from_slices(unpermute(returned, h.plan), groups_->slice, h.slice_rows);
+  return gather_slices(unpermute(returned, h.plan), h.slice_rows);
 }
 
 }  // namespace hybridmoe::detail

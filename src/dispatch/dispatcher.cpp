@@ -68,8 +68,26 @@ torch::Tensor LocalDispatcher::combine(const torch::Tensor& y, DispatchedRows& d
   return unpermute(y, static_cast<PlanHandle&>(*d.handle).plan);
 }
 
-// ---- the exchange of every exchanging dispatcher
-// -------------------------------------------------
+// ---- the exchange of every exchanging dispatcher -------------------------------------------
+
+ExchangingDispatcher::ExchangingDispatcher(std::shared_ptr<const ParallelGroups> groups)
+    : groups_(std::move(groups)) {
+  TORCH_CHECK(groups_, "token dispatcher: the parallel groups are null");
+}
+
+torch::Tensor ExchangingDispatcher::local_tokens(const torch::Tensor& tokens) {
+  slice_rows_ = dist::even_split(tokens.size(0), groups_->slice.size());
+  return scatter_to_slices(tokens, groups_->slice, slice_rows_);
+}
+
+double ExchangingDispatcher::aux_scale() const {
+  return 1.0 / static_cast<double>(groups_->slice.size());
+}
+
+torch::Tensor ExchangingDispatcher::gather_slices(const torch::Tensor& y,
+                                                  const std::vector<int64_t>& slice_rows) {
+  return gather_from_slices(y, groups_->slice, slice_rows);
+}
 
 DispatchedRows ExchangingDispatcher::dispatch(const torch::Tensor& mine,
                                               const RouterOutput& routing,

@@ -50,6 +50,10 @@ struct TokenExchange {
 
 class ExchangingDispatcher : public TokenDispatcher {
  public:
+  explicit ExchangingDispatcher(std::shared_ptr<const ParallelGroups> groups);
+  /// Each rank of the slice (tp) group takes its block of the replicated tokens.
+  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
+  double aux_scale() const override;
   /// Local work before the exchange: route-ordered rows into slot order, counts exchanged.
   virtual TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
                                 const MoECallOptions& call, torch::Tensor* routed_per_expert) = 0;
@@ -60,29 +64,30 @@ class ExchangingDispatcher : public TokenDispatcher {
   DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
                           const MoECallOptions& call) override;
   torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+
+ protected:
+  /// The slices' tokens back into the replicated tokens. y: [T_mine, d] → [T, d].
+  torch::Tensor gather_slices(const torch::Tensor& y, const std::vector<int64_t>& slice_rows);
+
+  std::shared_ptr<const ParallelGroups> groups_;
+  std::vector<int64_t> slice_rows_;  // of the current call (set by local_tokens)
 };
 
 class AllToAllDispatcher : public ExchangingDispatcher {
  public:
   AllToAllDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups);
-  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
-  double aux_scale() const override;
   TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
 
  private:
   int64_t num_experts_;
-  std::shared_ptr<const ParallelGroups> groups_;
-  std::vector<int64_t> slice_rows_;  // of the current call
 };
 
 class AdaptiveDispatcher : public ExchangingDispatcher {
  public:
   AdaptiveDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
                      std::shared_ptr<GroupedExpertsImpl> grouped);
-  torch::Tensor local_tokens(const torch::Tensor& tokens) override;
-  double aux_scale() const override;
   TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
@@ -90,9 +95,7 @@ class AdaptiveDispatcher : public ExchangingDispatcher {
  private:
   int64_t num_experts_, d_model_;
   bool bias_;
-  std::shared_ptr<const ParallelGroups> groups_;
   std::shared_ptr<GroupedExpertsImpl> grouped_;
-  std::vector<int64_t> slice_rows_;  // of the current call
 };
 
 class OverlapDispatcher : public TokenDispatcher {

@@ -263,10 +263,8 @@ std::vector<torch::Tensor> pipeline(const OverlapPlan& plan, const char* forward
 
 // ---- the autograd function --------------------------------------------------------------------
 
-using Opt = c10::optional<torch::Tensor>;
-torch::Tensor value_or_undefined(const Opt& t) {
-  return t.has_value() ? *t : torch::Tensor();
-}
+using Opt = detail::OptTensor;
+using detail::value_of;
 
 // The chunked exchange and the grouped MLP of grouped_mlp.h (the same forward and backward
 // pieces, run chunk by chunk between the exchanges).
@@ -276,12 +274,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
                                const torch::Tensor& w1, const Opt& b1, const torch::Tensor& w2,
                                const Opt& b2, const Opt& w3, const Opt& b3,
                                c10::intrusive_ptr<OverlapPlan> plan) {
-    const ExpertWeights w{w1,
-                          value_or_undefined(b1),
-                          w2,
-                          value_or_undefined(b2),
-                          value_or_undefined(w3),
-                          value_or_undefined(b3)};
+    const ExpertWeights w{w1, value_of(b1), w2, value_of(b2), value_of(w3), value_of(b3)};
     const auto act = plan->activation;
     const int64_t R = plan->full_rows, d = rows.size(1), h = w1.size(2);
     // What the backward needs, kept in the unchunked expert-major order.
@@ -305,24 +298,20 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
           if (keep.g.defined()) g_full.index_copy_(0, ch.full_pos, keep.g);
           return plan->scatter(y.index_select(0, ch.em_to_recv), c);
         });
-    ctx->save_for_backward(
-        {x_full, a_full, g_full, hidden_full, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3});
+    ctx->save_for_backward(detail::saved_list(x_full, {a_full, g_full, hidden_full}, w));
     ctx->saved_data["plan"] = c10::IValue::make_capsule(plan);
     return torch::cat(returned).index_select(0, plan->src_inverse);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto s = ctx->get_saved_variables();
-    const auto& x = s[0];
-    const auto& a = s[1];
-    const auto& g = s[2];
-    const auto& hidden = s[3];
-    const ExpertWeights w{s[4], s[5], s[6], s[7], s[8], s[9]};
+    const detail::MlpSaved s = detail::saved_from(ctx->get_saved_variables());
+    const auto& a = s.keep.a;
+    const auto& w = s.w;
     auto* plan = static_cast<OverlapPlan*>(ctx->saved_data["plan"].toCapsule().get());
     const auto act = plan->activation;
     const bool swiglu = act == Activation::kSwiGLU;
     auto dy_src = grads[0].contiguous();
-    const int64_t R = plan->full_rows, d = x.size(1), h = w.w1.size(2);
+    const int64_t R = plan->full_rows, d = s.x.size(1), h = w.w1.size(2);
     auto dy_full = torch::empty({R, d}, dy_src.options());
     auto da_full = torch::empty({R, h}, dy_src.options());
     auto dg_full = swiglu ? torch::empty({R, h}, dy_src.options()) : torch::Tensor();
@@ -333,7 +322,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
           auto dy = plan->gather(received, c).index_select(0, ch.recv_to_em);
-          auto g_c = swiglu ? g.index_select(0, ch.full_pos) : torch::Tensor();
+          auto g_c = swiglu ? s.keep.g.index_select(0, ch.full_pos) : torch::Tensor();
           torch::Tensor da, dg;
           auto dx = detail::mlp_backward_input(dy, a.index_select(0, ch.full_pos), g_c, w,
                                                ch.counts, act, &da, &dg);
@@ -344,8 +333,8 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
         });
     auto drows = torch::cat(returned).index_select(0, plan->src_inverse);
     // 2. Weight gradients once, over all rows in the unchunked order.
-    const ExpertWeights dw =
-        detail::mlp_backward_weights(x, hidden, dy_full, da_full, dg_full, plan->full_counts, w);
+    const ExpertWeights dw = detail::mlp_backward_weights(s.x, s.keep.hidden, dy_full, da_full,
+                                                          dg_full, plan->full_counts, w);
     return {drows, dw.w1, dw.b1, dw.w2, dw.b2, dw.w3, dw.b3, torch::Tensor()};
   }
 };
@@ -369,7 +358,7 @@ torch::Tensor overlapped_expert_exchange(const torch::Tensor& rows,
               "overlapped_expert_exchange: SwiGLU needs w3");
   auto plan = make_overlap_plan(counts, recv_counts, w.w1.size(0), ep, etp, degree, rows.device());
   plan->activation = activation;
-  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
+  auto opt = detail::optional_of;
   return OverlappedExpertsFn::apply(rows, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
                                     plan);
 }

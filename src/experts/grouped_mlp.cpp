@@ -86,12 +86,19 @@ ExpertWeights mlp_backward_weights(const torch::Tensor& x, const torch::Tensor& 
   return dw;
 }
 
+std::vector<torch::Tensor> saved_list(const torch::Tensor& x, const MlpActivations& keep,
+                                      const ExpertWeights& w) {
+  return {x, keep.a, keep.g, keep.hidden, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3};
+}
+
+MlpSaved saved_from(const std::vector<torch::Tensor>& s) {
+  TORCH_CHECK(s.size() == 10, "grouped MLP: 10 saved tensors expected, got ", s.size());
+  return {s[0], {s[1], s[2], s[3]}, {s[4], s[5], s[6], s[7], s[8], s[9]}};
+}
+
 namespace {
 
-using Opt = c10::optional<torch::Tensor>;
-torch::Tensor value_of(const Opt& t) {
-  return t.has_value() ? *t : torch::Tensor();
-}
+using Opt = OptTensor;
 
 class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> {
  public:
@@ -105,25 +112,20 @@ class GroupedMLPFunction : public torch::autograd::Function<GroupedMLPFunction> 
     auto x = x_in.contiguous();
     MlpActivations keep;
     auto y = mlp_forward(x, w, counts, static_cast<Activation>(activation), &keep);
-    ctx->save_for_backward({x, keep.a, keep.g, keep.hidden, w.w1, w.b1, w.w2, w.b2, w.w3, w.b3});
+    ctx->save_for_backward(saved_list(x, keep, w));
     ctx->saved_data["counts"] = c10::IValue(counts);
     ctx->saved_data["activation"] = activation;
     return y;
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    auto s = ctx->get_saved_variables();
-    const auto& x = s[0];
-    const auto& a = s[1];
-    const auto& g = s[2];
-    const auto& hidden = s[3];
-    const ExpertWeights w{s[4], s[5], s[6], s[7], s[8], s[9]};
+    const MlpSaved s = saved_from(ctx->get_saved_variables());
     const auto counts = ctx->saved_data["counts"].toIntVector();
     const auto act = static_cast<Activation>(ctx->saved_data["activation"].toInt());
     auto dy = grads[0].contiguous();
     torch::Tensor da, dg;
-    auto dx = mlp_backward_input(dy, a, g, w, counts, act, &da, &dg);
-    const ExpertWeights dw = mlp_backward_weights(x, hidden, dy, da, dg, counts, w);
+    auto dx = mlp_backward_input(dy, s.keep.a, s.keep.g, s.w, counts, act, &da, &dg);
+    const ExpertWeights dw = mlp_backward_weights(s.x, s.keep.hidden, dy, da, dg, counts, s.w);
     return {dx, dw.w1, dw.b1, dw.w2, dw.b2, dw.w3, dw.b3, torch::Tensor(), torch::Tensor()};
   }
 };
@@ -142,7 +144,7 @@ torch::Tensor grouped_mlp(const torch::Tensor& x, const ExpertWeights& w,
   TORCH_CHECK(static_cast<int64_t>(counts.size()) == w.w1.size(0), "grouped_mlp: ", counts.size(),
               " segment sizes for ", w.w1.size(0), " experts");
   TORCH_CHECK(activation != Activation::kSwiGLU || w.w3.defined(), "grouped_mlp: SwiGLU needs w3");
-  auto opt = [](const torch::Tensor& t) { return t.defined() ? Opt(t) : Opt(); };
+  auto opt = optional_of;
   return GroupedMLPFunction::apply(x, w.w1, opt(w.b1), w.w2, opt(w.b2), opt(w.w3), opt(w.b3),
                                    counts, static_cast<int64_t>(activation));
 }

@@ -19,6 +19,26 @@ struct MlpActivations {
   torch::Tensor hidden;  // [n, h]: act(a, g)
 };
 
+/// What an autograd function of the grouped MLP saves for its backward, in one order:
+/// save_for_backward(saved_list(x, keep, w)) and saved_from(ctx->get_saved_variables()).
+struct MlpSaved {
+  torch::Tensor x;
+  MlpActivations keep;
+  ExpertWeights w;
+};
+std::vector<torch::Tensor> saved_list(const torch::Tensor& x, const MlpActivations& keep,
+                                      const ExpertWeights& w);
+MlpSaved saved_from(const std::vector<torch::Tensor>& saved);
+
+/// Optional autograd inputs (absent biases are no inputs): to and from undefined tensors.
+using OptTensor = c10::optional<torch::Tensor>;
+inline OptTensor optional_of(const torch::Tensor& t) {
+  return t.defined() ? OptTensor(t) : OptTensor();
+}
+inline torch::Tensor value_of(const OptTensor& t) {
+  return t.has_value() ? *t : torch::Tensor();
+}
+
 /// Forward over expert segments: a = x w1 + b1 (g = x w3 + b3), hidden = act(a, g),
 /// y = hidden w2 + b2 (biases where defined). x: [n, d]; counts: [L] rows per expert.
 /// Returns y [n, d]; fills *keep when given.
