@@ -56,6 +56,20 @@ asan: deps
 	cd $(ASAN_BUILD) && $(SANITIZER_ENV) ctest --output-on-failure -j $(JOBS) -L 'unit|multirank' \
 	  $(CTEST_FLAGS)
 
+# clang-format (the repo's .clang-format) over the project's own sources; lists the files whose
+# formatting differs and fails if there is any. `clang-format -i FILE` fixes one.
+CLANG_FORMAT ?= clang-format
+FORMAT_DIRS = include src tools bench kernels tests
+format-check: deps
+	@files=$$(find $(FORMAT_DIRS) -type f \( -name '*.h' -o -name '*.hpp' -o -name '*.cpp' \
+	    -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' \) | sort) && \
+	  bad=$$(for f in $$files; do \
+	    $(CLANG_FORMAT) --dry-run --Werror "$$f" >/dev/null 2>&1 || echo "  $$f"; done) && \
+	  if [ -n "$$bad" ]; then \
+	    echo "format-check: these files differ from .clang-format ($(CLANG_FORMAT) -i fixes them):"; \
+	    echo "$$bad"; exit 1; fi && \
+	  echo "format-check: $$(echo $$files | wc -w) files match .clang-format ($$($(CLANG_FORMAT) --version))"
+
 bench: build
 	$(BUILD)/hmoe bench layer
 
