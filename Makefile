@@ -43,11 +43,11 @@ test-blas-kernel: build
 
 # A Debug build with AddressSanitizer and UndefinedBehaviorSanitizer in $(ASAN_BUILD), then the
 # unit and multirank tests on it. UBSan findings abort (-fno-sanitize-recover); the options travel
-# in the environment to every process a test starts. LeakSanitizer ignores only leaks inside
-# third-party libraries (scripts/sanitizers/lsan.supp). The hmoe program is not built: no test of
-# these labels runs it.
+# in the environment to every process a test starts (the multirank tests re-execute themselves as
+# ranks). LeakSanitizer is on, with no suppressions: LibTorch, Gloo and OpenBLAS (not built with
+# ASan) leave nothing it reports. The hmoe program is not built: no test of these labels runs it.
+# From scratch on 2 shared cores: about 35 min to build (cold ccache), 22 min of tests.
 SANITIZER_ENV = ASAN_OPTIONS=detect_leaks=1:strict_string_checks=1:check_initialization_order=1 \
-  LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/sanitizers/lsan.supp:print_suppressions=0 \
   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 asan: deps
 	@cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DHMOE_SANITIZE=address,undefined \
