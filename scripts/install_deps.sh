@@ -10,6 +10,7 @@ packages=(
   libopenblas0-pthread   # without it Debian's libtorch falls back to reference BLAS (~20x slower)
   libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libfmt-dev
   libgtest-dev
+  clang-format           # make format-check
 )
 if [[ "${1:-}" == "--python" ]]; then
   packages+=(python3-torch python3-dev pybind11-dev python3-pytest)

@@ -60,6 +60,44 @@ EnvMap process_env();
 /// HMOE_TIMEOUT_S from env (seconds, > 0), or kDefaultTimeoutSeconds.
 std::chrono::milliseconds timeout_from_env(const EnvMap& env);
 
+// ---- the Gloo device --------------------------------------------------------------------------
+
+/// The network device that Gloo's process groups bind to. A World holds one, chosen from its
+/// launcher environment (gloo_device_for) or given by its creator; every group made from the world
+/// or from its world group (World::new_group, ParallelGroups::build with a caller's store) carries
+/// it on. A group of one always binds to loopback (it has no peers).
+///
+/// Example:
+///   dist::World world(info, my_store, timeout, /*use_cuda=*/false, GlooDevice::interface("eth0"));
+struct GlooDevice {
+  enum class Kind {
+    kLoopback,     ///< 127.0.0.1: every rank runs on this host
+    kInterface,    ///< the network interface `name` (e.g. "eth0"), as GLOO_SOCKET_IFNAME
+    kAddress,      ///< the interface that owns the address (or host name) `name`
+    kHostDefault,  ///< c10d's default: the address that this host's name resolves to
+  };
+  Kind kind = Kind::kLoopback;
+  std::string name;  ///< interface, address or host name; empty for kLoopback and kHostDefault
+
+  static GlooDevice loopback() { return GlooDevice{}; }
+  static GlooDevice interface(std::string ifname);
+  static GlooDevice address(std::string host);
+  static GlooDevice host_default() { return GlooDevice{Kind::kHostDefault, ""}; }
+  /// "loopback", "interface eth0", "address 10.0.0.5" or "host default".
+  std::string to_string() const;
+  bool operator==(const GlooDevice& o) const { return kind == o.kind && name == o.name; }
+};
+
+/// The Gloo device of a world: the first interface of GLOO_SOCKET_IFNAME in `env` if it is set;
+/// else loopback for a world of one or a MASTER_ADDR on this host's loopback (127.x, localhost,
+/// ::1, or a name that resolves there); else the address through which this host reaches
+/// MASTER_ADDR (which the master can reach back, unlike a host name that resolves to 127.0.1.1),
+/// or the host default if no route to MASTER_ADDR is found.
+///
+/// Example:
+///   gloo_device_for(parse_env({{"RANK", "1"}, {"WORLD_SIZE", "2"}}), {})  // loopback
+GlooDevice gloo_device_for(const EnvInfo& info, const EnvMap& env);
+
 // ---- groups -----------------------------------------------------------------------------------
 
 /// One process group as this rank sees it: a name (used in error messages), the world ranks of
@@ -72,6 +110,8 @@ struct Group {
   ProcessGroupPtr pg;          ///< carries CPU tensors (and, on LibTorch 2.x, every device)
   ProcessGroupPtr cuda_pg;     ///< carries CUDA tensors; null without a CUDA backend
   std::chrono::milliseconds timeout{static_cast<int64_t>(kDefaultTimeoutSeconds * 1000)};
+  /// The device of its Gloo process group; groups built from this one bind to it too.
+  GlooDevice gloo_device;
 
   int64_t size() const { return static_cast<int64_t>(ranks.size()); }
   bool is_member() const { return rank >= 0; }
@@ -79,11 +119,13 @@ struct Group {
   const ProcessGroupPtr& pg_for(const torch::Tensor& tensor) const;
 
   /// Wraps process groups the caller already has (e.g. from Python). `ranks` are the members'
-  /// world ranks in group-rank order; their count must equal pg->getSize().
+  /// world ranks in group-rank order; their count must equal pg->getSize(). `gloo_device` is the
+  /// device of the groups built from this one (c10d's default unless given).
   static Group from_process_group(std::string name, std::vector<int64_t> ranks, ProcessGroupPtr pg,
                                   ProcessGroupPtr cuda_pg = {},
                                   std::chrono::milliseconds timeout = std::chrono::milliseconds(
-                                      static_cast<int64_t>(kDefaultTimeoutSeconds * 1000)));
+                                      static_cast<int64_t>(kDefaultTimeoutSeconds * 1000)),
+                                  GlooDevice gloo_device = GlooDevice::host_default());
 };
 
 /// Options of init().
@@ -100,10 +142,15 @@ struct InitOptions {
 };
 
 /// The world: this process's rank, the rendezvous store, the world group, and a factory of
-/// subgroups. Create it with init(); keep it alive while any of its groups is in use.
+/// subgroups. Create it with init(), or from a store of your own; keep it alive while any of its
+/// groups is in use.
 class World {
  public:
-  World(EnvInfo info, StorePtr store, std::chrono::milliseconds timeout, bool use_cuda);
+  /// Builds the world group over `store` (collective over info.world_size ranks). `gloo_device`:
+  /// the device of every Gloo process group of this world; by default
+  /// gloo_device_for(info, process_env()).
+  World(EnvInfo info, StorePtr store, std::chrono::milliseconds timeout, bool use_cuda,
+        c10::optional<GlooDevice> gloo_device = c10::nullopt);
   ~World();
   World(const World&) = delete;
   World& operator=(const World&) = delete;
@@ -115,6 +162,8 @@ class World {
   const StorePtr& store() const { return store_; }
   std::chrono::milliseconds timeout() const { return timeout_; }
   bool uses_cuda() const { return use_cuda_; }
+  /// The network device of this world's Gloo process groups.
+  const GlooDevice& gloo_device() const { return gloo_device_; }
   /// The group of every rank, named "world".
   const Group& group() const { return world_; }
 
@@ -141,6 +190,7 @@ class World {
   StorePtr store_;
   std::chrono::milliseconds timeout_;
   bool use_cuda_;
+  GlooDevice gloo_device_;
   Group world_;
   std::map<std::string, int64_t> generations_;
   bool finalized_ = false;
@@ -170,16 +220,17 @@ StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout);
 /// Builds the Group `name` of world ranks `ranks` (group-rank order) for the process of world
 /// rank `world_rank`, over `store` under the key prefix `prefix` (unique per group and build).
 /// Collective over the members only; a non-member gets rank -1 at once. A group of one uses a
-/// private HashStore.
+/// private HashStore. Gloo binds to `gloo_device` (the world's).
 Group make_group(const StorePtr& store, const std::string& prefix, const std::string& name,
                  const std::vector<int64_t>& ranks, int64_t world_rank, int64_t world_size,
-                 std::chrono::milliseconds timeout, bool use_cuda);
+                 std::chrono::milliseconds timeout, bool use_cuda, const GlooDevice& gloo_device);
 
 /// Builds the process group(s) of one group of `size` ranks over `store` (already prefixed).
-/// `rank` is this process's group rank.
+/// `rank` is this process's group rank; Gloo binds to `gloo_device` (loopback for a group of one).
 compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t rank, int64_t size,
                                                 const std::string& name,
-                                                std::chrono::milliseconds timeout, bool use_cuda);
+                                                std::chrono::milliseconds timeout, bool use_cuda,
+                                                const GlooDevice& gloo_device);
 
 // ---- the local launcher -----------------------------------------------------------------------
 

@@ -95,7 +95,8 @@ struct ParallelGroups {
   static ParallelGroups build(const ParallelConfig& config, dist::World& world);
 
   /// The same from a world group and a store the caller already has. `tag` keeps the store keys
-  /// of separate builds apart (give each build on the same store its own tag).
+  /// of separate builds apart (give each build on the same store its own tag). The groups' Gloo
+  /// process groups bind to world_group.gloo_device (the world's device).
   static ParallelGroups build(const ParallelConfig& config, const dist::Group& world_group,
                               const dist::StorePtr& store, bool use_cuda = false,
                               const std::string& tag = "");

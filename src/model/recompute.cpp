@@ -86,7 +86,7 @@ class RngReplay {
 struct CheckpointFn : torch::autograd::Function<CheckpointFn> {
   // anchor: an empty leaf that requires grad, so backward runs even when no input requires grad
   // (the region's parameters still need their gradients).
-  static variable_list forward(AutogradContext* ctx, const torch::Tensor& anchor,
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& /*anchor*/,
                                at::TensorList inputs, c10::intrusive_ptr<CheckpointState> st) {
     std::vector<torch::Tensor> in(inputs.begin(), inputs.end());
     // 1. The first run, under the autograd function's no-grad mode, recording its collectives.

@@ -197,10 +197,10 @@ struct ReduceScatterRowsFn : torch::autograd::Function<ReduceScatterRowsFn> {
 };
 
 struct AllReduceSumFn : torch::autograd::Function<AllReduceSumFn> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Group& g) {
+  static torch::Tensor forward(AutogradContext* /*ctx*/, const torch::Tensor& x, const Group& g) {
     return taped("all_reduce_sum", g, [&] { return raw_all_reduce("all_reduce_sum", x, g); });
   }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  static variable_list backward(AutogradContext* /*ctx*/, variable_list grads) {
     return {grads[0], torch::Tensor()};
   }
 };

@@ -48,19 +48,22 @@ int64_t int_or(const EnvMap& env, const std::string& key, int64_t fallback) {
   return v ? parse_int(key, *v) : fallback;
 }
 
-bool is_loopback(const std::string& addr) {
-  return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1";
-}
-
 #if HMOE_HAVE_GLOO
-std::shared_ptr<::gloo::transport::Device> make_gloo_device(bool local_only) {
-  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
-    std::string first(ifname);
-    first = first.substr(0, first.find(','));
-    return c10d::ProcessGroupGloo::createDeviceForInterface(first);
+/// The Gloo device of a group of `size` ranks that binds to `device`.
+std::shared_ptr<::gloo::transport::Device> make_gloo_device(const GlooDevice& device,
+                                                            int64_t size) {
+  if (size == 1) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  switch (device.kind) {
+    case GlooDevice::Kind::kLoopback:
+      return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+    case GlooDevice::Kind::kInterface:
+      return c10d::ProcessGroupGloo::createDeviceForInterface(device.name);
+    case GlooDevice::Kind::kAddress:
+      return c10d::ProcessGroupGloo::createDeviceForHostname(device.name);
+    case GlooDevice::Kind::kHostDefault:
+      return c10d::ProcessGroupGloo::createDefaultDevice();
   }
-  if (local_only) return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
-  return c10d::ProcessGroupGloo::createDefaultDevice();
+  TORCH_CHECK(false, "unknown Gloo device kind ", static_cast<int>(device.kind));
 }
 #endif
 
@@ -69,9 +72,6 @@ std::string join_ranks(const std::vector<int64_t>& ranks) {
   for (size_t i = 0; i < ranks.size(); ++i) out << (i ? "," : "") << ranks[i];
   return out.str();
 }
-
-/// Set by init() so that subgroups use the same Gloo device policy as the world.
-bool g_local_only = true;
 
 }  // namespace
 
@@ -167,7 +167,8 @@ const ProcessGroupPtr& Group::pg_for(const torch::Tensor& tensor) const {
 }
 
 Group Group::from_process_group(std::string name, std::vector<int64_t> ranks, ProcessGroupPtr pg,
-                                ProcessGroupPtr cuda_pg, std::chrono::milliseconds timeout) {
+                                ProcessGroupPtr cuda_pg, std::chrono::milliseconds timeout,
+                                GlooDevice gloo_device) {
   TORCH_CHECK(pg, "from_process_group: a process group is required for group '", name, "'");
   TORCH_CHECK(static_cast<int64_t>(ranks.size()) == pg->getSize(), "group '", name, "' lists ",
               ranks.size(), " ranks but its process group has size ", pg->getSize());
@@ -178,19 +179,21 @@ Group Group::from_process_group(std::string name, std::vector<int64_t> ranks, Pr
   g.pg = std::move(pg);
   g.cuda_pg = std::move(cuda_pg);
   g.timeout = timeout;
+  g.gloo_device = std::move(gloo_device);
   return g;
 }
 
 compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t rank, int64_t size,
                                                 const std::string& name,
-                                                std::chrono::milliseconds timeout, bool use_cuda) {
+                                                std::chrono::milliseconds timeout, bool use_cuda,
+                                                const GlooDevice& gloo_device) {
   TORCH_CHECK(rank >= 0 && rank < size, "make_process_groups: rank should be in [0, ", size,
               "), got ", rank, " for group '", name, "'");
   // 1. Gloo for CPU tensors, over its own prefix of the group's store.
   c10::intrusive_ptr<compat::C10dBackend> gloo;
 #if HMOE_HAVE_GLOO
   auto gloo_options = c10d::ProcessGroupGloo::Options::create(timeout);
-  gloo_options->devices.push_back(make_gloo_device(g_local_only || size == 1));
+  gloo_options->devices.push_back(make_gloo_device(gloo_device, size));
   gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
       c10::make_intrusive<c10d::PrefixStore>("gloo/", store), static_cast<int>(rank),
       static_cast<int>(size), gloo_options);
@@ -219,8 +222,13 @@ compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t r
 
 // ---- World ------------------------------------------------------------------------------------
 
-World::World(EnvInfo info, StorePtr store, std::chrono::milliseconds timeout, bool use_cuda)
-    : info_(std::move(info)), store_(std::move(store)), timeout_(timeout), use_cuda_(use_cuda) {
+World::World(EnvInfo info, StorePtr store, std::chrono::milliseconds timeout, bool use_cuda,
+             c10::optional<GlooDevice> gloo_device)
+    : info_(std::move(info)),
+      store_(std::move(store)),
+      timeout_(timeout),
+      use_cuda_(use_cuda),
+      gloo_device_(gloo_device ? std::move(*gloo_device) : gloo_device_for(info_, process_env())) {
   std::vector<int64_t> all(info_.world_size);
   for (int64_t r = 0; r < info_.world_size; ++r) all[r] = r;
   world_ = new_group("world", all);
@@ -230,7 +238,7 @@ World::~World() = default;
 
 Group make_group(const StorePtr& store, const std::string& prefix, const std::string& name,
                  const std::vector<int64_t>& ranks, int64_t world_rank, int64_t world_size,
-                 std::chrono::milliseconds timeout, bool use_cuda) {
+                 std::chrono::milliseconds timeout, bool use_cuda, const GlooDevice& gloo_device) {
   TORCH_CHECK(!name.empty(), "make_group: a group name is required");
   TORCH_CHECK(!ranks.empty(), "make_group: group '", name, "' has no ranks");
   std::set<int64_t> seen;
@@ -243,6 +251,7 @@ Group make_group(const StorePtr& store, const std::string& prefix, const std::st
   g.name = name;
   g.ranks = ranks;
   g.timeout = timeout;
+  g.gloo_device = gloo_device;
   auto it = std::find(ranks.begin(), ranks.end(), world_rank);
   if (it == ranks.end()) return g;  // not a member: nothing to build
   g.rank = it - ranks.begin();
@@ -251,7 +260,8 @@ Group make_group(const StorePtr& store, const std::string& prefix, const std::st
                              ? StorePtr(c10::make_intrusive<c10d::HashStore>())
                              : StorePtr(c10::make_intrusive<c10d::PrefixStore>(prefix, store));
   // 2. The process groups; Gloo's constructor is the rendezvous of the members.
-  auto pgs = make_process_groups(group_store, g.rank, g.size(), name, timeout, use_cuda);
+  auto pgs =
+      make_process_groups(group_store, g.rank, g.size(), name, timeout, use_cuda, gloo_device);
   g.pg = pgs.cpu;
   g.cuda_pg = pgs.cuda;
   return g;
@@ -260,7 +270,7 @@ Group make_group(const StorePtr& store, const std::string& prefix, const std::st
 Group World::new_group(const std::string& name, const std::vector<int64_t>& ranks) {
   const std::string key = name + "[" + join_ranks(ranks) + "]";
   const std::string prefix = "hmoe/" + key + "/" + std::to_string(next_generation(key));
-  return make_group(store_, prefix, name, ranks, rank(), size(), timeout_, use_cuda_);
+  return make_group(store_, prefix, name, ranks, rank(), size(), timeout_, use_cuda_, gloo_device_);
 }
 
 void World::finalize() {
@@ -297,7 +307,7 @@ std::shared_ptr<World> init(const InitOptions& options) {
 #endif
   TORCH_CHECK(backend != "nccl" || use_cuda,
               "backend nccl was asked for but CUDA or NCCL is not available");
-  g_local_only = info.world_size == 1 || is_loopback(info.master_addr);
+  GlooDevice gloo_device = gloo_device_for(info, env);
   // A peer that dies closes its sockets; writing to them must raise an error (EPIPE), not kill
   // this process with SIGPIPE. Python ignores SIGPIPE at start-up and c10d relies on it; do the
   // same unless the program installed its own handler.
@@ -313,7 +323,8 @@ std::shared_ptr<World> init(const InitOptions& options) {
     store = rendezvous(info, timeout);
   }
   // 4. The world group.
-  return std::make_shared<World>(std::move(info), std::move(store), timeout, use_cuda);
+  return std::make_shared<World>(std::move(info), std::move(store), timeout, use_cuda,
+                                 std::move(gloo_device));
 }
 
 }  // namespace hybridmoe::dist

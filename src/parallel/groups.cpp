@@ -231,7 +231,7 @@ ParallelGroups ParallelGroups::build(const ParallelConfig& config, const dist::G
     } else {
       const std::string prefix = "hmoe/pg/" + tag + "/" + to_string(kind) + "[" + join(ranks) + "]";
       g = dist::make_group(store, prefix, to_string(kind), ranks, out.world_rank, world_size,
-                           world_group.timeout, use_cuda);
+                           world_group.timeout, use_cuda, world_group.gloo_device);
       built[ranks] = &g;
     }
   }
@@ -276,7 +276,8 @@ ParallelGroups ParallelGroups::assemble(const ParallelConfig& config,
                   " of layout ", config.to_string(), " has ", ranks.size(),
                   " ranks and was not given");
       g = dist::make_group(dist::StorePtr(), "", to_string(kind), ranks, out.world_rank,
-                           world_group.size(), world_group.timeout, world_group.cuda_pg != nullptr);
+                           world_group.size(), world_group.timeout, world_group.cuda_pg != nullptr,
+                           world_group.gloo_device);
     }
   }
   return out;

@@ -166,10 +166,11 @@ AutoLayout apply_auto_layout(TrainConfig& config, const MachineSpec& machine) {
     config = candidate;
     return AutoLayout{ranking[i], i, ranking.size()};
   }
-  TORCH_CHECK(false, "config key `layout` = \"auto\": none of the planner's ", ranking.size(),
-              " layouts on nproc = ", config.nproc, " ranks can run this configuration (d_model ",
-              config.d_model, ", ", config.num_experts, " experts, batch_size ", config.batch_size,
-              ")");
+  C10_THROW_ERROR(Error,
+                  c10::str("config key `layout` = \"auto\": none of the planner's ", ranking.size(),
+                           " layouts on nproc = ", config.nproc,
+                           " ranks can run this configuration (d_model ", config.d_model, ", ",
+                           config.num_experts, " experts, batch_size ", config.batch_size, ")"));
 }
 
 double spearman(const std::vector<double>& a, const std::vector<double>& b) {

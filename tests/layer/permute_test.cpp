@@ -63,7 +63,9 @@ TEST(DispatchPlan, WithinExpertOrderIsTokenOrder) {
   auto plan = make_plan(r, 200, 5);
   for (int64_t e = 0; e < 5; ++e) {
     auto seg = plan.sorted_token.narrow(0, plan.offsets_host[e], plan.counts_host[e]);
-    if (seg.numel() > 1) EXPECT_TRUE((seg.slice(0, 1) > seg.slice(0, 0, -1)).all().item<bool>());
+    if (seg.numel() > 1) {
+      EXPECT_TRUE((seg.slice(0, 1) > seg.slice(0, 0, -1)).all().item<bool>());
+    }
   }
 }
 

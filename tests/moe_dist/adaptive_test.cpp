@@ -51,8 +51,11 @@ void run_case(RankContext& ctx, const Case& c) {
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
   GroupedDataParallel gdp(mine.ptr(), groups);  // broadcasts: must leave the slices alone
-  for (const auto& [name, tag] : gdp.tags())
-    if (name.rfind("experts.", 0) == 0) EXPECT_FALSE(tag.has_value()) << name;
+  for (const auto& [name, tag] : gdp.tags()) {
+    if (name.rfind("experts.", 0) == 0) {
+      EXPECT_FALSE(tag.has_value()) << name;
+    }
+  }
   std::vector<int64_t> tokens(kTokensPerDp.begin(), kTokensPerDp.begin() + c.dp), sizes;
   int64_t total = 0, offset = 0;
   for (int64_t r = 0; r < c.dp; ++r) {

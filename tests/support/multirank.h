@@ -165,7 +165,7 @@ inline dist::LaunchResult run_on_ranks(int64_t nproc, const std::function<void(R
   launch.extra_env[kWorkerCallVar] = std::to_string(call);
   const bool verbose = !detail::env_or_empty("HMOE_MULTIRANK_VERBOSE").empty();
   std::ostringstream log;
-  launch.on_line = [&](int64_t rank, bool is_stderr, const std::string& line) {
+  launch.on_line = [&](int64_t rank, bool /*is_stderr*/, const std::string& line) {
     std::ostringstream one;
     one << (rank < 0 ? std::string("[launch] ") : "[rank " + std::to_string(rank) + "] ") << line
         << "\n";
