@@ -274,6 +274,10 @@ void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor&
                          const torch::Tensor& keep, RouterOutput& out,
                          const torch::Tensor& position = torch::Tensor(), int64_t num_experts = -1);
 
+/// The choice table of a routing result: out.choices when the gate filled it, otherwise built
+/// from the kept assignments (all kept; slot = position, or -1 when dropless).
+RoutingTable choice_table(const RouterOutput& out);
+
 /// Router z-loss of ST-MoE: mean over tokens of logsumexp(logits)^2. logits: [T, E].
 torch::Tensor router_z_loss(const torch::Tensor& logits);
 

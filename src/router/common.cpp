@@ -163,6 +163,18 @@ void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor&
   out.dropped = T * k - out.token_index.numel();
 }
 
+RoutingTable choice_table(const RouterOutput& out) {
+  if (out.choices.token.defined()) return out.choices;
+  torch::NoGradGuard no_grad;
+  RoutingTable t;
+  t.token = out.token_index;
+  t.expert = out.expert_index;
+  t.weight = out.weight.detach();
+  t.slot = out.position.defined() ? out.position : torch::full_like(out.token_index, -1);
+  t.kept = torch::ones_like(out.token_index, out.token_index.options().dtype(torch::kBool));
+  return t;
+}
+
 torch::Tensor router_z_loss(const torch::Tensor& logits) {
   if (logits.size(0) == 0) return torch::zeros({}, logits.options());
   auto lse = torch::logsumexp(logits, /*dim=*/-1);

@@ -17,6 +17,7 @@ namespace hybridmoe {
 std::string GateSpec::to_string() const {
   std::ostringstream s;
   s << name;
+  if (convention != Convention::kNone) s << "+" << hybridmoe::to_string(convention);
   if (top_k > 0) s << ":" << top_k;
   if (capacity_factor > 0) s << "@" << capacity_factor;
   return s.str();
@@ -30,6 +31,22 @@ GateSpec GateSpec::parse(const std::string& text) {
   spec.name = head.substr(0, colon);
   TORCH_CHECK(!spec.name.empty(), "gate spec: expected name[:k][@capacity_factor], got \"", text,
               "\"");
+  // "gate+convention", or a bare convention name that is not a gate name (topk gate).
+  const auto plus = spec.name.find('+');
+  if (plus != std::string::npos) {
+    spec.convention = parse_convention(spec.name.substr(plus + 1));
+    spec.name = spec.name.substr(0, plus);
+    TORCH_CHECK(!spec.name.empty() && spec.convention != Convention::kNone,
+                "gate spec: expected gate+convention in \"", text, "\"");
+  } else {
+    const auto gates = known_gate_names();
+    const bool is_gate = std::find(gates.begin(), gates.end(), spec.name) != gates.end();
+    for (const auto& c : known_convention_names())
+      if (!is_gate && spec.name == c) {
+        spec.convention = parse_convention(c);
+        spec.name = "topk";
+      }
+  }
   if (colon != std::string::npos) {
     try {
       spec.top_k = std::stoll(head.substr(colon + 1));
@@ -120,6 +137,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
                 .d_hidden(o.d_hidden)
                 .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
                 .gate_type(gate.name)
+                .convention(gate.convention)
                 .capacity_factor(gate.capacity_factor);
   torch::manual_seed(o.seed);
   // The adaptive expert layout (if asked): the reference keeps the single-process experts.
