@@ -29,8 +29,8 @@ GateSpec GateSpec::parse(const std::string& text) {
   const auto head = text.substr(0, at);
   const auto colon = head.find(':');
   spec.name = head.substr(0, colon);
-  TORCH_CHECK(!spec.name.empty(), "gate spec: expected name[:k][@capacity_factor], got \"", text,
-              "\"");
+  TORCH_CHECK(!spec.name.empty(),
+              "gate spec: expected name[+convention][:k][@capacity_factor], got \"", text, "\"");
   // "gate+convention", or a bare convention name that is not a gate name (topk gate).
   const auto plus = spec.name.find('+');
   if (plus != std::string::npos) {
@@ -48,19 +48,27 @@ GateSpec GateSpec::parse(const std::string& text) {
       }
   }
   if (colon != std::string::npos) {
+    const std::string k_text = head.substr(colon + 1);
+    size_t used = 0;
     try {
-      spec.top_k = std::stoll(head.substr(colon + 1));
+      spec.top_k = std::stoll(k_text, &used);
     } catch (const std::exception&) {
-      TORCH_CHECK(false, "gate spec: the k of \"", text, "\" is not an integer");
+      used = 0;
     }
+    TORCH_CHECK(!k_text.empty() && used == k_text.size(), "gate spec: the k of \"", text,
+                "\" is not an integer (expected name[+convention][:k][@capacity_factor])");
     TORCH_CHECK(spec.top_k >= 1, "gate spec: k must be >= 1 in \"", text, "\"");
   }
   if (at != std::string::npos) {
+    const std::string f_text = text.substr(at + 1);
+    size_t used = 0;
     try {
-      spec.capacity_factor = std::stod(text.substr(at + 1));
+      spec.capacity_factor = std::stod(f_text, &used);
     } catch (const std::exception&) {
-      TORCH_CHECK(false, "gate spec: the capacity factor of \"", text, "\" is not a number");
+      used = 0;
     }
+    TORCH_CHECK(!f_text.empty() && used == f_text.size(), "gate spec: the capacity factor of \"",
+                text, "\" is not a number");
     TORCH_CHECK(spec.capacity_factor > 0, "gate spec: capacity factor must be > 0 in \"", text,
                 "\"");
   }
