@@ -276,6 +276,7 @@ void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor&
 
 /// The choice table of a routing result: out.choices when the gate filled it, otherwise built
 /// from the kept assignments (all kept; slot = position, or -1 when dropless).
+/// Example: auto table = choice_table(gate->route(x)); auto n_dropped = (~table.kept).sum();
 RoutingTable choice_table(const RouterOutput& out);
 
 /// Router z-loss of ST-MoE: mean over tokens of logsumexp(logits)^2. logits: [T, E].

@@ -101,8 +101,13 @@ class GShardGateImpl : public LinearGateImpl {
 
 /// "switch": top-1 as in the Switch Transformer. In training the router input is multiplied
 /// by jitter ~ U[1 - jitter_eps, 1 + jitter_eps] (elementwise). The weight is the softmax
-/// probability of the chosen expert. Capacity uses top_k = 1; with random_token_selection an
-/// over-full expert keeps a uniformly random subset of its tokens (training only).
+/// probability of the chosen expert. Capacity uses top_k = 1. Without random token selection
+/// an over-full expert keeps its tokens in slot order — token order by default (DeepSpeed's
+/// top1gating leaves that choice to torch.topk over equal mask values), or by descending top
+/// probability with batch_prioritized, or the most probable with drop_policy probs. With
+/// random_token_selection (DeepSpeed's use_rts, training only) it keeps the tokens of highest
+/// uniform score and numbers the kept ones in token order (DeepSpeed's cumsum of the kept mask).
+/// Conventions: deepspeed and tutel (k = 1).
 /// Balance loss: aux_loss_coef * E * sum_e f_e P_e (f_e: fraction of tokens whose argmax is e).
 ///
 /// Example:

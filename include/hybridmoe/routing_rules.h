@@ -26,6 +26,8 @@ enum class DropPolicy {
   /// drop_policy="probs", since deepspeedai/DeepSpeed#7986).
   kProbs,
 };
+/// Names for the CLI and the config: "position", "probs"; parse raises an error listing them.
+/// Example: parse_drop_policy("probs") == DropPolicy::kProbs; to_string(DropPolicy::kProbs).
 DropPolicy parse_drop_policy(const std::string& name);
 std::string to_string(DropPolicy policy);
 
@@ -43,6 +45,8 @@ enum class SlotOrder {
   /// By descending weight, ties in first-choices-first order — hybridmoe's "probs" slots.
   kByWeight,
 };
+/// Names: "first_choices_first", "token_major", "by_weight".
+/// Example: parse_slot_order("token_major") == SlotOrder::kTokenMajor.
 SlotOrder parse_slot_order(const std::string& name);
 std::string to_string(SlotOrder order);
 
@@ -58,6 +62,8 @@ enum class WeightNormalization {
   /// gates_masked / sum, clamped at the dtype's epsilon).
   kAfterCapacity,
 };
+/// Names: "none", "before_capacity", "after_capacity".
+/// Example: parse_weight_normalization("after_capacity") == WeightNormalization::kAfterCapacity.
 WeightNormalization parse_weight_normalization(const std::string& name);
 std::string to_string(WeightNormalization mode);
 
@@ -69,6 +75,7 @@ enum class CapacityFormula {
   /// max(min_capacity, k * floor(cf * ceil(T / E))) — Tutel's extract_critical.
   kTutel,
 };
+/// Names: "ceil_k_t_over_e", "tutel". Example: parse_capacity_formula("tutel").
 CapacityFormula parse_capacity_formula(const std::string& name);
 std::string to_string(CapacityFormula formula);
 
@@ -81,6 +88,7 @@ enum class BalanceLossChoices {
   /// gshard_loss (is_gshard_loss).
   kFirstChoice,
 };
+/// Names: "all_choices", "first_choice". Example: parse_balance_loss_choices("first_choice").
 BalanceLossChoices parse_balance_loss_choices(const std::string& name);
 std::string to_string(BalanceLossChoices choices);
 
@@ -105,6 +113,8 @@ enum class Convention {
   /// renormalized after capacity, first-choice balance loss; k must be 2.
   kGShard,
 };
+/// Names: "none", "deepspeed", "tutel", "megatron", "gshard".
+/// Example: GateOptions().convention(parse_convention("tutel")).
 Convention parse_convention(const std::string& name);
 std::string to_string(Convention convention);
 /// The preset names: "deepspeed", "tutel", "megatron", "gshard".

@@ -20,6 +20,11 @@ SwitchGateImpl::SwitchGateImpl(int64_t d_model, int64_t num_experts, GateOptions
   detail::require_rule(!(options_.random_token_selection() && rules_.batch_prioritized), "switch",
                        "batch_prioritized", "true",
                        "random_token_selection already decides which tokens an expert keeps");
+  detail::require_rule(!(options_.random_token_selection() && options_.slot_order() &&
+                         rules_.slot_order == SlotOrder::kByWeight),
+                       "switch", "slot_order", "by_weight",
+                       "with random_token_selection the kept tokens take their slots in token "
+                       "order, as DeepSpeed's top1gating");
 }
 
 RouterOutput SwitchGateImpl::route(const torch::Tensor& x) {
