@@ -11,39 +11,62 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/routing_rules.h"
+
 namespace hybridmoe {
 
-/// Which assignments an over-full expert drops first.
-enum class DropPolicy {
-  kPosition,  ///< later in the priority order (all first choices, in token order, then all
-              ///< second choices, ...) are dropped first — GShard.
-  kProbs,     ///< lowest router weight dropped first — Megatron-Core / DeepSpeed top-k.
-};
-DropPolicy parse_drop_policy(const std::string& name);
-std::string to_string(DropPolicy policy);
-
-/// Options shared by every gate. Gate-specific fields are ignored by gates that do not use them.
-/// Built-in gates: "topk", "gshard", "switch", "noisy", "sinkhorn", "expert_choice" (gates.h).
+/// Options shared by every gate. Gate-specific fields are ignored by gates that do not use them,
+/// except the routing rules (drop_policy ... batch_prioritized, convention): a gate refuses a
+/// rule it cannot follow, naming the rule and the gate.
+/// Built-in gates: "topk", "cosine", "gshard", "switch", "noisy", "sinkhorn", "expert_choice"
+/// (gates.h).
 ///
 /// Example:
 ///   auto opts = GateOptions().type("topk").top_k(2).capacity_factor(1.25);
 ///   auto noisy = GateOptions().type("noisy").top_k(2).aux_loss_coef(0.1).seed(7);
+///   auto ds = GateOptions().top_k(3).capacity_factor(1.0).convention(Convention::kDeepSpeed);
 struct GateOptions {
   /// Registered gate name: see known_gate_names().
   TORCH_ARG(std::string, type) = "topk";
   /// Experts per token (k).
   TORCH_ARG(int64_t, top_k) = 2;
-  /// Capacity factor in training; <= 0 means dropless.
-  /// capacity = max(min_capacity, ceil(top_k * tokens / experts * capacity_factor)).
+  /// Capacity factor in training; <= 0 means dropless. The capacity follows capacity_formula.
   TORCH_ARG(double, capacity_factor) = 0.0;
   /// Capacity factor in evaluation; unset means "same as capacity_factor".
   TORCH_ARG(c10::optional<double>, eval_capacity_factor) = c10::nullopt;
   /// Lower bound of the capacity when capacity is in use.
   TORCH_ARG(int64_t, min_capacity) = 0;
-  /// Which assignments an over-full expert drops first.
-  TORCH_ARG(DropPolicy, drop_policy) = DropPolicy::kPosition;
-  /// Renormalize the k kept weights of each token to sum to one (Mixtral).
-  TORCH_ARG(bool, normalize_top_k_weights) = false;
+
+  // ---- routing rules (routing_rules.h); unset: the convention's value or the default --------
+  /// A peer's convention setting the rules below together; an explicit rule that contradicts
+  /// it is an error naming both (resolve_routing_rules).
+  TORCH_ARG(Convention, convention) = Convention::kNone;
+  /// Which assignments an over-full expert drops first; default kPosition.
+  TORCH_ARG(c10::optional<DropPolicy>, drop_policy) = c10::nullopt;
+  /// Numbering of an expert's capacity slots; default first-choices-first (by weight with
+  /// drop_policy probs).
+  TORCH_ARG(c10::optional<SlotOrder>, slot_order) = c10::nullopt;
+  /// When the k weights are renormalized to sum to one; default none.
+  TORCH_ARG(c10::optional<WeightNormalization>, weight_normalization) = c10::nullopt;
+  /// Capacity from tokens, experts, k and the factor; default ceil(k * T / E * cf).
+  TORCH_ARG(c10::optional<CapacityFormula>, capacity_formula) = c10::nullopt;
+  /// Which choices the balance loss counts; default all k ("topk"; "gshard" and "switch" count
+  /// their first choice, which is the same for k = 1).
+  TORCH_ARG(c10::optional<BalanceLossChoices>, balance_loss_choices) = c10::nullopt;
+  /// Tutel's batch-prioritized routing: in the slot order, tokens are taken by descending top
+  /// probability (ties: token order) instead of token order, so an over-full expert keeps the
+  /// tokens that are most sure of their first choice. Default false.
+  TORCH_ARG(c10::optional<bool>, batch_prioritized) = c10::nullopt;
+  /// Alias of weight_normalization: true sets kBeforeCapacity (Mixtral's renormalization of
+  /// the k weights), false sets kNone. The getter says whether kBeforeCapacity is set.
+ public:
+  GateOptions& normalize_top_k_weights(bool v) {
+    weight_normalization_ = v ? WeightNormalization::kBeforeCapacity : WeightNormalization::kNone;
+    return *this;
+  }
+  bool normalize_top_k_weights() const {
+    return weight_normalization_ == WeightNormalization::kBeforeCapacity;
+  }
   /// Coefficient of the balance loss (each gate's own formula).
   TORCH_ARG(double, aux_loss_coef) = 1e-2;
   /// Coefficient of the router z-loss (ST-MoE); 0 disables it.
@@ -52,9 +75,11 @@ struct GateOptions {
   TORCH_ARG(int64_t, seed) = -1;
 
   // ---- "topk" ----
-  /// Top-k on the logits, then softmax over the k chosen logits (FastMoE's naive gate) instead
-  /// of softmax over all experts then top-k. The k weights then always sum to one.
-  TORCH_ARG(bool, softmax_over_topk) = false;
+  /// Top-k on the logits, then softmax over the k chosen logits (FastMoE's naive gate,
+  /// Megatron-Core's default moe_router_pre_softmax = false) instead of softmax over all
+  /// experts then top-k. The k weights then sum to one before capacity. Default false; a
+  /// routing rule (set by convention megatron).
+  TORCH_ARG(c10::optional<bool>, softmax_over_topk) = c10::nullopt;
   /// Auxiliary-loss-free balancing (DeepSeek-V3): > 0 enables a per-expert bias added to the
   /// scores for selection only, updated by after_step(): bias_e += rate * sign(mean_load - load_e)
   /// with the loads counted over the training forwards since the previous step. 0 disables it.
@@ -76,6 +101,12 @@ struct GateOptions {
   /// subset of its tokens instead of following drop_policy; training only.
   TORCH_ARG(bool, random_token_selection) = false;
 
+  // ---- "cosine" ----
+  /// Width of the projection before the cosine similarity (Tutel's proj_dim).
+  TORCH_ARG(int64_t, cosine_projection_dim) = 256;
+  /// Initial temperature t: the learned log-scale starts at log(1 / t) (Tutel's init_t).
+  TORCH_ARG(double, cosine_init_temperature) = 0.5;
+
   // ---- "noisy" ----
   /// Added to softplus(x W_noise) to form the noise standard deviation (tensor2tensor uses
   /// 1e-2); 0 gives the paper's plain softplus.
@@ -86,6 +117,22 @@ struct GateOptions {
   TORCH_ARG(double, sinkhorn_tolerance) = 1e-4;
   /// Upper bound on the number of Sinkhorn iterations.
   TORCH_ARG(int64_t, sinkhorn_max_iterations) = 1000;
+};
+
+/// Every choice a gate made in one forward call, kept or dropped, as N parallel lists. Top-k
+/// gates list all T * k choices token-major (token 0's choices in rank order, then token 1's,
+/// ...); "expert_choice" lists the (token, expert) pairs the experts chose, all kept.
+///
+/// Example:
+///   MoEOutput out = moe(x);
+///   auto dropped = out.stats.choices.kept.logical_not();   // which choices the capacity dropped
+///   auto their_tokens = out.stats.choices.token.masked_select(dropped);
+struct RoutingTable {
+  torch::Tensor token;   // [N] int64: the token (row of the routed input)
+  torch::Tensor expert;  // [N] int64: the chosen expert; -1 when not routed (GShard random routing)
+  torch::Tensor weight;  // [N] detached: the combine weight; 0 for a dropped choice
+  torch::Tensor slot;    // [N] int64: slot in the expert's capacity buffer; -1 dropped or dropless
+  torch::Tensor kept;    // [N] bool: survived the capacity
 };
 
 /// What a gate decides for one forward call, as a flat list of A (token, expert, weight)
@@ -105,6 +152,9 @@ struct RouterOutput {
   int64_t dropped = 0;    ///< assignments dropped by capacity
   /// Named loss terms before their coefficient (e.g. "balance", "z"), detached.
   std::map<std::string, double> loss_terms;
+  /// Every choice, kept or dropped (filled by flatten_assignments; a gate that leaves it
+  /// undefined has the MoE layer derive it from the kept list).
+  RoutingTable choices;
 };
 
 /// Routing statistics of one forward call, returned by the MoE layer.
@@ -114,6 +164,9 @@ struct RoutingStats {
   int64_t capacity = -1;            ///< per-expert capacity; -1 when dropless
   double router_entropy = 0.0;      ///< mean entropy (nats) of the router distribution
   std::map<std::string, double> loss_terms;
+  /// Every choice of the tokens this process routed (its slice in a distributed layer): expert,
+  /// combine weight, slot, kept or dropped. See RoutingTable.
+  RoutingTable choices;
 };
 
 /// Base class of every gate. A gate owns its router parameters and maps tokens to assignments.
@@ -126,6 +179,8 @@ class GateImpl : public torch::nn::Module {
   virtual void after_step() {}
 
   const GateOptions& options() const { return options_; }
+  /// The routing rules in force (resolve_routing_rules of the options, at construction).
+  const RoutingRules& rules() const { return rules_; }
   int64_t d_model() const { return d_model_; }
   int64_t num_experts() const { return num_experts_; }
   /// The capacity factor in force (train or eval), <= 0 meaning dropless.
@@ -145,6 +200,7 @@ class GateImpl : public torch::nn::Module {
   int64_t d_model_;
   int64_t num_experts_;
   GateOptions options_;
+  RoutingRules rules_;
   c10::optional<at::Generator> generator_;
 };
 
@@ -161,11 +217,39 @@ std::vector<std::string> known_gate_names();
 
 // ---- building blocks shared by gates (src/router/common.cpp) ---------------------------------
 
-/// capacity = max(min_capacity, ceil(top_k * tokens / experts * factor)); factor must be > 0.
+/// The per-expert capacity; factor must be > 0. kCeilKTOverE (the default):
+/// max(min_capacity, ceil(top_k * tokens / experts * factor)); kTutel:
+/// max(min_capacity, top_k * floor(factor * ceil(tokens / experts))).
+/// Example: compute_capacity(10, 4, 2, 1.0, 0, CapacityFormula::kTutel) == 6 (ceil: 5).
 int64_t compute_capacity(int64_t tokens, int64_t experts, int64_t top_k, double factor,
-                         int64_t min_capacity);
+                         int64_t min_capacity,
+                         CapacityFormula formula = CapacityFormula::kCeilKTOverE);
 
-/// Capacity slots of [T, k] assignments: (keep [T, k] bool, position [T, k] int64), where
+/// How capacity_slots orders and drops: the rules' drop policy and slot order, and with
+/// batch_prioritized the [T] scores (descending) that order the tokens.
+struct SlotRules {
+  DropPolicy drop_policy = DropPolicy::kPosition;
+  SlotOrder slot_order = SlotOrder::kFirstChoicesFirst;
+  torch::Tensor token_priority;  ///< [T] or undefined (token order)
+};
+
+/// Capacity slots of [T, k] assignments under `rules`: (keep [T, k] bool, position [T, k]
+/// int64). The slot order numbers each expert's assignments (tokens ordered by token_priority
+/// when given); kPosition keeps the first `capacity` of them; kProbs keeps the `capacity`
+/// largest weights (ties: slot order) and numbers the kept ones in slot order. position is the
+/// slot of a kept assignment and, for a dropped one, a number >= capacity (its rank in the drop
+/// order). Rows of expert_index equal to num_experts are never kept (position -1).
+///
+/// Example:
+///   auto [keep, slot] = capacity_slots(idx, w, E, 4, SlotRules{DropPolicy::kProbs,
+///                                                             SlotOrder::kTokenMajor, {}});
+std::tuple<torch::Tensor, torch::Tensor> capacity_slots(const torch::Tensor& expert_index,
+                                                        const torch::Tensor& weight,
+                                                        int64_t num_experts, int64_t capacity,
+                                                        const SlotRules& rules);
+
+/// Capacity slots of [T, k] assignments with the slot order that matches `policy` (first choices
+/// first for kPosition, by weight for kProbs): (keep [T, k] bool, position [T, k] int64), where
 /// position is the rank of the assignment in its expert's drop order (see capacity_keep_mask)
 /// and keep = position < capacity. Rows of expert_index equal to num_experts are ignored
 /// (never kept, position -1): use it for choices that are not routed at all.
@@ -184,16 +268,23 @@ torch::Tensor capacity_keep_mask(const torch::Tensor& expert_index, const torch:
 /// Flattens [T, k] choices into the token-major assignment list, skipping keep == false.
 /// expert_index, weight: [T, k]; keep: [T, k] bool or undefined (keep all); position: [T, k]
 /// int64 capacity slots or undefined (out.position stays undefined).
-/// out.dropped = T * k - kept.
+/// out.dropped = T * k - kept. Also fills out.choices with all T * k choices; with
+/// num_experts > 0, entries equal to num_experts are reported as not routed (expert -1).
 void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor& weight,
                          const torch::Tensor& keep, RouterOutput& out,
-                         const torch::Tensor& position = torch::Tensor());
+                         const torch::Tensor& position = torch::Tensor(), int64_t num_experts = -1);
+
+/// The choice table of a routing result: out.choices when the gate filled it, otherwise built
+/// from the kept assignments (all kept; slot = position, or -1 when dropless).
+/// Example: auto table = choice_table(gate->route(x)); auto n_dropped = (~table.kept).sum();
+RoutingTable choice_table(const RouterOutput& out);
 
 /// Router z-loss of ST-MoE: mean over tokens of logsumexp(logits)^2. logits: [T, E].
 torch::Tensor router_z_loss(const torch::Tensor& logits);
 
 /// Switch/GShard balance loss E * sum_e f_e * P_e, where f_e is the fraction of `choices`
-/// (first choices for GShard, all k for top-k) routed to e and P_e the mean probability.
+/// (first choices for GShard and BalanceLossChoices::kFirstChoice, all k for kAllChoices)
+/// routed to e and P_e the mean probability.
 /// probs: [T, E]; choices: [T, c] int64 (before capacity).
 torch::Tensor load_balancing_loss(const torch::Tensor& probs, const torch::Tensor& choices);
 

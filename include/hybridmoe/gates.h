@@ -27,10 +27,13 @@ class LinearGateImpl : public GateImpl {
 };
 
 /// "topk": linear router, softmax over experts, the k largest (ties go to the lower expert
-/// index), optionally renormalized over the k (normalize_top_k_weights, Mixtral). With
+/// index), optionally renormalized over the k before or after capacity (weight_normalization;
+/// normalize_top_k_weights is Mixtral's before-capacity renormalization). With
 /// softmax_over_topk the k largest logits are chosen and the weights are the softmax over
-/// those k (FastMoE's naive gate). Optional capacity (drop_policy decides the order).
-/// Balance loss: aux_loss_coef * E * sum_e f_e P_e, f_e over all k choices before capacity.
+/// those k (FastMoE's naive gate, Megatron-Core's default). Optional capacity: capacity_formula,
+/// drop_policy, slot_order and batch_prioritized decide its size, who is dropped and the slots.
+/// Balance loss: aux_loss_coef * E * sum_e f_e P_e, f_e over all k choices before capacity, or
+/// over first choices (balance_loss_choices). Every convention applies (routing_rules.h).
 /// With bias_update_rate > 0, a per-expert bias (DeepSeek-V3's auxiliary-loss-free balancing)
 /// is added to the scores (probabilities, or logits with softmax_over_topk) for the selection
 /// only; the weights stay the unbiased scores; after_step() moves the bias toward balance.
@@ -47,6 +50,33 @@ class TopKGateImpl : public LinearGateImpl {
 
   torch::Tensor expert_bias;  // [E] buffer, router dtype float32
   torch::Tensor step_load;    // [E] buffer: choices per expert since the last after_step()
+};
+
+/// "cosine": Tutel's cosine router (tutel/gates/cosine_top.py, CosineTopKGate) with the
+/// top-k routing of "topk" (every routing rule, e.g. convention tutel). Logits:
+///   logits = normalize(x P^T + b) · normalize(S, over the projection dim) * exp(min(tau, log 100))
+/// with P: [proj, d_model], b: [proj] (Tutel's cosine_projector, a Linear with bias),
+/// S: [proj, E] (sim_matrix, init N(0, 0.01)), tau a learned scalar initialized to
+/// log(1 / cosine_init_temperature) and clamped at log(1 / 0.01) (Tutel's clamp_max);
+/// normalize(v) = v / max(||v||, 1e-12) as torch's F.normalize. No loss-free bias.
+///
+/// Example:
+///   auto gate = make_gate(512, 8, GateOptions().type("cosine").top_k(2)
+///                                     .convention(Convention::kTutel).capacity_factor(1.0));
+class CosineGateImpl : public GateImpl {
+ public:
+  CosineGateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
+  RouterOutput route(const torch::Tensor& x) override;
+  /// P, b ~ U(-1/sqrt(d_model), 1/sqrt(d_model)) (torch's Linear), S ~ N(0, 0.01),
+  /// tau = log(1 / cosine_init_temperature).
+  void reset_parameters();
+  /// The scaled cosine logits [T, E] of x: [T, d_model], in the router dtype, checked finite.
+  torch::Tensor logits_of(const torch::Tensor& x) const;
+
+  torch::Tensor projection_weight;  // [proj, d_model]
+  torch::Tensor projection_bias;    // [proj]
+  torch::Tensor sim_matrix;         // [proj, E]
+  torch::Tensor temperature;        // [1]: the learned log of the logit scale
 };
 
 /// "gshard": top-2 as in GShard / DeepSpeed's top2gating. Steps: softmax; first expert =
@@ -71,8 +101,13 @@ class GShardGateImpl : public LinearGateImpl {
 
 /// "switch": top-1 as in the Switch Transformer. In training the router input is multiplied
 /// by jitter ~ U[1 - jitter_eps, 1 + jitter_eps] (elementwise). The weight is the softmax
-/// probability of the chosen expert. Capacity uses top_k = 1; with random_token_selection an
-/// over-full expert keeps a uniformly random subset of its tokens (training only).
+/// probability of the chosen expert. Capacity uses top_k = 1. Without random token selection
+/// an over-full expert keeps its tokens in slot order — token order by default (DeepSpeed's
+/// top1gating leaves that choice to torch.topk over equal mask values), or by descending top
+/// probability with batch_prioritized, or the most probable with drop_policy probs. With
+/// random_token_selection (DeepSpeed's use_rts, training only) it keeps the tokens of highest
+/// uniform score and numbers the kept ones in token order (DeepSpeed's cumsum of the kept mask).
+/// Conventions: deepspeed and tutel (k = 1).
 /// Balance loss: aux_loss_coef * E * sum_e f_e P_e (f_e: fraction of tokens whose argmax is e).
 ///
 /// Example:

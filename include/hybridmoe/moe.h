@@ -18,34 +18,54 @@
 
 namespace hybridmoe {
 
-/// Options of the MoE layer. Gate settings live in `gate`; the most used ones are forwarded.
+/// Options of the MoE layer. Gate settings live in `gate`; the most used ones are forwarded
+/// (top_k, capacity_factor, normalize_top_k_weights, gate_type, convention) and stored there,
+/// the one source of truth. gate(...) after a forwarding setter keeps that setting only if the
+/// new GateOptions agree: otherwise it is an error naming both values (no silent overwrite).
 ///
 /// Example:
 ///   MoE moe(MoEOptions(512, 8).top_k(2).d_hidden(2048).capacity_factor(1.25));
 ///   MoEOutput out = moe(x);            // x: [batch, seq, 512]
 ///   auto loss = task_loss(out.output) + out.aux_loss;
+///   MoE ds(MoEOptions(512, 8).top_k(3).capacity_factor(1.0).convention(Convention::kDeepSpeed));
 struct MoEOptions {
   MoEOptions(int64_t d_model, int64_t num_experts) : d_model_(d_model), num_experts_(num_experts) {}
   MoEOptions& top_k(int64_t k) {
     gate_.top_k(k);
+    forwarded_ |= kForwardedTopK;
     return *this;
   }
   int64_t top_k() const { return gate_.top_k(); }
   /// <= 0 means dropless.
   MoEOptions& capacity_factor(double f) {
     gate_.capacity_factor(f);
+    forwarded_ |= kForwardedCapacityFactor;
     return *this;
   }
   double capacity_factor() const { return gate_.capacity_factor(); }
   MoEOptions& normalize_top_k_weights(bool v) {
     gate_.normalize_top_k_weights(v);
+    forwarded_ |= kForwardedNormalization;
     return *this;
   }
   bool normalize_top_k_weights() const { return gate_.normalize_top_k_weights(); }
   MoEOptions& gate_type(const std::string& name) {
     gate_.type(name);
+    forwarded_ |= kForwardedType;
     return *this;
   }
+  /// A peer's routing convention for the gate (routing_rules.h).
+  MoEOptions& convention(Convention c) {
+    gate_.convention(c);
+    forwarded_ |= kForwardedConvention;
+    return *this;
+  }
+  /// The gate and its options (type, top_k, capacity, losses, routing rules). Refuses options
+  /// that disagree with a setting forwarded earlier (top_k(...) then gate(GateOptions()) with
+  /// another k is an error naming both).
+  MoEOptions& gate(const GateOptions& g);
+  const GateOptions& gate() const { return gate_; }
+  GateOptions& gate() { return gate_; }
 
   /// The hidden width in force (d_hidden, or 4 * d_model when 0).
   int64_t hidden() const { return d_hidden_ > 0 ? d_hidden_ : 4 * d_model_; }
@@ -57,8 +77,6 @@ struct MoEOptions {
   TORCH_ARG(Activation, activation) = Activation::kGelu;
   /// Biases in the experts.
   TORCH_ARG(bool, bias) = true;
-  /// The gate and its options (type, top_k, capacity, losses).
-  TORCH_ARG(GateOptions, gate);
   /// A user module per expert instead of the built-in grouped MLP (FastMoE's `expert=`).
   TORCH_ARG(ExpertFactory, expert) = nullptr;
   /// Expert placement of a distributed layer: "fixed" (the layout's ep × etp × edp) or
@@ -77,10 +95,22 @@ struct MoEOptions {
   /// while the experts compute (forward and backward). 1 = off; r = 0 has no token exchange to
   /// chunk. Results are those of D = 1. See overlap.h.
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
+
+ private:
+  static constexpr unsigned kForwardedTopK = 1u, kForwardedCapacityFactor = 2u,
+                            kForwardedNormalization = 4u, kForwardedType = 8u,
+                            kForwardedConvention = 16u;
+  GateOptions gate_;
+  unsigned forwarded_ = 0;  ///< which forwarding setters were called
 };
 
 /// What the layer returns: the output in the input's shape, the auxiliary loss to add to the
-/// training loss (balance + z-loss, coefficients applied), and routing statistics.
+/// training loss (balance + z-loss, coefficients applied), and routing statistics, with every
+/// choice of the routed tokens in stats.choices (expert, combine weight, capacity slot, kept).
+///
+/// Example:
+///   MoEOutput out = moe(x);
+///   auto kept_fraction = out.stats.choices.kept.to(torch::kFloat64).mean();
 struct MoEOutput {
   torch::Tensor output;    // same shape as the input
   torch::Tensor aux_loss;  // []
@@ -127,6 +157,12 @@ class MoEImpl : public torch::nn::Module {
   /// The expert parameters gathered back to their full shape ([E, d, h], ...) over ep and etp.
   /// Collective over the stage's ep and etp groups. b2 is taken from etp rank 0.
   std::map<std::string, torch::Tensor> gather_full_expert_parameters();
+  /// The gradients of the expert parameters gathered to their full shape exactly as
+  /// gather_full_expert_parameters() gathers the parameters (fixed or adaptive layout); a
+  /// parameter without a gradient contributes zeros. Collective like it. On one process: the
+  /// gradients themselves. Example (after backward):
+  ///   auto g = moe->gather_full_expert_gradients();   // g["w1"]: [E, d, h]
+  std::map<std::string, torch::Tensor> gather_full_expert_gradients();
 
   bool is_distributed() const { return groups_ != nullptr; }
   const ParallelGroups* groups() const { return groups_.get(); }

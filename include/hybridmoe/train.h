@@ -37,6 +37,9 @@ struct TrainConfig {
   int64_t expert_hidden = 0;  ///< 0: the MLP's width
   int64_t top_k = 2;
   std::string gate = "topk";
+  /// A peer's routing convention for the gates: none, deepspeed, tutel, megatron, gshard
+  /// (routing_rules.h).
+  std::string convention = "none";
   double capacity_factor = 0.0;  ///< <= 0: dropless
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.001;

@@ -10,6 +10,7 @@
 #include "hybridmoe/dist.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
+#include "hybridmoe/routing_rules.h"
 
 namespace hybridmoe {
 
@@ -50,11 +51,15 @@ constexpr int64_t kAdaptiveEveryStep = -2;
 std::vector<int64_t> adaptive_r_values(const ParallelConfig& layout, int64_t experts,
                                        int64_t d_hidden);
 
-/// A gate setting to verify: a registered gate name, optionally its k and a capacity factor,
-/// written "name[:k][@factor]", e.g. "topk" (dropless), "topk@1.0", "switch:1@1.25".
+/// A gate setting to verify: a registered gate name, optionally "+convention" (routing_rules.h),
+/// or a convention name that is not a gate name (the "topk" gate with that peer's rules),
+/// optionally its k and a capacity factor, written "name[:k][@factor]", e.g. "topk"
+/// (dropless), "topk@1.0", "switch:1@1.25", "deepspeed:3@1.0", "tutel@1.25",
+/// "topk+gshard@1.0", "cosine+tutel@1.0". "gshard" is the gshard gate.
 struct GateSpec {
   std::string name = "topk";
-  int64_t top_k = 0;  ///< 0: VerifyOptions::top_k
+  Convention convention = Convention::kNone;  ///< set when the spec names a convention
+  int64_t top_k = 0;                          ///< 0: VerifyOptions::top_k
   double capacity_factor = 0.0;
   std::string to_string() const;
   static GateSpec parse(const std::string& text);

@@ -62,6 +62,7 @@ RoutingStats MoEImpl::make_stats(const RouterOutput& routing, const torch::Tenso
   stats.capacity = routing.capacity;
   stats.router_entropy = routing.probs.defined() ? mean_entropy(routing.probs) : 0.0;
   stats.loss_terms = routing.loss_terms;
+  stats.choices = choice_table(routing);
   return stats;
 }
 
@@ -119,6 +120,7 @@ MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
   // 1. Route every group on its own (capacity and balance loss per group).
   RouterOutput routing;
   std::vector<torch::Tensor> tok, exp, w, probs;
+  std::vector<RoutingTable> tables;
   torch::Tensor aux;
   int64_t offset = 0;
   for (auto n : group_sizes) {
@@ -127,6 +129,8 @@ MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
     exp.push_back(r.expert_index);
     w.push_back(r.weight);
     probs.push_back(r.probs);
+    tables.push_back(choice_table(r));
+    tables.back().token = tables.back().token + offset;
     auto a = r.aux_loss + r.z_loss;
     aux = aux.defined() ? aux + a : a;
     routing.dropped += r.dropped;
@@ -139,6 +143,14 @@ MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,
   routing.expert_index = torch::cat(exp);
   routing.weight = torch::cat(w);
   routing.probs = torch::cat(probs);
+  auto cat_field = [&](torch::Tensor RoutingTable::*field) {
+    std::vector<torch::Tensor> parts;
+    for (const auto& t : tables) parts.push_back(t.*field);
+    return torch::cat(parts);
+  };
+  for (auto field : {&RoutingTable::token, &RoutingTable::expert, &RoutingTable::weight,
+                     &RoutingTable::slot, &RoutingTable::kept})
+    routing.choices.*field = cat_field(field);
   routing.aux_loss = aux / static_cast<double>(group_sizes.size());
   routing.z_loss = torch::zeros_like(routing.aux_loss);
   // 2. The rest is the ordinary single-process flow.

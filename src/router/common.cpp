@@ -12,9 +12,15 @@ torch::ScalarType router_dtype(torch::ScalarType x_dtype) {
 }
 
 int64_t compute_capacity(int64_t tokens, int64_t experts, int64_t top_k, double factor,
-                         int64_t min_capacity) {
+                         int64_t min_capacity, CapacityFormula formula) {
   TORCH_CHECK(factor > 0, "capacity_factor must be > 0 when a capacity is used, got ", factor);
   TORCH_CHECK(experts > 0, "compute_capacity: experts must be positive, got ", experts);
+  if (formula == CapacityFormula::kTutel) {
+    // Tutel: top_k * int(capacity_factor * ceil(T / E)); int() truncates toward zero.
+    const int64_t per_expert = (tokens + experts - 1) / experts;
+    const auto scaled = static_cast<int64_t>(factor * static_cast<double>(per_expert));
+    return std::max(min_capacity, top_k * scaled);
+  }
   // Exact integer-friendly form of ceil(top_k * tokens / experts * factor).
   const double raw = static_cast<double>(top_k) * static_cast<double>(tokens) /
                      static_cast<double>(experts) * factor;
@@ -37,12 +43,50 @@ torch::Tensor rank_within_runs(const torch::Tensor& sorted_experts, int64_t num_
   return pos - starts.index_select(0, sorted_experts);
 }
 
+// The slot key of every [T, k] choice, flattened row-major (i = t * k + j): a permutation of
+// 0..T*k-1 giving the choice's place in the slot order.
+torch::Tensor slot_keys(const torch::Tensor& weight, int64_t T, int64_t k, const SlotRules& rules) {
+  auto opts = torch::TensorOptions().dtype(torch::kInt64).device(weight.device());
+  // 1. The token order: token order, or by descending priority (ties: token order).
+  auto tok_pos = torch::arange(T, opts);
+  if (rules.token_priority.defined()) {
+    TORCH_CHECK(rules.token_priority.dim() == 1 && rules.token_priority.size(0) == T,
+                "capacity_slots: token_priority must be [T=", T, "], got ",
+                rules.token_priority.sizes());
+    auto by_priority = compat::stable_argsort(rules.token_priority.detach(), /*descending=*/true);
+    tok_pos = torch::empty_like(tok_pos).index_put_({by_priority}, torch::arange(T, opts));
+  }
+  auto j = torch::arange(k, opts).unsqueeze(0);  // [1, k]
+  auto t = tok_pos.unsqueeze(1);                 // [T, 1]
+  if (rules.slot_order == SlotOrder::kTokenMajor) return (t * k + j).reshape({-1});
+  auto first_key = (j * T + t).reshape({-1});  // first choices first
+  if (rules.slot_order == SlotOrder::kFirstChoicesFirst) return first_key;
+  // kByWeight: descending weight, ties in first-choices-first order.
+  auto in_first_order =
+      torch::empty_like(first_key).index_put_({first_key}, torch::arange(T * k, opts));
+  auto w = weight.detach().reshape({-1}).index_select(0, in_first_order);
+  auto seq = in_first_order.index_select(0, compat::stable_argsort(w, /*descending=*/true));
+  return torch::empty_like(first_key).index_put_({seq}, torch::arange(T * k, opts));
+}
+
+// Rank of every element inside its expert's run when the elements are visited in `seq` (a
+// permutation of 0..n-1) grouped by expert (stable); experts == num_experts form a run whose
+// ranks are -1. → [n] int64 indexed like experts.
+torch::Tensor ranks_in_order(const torch::Tensor& experts, const torch::Tensor& seq,
+                             int64_t num_experts) {
+  auto order = seq.index_select(0, compat::stable_argsort(experts.index_select(0, seq)));
+  auto sorted_e = experts.index_select(0, order);
+  auto rank = rank_within_runs(sorted_e, num_experts + 1);
+  rank.masked_fill_(sorted_e == num_experts, -1);
+  return torch::empty_like(rank).index_put_({order}, rank);
+}
+
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor> capacity_slots(const torch::Tensor& expert_index,
                                                         const torch::Tensor& weight,
                                                         int64_t num_experts, int64_t capacity,
-                                                        DropPolicy policy) {
+                                                        const SlotRules& rules) {
   TORCH_CHECK(expert_index.dim() == 2, "capacity_slots: expert_index must be [T, k], got ",
               expert_index.sizes());
   TORCH_CHECK(weight.sizes() == expert_index.sizes(),
@@ -50,28 +94,32 @@ std::tuple<torch::Tensor, torch::Tensor> capacity_slots(const torch::Tensor& exp
               weight.sizes());
   TORCH_CHECK(capacity >= 0, "capacity must be >= 0, got ", capacity);
   const auto T = expert_index.size(0), k = expert_index.size(1);
-  // 1. Priority order: k-slot major, then token (all first choices before any second choice).
-  auto flat_e = expert_index.t().reshape({-1});
-  auto flat_w = weight.detach().t().reshape({-1});
-  // 2. Sort into expert runs; inside a run, by priority (position) or by weight (probs).
-  //    Index num_experts (unrouted choices) forms a last run that is discarded.
-  torch::Tensor order;
-  if (policy == DropPolicy::kPosition) {
-    order = compat::stable_argsort(flat_e);
-  } else {
-    auto by_weight = compat::stable_argsort(flat_w, /*descending=*/true);
-    auto e_by_weight = flat_e.index_select(0, by_weight);
-    order = by_weight.index_select(0, compat::stable_argsort(e_by_weight));
+  auto flat_e = expert_index.reshape({-1});  // row-major: i = t * k + j
+  // 1. The slot order, as the sequence of choices visited in it.
+  auto key = slot_keys(weight, T, k, rules);
+  auto by_key = torch::empty_like(key).index_put_({key}, torch::arange(T * k, key.options()));
+  // 2. The drop order: the slot order (position) or descending weight, ties in slot order.
+  auto drop_seq = by_key;
+  if (rules.drop_policy == DropPolicy::kProbs) {
+    auto w = weight.detach().reshape({-1}).index_select(0, by_key);
+    drop_seq = by_key.index_select(0, compat::stable_argsort(w, /*descending=*/true));
   }
-  // 3. Rank inside each run = slot; keep the first `capacity`; scatter back to priority order.
-  auto sorted_e = flat_e.index_select(0, order);
-  auto rank = rank_within_runs(sorted_e, num_experts + 1);
-  rank.masked_fill_(sorted_e == num_experts, -1);
-  auto pos_flat = torch::empty({k * T}, expert_index.options());
-  pos_flat.index_put_({order}, rank);
-  auto position = pos_flat.view({k, T}).t().contiguous();
-  auto keep = position.ge(0).logical_and(position.lt(capacity));
-  return {keep, position};
+  auto drop_rank = ranks_in_order(flat_e, drop_seq, num_experts);
+  auto keep = drop_rank.ge(0).logical_and(drop_rank.lt(capacity));
+  // 3. Slots of the kept choices in slot order; a dropped choice keeps its drop rank.
+  auto kept_e = torch::where(keep, flat_e, torch::full_like(flat_e, num_experts));
+  auto slot = ranks_in_order(kept_e, by_key, num_experts);
+  auto position = torch::where(keep, slot, drop_rank);
+  return {keep.view({T, k}), position.view({T, k})};
+}
+
+std::tuple<torch::Tensor, torch::Tensor> capacity_slots(const torch::Tensor& expert_index,
+                                                        const torch::Tensor& weight,
+                                                        int64_t num_experts, int64_t capacity,
+                                                        DropPolicy policy) {
+  const SlotOrder order =
+      policy == DropPolicy::kProbs ? SlotOrder::kByWeight : SlotOrder::kFirstChoicesFirst;
+  return capacity_slots(expert_index, weight, num_experts, capacity, SlotRules{policy, order, {}});
 }
 
 torch::Tensor capacity_keep_mask(const torch::Tensor& expert_index, const torch::Tensor& weight,
@@ -81,9 +129,24 @@ torch::Tensor capacity_keep_mask(const torch::Tensor& expert_index, const torch:
 
 void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor& weight,
                          const torch::Tensor& keep, RouterOutput& out,
-                         const torch::Tensor& position) {
+                         const torch::Tensor& position, int64_t num_experts) {
   const auto T = expert_index.size(0), k = expert_index.size(1);
   auto tokens = torch::arange(T, expert_index.options()).unsqueeze(1).expand({T, k});
+  {
+    // Every choice, kept or dropped.
+    torch::NoGradGuard no_grad;
+    auto kept = keep.defined() ? keep.reshape({-1}).clone()
+                               : torch::ones({T * k}, expert_index.options().dtype(torch::kBool));
+    auto e = expert_index.reshape({-1}).clone();
+    if (num_experts > 0) e.masked_fill_(e == num_experts, -1);
+    out.choices.token = tokens.reshape({-1}).clone();
+    out.choices.expert = e;
+    out.choices.weight = weight.detach().reshape({-1}) * kept.to(weight.scalar_type());
+    out.choices.slot = position.defined()
+                           ? torch::where(kept, position.reshape({-1}), torch::full_like(e, -1))
+                           : torch::full_like(e, -1);
+    out.choices.kept = kept;
+  }
   if (!keep.defined()) {
     out.token_index = tokens.reshape({-1});
     out.expert_index = expert_index.reshape({-1});
@@ -98,6 +161,18 @@ void flatten_assignments(const torch::Tensor& expert_index, const torch::Tensor&
   out.weight = weight.reshape({-1}).masked_select(flat_keep);
   if (position.defined()) out.position = position.reshape({-1}).masked_select(flat_keep);
   out.dropped = T * k - out.token_index.numel();
+}
+
+RoutingTable choice_table(const RouterOutput& out) {
+  if (out.choices.token.defined()) return out.choices;
+  torch::NoGradGuard no_grad;
+  RoutingTable t;
+  t.token = out.token_index;
+  t.expert = out.expert_index;
+  t.weight = out.weight.detach();
+  t.slot = out.position.defined() ? out.position : torch::full_like(out.token_index, -1);
+  t.kept = torch::ones_like(out.token_index, out.token_index.options().dtype(torch::kBool));
+  return t;
 }
 
 torch::Tensor router_z_loss(const torch::Tensor& logits) {

@@ -3,6 +3,7 @@
 // construction and a token may be processed by zero, one or several experts.
 #include "hybridmoe/compat.h"
 #include "hybridmoe/gates.h"
+#include "router/route_util.h"
 
 namespace hybridmoe {
 
@@ -16,6 +17,12 @@ ExpertChoiceGateImpl::ExpertChoiceGateImpl(int64_t d_model, int64_t num_experts,
   TORCH_CHECK(options_.eval_capacity_factor().value_or(1.0) > 0,
               "expert_choice gate: eval_capacity_factor must be > 0, got ",
               options_.eval_capacity_factor().value_or(1.0));
+  detail::refuse_rules(options_, "expert_choice",
+                       detail::kRuleSlotOrder | detail::kRuleWeightNormalization |
+                           detail::kRuleCapacityFormula | detail::kRuleBalanceLossChoices |
+                           detail::kRuleBatchPrioritized | detail::kRuleSoftmaxOverTopk |
+                           detail::kRuleConvention,
+                       "experts choose their tokens: C = ceil(T * capacity_factor / E) each");
 }
 
 RouterOutput ExpertChoiceGateImpl::route(const torch::Tensor& x) {

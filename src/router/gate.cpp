@@ -1,4 +1,5 @@
-// gate.cpp — the gate base class, the gate registry and option parsing.
+// gate.cpp — the gate base class and the gate registry (the routing-rule names and presets are
+// in routing_rules.cpp).
 #include <algorithm>
 #include <cmath>
 #include <mutex>
@@ -10,16 +11,6 @@
 #include "hybridmoe/gates.h"
 
 namespace hybridmoe {
-
-DropPolicy parse_drop_policy(const std::string& name) {
-  if (name == "position") return DropPolicy::kPosition;
-  if (name == "probs") return DropPolicy::kProbs;
-  TORCH_CHECK(false, "drop_policy: expected \"position\" or \"probs\", got \"", name, "\"");
-}
-
-std::string to_string(DropPolicy policy) {
-  return policy == DropPolicy::kPosition ? "position" : "probs";
-}
 
 GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
     : d_model_(d_model), num_experts_(num_experts), options_(std::move(options)) {
@@ -36,6 +27,7 @@ GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
   TORCH_CHECK(
       !options_.eval_capacity_factor().has_value() || !std::isnan(*options_.eval_capacity_factor()),
       "gate: eval_capacity_factor must be a number");
+  rules_ = resolve_routing_rules(options_);
   reseed(options_.seed());
 }
 
@@ -76,6 +68,7 @@ GateFactory factory_of() {
 // The built-in gates. A gate added to the library is listed here.
 void register_builtin_gates(Registry& r) {
   r["topk"] = factory_of<TopKGateImpl>();
+  r["cosine"] = factory_of<CosineGateImpl>();
   r["gshard"] = factory_of<GShardGateImpl>();
   r["switch"] = factory_of<SwitchGateImpl>();
   r["noisy"] = factory_of<NoisyTopKGateImpl>();

@@ -12,6 +12,21 @@ GShardGateImpl::GShardGateImpl(int64_t d_model, int64_t num_experts, GateOptions
     : LinearGateImpl(d_model, num_experts, std::move(options)) {
   TORCH_CHECK(options_.top_k() == 2, "gshard gate: top_k must be 2 (top-2 gating), got ",
               options_.top_k());
+  const Convention c = options_.convention();
+  detail::require_rule(
+      c == Convention::kNone || c == Convention::kDeepSpeed || c == Convention::kGShard, "gshard",
+      "convention", to_string(c),
+      "the gshard gate is GShard's / DeepSpeed's top2gating; use gate type topk for this one");
+  detail::require_rule(!options_.weight_normalization() ||
+                           rules_.weight_normalization == WeightNormalization::kAfterCapacity,
+                       "gshard", "weight_normalization", to_string(rules_.weight_normalization),
+                       "the gshard gate renormalizes the kept weights after capacity");
+  detail::require_rule(!options_.balance_loss_choices() ||
+                           rules_.balance_loss_choices == BalanceLossChoices::kFirstChoice,
+                       "gshard", "balance_loss_choices", to_string(rules_.balance_loss_choices),
+                       "the gshard balance loss counts first choices");
+  detail::refuse_rules(options_, "gshard", detail::kRuleSoftmaxOverTopk,
+                       "the gshard gate's weights are softmax probabilities over all experts");
 }
 
 RouterOutput GShardGateImpl::route(const torch::Tensor& x) {
@@ -50,13 +65,15 @@ RouterOutput GShardGateImpl::route(const torch::Tensor& x) {
   }
   auto choice = torch::cat({first, second}, 1);  // [T, 2]; E marks an unrouted second
   auto gates = torch::cat({p1, p2}, 1);          // [T, 2]
-  // 6. Capacity: slots to all first choices in token order, then to the second choices.
+  // 6. Capacity: slots to all first choices in token order, then to the second choices (or as
+  //    the routing rules say: slot order, drop policy, batch priority, capacity formula).
   torch::Tensor keep, position;
   const double factor = active_capacity_factor();
   if (factor > 0) {
-    out.capacity = compute_capacity(T, E, 2, factor, options_.min_capacity());
+    out.capacity =
+        compute_capacity(T, E, 2, factor, options_.min_capacity(), rules_.capacity_formula);
     std::tie(keep, position) =
-        capacity_slots(choice, gates, E, out.capacity, options_.drop_policy());
+        capacity_slots(choice, gates, E, out.capacity, detail::slot_rules_of(rules_, probs));
   } else {
     keep = choice.lt(E);
   }
@@ -65,7 +82,7 @@ RouterOutput GShardGateImpl::route(const torch::Tensor& x) {
   auto kept_gates = gates * keep.to(gates.scalar_type());
   auto weights = kept_gates / kept_gates.sum(1, /*keepdim=*/true).clamp_min(eps);
   const int64_t routed = choice.lt(E).sum().item<int64_t>();
-  flatten_assignments(choice, weights, keep, out, position);
+  flatten_assignments(choice, weights, keep, out, position, E);
   out.dropped = routed - out.token_index.numel();
   out.probs = probs.detach();
   return out;

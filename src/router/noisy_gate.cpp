@@ -13,6 +13,11 @@ NoisyTopKGateImpl::NoisyTopKGateImpl(int64_t d_model, int64_t num_experts, GateO
   TORCH_CHECK(options_.noise_epsilon() >= 0, "noisy gate: noise_epsilon must be >= 0, got ",
               options_.noise_epsilon());
   noise_weight = register_parameter("noise_weight", torch::zeros({num_experts, d_model}));
+  detail::refuse_rules(options_, "noisy",
+                       detail::kRuleWeightNormalization | detail::kRuleBalanceLossChoices |
+                           detail::kRuleSoftmaxOverTopk | detail::kRuleConvention,
+                       "the noisy gate's weights are the softmax over its k noisy logits and its "
+                       "losses are importance and load");
 }
 
 void NoisyTopKGateImpl::reset_parameters() {
@@ -72,8 +77,8 @@ RouterOutput NoisyTopKGateImpl::route(const torch::Tensor& x) {
   detail::set_balance_loss(l_importance + l_load, options_.aux_loss_coef(), "balance", out);
   apply_z_loss(clean, options_.z_loss_coef(), out);
   // 6. Capacity, then the flat assignment list.
-  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out);
   out.probs = torch::softmax(clean, -1).detach();
+  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out, rules_, out.probs);
   return out;
 }
 

@@ -43,6 +43,13 @@ SinkhornGateImpl::SinkhornGateImpl(int64_t d_model, int64_t num_experts, GateOpt
   TORCH_CHECK(options_.sinkhorn_max_iterations() >= 1,
               "sinkhorn gate: sinkhorn_max_iterations must be >= 1, got ",
               options_.sinkhorn_max_iterations());
+  detail::refuse_rules(
+      options_, "sinkhorn",
+      detail::kRuleBalanceLossChoices | detail::kRuleSoftmaxOverTopk | detail::kRuleConvention,
+      "Sinkhorn selects by its balanced scores and has no balance loss");
+  detail::require_rule(rules_.weight_normalization != WeightNormalization::kAfterCapacity,
+                       "sinkhorn", "weight_normalization", "after_capacity",
+                       "use none or before_capacity");
 }
 
 RouterOutput SinkhornGateImpl::route(const torch::Tensor& x) {
@@ -64,12 +71,13 @@ RouterOutput SinkhornGateImpl::route(const torch::Tensor& x) {
   }
   // 3. Weights: the softmax probabilities of the chosen experts (optionally renormalized).
   auto topk_w = probs.gather(1, topk_i);
-  if (options_.normalize_top_k_weights()) topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
+  if (rules_.weight_normalization == WeightNormalization::kBeforeCapacity)
+    topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
   // 4. No balance loss (the selection balances); optional z-loss.
   out.aux_loss = torch::zeros({}, logits.options());
   apply_z_loss(logits, options_.z_loss_coef(), out);
   // 5. Capacity, then the flat assignment list.
-  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out);
+  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out, rules_, probs);
   out.probs = probs.detach();
   return out;
 }

@@ -12,6 +12,19 @@ SwitchGateImpl::SwitchGateImpl(int64_t d_model, int64_t num_experts, GateOptions
               options_.top_k());
   TORCH_CHECK(options_.jitter_eps() >= 0 && options_.jitter_eps() < 1,
               "switch gate: jitter_eps must be in [0, 1), got ", options_.jitter_eps());
+  detail::require_rule(rules_.weight_normalization == WeightNormalization::kNone, "switch",
+                       "weight_normalization", to_string(rules_.weight_normalization),
+                       "the switch weight is the probability of the one chosen expert");
+  detail::refuse_rules(options_, "switch", detail::kRuleSoftmaxOverTopk,
+                       "a softmax over one logit is 1; the switch weight is the probability");
+  detail::require_rule(!(options_.random_token_selection() && rules_.batch_prioritized), "switch",
+                       "batch_prioritized", "true",
+                       "random_token_selection already decides which tokens an expert keeps");
+  detail::require_rule(!(options_.random_token_selection() && options_.slot_order() &&
+                         rules_.slot_order == SlotOrder::kByWeight),
+                       "switch", "slot_order", "by_weight",
+                       "with random_token_selection the kept tokens take their slots in token "
+                       "order, as DeepSpeed's top1gating");
 }
 
 RouterOutput SwitchGateImpl::route(const torch::Tensor& x) {
@@ -38,16 +51,22 @@ RouterOutput SwitchGateImpl::route(const torch::Tensor& x) {
   detail::set_balance_loss(load_balancing_loss(probs, top_i), options_.aux_loss_coef(), "balance",
                            out);
   apply_z_loss(logits, options_.z_loss_coef(), out);
-  // 4. Capacity; with RTS an over-full expert keeps the tokens of highest random score.
+  // 4. Capacity. Without RTS an over-full expert keeps its tokens in slot order (token order by
+  //    default; DeepSpeed's top1gating leaves the choice among equal mask values to torch.topk).
+  //    With RTS (DeepSpeed's use_rts) it keeps the tokens of highest uniform score, and the kept
+  //    tokens take their slots in token order (DeepSpeed: locations1 = cumsum(mask1) - 1 after
+  //    the selection).
   const double factor = active_capacity_factor();
   if (factor > 0 && train && options_.random_token_selection()) {
-    out.capacity = compute_capacity(T, E, 1, factor, options_.min_capacity());
+    out.capacity =
+        compute_capacity(T, E, 1, factor, options_.min_capacity(), rules_.capacity_formula);
     last_rts_scores = sample_uniform({T}, probs.options());
     auto [keep, position] =
-        capacity_slots(top_i, last_rts_scores.unsqueeze(1), E, out.capacity, DropPolicy::kProbs);
-    flatten_assignments(top_i, top_w, keep, out, position);
+        capacity_slots(top_i, last_rts_scores.unsqueeze(1), E, out.capacity,
+                       SlotRules{DropPolicy::kProbs, SlotOrder::kFirstChoicesFirst, {}});
+    flatten_assignments(top_i, top_w, keep, out, position, E);
   } else {
-    detail::capacity_and_flatten(*this, top_i, top_w, 1, out);
+    detail::capacity_and_flatten(*this, top_i, top_w, 1, out, rules_, probs);
   }
   out.probs = probs.detach();
   return out;

@@ -14,7 +14,6 @@ TopKGateImpl::TopKGateImpl(int64_t d_model, int64_t num_experts, GateOptions opt
 }
 
 RouterOutput TopKGateImpl::route(const torch::Tensor& x) {
-  const int64_t k = options_.top_k();
   RouterOutput out;
   // 1. Router logits and probabilities in the router dtype.
   auto logits = logits_of(x, "topk");
@@ -26,29 +25,16 @@ RouterOutput TopKGateImpl::route(const torch::Tensor& x) {
   if (!use_bias) {
     select = logits.detach();
   } else {
-    auto base = options_.softmax_over_topk() ? logits : probs;
+    auto base = rules_.softmax_over_topk ? logits : probs;
     select = base.detach() + expert_bias.to(base.scalar_type()).unsqueeze(0);
   }
-  auto topk_i = std::get<1>(stable_topk(select, k));
-  // 3. Weights of the k choices.
-  torch::Tensor topk_w;
-  if (options_.softmax_over_topk()) {
-    topk_w = torch::softmax(logits.gather(1, topk_i), -1);
-  } else {
-    topk_w = probs.gather(1, topk_i);
-    if (options_.normalize_top_k_weights()) topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
-  }
-  // 4. Losses on the choices before any capacity; load counters for the bias update.
-  detail::set_balance_loss(load_balancing_loss(probs, topk_i), options_.aux_loss_coef(), "balance",
-                           out);
-  apply_z_loss(logits, options_.z_loss_coef(), out);
+  // 3. Weights, losses before capacity, capacity and the assignment list (route_util.h).
+  auto topk_i = detail::topk_route(*this, rules_, logits, probs, select, out);
+  // 4. Load counters for the bias update.
   if (use_bias && is_training()) {
     torch::NoGradGuard no_grad;
     step_load.add_(torch::bincount(topk_i.reshape({-1}), {}, num_experts_).to(step_load.device()));
   }
-  // 5. Capacity, then the flat assignment list.
-  detail::capacity_and_flatten(*this, topk_i, topk_w, k, out);
-  out.probs = probs.detach();
   return out;
 }
 

@@ -88,6 +88,8 @@ const std::vector<KeyAccess>& table() {
       HMOE_KEY(expert_hidden, "moe", "expert hidden width (0: the MLP's)"),
       HMOE_KEY(top_k, "moe", "experts per token"),
       HMOE_KEY(gate, "moe", "gate type (topk, gshard, switch, noisy, sinkhorn, expert_choice)"),
+      HMOE_KEY(convention, "moe",
+               "routing convention of a peer: none, deepspeed, tutel, megatron, gshard"),
       HMOE_KEY(capacity_factor, "moe", "expert capacity factor (<= 0: dropless)"),
       HMOE_KEY(aux_loss_coef, "moe", "balance loss coefficient"),
       HMOE_KEY(z_loss_coef, "moe", "router z-loss coefficient"),
@@ -179,6 +181,7 @@ GPTOptions TrainConfig::model_options() const {
     }
   }
   g.type(gate)
+      .convention(parse_convention(convention))
       .top_k(top_k)
       .capacity_factor(capacity_factor)
       .aux_loss_coef(aux_loss_coef)
@@ -443,6 +446,20 @@ std::string check_config(const TrainConfig& c) {
   bool known_gate = false;
   for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
   need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
+  if (known_gate && c.top_k >= 1 && c.top_k <= c.num_experts && c.num_experts >= 1 &&
+      c.d_model >= 1) {
+    // The gate with its convention, as the model builds it: a convention that this gate or k
+    // cannot follow is a problem naming the key.
+    try {
+      const auto g = c.model_options().gate();
+      make_gate(c.d_model, c.num_experts, g);
+    } catch (const std::exception& e) {
+      std::string what = e.what();
+      what = what.substr(0, what.find('\n'));
+      need(false, "config keys `gate` = \"" + c.gate + "\", `convention` = \"" + c.convention +
+                      "\", `top_k` = " + s(c.top_k) + ": " + what);
+    }
+  }
   if (problems.empty()) {
     const std::string layout = c.layout().check(c.tp * c.dp * c.pp);
     need(layout.empty(), "config keys `tp`/`dp`/`pp`/`ep`/`etp`: " + layout);

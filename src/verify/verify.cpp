@@ -17,6 +17,7 @@ namespace hybridmoe {
 std::string GateSpec::to_string() const {
   std::ostringstream s;
   s << name;
+  if (convention != Convention::kNone) s << "+" << hybridmoe::to_string(convention);
   if (top_k > 0) s << ":" << top_k;
   if (capacity_factor > 0) s << "@" << capacity_factor;
   return s.str();
@@ -28,22 +29,46 @@ GateSpec GateSpec::parse(const std::string& text) {
   const auto head = text.substr(0, at);
   const auto colon = head.find(':');
   spec.name = head.substr(0, colon);
-  TORCH_CHECK(!spec.name.empty(), "gate spec: expected name[:k][@capacity_factor], got \"", text,
-              "\"");
+  TORCH_CHECK(!spec.name.empty(),
+              "gate spec: expected name[+convention][:k][@capacity_factor], got \"", text, "\"");
+  // "gate+convention", or a bare convention name that is not a gate name (topk gate).
+  const auto plus = spec.name.find('+');
+  if (plus != std::string::npos) {
+    spec.convention = parse_convention(spec.name.substr(plus + 1));
+    spec.name = spec.name.substr(0, plus);
+    TORCH_CHECK(!spec.name.empty() && spec.convention != Convention::kNone,
+                "gate spec: expected gate+convention in \"", text, "\"");
+  } else {
+    const auto gates = known_gate_names();
+    const bool is_gate = std::find(gates.begin(), gates.end(), spec.name) != gates.end();
+    for (const auto& c : known_convention_names())
+      if (!is_gate && spec.name == c) {
+        spec.convention = parse_convention(c);
+        spec.name = "topk";
+      }
+  }
   if (colon != std::string::npos) {
+    const std::string k_text = head.substr(colon + 1);
+    size_t used = 0;
     try {
-      spec.top_k = std::stoll(head.substr(colon + 1));
+      spec.top_k = std::stoll(k_text, &used);
     } catch (const std::exception&) {
-      TORCH_CHECK(false, "gate spec: the k of \"", text, "\" is not an integer");
+      used = 0;
     }
+    TORCH_CHECK(!k_text.empty() && used == k_text.size(), "gate spec: the k of \"", text,
+                "\" is not an integer (expected name[+convention][:k][@capacity_factor])");
     TORCH_CHECK(spec.top_k >= 1, "gate spec: k must be >= 1 in \"", text, "\"");
   }
   if (at != std::string::npos) {
+    const std::string f_text = text.substr(at + 1);
+    size_t used = 0;
     try {
-      spec.capacity_factor = std::stod(text.substr(at + 1));
+      spec.capacity_factor = std::stod(f_text, &used);
     } catch (const std::exception&) {
-      TORCH_CHECK(false, "gate spec: the capacity factor of \"", text, "\" is not a number");
+      used = 0;
     }
+    TORCH_CHECK(!f_text.empty() && used == f_text.size(), "gate spec: the capacity factor of \"",
+                text, "\" is not a number");
     TORCH_CHECK(spec.capacity_factor > 0, "gate spec: capacity factor must be > 0 in \"", text,
                 "\"");
   }
@@ -120,6 +145,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
                 .d_hidden(o.d_hidden)
                 .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
                 .gate_type(gate.name)
+                .convention(gate.convention)
                 .capacity_factor(gate.capacity_factor);
   torch::manual_seed(o.seed);
   // The adaptive expert layout (if asked): the reference keeps the single-process experts.

@@ -25,6 +25,7 @@ GPTOptions verify_gpt_options(const ParallelConfig& layout, const GateSpec& gate
                               const VerifyOptions& o) {
   GateOptions g;
   g.type(gate.name)
+      .convention(gate.convention)
       .top_k(gate.top_k > 0 ? gate.top_k : o.top_k)
       .capacity_factor(gate.capacity_factor)
       .z_loss_coef(1e-3);

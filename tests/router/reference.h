@@ -153,6 +153,59 @@ inline void assign_slots(std::vector<std::vector<Choice>>& choices, int64_t E, i
   }
 }
 
+/// Assigns capacity slots by the peers' rules, as loops. Each expert's choices are listed in
+/// slot order: kFirstChoicesFirst by (choice rank, token), kTokenMajor by (token, choice rank),
+/// kByWeight by descending score then (choice rank, token); with `priority` (one score per
+/// token) tokens are taken by descending priority, ties by index, instead of token order.
+/// kPosition keeps the first `capacity` in that order and numbers them so; kProbs keeps the
+/// `capacity` largest scores (ties: slot order) and numbers the kept ones in slot order; a
+/// dropped choice's position is its rank in the drop order. capacity < 0: keep all.
+inline void assign_slots_in_order(std::vector<std::vector<Choice>>& choices, int64_t E,
+                                  int64_t capacity, DropPolicy policy, hybridmoe::SlotOrder order,
+                                  const std::vector<double>& priority) {
+  const size_t T = choices.size(), k = T ? choices[0].size() : 0;
+  std::vector<size_t> tok_pos(T);  // place of each token in the token order
+  {
+    std::vector<size_t> seq(T);
+    std::iota(seq.begin(), seq.end(), 0);
+    if (!priority.empty())
+      std::stable_sort(seq.begin(), seq.end(),
+                       [&](size_t a, size_t b) { return priority[a] > priority[b]; });
+    for (size_t i = 0; i < T; ++i) tok_pos[seq[i]] = i;
+  }
+  using Ref = std::pair<size_t, size_t>;  // (token, choice rank)
+  auto score = [&](const Ref& r) { return choices[r.first][r.second].score; };
+  auto first_key = [&](const Ref& r) { return r.second * T + tok_pos[r.first]; };
+  auto slot_less = [&](const Ref& a, const Ref& b) {
+    if (order == hybridmoe::SlotOrder::kTokenMajor)
+      return tok_pos[a.first] * k + a.second < tok_pos[b.first] * k + b.second;
+    if (order == hybridmoe::SlotOrder::kByWeight && score(a) != score(b))
+      return score(a) > score(b);
+    return first_key(a) < first_key(b);
+  };
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<Ref> mine;
+    for (size_t t = 0; t < T; ++t)
+      for (size_t j = 0; j < k; ++j)
+        if (choices[t][j].expert == e) mine.push_back({t, j});
+    std::sort(mine.begin(), mine.end(), slot_less);  // keys are distinct: a total order
+    std::vector<Ref> drop = mine;
+    if (policy == DropPolicy::kProbs)
+      std::stable_sort(drop.begin(), drop.end(),
+                       [&](const Ref& a, const Ref& b) { return score(a) > score(b); });
+    for (size_t r = 0; r < drop.size(); ++r) {
+      auto& c = choices[drop[r].first][drop[r].second];
+      c.kept = capacity < 0 || static_cast<int64_t>(r) < capacity;
+      c.position = static_cast<int64_t>(r);
+    }
+    int64_t slot = 0;
+    for (const auto& ref : mine) {
+      auto& c = choices[ref.first][ref.second];
+      if (c.kept) c.position = slot++;
+    }
+  }
+}
+
 /// What a reference gate produces.
 struct RefOut {
   std::vector<int64_t> token, expert, position;
@@ -221,6 +274,49 @@ inline torch::Tensor quantized_gaussian(int64_t rows, int64_t cols, double scale
                                         uint64_t seed) {
   const double unit = std::ldexp(1.0, static_cast<int>(bits));
   return torch::round(gaussian(rows, cols, scale, seed) * unit) / unit;
+}
+
+/// Width of the inputs of cases().
+constexpr int64_t kCaseWidth = 8;
+
+// Inputs of one case.
+//   "ties":       small dyadic values (exact logits, many exact ties), a duplicated expert row
+//                 and a duplicated token. Weights that are equal only mathematically (e.g.
+//                 softmax of shifted logit rows) may differ by an ulp between the gate and the
+//                 reference, so the "probs" drop order (which compares weights across tokens)
+//                 is not compared on this case: exact_weights = false.
+//   "duplicates": gaussian values rounded to multiples of 2^-10, with a duplicated expert row
+//                 and duplicated tokens. Every product and partial sum of a logit is a multiple
+//                 of 2^-20 below 2^6, so the logits are exact whatever order or kernel the GEMM
+//                 uses (any BLAS, any row or column position): the ties of the duplicated row and
+//                 tokens are exact by construction. Weights are continuous, and the duplicated
+//                 tokens' weights come from identical logit rows through one row-wise softmax.
+//   "gaussian":   continuous values, no ties.
+struct Case {
+  torch::Tensor x, w;  // x: [T, d], w: [E, d], float64
+  std::string label;
+  bool exact_weights = true;
+};
+//
+// duplicate_experts = false leaves out the duplicated expert rows, for gates whose scores are
+// not exact functions of the logits per position: Sinkhorn normalizes every expert's column with
+// ATen's reduction over tokens, whose summation order depends on the column's SIMD lane, so two
+// equal columns need not come out bit-equal (a tie there would be luck, not construction).
+inline std::vector<Case> cases(int64_t T, int64_t E, uint64_t seed, bool duplicate_experts = true) {
+  std::vector<Case> out;
+  const std::string size = " T=" + std::to_string(T) + " E=" + std::to_string(E);
+  auto x = dyadic(T, kCaseWidth, 4, 4.0, seed), w = dyadic(E, kCaseWidth, 4, 8.0, seed + 1);
+  if (E >= 3 && duplicate_experts) w[2].copy_(w[0]);
+  if (T >= 3) x[2].copy_(x[1]);
+  out.push_back({x, w, "ties" + size, false});
+  auto xd = quantized_gaussian(T, kCaseWidth, 1.0, 10, seed + 4),
+       wd = quantized_gaussian(E, kCaseWidth, 0.5, 10, seed + 5);
+  if (E >= 3 && duplicate_experts) wd[1].copy_(wd[E - 1]);
+  for (int64_t t = 3; t < T; t += 3) xd[t].copy_(xd[t - 2]);
+  out.push_back({xd, wd, "duplicates" + size});
+  out.push_back({gaussian(T, kCaseWidth, 1.0, seed + 2), gaussian(E, kCaseWidth, 0.5, seed + 3),
+                 "gaussian" + size});
+  return out;
 }
 
 /// The sizes the reference tests sweep: tokens, experts, k.

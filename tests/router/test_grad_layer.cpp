@@ -170,9 +170,10 @@ void expect_error(F&& f, const std::string& fragment) {
 }
 
 TEST(GateOptionsErrors, ClearMessages) {
-  expect_error([] { make_gate(8, 4, GateOptions().type("magic")); },
-               "unknown gate \"magic\"; known gates: expert_choice, gshard, noisy, sinkhorn, "
-               "switch, topk");
+  expect_error(
+      [] { make_gate(8, 4, GateOptions().type("magic")); },
+      "unknown gate \"magic\"; known gates: cosine, expert_choice, gshard, noisy, sinkhorn, "
+      "switch, topk");
   for (const auto& type : kGates)
     expect_error([&] { make_gate(8, 4, options_for(type).top_k(5)); },
                  "top_k must be in [1, num_experts=4], got 5");
@@ -199,15 +200,15 @@ TEST(GateOptionsErrors, ClearMessages) {
   expect_error([] { make_gate(8, 4, GateOptions().type("noisy").noise_epsilon(-1)); },
                "noisy gate: noise_epsilon must be >= 0, got -1");
   expect_error([] { parse_drop_policy("random"); },
-               "drop_policy: expected \"position\" or \"probs\", got \"random\"");
+               "drop_policy: expected one of \"position\", \"probs\", got \"random\"");
   expect_error(
       [] {
         make_gate(8, 4, GateOptions())->route(torch::zeros({3, 5}));
       },
       "topk gate: x must be [tokens, 8], got [3, 5]");
   auto names = known_gate_names();
-  EXPECT_EQ(names, (std::vector<std::string>{"expert_choice", "gshard", "noisy", "sinkhorn",
-                                             "switch", "topk"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"cosine", "expert_choice", "gshard", "noisy",
+                                             "sinkhorn", "switch", "topk"}));
 }
 
 }  // namespace

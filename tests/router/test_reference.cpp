@@ -11,7 +11,7 @@ using namespace hmoe_test;
 
 namespace {
 
-constexpr int64_t kD = 8;
+constexpr int64_t kD = kCaseWidth;
 constexpr double kTol = 1e-12;
 constexpr double kZ = 1e-3;  // z_loss_coef used everywhere, so the "z" term is reported
 
@@ -27,46 +27,6 @@ std::vector<CapMode> cap_modes() {
           {0.75, 0, DropPolicy::kProbs},
           {0.5, 0, DropPolicy::kPosition},
           {0.25, 3, DropPolicy::kProbs}};
-}
-
-// Inputs of one case.
-//   "ties":       small dyadic values (exact logits, many exact ties), a duplicated expert row
-//                 and a duplicated token. Weights that are equal only mathematically (e.g.
-//                 softmax of shifted logit rows) may differ by an ulp between the gate and the
-//                 reference, so the "probs" drop order (which compares weights across tokens)
-//                 is not compared on this case: exact_weights = false.
-//   "duplicates": gaussian values rounded to multiples of 2^-10, with a duplicated expert row
-//                 and duplicated tokens. Every product and partial sum of a logit is a multiple
-//                 of 2^-20 below 2^6, so the logits are exact whatever order or kernel the GEMM
-//                 uses (any BLAS, any row or column position): the ties of the duplicated row and
-//                 tokens are exact by construction. Weights are continuous, and the duplicated
-//                 tokens' weights come from identical logit rows through one row-wise softmax.
-//   "gaussian":   continuous values, no ties.
-struct Case {
-  torch::Tensor x, w;  // x: [T, d], w: [E, d], float64
-  std::string label;
-  bool exact_weights = true;
-};
-//
-// duplicate_experts = false leaves out the duplicated expert rows, for gates whose scores are
-// not exact functions of the logits per position: Sinkhorn normalizes every expert's column with
-// ATen's reduction over tokens, whose summation order depends on the column's SIMD lane, so two
-// equal columns need not come out bit-equal (a tie there would be luck, not construction).
-std::vector<Case> cases(int64_t T, int64_t E, uint64_t seed, bool duplicate_experts = true) {
-  std::vector<Case> out;
-  const std::string size = " T=" + std::to_string(T) + " E=" + std::to_string(E);
-  auto x = dyadic(T, kD, 4, 4.0, seed), w = dyadic(E, kD, 4, 8.0, seed + 1);
-  if (E >= 3 && duplicate_experts) w[2].copy_(w[0]);
-  if (T >= 3) x[2].copy_(x[1]);
-  out.push_back({x, w, "ties" + size, false});
-  auto xd = quantized_gaussian(T, kD, 1.0, 10, seed + 4),
-       wd = quantized_gaussian(E, kD, 0.5, 10, seed + 5);
-  if (E >= 3 && duplicate_experts) wd[1].copy_(wd[E - 1]);
-  for (int64_t t = 3; t < T; t += 3) xd[t].copy_(xd[t - 2]);
-  out.push_back({xd, wd, "duplicates" + size});
-  out.push_back(
-      {gaussian(T, kD, 1.0, seed + 2), gaussian(E, kD, 0.5, seed + 3), "gaussian" + size});
-  return out;
 }
 
 template <typename G>
@@ -91,23 +51,25 @@ RefOut ref_topk(const Mat& L, int64_t k, const GateOptions& o, const std::vector
   std::vector<std::vector<Choice>> ch(T);
   std::vector<std::vector<int64_t>> chosen(T);
   for (int64_t t = 0; t < T; ++t) {
-    auto sel = o.softmax_over_topk() ? L[t] : P[t];
+    auto sel = o.softmax_over_topk().value_or(false) ? L[t] : P[t];
     if (!bias.empty())
       for (int64_t e = 0; e < E; ++e) sel[e] += bias[e];
-    chosen[t] = topk_indices(o.softmax_over_topk() || !bias.empty() ? sel : L[t], k);
+    chosen[t] =
+        topk_indices(o.softmax_over_topk().value_or(false) || !bias.empty() ? sel : L[t], k);
     std::vector<double> w;
-    for (auto e : chosen[t]) w.push_back(o.softmax_over_topk() ? L[t][e] : P[t][e]);
-    if (o.softmax_over_topk()) w = softmax(w);
+    for (auto e : chosen[t]) w.push_back(o.softmax_over_topk().value_or(false) ? L[t][e] : P[t][e]);
+    if (o.softmax_over_topk().value_or(false)) w = softmax(w);
     double s = 0;
     for (double a : w) s += a;
     for (int64_t j = 0; j < k; ++j) {
-      const double wj = o.normalize_top_k_weights() && !o.softmax_over_topk() ? w[j] / s : w[j];
+      const double wj =
+          o.normalize_top_k_weights() && !o.softmax_over_topk().value_or(false) ? w[j] / s : w[j];
       ch[t].push_back({chosen[t][j], wj, wj});
     }
   }
   if (o.capacity_factor() > 0)
     out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
-  assign_slots(ch, E, out.capacity, o.drop_policy());
+  assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["balance"] = balance_loss(P, chosen);
   out.terms["z"] = z_loss(L);
@@ -136,7 +98,7 @@ RefOut ref_gshard(const Mat& L, const GateOptions& o, const Mat& gumbel,
   }
   if (o.capacity_factor() > 0)
     out.capacity = capacity_of(T, E, 2, o.capacity_factor(), o.min_capacity());
-  assign_slots(ch, E, out.capacity, o.drop_policy());
+  assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   for (auto& c : ch) {  // renormalize the kept weights
     double s = 0;
     for (auto& a : c) s += a.expert >= 0 && a.kept ? a.weight : 0.0;
@@ -166,7 +128,13 @@ RefOut ref_switch(Mat x, const Mat& W, const GateOptions& o, const Mat& jitter,
   }
   if (o.capacity_factor() > 0)
     out.capacity = capacity_of(T, E, 1, o.capacity_factor(), o.min_capacity());
-  assign_slots(ch, E, out.capacity, rts.empty() ? o.drop_policy() : DropPolicy::kProbs);
+  // RTS (DeepSpeed's top1gating with use_rts): the highest random scores are kept and the kept
+  // tokens take their slots in token order (locations1 = cumsum(mask1) - 1).
+  if (rts.empty())
+    assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
+  else
+    assign_slots_in_order(ch, E, out.capacity, DropPolicy::kProbs,
+                          hybridmoe::SlotOrder::kFirstChoicesFirst, {});
   list_choices(ch, out);
   out.terms["balance"] = balance_loss(P, top);
   out.terms["z"] = z_loss(L);
@@ -217,7 +185,7 @@ RefOut ref_noisy(const Mat& x, const Mat& W, const Mat& Wn, const GateOptions& o
   }
   if (o.capacity_factor() > 0)
     out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
-  assign_slots(ch, E, out.capacity, o.drop_policy());
+  assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["importance"] = cv2(importance);
   out.terms["load"] = cv2(load);
@@ -267,7 +235,7 @@ RefOut ref_sinkhorn(const Mat& L, const GateOptions& o, int64_t* iters, double* 
     for (auto e : topk_indices(S[t], k)) ch[t].push_back({e, P[t][e], P[t][e]});
   if (o.capacity_factor() > 0)
     out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
-  assign_slots(ch, E, out.capacity, o.drop_policy());
+  assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["z"] = z_loss(L);
   return out;

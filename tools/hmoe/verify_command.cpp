@@ -209,7 +209,11 @@ void add_verify_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--layouts", a->layouts, "all, or tp,dp,ep,etp;tp,dp,pp,ep,etp;...")
       ->capture_default_str();
-  cmd->add_option("--gates", a->gates, "Comma-separated gate specs: name or name@capacity_factor")
+  cmd->add_option(
+         "--gates", a->gates,
+         "Comma-separated gate specs: name[:k][@capacity_factor]; name: a gate, gate+convention "
+         "(e.g. topk+gshard, cosine+tutel), or deepspeed, tutel, megatron (the topk "
+         "gate with that peer's rules)")
       ->capture_default_str();
   cmd->add_option("--steps", a->options.steps, "Optimizer steps")->capture_default_str();
   cmd->add_option("--schedules", a->schedules,
