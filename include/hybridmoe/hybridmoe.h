@@ -7,6 +7,7 @@
 #include "hybridmoe/compat.h"
 #include "hybridmoe/data.h"
 #include "hybridmoe/dispatch.h"
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/exchange.h"
 #include "hybridmoe/experts.h"
