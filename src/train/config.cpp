@@ -446,8 +446,8 @@ std::string check_config(const TrainConfig& c) {
   bool known_gate = false;
   for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
   need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
-  if (known_gate && c.top_k >= 1 && c.top_k <= c.num_experts && c.num_experts >= 1 &&
-      c.d_model >= 1) {
+  if (known_gate && c.convention != "none" && c.top_k >= 1 && c.top_k <= c.num_experts &&
+      c.num_experts >= 1 && c.d_model >= 1) {
     // The gate with its convention, as the model builds it: a convention that this gate or k
     // cannot follow is a problem naming the key.
     try {

@@ -153,3 +153,23 @@ TEST(ConventionLayer, TrainerKeyConventionReachesTheGates) {
             std::string::npos)
       << check_config(c);
 }
+
+TEST(ConventionLayer, VerifyGateSpecsNameThePresets) {
+  auto ds = GateSpec::parse("deepspeed:3@1.0");
+  EXPECT_EQ(ds.name, "topk");
+  EXPECT_EQ(ds.convention, Convention::kDeepSpeed);
+  EXPECT_EQ(ds.top_k, 3);
+  EXPECT_EQ(ds.capacity_factor, 1.0);
+  EXPECT_EQ(ds.to_string(), "topk+deepspeed:3@1");
+  auto gate = GateSpec::parse("gshard@1.0");  // the gshard gate, not the convention
+  EXPECT_EQ(gate.name, "gshard");
+  EXPECT_EQ(gate.convention, Convention::kNone);
+  auto cos = GateSpec::parse("cosine+tutel@1.25");
+  EXPECT_EQ(cos.name, "cosine");
+  EXPECT_EQ(cos.convention, Convention::kTutel);
+  EXPECT_TRUE(throws_with([] { GateSpec::parse("switch:1+deepspeed@1.0"); },
+                          "the k of \"switch:1+deepspeed@1.0\" is not an integer"));
+  EXPECT_TRUE(throws_with([] { GateSpec::parse("topk+fairseq"); }, "convention: expected one of"));
+  EXPECT_TRUE(throws_with([] { GateSpec::parse("tutel@1.0x"); },
+                          "the capacity factor of \"tutel@1.0x\" is not a number"));
+}
