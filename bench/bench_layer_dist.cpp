@@ -17,6 +17,7 @@ namespace hybridmoe::bench {
 namespace {
 // One variant of a sweep: a step function and what each timed step cost.
 struct Variant {
+  Variant(std::function<void()> s) : step(std::move(s)) {}  // implicit: {lambda} builds one
   std::function<void()> step;
   std::vector<double> ms, comm_ms, a2a_ms;
 };

@@ -23,6 +23,7 @@ double heap_mb() {
 }
 
 struct Variant {
+  Variant(Recompute m, bool c) : mode(m), cache(c) {}
   Recompute mode;
   bool cache;
   std::vector<double> ms;

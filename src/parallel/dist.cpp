@@ -186,7 +186,7 @@ Group Group::from_process_group(std::string name, std::vector<int64_t> ranks, Pr
 compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t rank, int64_t size,
                                                 const std::string& name,
                                                 std::chrono::milliseconds timeout, bool use_cuda,
-                                                const GlooDevice& gloo_device) {
+                                                [[maybe_unused]] const GlooDevice& gloo_device) {
   TORCH_CHECK(rank >= 0 && rank < size, "make_process_groups: rank should be in [0, ", size,
               "), got ", rank, " for group '", name, "'");
   // 1. Gloo for CPU tensors, over its own prefix of the group's store.

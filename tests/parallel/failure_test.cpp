@@ -85,7 +85,9 @@ TEST(Failure, RankKilled) {
       },
       failing_run());
   expect_codes(r, 2);
-  if (!testing::is_worker()) EXPECT_EQ(r.rank_codes[2], 128 + SIGKILL);
+  if (!testing::is_worker()) {
+    EXPECT_EQ(r.rank_codes[2], 128 + SIGKILL);
+  }
 }
 
 TEST(Failure, ServerRankKilled) {

@@ -151,7 +151,9 @@ TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
     ClusterSpec tight = free;
     tight.mem_per_rank_mb = best.memory.total() / (1024.0 * 1024.0) * 0.999;
     const auto ranked = rank_layouts(m, tight, machine);
-    if (!ranked.empty()) EXPECT_FALSE(ranked.front().layout == best.layout);
+    if (!ranked.empty()) {
+      EXPECT_FALSE(ranked.front().layout == best.layout);
+    }
   }
 }
 
@@ -237,10 +239,12 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
     EXPECT_EQ(c.ep, e.layout.par.ep);
     EXPECT_EQ(c.micro_batches, e.layout.micro_batches);
     EXPECT_EQ(c.nproc, 4);
-    if (e.layout.zero == 1 && !has_key("zero_stage"))
+    if (e.layout.zero == 1 && !has_key("zero_stage")) {
       EXPECT_NE(why.find("zero_stage"), std::string::npos);
-    if (e.layout.zero == 1 && has_key("zero_stage"))
+    }
+    if (e.layout.zero == 1 && has_key("zero_stage")) {
       EXPECT_EQ(get_config_value(c, "zero_stage"), "1");
+    }
     if (!why.empty()) continue;
     ++runnable;
     EXPECT_EQ(check_config(c), "");
@@ -275,7 +279,9 @@ TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
     EXPECT_EQ(check_config(c), "");
     // Without overlap efficiency chunking only adds latency, so the choice never chunks; with
     // full efficiency the best fixed layout with an all-to-all is predicted faster chunked.
-    if (efficiency == 0.0) EXPECT_EQ(a.estimate.layout.overlap, 1);
+    if (efficiency == 0.0) {
+      EXPECT_EQ(a.estimate.layout.overlap, 1);
+    }
     if (efficiency == 1.0) {
       const Estimate* best_a2a = nullptr;
       for (const auto& e : ranked)

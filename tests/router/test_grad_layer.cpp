@@ -98,8 +98,9 @@ void expect_all_close(const std::vector<torch::Tensor>& a, const std::vector<tor
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     ASSERT_EQ(a[i].defined(), b[i].defined()) << what << " grad " << i;
-    if (a[i].defined())
+    if (a[i].defined()) {
       EXPECT_TRUE(torch::allclose(a[i], b[i], 1e-9, 1e-11)) << what << " grad " << i;
+    }
   }
 }
 
@@ -124,7 +125,9 @@ TEST(GateLayer, EveryGateThroughTheMoELayerMatchesTheSequentialReference) {
       for (auto& p : moe->parameters()) inputs.push_back(p);
       // 1. One routing, two executions: plan/permute/experts/unpermute vs the loop reference.
       auto routing = moe->gate->route(x);
-      if (factor > 0) EXPECT_GE(routing.capacity, 0);
+      if (factor > 0) {
+        EXPECT_GE(routing.capacity, 0);
+      }
       auto plan = make_plan(routing, T, E);
       auto fast = unpermute(moe->experts->run(permute(x, plan), plan.counts_host), plan);
       auto slow = sequential_moe_reference(*moe->experts, x, routing);
@@ -150,8 +153,9 @@ TEST(GateLayer, EveryGateThroughTheMoELayerMatchesTheSequentialReference) {
       auto gw = torch::autograd::grad({(a.output * probe).sum()}, {lin->weight}, {}, true);
       EXPECT_GT(gw[0].abs().max().item<double>(), 0.0);
       // 3. Statistics.
-      if (a.stats.capacity >= 0)
+      if (a.stats.capacity >= 0) {
         EXPECT_LE(a.stats.tokens_per_expert.max().item<int64_t>(), a.stats.capacity);
+      }
       EXPECT_GT(a.stats.router_entropy, 0.0);
     }
 }

@@ -37,7 +37,7 @@ std::vector<std::string> tmp_entries(const std::string& dir) {
   if (!fs::exists(dir)) return out;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     const auto name = e.path().filename().string();
-    if (name.rfind(".tmp_", 0) == 0 || name.size() > 4 && name.substr(name.size() - 4) == ".tmp")
+    if (name.rfind(".tmp_", 0) == 0 || (name.size() > 4 && name.substr(name.size() - 4) == ".tmp"))
       out.push_back(e.path().string());
   }
   return out;
@@ -113,8 +113,12 @@ TEST(TrainCheckpoint, OneRanksWriteFailureStopsEveryRank) {
         c.steps = 2;
         const auto e = error_of([&] { train(c, ctx.world); });
         EXPECT_TRUE(has(e, "failed on rank(s) 1")) << e;
-        if (ctx.rank() == 1) EXPECT_TRUE(has(e, "rank_1.pt")) << e;
-        if (ctx.rank() == 0) EXPECT_TRUE(tmp_entries(dir).empty());  // rank 0 cleans up
+        if (ctx.rank() == 1) {
+          EXPECT_TRUE(has(e, "rank_1.pt")) << e;
+        }
+        if (ctx.rank() == 0) {
+          EXPECT_TRUE(tmp_entries(dir).empty());  // rank 0 cleans up
+        }
         EXPECT_FALSE(fs::exists(dir + "/checkpoints/latest"));
       },
       o);
