@@ -207,8 +207,9 @@ void sweep(Convention convention, const std::vector<int64_t>& ks, bool ranks_wei
           cov.add(want);
         }
   EXPECT_GT(cov.dropped, 0) << "the sweep overflows experts";
-  if (*std::max_element(ks.begin(), ks.end()) > 1)
+  if (*std::max_element(ks.begin(), ks.end()) > 1) {
     EXPECT_GT(cov.partly_dropped_tokens, 0) << "the sweep drops some choices of a token";
+  }
 }
 
 }  // namespace
