@@ -56,13 +56,9 @@ void run_case(RankContext& ctx, const Case& c) {
       EXPECT_FALSE(tag.has_value()) << name;
     }
   }
-  std::vector<int64_t> tokens(kTokensPerDp.begin(), kTokensPerDp.begin() + c.dp), sizes;
-  int64_t total = 0, offset = 0;
-  for (int64_t r = 0; r < c.dp; ++r) {
-    if (r == coords.dp) offset = total;
-    total += tokens[r];
-    for (auto n : dist::even_split(tokens[r], c.tp)) sizes.push_back(n);
-  }
+  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, c.dp, c.tp, coords.dp);
+  const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
+  const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
   auto X = torch::randn({total, d}, gen, torch::kFloat64).requires_grad_(true);
   auto dY = torch::randn({total, d}, gen, torch::kFloat64);
@@ -77,11 +73,11 @@ void run_case(RankContext& ctx, const Case& c) {
     for (auto r : mine->valid_adaptive_r()) sequence.push_back(r);
     for (auto r : mine->valid_adaptive_r()) sequence.insert(sequence.begin(), r);
   }
-  const auto rows = dY.narrow(0, offset, tokens[coords.dp]);
+  const auto rows = dY.narrow(0, offset, my_tokens);
   for (size_t i = 0; i < sequence.size(); ++i) {
     const int64_t r = sequence[i];
     mine->zero_grad();
-    auto x = X.detach().narrow(0, offset, tokens[coords.dp]).clone().requires_grad_(true);
+    auto x = X.detach().narrow(0, offset, my_tokens).clone().requires_grad_(true);
     MoEOutput out;
     if (i % 2 == 0) {
       out = mine->forward_with(x, MoECallOptions().adaptive_r(r));
@@ -94,8 +90,8 @@ void run_case(RankContext& ctx, const Case& c) {
     const std::string what = L.to_string() + " E=" + std::to_string(c.experts) + " " +
                              to_string(c.activation) + (c.bias ? " bias" : "") +
                              " r=" + std::to_string(r) + " call " + std::to_string(i);
-    EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
-    EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
+    EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, my_tokens), 1e-12)) << what;
+    EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, my_tokens), 1e-12)) << what;
     auto gref = full->gate->named_parameters();
     for (auto& kv : mine->gate->named_parameters())
       EXPECT_TRUE(close(kv.value().grad(), gref[kv.key()].grad(), 1e-12)) << what << " gate";

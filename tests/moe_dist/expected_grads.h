@@ -4,9 +4,11 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
+#include "hybridmoe/collectives.h"
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe::testing {
@@ -28,6 +30,26 @@ inline torch::OrderedDict<std::string, torch::Tensor> expert_grad_shard(
   }
   grads_mine->load_shard_from(*grads_full);
   return grads_mine->experts->named_parameters();
+}
+
+/// The global batch of a distributed layer test: dp rank r holds tokens_per_dp[r] tokens, each
+/// block split evenly over tp into the slices the single-process reference routes as GShard
+/// groups (forward_grouped).
+struct GlobalBatch {
+  int64_t total = 0;            ///< tokens over every dp rank
+  int64_t offset = 0;           ///< the first token of this rank's dp block
+  int64_t mine = 0;             ///< the tokens of this rank's dp block
+  std::vector<int64_t> groups;  ///< the reference's group sizes: every (dp, tp) slice in order
+};
+inline GlobalBatch global_batch(const std::vector<int64_t>& tokens_per_dp, int64_t dp, int64_t tp,
+                                int64_t my_dp) {
+  GlobalBatch b;
+  for (int64_t r = 0; r < dp; ++r) {
+    if (r == my_dp) b.offset = b.total, b.mine = tokens_per_dp[r];
+    b.total += tokens_per_dp[r];
+    for (auto n : dist::even_split(tokens_per_dp[r], tp)) b.groups.push_back(n);
+  }
+  return b;
 }
 
 }  // namespace hybridmoe::testing

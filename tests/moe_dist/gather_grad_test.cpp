@@ -8,6 +8,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
+#include "moe_dist/expected_grads.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 
@@ -53,13 +54,9 @@ void run_case(RankContext& ctx, const Case& c) {
   MoE mine(mine_opts, groups);
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
-  std::vector<int64_t> tokens(kTokensPerDp.begin(), kTokensPerDp.begin() + L.dp), sizes;
-  int64_t total = 0, offset = 0;
-  for (int64_t r = 0; r < L.dp; ++r) {
-    if (r == coords.dp) offset = total;
-    total += tokens[r];
-    for (auto n : dist::even_split(tokens[r], L.tp)) sizes.push_back(n);
-  }
+  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
+  const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
+  const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
   auto X = torch::randn({total, d}, gen, torch::kFloat64);
   auto dY = torch::randn({total, d}, gen, torch::kFloat64);
@@ -67,9 +64,8 @@ void run_case(RankContext& ctx, const Case& c) {
   auto ref = full->forward_grouped(X, sizes);
   ((ref.output * dY).sum() + ref.aux_loss).backward();
   // 3. The layout, gradients summed over the data-parallel groups, then gathered.
-  auto out = mine(X.narrow(0, offset, tokens[coords.dp]));
-  ((out.output * dY.narrow(0, offset, tokens[coords.dp])).sum() +
-   out.aux_loss / static_cast<double>(L.dp))
+  auto out = mine(X.narrow(0, offset, my_tokens));
+  ((out.output * dY.narrow(0, offset, my_tokens)).sum() + out.aux_loss / static_cast<double>(L.dp))
       .backward();
   GroupedDataParallel gdp(mine.ptr(), groups,
                           GroupedDataParallelOptions().broadcast_at_start(false));

@@ -48,13 +48,9 @@ void run_case(RankContext& ctx, const Case& c) {
   MoE mine(opts, groups);
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
-  std::vector<int64_t> tokens(kTokensPerDp.begin(), kTokensPerDp.begin() + L.dp), sizes;
-  int64_t total = 0, offset = 0;
-  for (int64_t r = 0; r < L.dp; ++r) {
-    if (r == coords.dp) offset = total;
-    total += tokens[r];
-    for (auto n : dist::even_split(tokens[r], L.tp)) sizes.push_back(n);
-  }
+  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
+  const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
+  const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
   auto X = torch::randn({total, d}, gen, torch::kFloat64).abs().requires_grad_(true);
   auto dY = torch::randn({total, d}, gen, torch::kFloat64);
@@ -62,18 +58,17 @@ void run_case(RankContext& ctx, const Case& c) {
   auto ref = full->forward_grouped(X, sizes);
   ((ref.output * dY).sum() + ref.aux_loss).backward();
   // 3. The layout: each rank's loss adds its aux share / dp; gradients summed per tag group.
-  auto x = X.detach().narrow(0, offset, tokens[coords.dp]).clone().requires_grad_(true);
+  auto x = X.detach().narrow(0, offset, my_tokens).clone().requires_grad_(true);
   auto out = mine(x);
-  ((out.output * dY.narrow(0, offset, tokens[coords.dp])).sum() +
-   out.aux_loss / static_cast<double>(L.dp))
+  ((out.output * dY.narrow(0, offset, my_tokens)).sum() + out.aux_loss / static_cast<double>(L.dp))
       .backward();
   GroupedDataParallel gdp(mine.ptr(), groups,
                           GroupedDataParallelOptions().broadcast_at_start(false));
   gdp.reduce_gradients(1.0);
   const std::string what =
       L.to_string() + (c.skew ? " skew" : "") + " cf " + std::to_string(c.capacity_factor);
-  EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
-  EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, tokens[coords.dp]), 1e-12)) << what;
+  EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, my_tokens), 1e-12)) << what;
+  EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, my_tokens), 1e-12)) << what;
   auto gref = full->gate->named_parameters();
   for (auto& kv : mine->gate->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), gref[kv.key()].grad(), 1e-12)) << what << " gate";
