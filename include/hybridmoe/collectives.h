@@ -13,13 +13,18 @@
 // count gather take their forward results from the active CommTape (comm_tape.h) instead of
 // communicating; their backward always communicates.
 //
-// Every operation waits for completion within the group's timeout and turns a timeout or a peer's
-// failure into a c10::Error naming the operation and the group. (CUDA tensors wait on the stream;
-// NCCL's own watchdog enforces the timeout there.) A group of one communicates nothing.
+// Every operation — autograd, flat, chunked and point-to-point — is started and waited for by one
+// PendingWork (src/parallel/comm/work.cpp): it waits within the group's timeout and turns a
+// timeout or a peer's failure into a c10::Error naming the operation and the group (CUDA tensors
+// wait on the stream; NCCL's own watchdog enforces the timeout there), records comm_stats(), and
+// consults the recompute tape. Control messages (counts, barrier) travel on the group's control
+// device: the CPU with Gloo, CUDA in an NCCL-only build. CPU bfloat16 crosses Gloo as float16
+// bits, and is summed in float32. A group of one communicates nothing.
 // Tensors are made contiguous; row tensors are [rows, ...] with any trailing shape.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <torch/torch.h>
@@ -27,6 +32,70 @@
 #include "hybridmoe/dist.h"
 
 namespace hybridmoe::dist {
+
+// ---- operations in flight ---------------------------------------------------------------------
+
+/// Whether a collective's forward result goes on the active CommTape (comm_tape.h).
+enum class Taping {
+  kForward,  ///< a forward result: recorded, or replayed without communicating in a recomputed
+             ///< region
+  kNever,    ///< always communicates (backward passes, parameter and gradient synchronization)
+};
+
+/// One operation in flight (no autograd). wait() blocks until it completes, bounded by the
+/// group's timeout counted from its start, and returns its result (the received rows; an
+/// undefined tensor for a send); a timeout or a peer's failure raises a c10::Error naming the
+/// operation, the group's ranks and the elapsed time. The time blocked in wait() and the bytes
+/// sent are recorded in comm_stats(). Move-only; wait() may be called again (same result).
+/// Under an active CommTape (Taping::kForward) the result is recorded at wait(), or replayed
+/// without communicating.
+///
+/// Example:
+///   PendingWork next = all_to_all_async("overlap_all_to_all", rows, out_splits, in_splits, ep);
+///   ... compute ...
+///   torch::Tensor received = next.wait();
+class PendingWork {
+ public:
+  struct State;  ///< defined by the comm core (src/parallel/comm/work.cpp)
+  PendingWork();
+  explicit PendingWork(std::unique_ptr<State> state);
+  ~PendingWork();
+  PendingWork(PendingWork&&) noexcept;
+  PendingWork& operator=(PendingWork&&) noexcept;
+  /// An operation that needs no communication (a group of one): wait() returns `result`.
+  static PendingWork ready(torch::Tensor result);
+
+  torch::Tensor wait();
+  /// True once wait() returned, for ready() work, and for a default-constructed PendingWork.
+  bool done() const;
+
+ private:
+  std::unique_ptr<State> s_;
+};
+
+/// Starts an all-to-all (no autograd): sends input_splits[j] rows of x to group rank j and
+/// receives output_splits[j] rows from each. `op` names it in errors, statistics and the tape.
+/// x: [sum(input_splits), ...] → wait(): [sum(output_splits), ...].
+///
+/// Example:
+///   auto work = all_to_all_async("probe_overlap", x, even, even, groups.ep);
+///   auto y = work.wait();
+PendingWork all_to_all_async(const char* op, const torch::Tensor& x,
+                             const std::vector<int64_t>& output_splits,
+                             const std::vector<int64_t>& input_splits, const Group& group,
+                             Taping taping = Taping::kForward);
+
+/// Starts sending x to group rank `peer`; `tag` must match the receiver's. wait() returns the
+/// sent (contiguous) tensor, kept alive until then. x: any shape.
+///
+/// Example:
+///   send_async(activation, stage + 1, /*tag=*/2 * m, groups.pp).wait();
+PendingWork send_async(const torch::Tensor& x, int64_t peer, int64_t tag, const Group& group);
+
+/// Receives a tensor of `sizes` and `options` from group rank `peer` with `tag`, waiting within
+/// the group's timeout (an error names the group, the peer and the tag).
+torch::Tensor recv(c10::IntArrayRef sizes, const torch::TensorOptions& options, int64_t peer,
+                   int64_t tag, const Group& group);
 
 // ---- autograd collectives ---------------------------------------------------------------------
 
@@ -80,7 +149,8 @@ std::vector<int64_t> even_split(int64_t n, int64_t p);
 
 /// All-to-all of counts, k per peer: send_counts[j * k + e] is what this rank sends to entry e of
 /// rank j (e.g. its tokens for rank j's local expert e); the result's [j * k + e] is what rank j
-/// sends to this rank's entry e. Runs on the CPU (Gloo). send_counts: P * k values.
+/// sends to this rank's entry e. Runs on the group's control device (the CPU with Gloo, else
+/// CUDA) and reads the result to the host. send_counts: P * k values.
 ///
 /// Example:
 ///   auto recv = exchange_counts(plan.counts_host, groups.ep);  // E = P * local experts
@@ -89,8 +159,16 @@ std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts, co
 /// Tensor form of exchange_counts on the tensor's device. counts: [P * k] int64 → [P * k] int64.
 torch::Tensor exchange_counts(const torch::Tensor& counts, const Group& group);
 
-/// Every rank's value of n, in group-rank order (CPU).
+/// Every rank's value of n, in group-rank order.
 std::vector<int64_t> all_gather_counts(int64_t n, const Group& group);
+
+/// Every rank's list of counts (the same length k on every rank), in group-rank order: one
+/// all-gather on the group's control device and one read to the host.
+///
+/// Example:
+///   auto per_rank = all_gather_counts(local_expert_rows, groups.etp);  // [etp][L]
+std::vector<std::vector<int64_t>> all_gather_counts(const std::vector<int64_t>& values,
+                                                    const Group& group);
 
 /// Options of the coalesced helpers.
 struct CoalesceOptions {
@@ -118,7 +196,7 @@ void all_reduce_coalesced_(std::vector<torch::Tensor>& tensors, const Group& gro
 void broadcast_(std::vector<torch::Tensor>& tensors, int64_t root, const Group& group,
                 const CoalesceOptions& options = CoalesceOptions());
 
-/// Returns when every member has called it (an all-reduce of one CPU value).
+/// Returns when every member has called it (an all-reduce of one value on the control device).
 void barrier(const Group& group);
 
 // ---- flat in-place helpers (ZeRO; src/parallel/collectives_flat.cpp) ---------------------------

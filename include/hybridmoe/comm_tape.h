@@ -6,9 +6,10 @@
 // so the backward of a replayed collective is still its real conjugate (the reverse all-to-all,
 // the reduce-scatter of an all-gather, ...).
 //
-// The collectives of collectives.h and PendingAllToAll (overlap.h) consult the tape; a group of
-// one never communicates and is never taped. Replay checks that the recomputed forward asks for
-// the same collective (by name) at every position.
+// Every collective started with Taping::kForward (collectives.h: the autograd collectives'
+// forwards, the count exchanges, the chunked overlap's forward all-to-alls) consults the tape in
+// the comm core's PendingWork; a group of one never communicates and is never taped. Replay checks
+// that the recomputed forward asks for the same collective (by name) at every position.
 #pragma once
 
 #include <cstdint>
@@ -71,17 +72,5 @@ class CommTapeScope {
   CommTape* previous_tape_;
   CommTape::Mode previous_mode_;
 };
-
-/// The forward result of collective `op` over `group`: `communicate()` itself unless the active
-/// tape replays it; recorded when the active tape records.
-template <typename Communicate>
-torch::Tensor taped(const char* op, const Group& group, Communicate&& communicate) {
-  CommTape* tape = CommTape::active();
-  if (tape == nullptr || group.size() == 1) return communicate();
-  if (CommTape::active_mode() == CommTape::Mode::kReplay) return tape->replay(op);
-  torch::Tensor result = communicate();
-  tape->record(op, result);
-  return result;
-}
 
 }  // namespace hybridmoe::dist

@@ -30,12 +30,21 @@ struct ExpertWeights {
 };
 
 /// Interface of anything that runs the experts on expert-contiguous rows.
-class ExpertsBase : public torch::nn::Module {
+/// Expert gradients are summed over the expert-data-parallel group (GroupKind::kEdp: the ranks
+/// that hold the same experts) unless the owner says otherwise (an adaptive-layout MoE, whose
+/// expert slices have no replicas, sets nullopt).
+class ExpertsBase : public torch::nn::Module, public GradientGroupDeclarer {
  public:
   /// x: [A, d_model] rows sorted by expert; counts: rows per local expert (sums to A).
   /// Returns [A, d_model].
   virtual torch::Tensor run(const torch::Tensor& x, const std::vector<int64_t>& counts) = 0;
   virtual int64_t num_experts() const = 0;
+
+  c10::optional<GroupKind> gradient_group() const override { return gradient_group_; }
+  void set_gradient_group(c10::optional<GroupKind> group) { gradient_group_ = group; }
+
+ private:
+  c10::optional<GroupKind> gradient_group_ = GroupKind::kEdp;
 };
 
 /// Options of GroupedExperts.

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/group_kind.h"
 #include "hybridmoe/routing_rules.h"
 
 namespace hybridmoe {
@@ -170,9 +171,12 @@ struct RoutingStats {
 };
 
 /// Base class of every gate. A gate owns its router parameters and maps tokens to assignments.
-class GateImpl : public torch::nn::Module {
+/// Its parameters are replicated over the stage (every tp, dp and ep rank routes with them):
+/// their gradients are summed over GroupKind::kStage.
+class GateImpl : public torch::nn::Module, public GradientGroupDeclarer {
  public:
   GateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
+  c10::optional<GroupKind> gradient_group() const override { return GroupKind::kStage; }
   /// x: [T, d_model] → assignments, weights and losses.
   virtual RouterOutput route(const torch::Tensor& x) = 0;
   /// Called by the trainer after each optimizer step (e.g. loss-free balancing bias update).

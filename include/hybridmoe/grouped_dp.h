@@ -23,9 +23,10 @@ struct GroupedDataParallelOptions {
 };
 
 /// Tags parameters and keeps their replicas in sync.
-/// Default tags, set from the module tree: parameters of a GateImpl → stage; of an ExpertsBase →
-/// edp (none for an adaptive-layout MoE, whose expert slices have no replicas); every other
-/// parameter → dp. A parameter replicated over tp (not split) must start equal
+/// Default tags, read from the module tree: a parameter gets the gradient group declared by the
+/// innermost module that declares one (GradientGroupDeclarer, group_kind.h: gates → stage,
+/// experts → edp, or none for an adaptive-layout MoE, whose expert slices have no replicas);
+/// every other parameter → dp. A parameter replicated over tp (not split) must start equal
 /// on the tp ranks (same seed): broadcast covers its tag group only.
 ///
 /// Example:

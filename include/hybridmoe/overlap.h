@@ -1,58 +1,25 @@
 // overlap.h — overlap of the expert-parallel token exchange with expert compute (Tutel's adaptive
 // pipelining, FasterMoE's smart scheduling): the dispatched rows are cut into D chunks; while the
 // experts run on chunk i, the all-to-all of chunk i + 1 and the return of chunk i − 1 are in
-// flight as asynchronous c10d work, waited on in order. The backward runs the mirrored pipeline
-// (gradients of chunk i + 1 arrive while chunk i's input gradients are computed). Results equal
-// the unchunked exchange_tokens → experts → exchange_back to rounding: every row meets the same
-// expert weights and the weight gradients are formed once, over all rows in the unchunked order,
-// but each chunk's GEMMs have fewer rows, and a BLAS may round a block's edge rows differently
-// (OpenBLAS's AVX2 kernels do), so elements can differ in their last bits (tests: within 1e-14
-// relative in float64). Routing, counts and the rows each rank receives are exact.
+// flight (dist::all_to_all_async, collectives.h), waited on in order. The backward runs the
+// mirrored pipeline (gradients of chunk i + 1 arrive while chunk i's input gradients are computed).
+// Results equal the unchunked exchange_tokens → experts → exchange_back to rounding: every row
+// meets the same expert weights and the weight gradients are formed once, over all rows in the
+// unchunked order, but each chunk's GEMMs have fewer rows, and a BLAS may round a block's edge rows
+// differently (OpenBLAS's AVX2 kernels do), so elements can differ in their last bits (tests:
+// within 1e-14 relative in float64). Routing, counts and the rows each rank receives are exact.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
-#include <string>
 #include <vector>
 
 #include <torch/torch.h>
 
-#include "hybridmoe/comm_tape.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/exchange.h"
 #include "hybridmoe/experts.h"
 
 namespace hybridmoe {
-
-/// One all-to-all in flight (no autograd): the constructor starts it, wait() returns the received
-/// rows. wait() is bounded by the group's timeout and raises an error naming the operation and
-/// the group; the time blocked in wait() is recorded in comm_stats() under `op`. Under an active
-/// CommTape the result is recorded at wait(), or replayed without communicating.
-/// x: [sum(input_splits), ...] → wait(): [sum(output_splits), ...].
-///
-/// Example:
-///   PendingAllToAll next("overlap_all_to_all", rows, out_splits, in_splits, groups.ep);
-///   ... compute ...
-///   auto received = next.wait();
-class PendingAllToAll {
- public:
-  PendingAllToAll(const char* op, const torch::Tensor& x, std::vector<int64_t> output_splits,
-                  std::vector<int64_t> input_splits, const dist::Group& group);
-  torch::Tensor wait();
-  bool done() const { return done_; }
-
- private:
-  const char* op_;
-  dist::Group group_;
-  torch::Tensor in_, out_;
-  c10::intrusive_ptr<c10d::Work> work_;
-  dist::CommTape* tape_ = nullptr;  ///< records (or replays) the result at wait()
-  bool replaying_ = false;
-  std::vector<int64_t> out_sizes_;
-  int64_t bytes_sent_ = 0;
-  std::chrono::steady_clock::time_point start_;
-  bool done_ = false;
-};
 
 /// The token exchange, the grouped MLP with `weights` (L = weights.w1.size(0) local experts) and
 /// the return, computed in `degree` chunks with the exchanges overlapped (forward and backward):

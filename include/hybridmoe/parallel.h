@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "hybridmoe/dist.h"
+#include "hybridmoe/group_kind.h"
 
 namespace hybridmoe {
 
@@ -51,11 +52,6 @@ struct ParallelConfig {
 
 /// Every valid config on world_size ranks (tp, dp, pp, ep, etp ascending), for messages and tests.
 std::vector<ParallelConfig> valid_parallel_configs(int64_t world_size);
-
-/// The kinds of groups a rank belongs to, in the order ParallelGroups::build creates them.
-enum class GroupKind { kWorld, kStage, kTp, kDp, kPp, kEtp, kEp, kEdp, kSlice };
-std::string to_string(GroupKind kind);
-const std::vector<GroupKind>& all_group_kinds();
 
 /// A rank's coordinates in the dense (pp, dp, tp) and the expert (edp, ep, etp) decompositions.
 struct RankCoords {

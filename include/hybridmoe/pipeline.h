@@ -38,32 +38,6 @@ struct StageRange {
 };
 StageRange stage_block_range(int64_t n_layers, int64_t stages, int64_t stage);
 
-// ---- point to point -------------------------------------------------------------------------
-
-/// An asynchronous send in flight: keeps the tensor alive until wait() returns.
-class PendingSend {
- public:
-  PendingSend() = default;
-  PendingSend(c10::intrusive_ptr<c10d::Work> work, torch::Tensor tensor, const dist::Group* group,
-              int64_t peer);
-  /// Waits for completion within the group's timeout; raises an error naming the group and peer.
-  void wait();
-
- private:
-  c10::intrusive_ptr<c10d::Work> work_;
-  torch::Tensor tensor_;
-  const dist::Group* group_ = nullptr;
-  int64_t peer_ = -1;
-};
-
-/// Starts sending x to group rank `peer`; `tag` must match the receiver's. x: any shape.
-PendingSend send_async(const torch::Tensor& x, int64_t peer, int64_t tag, const dist::Group& group);
-
-/// Receives a tensor of `sizes` and `options` from group rank `peer`, waiting within the group's
-/// timeout (an error names the group, the peer and the tag).
-torch::Tensor recv(c10::IntArrayRef sizes, const torch::TensorOptions& options, int64_t peer,
-                   int64_t tag, const dist::Group& group);
-
 // ---- the schedule ---------------------------------------------------------------------------
 
 /// What a stage's forward of one micro-batch returns.

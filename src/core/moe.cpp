@@ -39,6 +39,8 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
                                  .add_output_bias(add_output_bias));
     experts = register_module("experts", grouped.ptr());
   }
+  // Adaptive-layout expert slices live on one rank each: no replicas to synchronize.
+  if (is_adaptive()) experts->set_gradient_group(c10::nullopt);
   dispatcher_ = make_token_dispatcher(options, groups_, grouped ? grouped.ptr() : nullptr);
 }
 

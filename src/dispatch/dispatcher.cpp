@@ -7,6 +7,8 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/overlap.h"
 
+#include <numeric>
+
 namespace hybridmoe {
 
 torch::Tensor TokenDispatcher::run_experts(DispatchedRows& d, ExpertsBase& experts) {
@@ -108,16 +110,10 @@ DispatchedRows ExchangingDispatcher::dispatch(const torch::Tensor& mine,
   //    major over the etp ranks' blocks; combine sums the partial outputs back.
   const auto& etp = x.etp;
   if (etp.size() > 1) {
-    const int64_t L = static_cast<int64_t>(counts.size()), Q = etp.size();
-    auto count_t = torch::tensor(counts, torch::kInt64).view({1, L});
-    auto all_counts = dist::all_gather_rows(count_t, etp, std::vector<int64_t>(Q, 1)).contiguous();
-    std::vector<std::vector<int64_t>> blocks(Q, std::vector<int64_t>(L));
-    h->etp_rows.assign(Q, 0);
-    for (int64_t q = 0; q < Q; ++q)
-      for (int64_t e = 0; e < L; ++e) {
-        blocks[q][e] = all_counts[q][e].item<int64_t>();
-        h->etp_rows[q] += blocks[q][e];
-      }
+    const auto blocks = dist::all_gather_counts(counts, etp);  // [etp][local experts]
+    h->etp_rows.clear();
+    for (const auto& b : blocks)
+      h->etp_rows.push_back(std::accumulate(b.begin(), b.end(), int64_t{0}));
     h->etp_order = expert_major_index(blocks);
     auto gathered = dist::all_gather_rows(rows, etp, h->etp_rows);
     rows = gather_rows(gathered, h->etp_order.index.to(rows.device()));

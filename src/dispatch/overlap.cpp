@@ -1,15 +1,12 @@
-// overlap.cpp — see overlap.h: asynchronous all-to-all handles and the chunked, pipelined
-// exchange + grouped experts as one autograd function (forward and mirrored backward).
+// overlap.cpp — see overlap.h: the chunked, pipelined exchange + grouped experts as one autograd
+// function (forward and mirrored backward), on the comm core's asynchronous all-to-all.
 #include "hybridmoe/overlap.h"
 
 #include <memory>
 #include <numeric>
 
-#include "../experts/grouped_mlp.h"
-#include "../parallel/comm_run.h"
+#include "experts/grouped_mlp.h"
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/comm_stats.h"
-#include "hybridmoe/comm_tape.h"
 
 namespace hybridmoe {
 
@@ -18,92 +15,9 @@ using torch::autograd::variable_list;
 
 namespace {
 
-using dist::detail::describe;  // comm_run.h: shared with the collectives
-using dist::detail::error_text;
-
 int64_t total(const std::vector<int64_t>& v) {
   return std::accumulate(v.begin(), v.end(), int64_t{0});
 }
-
-}  // namespace
-
-// ---- PendingAllToAll --------------------------------------------------------------------------
-
-PendingAllToAll::PendingAllToAll(const char* op, const torch::Tensor& x,
-                                 std::vector<int64_t> output_splits,
-                                 std::vector<int64_t> input_splits, const dist::Group& group)
-    : op_(op), group_(group), start_(std::chrono::steady_clock::now()) {
-  TORCH_CHECK(group.is_member(), op, ": this process is not a member of group '", group.name, "'");
-  TORCH_CHECK(static_cast<int64_t>(output_splits.size()) == group.size() &&
-                  static_cast<int64_t>(input_splits.size()) == group.size(),
-              op, ": splits need ", group.size(), " entries for group '", group.name, "', got ",
-              output_splits.size(), " and ", input_splits.size());
-  TORCH_CHECK(x.dim() >= 1 && total(input_splits) == x.size(0), op, ": input_splits sum to ",
-              total(input_splits), " but x has ", x.size(0), " rows");
-  in_ = x.contiguous();
-  auto sizes = in_.sizes().vec();
-  sizes[0] = total(output_splits);
-  if (group.size() == 1) {
-    out_ = in_;
-    done_ = true;
-    return;
-  }
-  // A recomputed region replays the result of the original forward (comm_tape.h).
-  // Results are taken from the tape at wait(), the order in which they were recorded.
-  tape_ = dist::CommTape::active();
-  replaying_ = tape_ != nullptr && dist::CommTape::active_mode() == dist::CommTape::Mode::kReplay;
-  if (replaying_) {
-    out_sizes_ = sizes;
-    return;
-  }
-  out_ = torch::empty(sizes, in_.options());
-  const int64_t row_bytes =
-      in_.size(0) > 0 ? in_.numel() / in_.size(0) * static_cast<int64_t>(in_.element_size()) : 0;
-  bytes_sent_ = (total(input_splits) - input_splits[group.rank]) * row_bytes;
-  try {
-    work_ = group.pg_for(in_)->alltoall_base(out_, in_, output_splits, input_splits);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, "hybridmoe::", op, " on ", describe(group),
-                " failed to start: ", error_text(e));
-  }
-}
-
-torch::Tensor PendingAllToAll::wait() {
-  if (done_) return out_;
-  if (replaying_) {
-    out_ = tape_->replay(op_);
-    TORCH_CHECK(out_.sizes().vec() == out_sizes_, op_, ": the replayed result has shape ",
-                out_.sizes(), ", the recomputed exchange expects ", out_sizes_);
-    done_ = true;
-    return out_;
-  }
-  const auto blocked = std::chrono::steady_clock::now();
-  try {
-    if (in_.is_cuda()) {
-      work_->wait();  // stream-ordered; NCCL's watchdog enforces the timeout
-    } else {
-      // Bounded by the group's timeout from the start of the operation.
-      const auto spent = std::chrono::duration_cast<std::chrono::milliseconds>(blocked - start_);
-      work_->wait(std::max(group_.timeout - spent, std::chrono::milliseconds(1)));
-    }
-  } catch (const std::exception& e) {
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    TORCH_CHECK(false, "hybridmoe::", op_, " on ", describe(group_), " failed after ", elapsed,
-                " s (timeout ", group_.timeout.count() / 1000.0, " s): ", error_text(e),
-                " -- a member may have hung, died, or called a different collective "
-                "(HMOE_TIMEOUT_S sets the timeout)");
-  }
-  dist::record_comm(
-      op_, bytes_sent_,
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - blocked).count());
-  if (tape_ != nullptr) tape_->record(op_, out_);
-  done_ = true;
-  work_.reset();
-  return out_;
-}
-
-namespace {
 
 // ---- the chunk plan ---------------------------------------------------------------------------
 
@@ -157,13 +71,9 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
       "overlapped_expert_exchange: ", counts.size(), " send and ", recv_counts.size(),
       " receive counts for ", E, " experts");
   // 1. What every etp rank receives: recv[q][j * L + e] rows from ep rank j for local expert e.
-  std::vector<std::vector<int64_t>> recv(Q, recv_counts);
-  if (Q > 1) {
-    auto mine = torch::tensor(recv_counts, torch::kInt64).view({1, P * L});
-    auto all = dist::all_gather_rows(mine, etp, std::vector<int64_t>(Q, 1)).contiguous();
-    for (int64_t q = 0; q < Q; ++q)
-      recv[q].assign(all[q].data_ptr<int64_t>(), all[q].data_ptr<int64_t>() + P * L);
-  }
+  const std::vector<std::vector<int64_t>> recv =
+      Q > 1 ? dist::all_gather_counts(recv_counts, etp)
+            : std::vector<std::vector<int64_t>>{recv_counts};
   // 2. Unchunked expert-major start of each (local expert, etp rank, ep source) run: the order
   //    of the unchunked layer (expert e, then etp rank q's rows of e, each ordered by source).
   std::vector<std::vector<std::vector<int64_t>>> start(
@@ -232,16 +142,18 @@ c10::intrusive_ptr<OverlapPlan> make_overlap_plan(const std::vector<int64_t>& co
 
 // Runs `step(c, received)` on every chunk while the exchanges of the neighbours are in flight:
 // send(c) is the chunk's outbound tensor, step returns what goes back. Returns the returned
-// chunks in order. forward_op / back_op name the two all-to-alls in comm_stats.
+// chunks in order. The forward pass's exchanges are taped (recompute), the backward's are not.
 template <typename Send, typename Step>
-std::vector<torch::Tensor> pipeline(const OverlapPlan& plan, const char* forward_op,
-                                    const char* back_op, Send&& send, Step&& step) {
+std::vector<torch::Tensor> pipeline(const OverlapPlan& plan, dist::Taping taping, Send&& send,
+                                    Step&& step) {
+  const char* forward_op = "overlap_all_to_all";
+  const char* back_op = "overlap_all_to_all(back)";
   const int64_t D = static_cast<int64_t>(plan.chunks.size());
-  std::vector<std::unique_ptr<PendingAllToAll>> out(D), back(D);
+  std::vector<dist::PendingWork> out(D), back(D);
   auto start_out = [&](int64_t c) {
     const auto& ch = plan.chunks[c];
-    out[c] = std::make_unique<PendingAllToAll>(forward_op, send(c), ch.recv_splits, ch.send_splits,
-                                               plan.group);
+    out[c] = dist::all_to_all_async(forward_op, send(c), ch.recv_splits, ch.send_splits, plan.group,
+                                    taping);
   };
   // 1. Chunk 0 leaves; then for each chunk: start the next one, wait for this one, compute it,
   //    start its return, and collect the previous chunk's return.
@@ -249,15 +161,15 @@ std::vector<torch::Tensor> pipeline(const OverlapPlan& plan, const char* forward
   std::vector<torch::Tensor> returned(D);
   for (int64_t c = 0; c < D; ++c) {
     if (c + 1 < D) start_out(c + 1);
-    auto received = out[c]->wait();
+    auto received = out[c].wait();
     auto result = step(c, received);
     const auto& ch = plan.chunks[c];
-    back[c] = std::make_unique<PendingAllToAll>(back_op, result, ch.send_splits, ch.recv_splits,
-                                                plan.group);
-    if (c > 0) returned[c - 1] = back[c - 1]->wait();
+    back[c] =
+        dist::all_to_all_async(back_op, result, ch.send_splits, ch.recv_splits, plan.group, taping);
+    if (c > 0) returned[c - 1] = back[c - 1].wait();
   }
   // 2. The last return.
-  returned[D - 1] = back[D - 1]->wait();
+  returned[D - 1] = back[D - 1].wait();
   return returned;
 }
 
@@ -284,7 +196,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
     auto g_full =
         act == Activation::kSwiGLU ? torch::empty({R, h}, rows.options()) : torch::Tensor();
     auto returned = pipeline(
-        *plan, "overlap_all_to_all", "overlap_all_to_all(back)",
+        *plan, dist::Taping::kForward,
         [&](int64_t c) { return rows.index_select(0, plan->chunks[c].send_index); },
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];
@@ -317,7 +229,7 @@ struct OverlappedExpertsFn : torch::autograd::Function<OverlappedExpertsFn> {
     auto dg_full = swiglu ? torch::empty({R, h}, dy_src.options()) : torch::Tensor();
     // 1. The mirrored pipeline: output gradients out, input gradients back, chunk by chunk.
     auto returned = pipeline(
-        *plan, "overlap_all_to_all", "overlap_all_to_all(back)",
+        *plan, dist::Taping::kNever,
         [&](int64_t c) { return dy_src.index_select(0, plan->chunks[c].send_index); },
         [&](int64_t c, const torch::Tensor& received) {
           const auto& ch = plan->chunks[c];

@@ -16,9 +16,9 @@ GPTOutput GPTImpl::forward_pipelined(const torch::Tensor& tokens,
   const auto like = parameters().front().options();
   // 1. Through the stages in order: receive, run, send.
   torch::Tensor input = tokens;
-  if (!is_first_stage()) input = recv({B, S, d}, like, stage_ - 1, 0, pp);
+  if (!is_first_stage()) input = dist::recv({B, S, d}, like, stage_ - 1, 0, pp);
   StageOutput r = forward_stage(input, group_sizes);
-  if (!is_last_stage()) send_async(r.output, stage_ + 1, 0, pp).wait();
+  if (!is_last_stage()) dist::send_async(r.output, stage_ + 1, 0, pp).wait();
   // 2. The last stage's logits to every stage.
   std::vector<torch::Tensor> logits = {
       is_last_stage() ? r.output.contiguous() : torch::empty({B, S, options.vocab_size()}, like)};

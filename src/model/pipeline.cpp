@@ -6,7 +6,7 @@
 #include <deque>
 #include <sstream>
 
-#include "hybridmoe/comm_stats.h"
+#include "hybridmoe/collectives.h"
 
 namespace hybridmoe {
 
@@ -30,78 +30,6 @@ StageRange stage_block_range(int64_t n_layers, int64_t stages, int64_t stage) {
   r.count = base + (stage < extra ? 1 : 0);
   r.first = stage * base + std::min(stage, extra);
   return r;
-}
-
-// ---- point to point -------------------------------------------------------------------------
-
-namespace {
-
-std::string describe_p2p(const dist::Group& g, const char* op, int64_t peer, int64_t tag) {
-  std::ostringstream s;
-  s << "hybridmoe pipeline " << op << " (group '" << g.name << "', group rank " << g.rank << " of "
-    << g.size() << ", peer " << peer << ", tag " << tag << ")";
-  return s.str();
-}
-
-// Waits for a point-to-point work within the group's timeout, turning failures into an error.
-void wait_p2p(c10d::Work& work, const dist::Group& g, const char* op, int64_t peer, int64_t tag,
-              bool cuda) {
-  const auto start = std::chrono::steady_clock::now();
-  try {
-    if (cuda) {
-      work.wait();  // stream-ordered; NCCL's watchdog enforces the timeout
-    } else {
-      work.wait(g.timeout);
-    }
-  } catch (const std::exception& e) {
-    const double elapsed =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const auto* ce = dynamic_cast<const c10::Error*>(&e);
-    TORCH_CHECK(false, describe_p2p(g, op, peer, tag), " failed after ", elapsed, " s (timeout ",
-                g.timeout.count() / 1000.0, " s): ", ce ? ce->what_without_backtrace() : e.what(),
-                " -- the neighbouring stage did not take part in time (it hung, died, or runs a "
-                "different schedule; HMOE_TIMEOUT_S sets the timeout)");
-  }
-}
-
-void check_peer(const dist::Group& g, const char* op, int64_t peer) {
-  TORCH_CHECK(g.is_member(), "pipeline ", op, ": this process is not a member of group '", g.name,
-              "'");
-  TORCH_CHECK(peer >= 0 && peer < g.size() && peer != g.rank, "pipeline ", op, ": peer ", peer,
-              " is not another rank of group '", g.name, "' (size ", g.size(), ")");
-}
-
-}  // namespace
-
-PendingSend::PendingSend(c10::intrusive_ptr<c10d::Work> work, torch::Tensor tensor,
-                         const dist::Group* group, int64_t peer)
-    : work_(std::move(work)), tensor_(std::move(tensor)), group_(group), peer_(peer) {}
-
-void PendingSend::wait() {
-  if (!work_) return;
-  auto work = std::move(work_);
-  work_.reset();
-  wait_p2p(*work, *group_, "send", peer_, -1, tensor_.is_cuda());
-  tensor_ = torch::Tensor();
-}
-
-PendingSend send_async(const torch::Tensor& x, int64_t peer, int64_t tag,
-                       const dist::Group& group) {
-  check_peer(group, "send", peer);
-  std::vector<torch::Tensor> buf = {x.detach().contiguous()};
-  dist::record_comm("p2p_send", buf[0].numel() * static_cast<int64_t>(buf[0].element_size()), 0.0);
-  auto work = group.pg_for(buf[0])->send(buf, static_cast<int>(peer), static_cast<int>(tag));
-  return PendingSend(std::move(work), buf[0], &group, peer);
-}
-
-torch::Tensor recv(c10::IntArrayRef sizes, const torch::TensorOptions& options, int64_t peer,
-                   int64_t tag, const dist::Group& group) {
-  check_peer(group, "recv", peer);
-  std::vector<torch::Tensor> buf = {torch::empty(sizes, options)};
-  dist::CommTimer timer("p2p_recv", 0);
-  auto work = group.pg_for(buf[0])->recv(buf, static_cast<int>(peer), static_cast<int>(tag));
-  wait_p2p(*work, group, "recv", peer, tag, buf[0].is_cuda());
-  return buf[0];
 }
 
 // ---- the schedule ---------------------------------------------------------------------------
@@ -136,14 +64,14 @@ PipelineStats run_pipeline(
               "run_pipeline: activation_sizes must be given when there are ", P, " stages");
   PipelineStats stats;
   std::deque<InFlight> live;  // forwards whose backward has not run yet, oldest first
-  std::vector<PendingSend> sends;
+  std::vector<dist::PendingWork> sends;
   std::ostringstream order;
 
   // 1. Forward of micro-batch m: receive, run, send.
   auto run_forward = [&](int64_t m) {
     InFlight f;
     if (!first) {
-      f.input = recv(o.activation_sizes, o.activation_options, s - 1, forward_tag(m), pp);
+      f.input = dist::recv(o.activation_sizes, o.activation_options, s - 1, forward_tag(m), pp);
       f.input.requires_grad_(true);
       ++stats.recvs;
     }
@@ -154,7 +82,7 @@ PipelineStats run_pipeline(
       TORCH_CHECK(f.result.output.sizes() == c10::IntArrayRef(o.activation_sizes),
                   "run_pipeline: stage ", s, " produced an activation of shape ",
                   f.result.output.sizes(), ", expected ", c10::IntArrayRef(o.activation_sizes));
-      sends.push_back(send_async(f.result.output, s + 1, forward_tag(m), pp));
+      sends.push_back(dist::send_async(f.result.output, s + 1, forward_tag(m), pp));
       ++stats.sends;
     } else {
       f.result.output = torch::Tensor();  // the last stage's output is only its loss
@@ -173,7 +101,7 @@ PipelineStats run_pipeline(
     live.pop_front();
     std::vector<torch::Tensor> roots, grads;
     if (!last) {
-      auto g = recv(o.activation_sizes, o.activation_options, s + 1, backward_tag(m), pp);
+      auto g = dist::recv(o.activation_sizes, o.activation_options, s + 1, backward_tag(m), pp);
       ++stats.recvs;
       if (f.result.output.requires_grad()) {
         roots.push_back(f.result.output);
@@ -189,7 +117,7 @@ PipelineStats run_pipeline(
     if (!first) {
       auto dx = f.input.grad();
       if (!dx.defined()) dx = torch::zeros_like(f.input);
-      sends.push_back(send_async(dx, s - 1, backward_tag(m), pp));
+      sends.push_back(dist::send_async(dx, s - 1, backward_tag(m), pp));
       ++stats.sends;
     }
     ++stats.backwards;

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/overlap.h"
 #include "hybridmoe/plan.h"
 
 namespace hybridmoe::plan {
@@ -243,7 +242,7 @@ MachineSpec probe_machine(dist::World& world) {
       for (int64_t i = 0; i < reps; ++i) auto c = torch::mm(a, b);
     };
     auto both = [&] {
-      PendingAllToAll in_flight("probe_overlap", x, even, even, wg);
+      auto in_flight = dist::all_to_all_async("probe_overlap", x, even, even, wg);
       gemms();
       in_flight.wait();
     };

@@ -108,7 +108,7 @@ TEST(PipelineMultiRank, ARecvWithoutASenderTimesOutNamingThePeer) {
     g.timeout = std::chrono::milliseconds(1500);
     if (ctx.rank() == 1) {
       try {
-        recv({2}, torch::kFloat32, 0, 7, g);
+        dist::recv({2}, torch::kFloat32, 0, 7, g);
         ADD_FAILURE() << "recv returned without a sender";
       } catch (const c10::Error& e) {
         const std::string what = e.what_without_backtrace();

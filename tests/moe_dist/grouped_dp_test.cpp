@@ -66,3 +66,47 @@ TEST(GroupedDataParallel, TagsBroadcastAndPerGroupSums) {
     EXPECT_DOUBLE_EQ(params["fc.bias"].grad()[0].item<double>(), 0.5 * (ctx.rank() + 1.0));
   });
 }
+
+namespace {
+// A user module that declares its parameters' group; it nests one that declares none (not
+// synchronized), and a plain Linear (inherits the declaration).
+struct Unreplicated : torch::nn::Module, GradientGroupDeclarer {
+  Unreplicated() { w = register_parameter("w", torch::ones({2})); }
+  c10::optional<GroupKind> gradient_group() const override { return c10::nullopt; }
+  torch::Tensor w;
+};
+struct StageSharedImpl : torch::nn::Module, GradientGroupDeclarer {
+  StageSharedImpl() {
+    inner = register_module("inner", std::make_shared<Unreplicated>());
+    lin = register_module("lin", torch::nn::Linear(2, 2));
+    scale = register_parameter("scale", torch::ones({1}));
+  }
+  c10::optional<GroupKind> gradient_group() const override { return GroupKind::kStage; }
+  std::shared_ptr<Unreplicated> inner;
+  torch::nn::Linear lin{nullptr};
+  torch::Tensor scale;
+};
+struct OuterImpl : torch::nn::Module {
+  OuterImpl() {
+    shared = register_module("shared", std::make_shared<StageSharedImpl>());
+    head = register_module("head", torch::nn::Linear(2, 2));
+  }
+  std::shared_ptr<StageSharedImpl> shared;
+  torch::nn::Linear head{nullptr};
+};
+}  // namespace
+
+TEST(GroupedDataParallel, TagsComeFromTheInnermostDeclaringModule) {
+  run_on_ranks(2, [](RankContext& ctx) {
+    auto groups = std::make_shared<ParallelGroups>(
+        ParallelGroups::build(ParallelConfig{1, 2, 1, 1, 1}, ctx.world));
+    auto net = std::make_shared<OuterImpl>();
+    GroupedDataParallel gdp(net, groups, GroupedDataParallelOptions().broadcast_at_start(false));
+    const auto& tags = gdp.tags();
+    EXPECT_EQ(tags.at("head.weight"), GroupKind::kDp);
+    EXPECT_EQ(tags.at("shared.scale"), GroupKind::kStage);
+    EXPECT_EQ(tags.at("shared.lin.weight"), GroupKind::kStage);
+    EXPECT_EQ(tags.at("shared.inner.w"), c10::nullopt);
+    EXPECT_EQ(tags.size(), 6u);  // head.{weight,bias}, shared.{scale,lin.weight,lin.bias,inner.w}
+  });
+}

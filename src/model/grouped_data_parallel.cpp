@@ -1,11 +1,9 @@
-// grouped_data_parallel.cpp — see grouped_dp.h.
-#include "hybridmoe/collectives.h"
-#include "hybridmoe/experts.h"
-#include "hybridmoe/gate.h"
+// grouped_data_parallel.cpp — see grouped_dp.h: tags from the modules' declared gradient groups,
+// coalesced broadcast and gradient sums per tag.
 #include "hybridmoe/grouped_dp.h"
-#include "hybridmoe/moe.h"
 
-#include <set>
+#include "hybridmoe/collectives.h"
+#include "hybridmoe/group_kind.h"
 
 namespace hybridmoe {
 
@@ -15,24 +13,18 @@ GroupedDataParallel::GroupedDataParallel(std::shared_ptr<torch::nn::Module> modu
     : module_(std::move(module)), groups_(std::move(groups)), options_(options) {
   TORCH_CHECK(module_, "GroupedDataParallel: the module is null");
   TORCH_CHECK(groups_, "GroupedDataParallel: the parallel groups are null");
-  // 1. Default tags from the module tree (a gate's or experts' parameters keep their tag even
-  //    when nested deeper). Experts of an adaptive-layout MoE have no replicas (each slice lives
-  //    on one rank of the stage): not synchronized.
-  std::set<const torch::nn::Module*> unreplicated;
-  for (const auto& item : module_->named_modules())
-    if (auto* moe = dynamic_cast<MoEImpl*>(item.value().get()); moe && moe->is_adaptive())
-      unreplicated.insert(moe->experts.get());
+  // 1. Tags from the module tree: a parameter belongs to the innermost module that declares a
+  //    gradient group (group_kind.h), else to dp. named_modules() lists parents before children,
+  //    so a deeper declaration overwrites an outer one.
   for (const auto& item : module_->named_modules()) {
     const auto& prefix = item.key();
     auto* m = item.value().get();
-    c10::optional<GroupKind> kind = GroupKind::kDp;
-    if (dynamic_cast<GateImpl*>(m)) kind = GroupKind::kStage;
-    if (dynamic_cast<ExpertsBase*>(m))
-      kind = unreplicated.count(m) ? c10::nullopt : c10::optional<GroupKind>(GroupKind::kEdp);
-    const bool special = kind != GroupKind::kDp;
-    for (const auto& p : m->named_parameters(/*recurse=*/special)) {
+    const auto* declarer = dynamic_cast<const GradientGroupDeclarer*>(m);
+    const c10::optional<GroupKind> kind =
+        declarer ? declarer->gradient_group() : c10::optional<GroupKind>(GroupKind::kDp);
+    for (const auto& p : m->named_parameters(/*recurse=*/declarer != nullptr)) {
       const auto name = prefix.empty() ? p.key() : prefix + "." + p.key();
-      if (special || !tags_.count(name)) tags_[name] = kind;
+      if (declarer || !tags_.count(name)) tags_[name] = kind;
     }
   }
   // 2. Start from the same values.

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <numeric>
 
-#include "comm_run.h"
 #include "hybridmoe/collectives.h"
+#include "parallel/comm/work.h"
 
 namespace hybridmoe::dist {
 namespace {
@@ -21,12 +21,6 @@ void check_counts(const char* op, const std::vector<int64_t>& counts, const Grou
   TORCH_CHECK(flat.defined() && flat.dim() == 1 && flat.numel() == total, op,
               ": expected a flat tensor of ", total, " elements (the sum of counts), got ",
               flat.defined() ? flat.sizes() : c10::IntArrayRef{});
-}
-
-/// Gloo moves no bfloat16: carry CPU bfloat16 as float16 bits (pure data movement; NCCL moves
-/// bfloat16 as it is).
-torch::Tensor transportable(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 && !t.is_cuda() ? t.view(torch::kHalf) : t;
 }
 
 }  // namespace
@@ -46,17 +40,9 @@ void reduce_scatter_flat_(const torch::Tensor& flat, torch::Tensor& out,
   }
   // 1. Block j of every rank goes to rank j, 2. each rank sums the P copies of its block
   //    (16-bit floats in float32, rounded once).
-  torch::Tensor in = flat.contiguous();
-  torch::Tensor received = torch::empty({group.size() * mine}, flat.options());
-  std::vector<int64_t> output_splits(group.size(), mine), input_splits = counts;
-  const int64_t bytes = (in.numel() - mine) * static_cast<int64_t>(in.element_size());
-  torch::Tensor in_t = transportable(in), received_t = transportable(received);
-  detail::run(
-      group, op, in,
-      [&](c10d::ProcessGroup& pg) {
-        return pg.alltoall_base(received_t, in_t, output_splits, input_splits);
-      },
-      bytes);
+  torch::Tensor received = all_to_all_async(op, flat, std::vector<int64_t>(group.size(), mine),
+                                            counts, group, Taping::kNever)
+                               .wait();
   if (mine == 0) return;
   auto blocks = received.view({group.size(), mine});
   if (flat.scalar_type() == torch::kBFloat16 || flat.scalar_type() == torch::kHalf)
@@ -78,29 +64,8 @@ void all_gather_flat_(torch::Tensor& flat, const torch::Tensor& mine,
     if (!mine.is_same(flat)) flat.copy_(mine.reshape(-1));
     return;
   }
-  const int64_t most = *std::max_element(counts.begin(), counts.end());
-  if (most == 0) return;
-  // 1. Pad this rank's block to the largest one, 2. all-gather, 3. copy each block into place.
-  std::vector<torch::Tensor> inputs = {torch::zeros({most}, flat.options())};
-  inputs[0].narrow(0, 0, n).copy_(mine.reshape(-1));
-  std::vector<std::vector<torch::Tensor>> outputs(1);
-  for (int64_t j = 0; j < group.size(); ++j)
-    outputs[0].push_back(torch::empty({most}, flat.options()));
-  detail::run(
-      group, op, inputs[0],
-      [&](c10d::ProcessGroup& pg) {
-        std::vector<torch::Tensor> in_t = {transportable(inputs[0])};
-        std::vector<std::vector<torch::Tensor>> out_t(1);
-        for (auto& o : outputs[0]) out_t[0].push_back(transportable(o));
-        return pg.allgather(out_t, in_t);
-      },
-      n * static_cast<int64_t>(flat.element_size()) * (group.size() - 1));
-  int64_t offset = 0;
-  for (int64_t j = 0; j < group.size(); ++j) {
-    if (counts[j] > 0)
-      flat.narrow(0, offset, counts[j]).copy_(outputs[0][j].narrow(0, 0, counts[j]));
-    offset += counts[j];
-  }
+  // Every rank's block, in rank order, is the whole of `flat`.
+  flat.copy_(detail::all_gather_rows_raw(op, mine.reshape(-1), counts, group, Taping::kNever));
 }
 
 }  // namespace hybridmoe::dist
