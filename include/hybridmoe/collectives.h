@@ -170,6 +170,17 @@ std::vector<int64_t> all_gather_counts(int64_t n, const Group& group);
 std::vector<std::vector<int64_t>> all_gather_counts(const std::vector<int64_t>& values,
                                                     const Group& group);
 
+/// The element-wise sum over the group of host values (losses, norms, metrics, timings): one
+/// all-gather on the group's control device, summed on the host in group-rank order, so every
+/// rank gets the same, deterministic result. values: the same length on every rank.
+///
+/// Example:
+///   const double loss = sum_over_ranks(local_loss_share, groups.world);
+std::vector<double> sum_over_ranks(const std::vector<double>& values, const Group& group);
+double sum_over_ranks(double value, const Group& group);
+/// The largest value over the group's ranks (same on every rank).
+double max_over_ranks(double value, const Group& group);
+
 /// Options of the coalesced helpers.
 struct CoalesceOptions {
   /// Upper bound of one flat bucket in bytes (a tensor larger than it gets a bucket of its own).

@@ -44,6 +44,14 @@ struct VerifyOptions {
 constexpr int64_t kFixedExperts = -1;
 constexpr int64_t kAdaptiveEveryStep = -2;
 
+/// max |a - b| / max(max |b|, 1e-30): the relative error of a against the reference b, in float64
+/// (0 for two empty tensors, 1 for a non-empty a against an empty b). The error measure of every
+/// float comparison of verify and of the tests.
+///
+/// Example:
+///   double err = relative_error(layout_grad, reference_grad);   // pass if err <= 1e-12
+double relative_error(const torch::Tensor& a, const torch::Tensor& b);
+
 /// The valid adaptive degrees r of the MoE of `layout` with `experts` experts of hidden width
 /// d_hidden ({0} ∪ divisors of S, S = stage size / experts or 1); empty when the adaptive layout
 /// does not fit (ep or etp > 1, pp > 1, neither of experts and stage size dividing the other, or

@@ -255,9 +255,7 @@ double ZeroAdamW::grad_norm_sq_local(const std::map<std::string, int64_t>& repli
 double ZeroAdamW::clip_grad_norm(double max_norm, const dist::Group& world,
                                  const std::map<std::string, int64_t>& replicas) {
   torch::NoGradGuard no_grad;
-  auto total = torch::tensor({grad_norm_sq_local(replicas)}, torch::kFloat64);
-  if (world.size() > 1) total = dist::all_reduce_sum(total, world);
-  const double norm = std::sqrt(total.item<double>());
+  const double norm = std::sqrt(dist::sum_over_ranks(grad_norm_sq_local(replicas), world));
   if (max_norm > 0 && norm > max_norm) clip(max_norm / (norm + 1e-6));
   return norm;
 }

@@ -86,8 +86,7 @@ std::vector<Measurement> measure_layouts(const TrainConfig& base,
       double median = dt.empty() ? 0.0 : dt[dt.size() / 2];
       // Every rank takes the mean of the ranks' medians.
       if (world.size() > 1) {
-        auto t = dist::all_reduce_sum(torch::tensor({median}, torch::kFloat64), world.group());
-        median = t.item<double>() / static_cast<double>(world.size());
+        median = dist::sum_over_ranks(median, world.group()) / static_cast<double>(world.size());
         dist::barrier(world.group());
       }
       if (world.rank() == 0) {

@@ -235,9 +235,9 @@ MachineSpec probe_machine(dist::World& world) {
     sync();
     const double t_exchange = median_s(5, exchange);
     const double t_gemm = sustained_s(kWindowS, [&] { auto c = torch::mm(a, b); });
-    auto ratio = dist::all_reduce_sum(torch::tensor({t_exchange / t_gemm}, torch::kFloat64), wg);
+    const double ratio = dist::sum_over_ranks(t_exchange / t_gemm, wg);
     const int64_t reps =
-        std::clamp<int64_t>(std::llround(ratio.item<double>() / static_cast<double>(W)), 1, 10000);
+        std::clamp<int64_t>(std::llround(ratio / static_cast<double>(W)), 1, 10000);
     auto gemms = [&] {
       for (int64_t i = 0; i < reps; ++i) auto c = torch::mm(a, b);
     };
@@ -263,9 +263,8 @@ MachineSpec probe_machine(dist::World& world) {
   }
 
   // 7. The same figures on every rank: the mean over the ranks.
-  auto t = torch::tensor(times, torch::kFloat64);
-  if (W > 1) t = dist::all_reduce_sum(t, wg) / static_cast<double>(W);
-  times.assign(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  times = dist::sum_over_ranks(times, wg);
+  for (double& t : times) t /= static_cast<double>(W);
 
   // 8. Fits: t = calls * latency + flops / rate; collectives per the formulas of plan.h.
   MachineSpec machine;

@@ -67,9 +67,7 @@ double clip_global_grad_norm(GPTImpl& model, const std::map<std::string, int64_t
     local += g.to(torch::kFloat64).pow(2).sum().item<double>() / n;
   }
   // 2. Summed over the world.
-  auto total = torch::tensor({local}, torch::kFloat64);
-  if (world.size() > 1) total = dist::all_reduce_sum(total, world);
-  const double norm = std::sqrt(total.item<double>());
+  const double norm = std::sqrt(dist::sum_over_ranks(local, world));
   // 3. Clip.
   if (max_norm > 0 && norm > max_norm) {
     const double scale = max_norm / (norm + 1e-6);

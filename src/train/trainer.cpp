@@ -34,11 +34,9 @@ std::string format_duration(double s) {
   return buf;
 }
 
-// Sums a double vector over the world (in place).
+// Sums a double vector over the world.
 std::vector<double> world_sum(const std::vector<double>& v, const ParallelGroups& g) {
-  auto t = torch::tensor(v, torch::kFloat64);
-  if (g.world.size() > 1) t = dist::all_reduce_sum(t, g.world);
-  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+  return dist::sum_over_ranks(v, g.world);
 }
 
 // Rows normalized to fractions.

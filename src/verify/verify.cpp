@@ -14,6 +14,13 @@
 
 namespace hybridmoe {
 
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  auto a64 = a.detach().to(torch::kFloat64), b64 = b.detach().to(torch::kFloat64);
+  if (b64.numel() == 0) return a64.numel() == 0 ? 0.0 : 1.0;
+  const double scale = std::max(b64.abs().max().item<double>(), 1e-30);
+  return (a64 - b64).abs().max().item<double>() / scale;
+}
+
 std::string GateSpec::to_string() const {
   std::ostringstream s;
   s << name;
@@ -197,11 +204,10 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     (mse + aux).backward();
     opt.step(dp);
     // This rank's share of the global loss; the shares sum to it over the layout's ranks.
-    auto share =
+    const double share =
         (mse.detach() / static_cast<double>(tp * dp) + aux.detach() / static_cast<double>(dp))
-            .to(torch::kFloat64)
-            .view({1, 1});
-    const double loss = dist::all_gather_rows(share, groups->world).sum().item<double>();
+            .item<double>();
+    const double loss = dist::sum_over_ranks(share, groups->world);
     const double ref_loss = loss_ref.item<double>();
     row.loss_rel_err =
         std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
@@ -212,12 +218,12 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   auto ref_params = ref->named_parameters();
   for (auto& kv : net->named_parameters())
     if (kv.key().rfind("moe.experts.", 0) != 0)
-      err = std::max(err, detail::rel_err(kv.value(), ref_params[kv.key()]));
+      err = std::max(err, relative_error(kv.value(), ref_params[kv.key()]));
   auto full = net->moe->gather_full_expert_parameters();
   auto ref_experts = ref->moe->experts->named_parameters();
-  for (auto& [name, t] : full) err = std::max(err, detail::rel_err(t, ref_experts[name]));
-  row.param_rel_err = detail::max_over(groups->world, err);
-  row.loss_rel_err = detail::max_over(groups->world, row.loss_rel_err);
+  for (auto& [name, t] : full) err = std::max(err, relative_error(t, ref_experts[name]));
+  row.param_rel_err = dist::max_over_ranks(err, groups->world);
+  row.loss_rel_err = dist::max_over_ranks(row.loss_rel_err, groups->world);
   row.pass = row.loss_rel_err <= tol && row.param_rel_err <= tol;
   return row;
 }

@@ -119,7 +119,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
     });
     net->reduce_tied_gradients();
     opt.step(dp);
-    const double loss = detail::sum_over(groups->world, share);
+    const double loss = dist::sum_over_ranks(share, groups->world);
     row.loss_rel_err =
         std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));
   }
@@ -131,9 +131,9 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   double err = 0.0;
   auto ref_params = ref->named_parameters();
   for (auto& kv : full->named_parameters())
-    err = std::max(err, detail::rel_err(kv.value(), ref_params[kv.key()]));
-  row.param_rel_err = detail::max_over(groups->world, err);
-  row.loss_rel_err = detail::max_over(groups->world, row.loss_rel_err);
+    err = std::max(err, relative_error(kv.value(), ref_params[kv.key()]));
+  row.param_rel_err = dist::max_over_ranks(err, groups->world);
+  row.loss_rel_err = dist::max_over_ranks(row.loss_rel_err, groups->world);
   row.pass = row.loss_rel_err <= tol && row.param_rel_err <= tol;
   return row;
 }

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "hybridmoe/verify.h"
+
 #include <string>
 
 namespace hybridmoe::testing {
@@ -24,12 +26,9 @@ inline double tolerance(torch::ScalarType dtype) {
   }
 }
 
-/// max|a - b| / max(max|b|, 1e-30) — the error measure of every float comparison.
+/// The error measure of every float comparison (verify.h's relative_error).
 inline double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
-  auto a64 = a.detach().to(torch::kFloat64), b64 = b.detach().to(torch::kFloat64);
-  if (b64.numel() == 0) return a64.numel() == 0 ? 0.0 : 1.0;
-  const double scale = std::max(b64.abs().max().item<double>(), 1e-30);
-  return (a64 - b64).abs().max().item<double>() / scale;
+  return relative_error(a, b);
 }
 
 /// Asserts same shape and rel_err(a, b) <= tol (default: the dtype's tolerance).
