@@ -91,18 +91,18 @@ nlohmann::json overlap_sweep(const LayerBenchArgs& a, const MoEOptions& opts, Mo
 nlohmann::json adaptive_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
                               const ParallelConfig& layout, dist::World& world,
                               const torch::Tensor& x) {
-  const int64_t W = layout.stage_size(), E = opts.num_experts();
-  const int64_t S = E >= W ? 1 : W / E;
-  if ((E >= W ? E % W : W % E) != 0 || opts.hidden() % S != 0 || layout.pp != 1)
+  const ExpertPlacement placement =
+      expert_placement(ExpertLayout::kAdaptive, layout.stage_size(), opts.num_experts());
+  if (!placement.fits() || !placement.check_hidden(opts.hidden()).empty() || layout.pp != 1)
     return {{"skipped",
              "experts and tp*dp do not divide one another (or S does not divide "
              "d_hidden, or pp > 1)"}};
   ParallelConfig c{layout.tp, layout.dp, 1, 1, 1};
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(c, world));
-  MoE layer(MoEOptions(opts).expert_layout("adaptive"), groups);
+  MoE layer(MoEOptions(opts).expert_layout(ExpertLayout::kAdaptive), groups);
   layer->load_shard_from(full);
   layer->to(x.scalar_type());
-  const auto degrees = layer->valid_adaptive_r();
+  const auto degrees = layer->placement().valid_r;
   std::vector<Variant> variants;
   for (int64_t r : degrees)
     variants.push_back({[&layer, &x, r] {
@@ -117,7 +117,7 @@ nlohmann::json adaptive_sweep(const LayerBenchArgs& a, const MoEOptions& opts, M
     rows.push_back(row);
   }
   return {{"layout", {{"tp", c.tp}, {"dp", c.dp}, {"ep", 1}, {"etp", 1}}},
-          {"shard_size", S},
+          {"shard_size", placement.shards},
           {"runs", rows}};
 }
 

@@ -20,6 +20,7 @@
 #include "hybridmoe/overlap.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
+#include "hybridmoe/placement.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/recompute.h"
 #include "hybridmoe/routing_rules.h"

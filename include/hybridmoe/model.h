@@ -44,12 +44,12 @@ struct GPTOptions {
   TORCH_ARG(GateOptions, gate);
   /// Layout options of the distributed MoE layers (MoEOptions of the same names); a
   /// single-process model takes single_process() options.
-  TORCH_ARG(std::string, expert_layout) = "fixed";
+  TORCH_ARG(ExpertLayout, expert_layout) = ExpertLayout::kFixed;
   TORCH_ARG(int64_t, adaptive_r) = 1;
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
-  /// Activation recomputation in training: "none", "block" (each block keeps only its input) or
-  /// "moe" (each MoE layer keeps only its input). See recompute.h.
-  TORCH_ARG(std::string, recompute) = "none";
+  /// Activation recomputation in training: kNone, kBlock (each block keeps only its input) or
+  /// kMoE (each MoE layer keeps only its input). See recompute.h.
+  TORCH_ARG(Recompute, recompute) = Recompute::kNone;
   /// With recompute: replay the collectives' results of the first forward instead of
   /// communicating again (DeepSpeed-TED's communication-aware checkpointing).
   TORCH_ARG(bool, recompute_cache_comm) = true;

@@ -15,6 +15,7 @@
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/placement.h"
 
 namespace hybridmoe {
 
@@ -79,12 +80,12 @@ struct MoEOptions {
   TORCH_ARG(bool, bias) = true;
   /// A user module per expert instead of the built-in grouped MLP (FastMoE's `expert=`).
   TORCH_ARG(ExpertFactory, expert) = nullptr;
-  /// Expert placement of a distributed layer: "fixed" (the layout's ep × etp × edp) or
-  /// "adaptive" (Tutel's adaptive parallelism over the W = tp * dp ranks of the stage; needs
+  /// Expert placement of a distributed layer: kFixed (the layout's ep × etp × edp) or
+  /// kAdaptive (Tutel's adaptive parallelism over the W = tp * dp ranks of the stage; needs
   /// ep = etp = 1 and the built-in grouped experts). Adaptive storage: with E < W each expert's
   /// hidden width is sliced over its shard group of S = W / E ranks; with E >= W each rank
-  /// holds E / W whole experts (S = 1). See moe_adaptive.cpp.
-  TORCH_ARG(std::string, expert_layout) = "fixed";
+  /// holds E / W whole experts (S = 1). See placement.h and moe_adaptive.cpp.
+  TORCH_ARG(ExpertLayout, expert_layout) = ExpertLayout::kFixed;
   /// Adaptive layout only: the degree r in {0} ∪ divisors(S) used by forward(). r = 0: every
   /// rank all-gathers every expert and runs its own tokens (no token all-to-all); r >= 1: tokens
   /// go to their expert's shard group, where the weight slices are all-gathered in sub-groups
@@ -166,17 +167,18 @@ class MoEImpl : public torch::nn::Module {
 
   bool is_distributed() const { return groups_ != nullptr; }
   const ParallelGroups* groups() const { return groups_.get(); }
-  int64_t num_local_experts() const;
+  int64_t num_local_experts() const { return placement_.local_experts; }
   /// First global expert index held by this rank.
-  int64_t first_local_expert() const;
+  int64_t first_local_expert() const { return placement_.first_local_expert(stage_rank()); }
 
-  /// Whether the experts use the adaptive layout (MoEOptions::expert_layout == "adaptive").
-  bool is_adaptive() const { return options.expert_layout() == "adaptive"; }
-  /// Adaptive layout: ranks holding the slices of one expert (S = W / E, or 1 when E >= W).
-  int64_t adaptive_shard_size() const;
-  /// Adaptive layout: the valid degrees r, {0} ∪ divisors(S), ascending.
-  std::vector<int64_t> valid_adaptive_r() const;
-  /// Sets the degree r used by later forward() calls; refuses r outside valid_adaptive_r().
+  /// Whether the experts use the adaptive layout (MoEOptions::expert_layout == kAdaptive).
+  bool is_adaptive() const { return options.expert_layout() == ExpertLayout::kAdaptive; }
+  /// Where the experts live on this layer's stage (one process: a stage of one rank): the shard
+  /// count S, the valid adaptive r, the local experts. Example (adaptive, 2 experts, 4 ranks):
+  ///   moe->placement().shards;   // 2
+  ///   moe->placement().valid_r;  // {0, 1, 2}
+  const ExpertPlacement& placement() const { return placement_; }
+  /// Sets the degree r used by later forward() calls; refuses r outside placement().valid_r.
   void set_adaptive_r(int64_t r);
 
   MoEOptions options;
@@ -186,6 +188,8 @@ class MoEImpl : public torch::nn::Module {
   GroupedExperts grouped{nullptr};
 
  private:
+  /// Computes placement_ for a stage of `stage_size` ranks (checks num_experts first).
+  void place(int64_t stage_size, int64_t ep, int64_t etp);
   /// Builds the gate, the experts (this rank's share) and the token dispatcher of the layout.
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
   /// Checks the adaptive options at construction and builds this rank's expert storage.
@@ -201,6 +205,10 @@ class MoEImpl : public torch::nn::Module {
   RoutingStats make_stats(const RouterOutput& routing, const torch::Tensor& counts) const;
 
   std::shared_ptr<const ParallelGroups> groups_;
+  /// Where the experts live (computed once, at construction, from the options and the groups).
+  ExpertPlacement placement_;
+  /// This rank's index in its stage (0 on one process).
+  int64_t stage_rank() const { return groups_ ? groups_->stage.rank : 0; }
   /// Where the rows go between routing and the experts, and back (dispatcher.h).
   std::shared_ptr<TokenDispatcher> dispatcher_;
 };

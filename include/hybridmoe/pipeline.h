@@ -27,7 +27,8 @@ enum class PipelineSchedule {
 };
 /// "1f1b" or "gpipe".
 std::string to_string(PipelineSchedule schedule);
-/// Parses "1f1b" or "gpipe"; raises an error naming the text otherwise.
+/// Parses "1f1b" or "gpipe"; raises an error naming the text and both names otherwise.
+/// Example: parse_pipeline_schedule("gpipe") == PipelineSchedule::kGPipe.
 PipelineSchedule parse_pipeline_schedule(const std::string& text);
 
 /// The contiguous block range [first, first + count) of stage `stage` when n_layers blocks are

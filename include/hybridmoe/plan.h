@@ -69,6 +69,7 @@
 #include <vector>
 
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/placement.h"
 
 namespace hybridmoe {
 
@@ -156,16 +157,22 @@ struct ClusterSpec {
 struct Layout {
   ParallelConfig par;
   int64_t zero = 0;  ///< ZeRO stage: 0 or 1 (optimizer state sharded over dp / edp)
-  /// -1: fixed (ep, etp) experts; else Tutel's r in {0} ∪ divisors(S) (then ep = etp = 1: the
-  /// layer stores E / W experts or a 1 / S slice of one per rank, storage ep = min(E, W))
-  int64_t adaptive_r = -1;
+  /// kFixed: the (ep, etp) experts; kAdaptive: Tutel's layout at degree adaptive_r (then
+  /// ep = etp = 1: the layer stores E / W experts or a 1 / S slice of one per rank, storage
+  /// ep = min(E, W); see ExpertPlacement).
+  ExpertLayout expert_layout = ExpertLayout::kFixed;
+  /// With kAdaptive: r in {0} ∪ divisors(S); unused (0) with kFixed.
+  int64_t adaptive_r = 0;
   int64_t overlap = 1;  ///< a2a overlap degree D (1: off)
   int64_t micro_batches = 1;
-  /// "tp2.dp2.pp1.ep2.etp1.z0.r-.D1.M1".
+  bool is_adaptive() const { return expert_layout == ExpertLayout::kAdaptive; }
+  /// Where the experts live on a stage of this layout for `model` (placement.h).
+  ExpertPlacement placement(const ModelSpec& model) const;
+  /// "tp2.dp2.pp1.ep2.etp1.z0.r-.D1.M1" (r-: fixed experts).
   std::string to_string() const;
   bool operator==(const Layout& o) const {
-    return par == o.par && zero == o.zero && adaptive_r == o.adaptive_r && overlap == o.overlap &&
-           micro_batches == o.micro_batches;
+    return par == o.par && zero == o.zero && expert_layout == o.expert_layout &&
+           adaptive_r == o.adaptive_r && overlap == o.overlap && micro_batches == o.micro_batches;
   }
 };
 
@@ -218,9 +225,6 @@ double collective_time(Collective kind, int64_t group_size, double bytes, const 
 /// Whether some group of `kind` holds ranks of more than one node (ranks_per_node <= 0: never).
 bool spans_nodes(const ParallelConfig& config, GroupKind kind, int64_t ranks_per_node);
 
-/// S = max(1, W / E): how many ranks share one expert in adaptive mode (W = tp * dp).
-int64_t adaptive_shards(const ModelSpec& model, const ParallelConfig& config);
-
 /// "" if the model and batch can run on the layout, else why not (divisibility, sizes).
 std::string check_layout(const ModelSpec& model, const Layout& layout);
 
@@ -255,14 +259,18 @@ std::vector<Estimate> rank_layouts(const ModelSpec& model, const ClusterSpec& cl
                                    const PlanOptions& options = PlanOptions());
 
 /// The ranking as one JSON line {"layouts": [{tp, dp, pp, ep, etp, zero, adaptive_r, overlap,
-/// micro_batches, predicted_step_ms, peak_mem_mb, fits}, ...]} (adaptive_r -1: fixed layout).
+/// micro_batches, predicted_step_ms, peak_mem_mb, fits}, ...]} (adaptive_r: json_adaptive_r).
 std::string to_json(const std::vector<Estimate>& ranking);
+/// The "adaptive_r" of a layout in the JSON outputs: r, or -1 for the fixed layout (the JSON's
+/// spelling of kFixed, kept for its readers).
+int64_t json_adaptive_r(const Layout& layout);
 /// The ranking as a text table (the first `rows` rows; <= 0: all).
 std::string to_table(const std::vector<Estimate>& ranking, int64_t rows = 0);
 
-/// Sets the layout keys of a training configuration (tp, dp, pp, ep, etp, micro_batches, and
-/// zero_stage / adaptive_r / a2a_overlap_degree where the trainer has those keys). Returns ""
-/// or why the trainer cannot run this layout (a key it lacks, or check_config's reason).
+/// Sets the layout keys of a training configuration: tp, dp, pp, ep, etp, nproc, micro_batches,
+/// and where the layout departs from their defaults zero_stage, expert_layout with adaptive_r,
+/// a2a_overlap_degree. Returns "" or why the trainer cannot run this layout (check_config's
+/// reason).
 std::string apply_layout(TrainConfig& config, const Layout& layout);
 
 // ---- measurement on the ranks at hand ----------------------------------------------------------

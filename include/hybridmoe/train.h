@@ -18,98 +18,177 @@
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/pipeline.h"
+#include "hybridmoe/placement.h"
+#include "hybridmoe/recompute.h"
 
 namespace hybridmoe {
 
 class ZeroAdamW;
 
-/// Everything a training run is made of. Every field is a configuration key of the same name
-/// (TOML key, or flag --name with '_' written '-'); see train_config_keys().
+/// The floating-point type of a run's parameters and activations. Text: "float32", "float64".
+///
+/// Example:
+///   parse_dtype("float64");            // DType::kFloat64
+///   scalar_type(DType::kFloat64);      // torch::kFloat64
+///   parse_dtype("half");               // error: dtype: expected one of "float32", "float64",
+///                                      // got "half"
+enum class DType { kFloat32, kFloat64 };
+std::string to_string(DType dtype);
+DType parse_dtype(const std::string& text);
+torch::ScalarType scalar_type(DType dtype);
+
+/// Key `layout`: kManual (tp, dp, pp, ep, etp as given) or kAuto (`hmoe train` sets them to the
+/// first runnable choice of the planner, plan.h). Text: "manual", "auto".
+///
+/// Example:
+///   parse_layout_mode("auto");         // LayoutMode::kAuto
+///   to_string(LayoutMode::kManual);    // "manual"
+enum class LayoutMode { kManual, kAuto };
+std::string to_string(LayoutMode mode);
+LayoutMode parse_layout_mode(const std::string& text);
+
+// clang-format off
+/// Every configuration key of `hmoe train`, in the order --print-config shows them: the one list
+/// from which TrainConfig's fields, the key table (train_config_keys()), set_config_value /
+/// get_config_value, config_to_toml and the flags with their help are all made, so a key cannot
+/// be added in one place and forgotten in another. X(type, member, key, default, group, help):
+/// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
+/// Typed keys (ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute, LayoutMode) are
+/// strings in TOML and on the command line, read and printed by their own parse / to_string.
+#define HMOE_TRAIN_CONFIG_KEYS(X)                                                                  \
+  /* ---- model ---- */                                                                            \
+  X(int64_t, d_model, "d_model", 64, "model", "model width")                                       \
+  X(int64_t, n_layers, "n_layers", 4, "model", "transformer blocks")                               \
+  X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \
+  X(int64_t, d_mlp, "d_mlp", 0, "model", "dense MLP width (0: 4 * d_model)")                       \
+  X(int64_t, context, "context", 64, "model", "longest sequence")                                  \
+  X(int64_t, moe_every, "moe_every", 2, "model", "an MoE layer every N blocks (0: dense)")         \
+  /* ---- moe ---- */                                                                              \
+  X(int64_t, num_experts, "num_experts", 4, "moe", "experts per MoE layer")                        \
+  X(int64_t, expert_hidden, "expert_hidden", 0, "moe", "expert hidden width (0: the MLP's)")       \
+  X(int64_t, top_k, "top_k", 2, "moe", "experts per token")                                        \
+  X(std::string, gate, "gate", "topk", "moe",                                                      \
+    "gate type (topk, gshard, switch, noisy, sinkhorn, expert_choice)")                            \
+  /* a peer's routing convention for the gates (routing_rules.h) */                                \
+  X(std::string, convention, "convention", "none", "moe",                                          \
+    "routing convention of a peer: none, deepspeed, tutel, megatron, gshard")                      \
+  X(double, capacity_factor, "capacity_factor", 0.0, "moe",                                        \
+    "expert capacity factor (<= 0: dropless)")                                                     \
+  X(double, aux_loss_coef, "aux_loss_coef", 0.01, "moe", "balance loss coefficient")               \
+  X(double, z_loss_coef, "z_loss_coef", 0.001, "moe", "router z-loss coefficient")                 \
+  /* ---- optimization ---- */                                                                     \
+  X(int64_t, steps, "steps", 1200, "optim", "optimizer steps")                                     \
+  X(int64_t, batch_size, "batch_size", 32, "optim", "sequences per step over all dp ranks")        \
+  X(int64_t, micro_batches, "micro_batches", 2, "optim",                                           \
+    "gradient accumulation passes per step")                                                       \
+  X(int64_t, seq_len, "seq_len", 64, "optim", "tokens per sequence")                               \
+  X(double, lr, "lr", 3e-3, "optim", "peak learning rate")                                         \
+  X(double, min_lr, "min_lr", 3e-4, "optim", "final learning rate of the cosine decay")            \
+  X(int64_t, warmup_steps, "warmup_steps", 30, "optim", "linear warmup steps")                     \
+  X(double, weight_decay, "weight_decay", 0.05, "optim", "AdamW weight decay (matrices only)")     \
+  X(double, beta1, "beta1", 0.9, "optim", "AdamW beta1")                                           \
+  X(double, beta2, "beta2", 0.98, "optim", "AdamW beta2")                                          \
+  X(double, grad_clip, "grad_clip", 1.0, "optim", "global gradient-norm clip (<= 0: off)")         \
+  X(int64_t, seed, "seed", 1234, "optim", "seed of weights and batches")                           \
+  /* a step whose loss or global gradient norm is NaN or infinite is skipped (no update); this */  \
+  /* many such steps in a row stop the run with an error naming the step and the value */          \
+  X(int64_t, max_nonfinite_steps, "max_nonfinite_steps", 3, "optim",                               \
+    "steps in a row with a NaN/Inf loss or gradient norm (each skipped) before the run stops")     \
+  /* ---- data ---- */                                                                             \
+  X(std::string, data, "data", "", "data",                                                         \
+    "text file to train on (empty: embedded synthetic tasks)")                                     \
+  X(int64_t, train_lines, "train_lines", 40000, "data", "lines of the synthetic corpus")           \
+  X(int64_t, eval_per_task, "eval_per_task", 40, "data", "held-out samples per synthetic task")    \
+  /* ---- layout ---- */                                                                           \
+  /* 4 ranks: two pipeline stages of dp = 2 with ep = 2 (on 2 cores this is about twice as */      \
+  /* fast as tp = 2, whose all-reduces every block cost more than the pipeline bubble) */          \
+  X(int64_t, nproc, "nproc", 4, "layout", "local ranks to launch")                                 \
+  X(int64_t, tp, "tp", 1, "layout", "tensor parallel degree")                                      \
+  X(int64_t, dp, "dp", 2, "layout", "data parallel degree")                                        \
+  X(int64_t, pp, "pp", 2, "layout",                                                                \
+    "pipeline stages (blocks split evenly, micro_batches flow through)")                           \
+  X(int64_t, ep, "ep", 2, "layout", "expert parallel degree")                                      \
+  X(int64_t, etp, "etp", 1, "layout", "expert tensor parallel degree (1 or tp)")                   \
+  X(PipelineSchedule, pipeline_schedule, "pipeline_schedule", PipelineSchedule::kOneFOneB,         \
+    "layout", "micro-batch schedule with pp > 1: 1f1b or gpipe")                                   \
+  /* kAdaptive needs ep = etp = 1 (placement.h) */                                                 \
+  X(ExpertLayout, expert_layout, "expert_layout", ExpertLayout::kFixed, "layout",                  \
+    "MoE expert placement: fixed (ep/etp) or adaptive (Tutel)")                                    \
+  /* a value in placement().valid_r, or auto (timed per period); the fixed layout keeps 1 */       \
+  X(AdaptiveR, adaptive_r, "adaptive_r", AdaptiveR::value(1), "layout",                            \
+    "adaptive layout degree r: an integer or auto (timed)")                                        \
+  X(int64_t, adaptive_recheck_every, "adaptive_recheck_every", 100, "layout",                      \
+    "adaptive_r = auto: re-time every N steps")                                                    \
+  X(int64_t, a2a_overlap_degree, "a2a_overlap_degree", 1, "layout",                                \
+    "chunks of the expert all-to-all overlapped (1: off)")                                         \
+  /* ---- memory ---- */                                                                           \
+  X(int64_t, zero_stage, "zero_stage", 0, "memory",                                                \
+    "0: replicated optimizer; 1: ZeRO-1 sharded state")                                            \
+  X(double, optimizer_tile_mb, "optimizer_tile_mb", 64, "memory",                                  \
+    "optimizer step temporaries per tile (<= 0: untiled)")                                         \
+  X(DType, dtype, "dtype", DType::kFloat32, "memory",                                              \
+    "parameters and activations: float32 or float64")                                             \
+  X(Recompute, recompute, "recompute", Recompute::kNone, "memory",                                 \
+    "activations recomputed in backward: none, block or moe")                                      \
+  /* TED's communication-aware checkpointing */                                                    \
+  X(bool, recompute_cache_comm, "recompute_cache_comm", true, "memory",                            \
+    "recompute replays the forward's all-to-alls instead of repeating them")                       \
+  X(LayoutMode, layout_mode, "layout", LayoutMode::kManual, "layout",                              \
+    "manual (tp/dp/pp/ep/etp as given) or auto (hmoe plan's choice)")                              \
+  /* with layout = auto: plan::probe_machine (a few seconds) or plan::MachineSpec's defaults */    \
+  X(bool, layout_probe, "layout_probe", true, "layout",                                            \
+    "layout = auto: measure the machine on the ranks first (else default figures)")                \
+  /* ---- output ---- */                                                                           \
+  X(std::string, out, "out", "out", "output", "output directory")                                  \
+  X(int64_t, log_every, "log_every", 10, "output", "metrics every N steps")                        \
+  X(int64_t, stats_every, "stats_every", 50, "output", "expert load every N steps")                \
+  X(int64_t, checkpoint_every, "checkpoint_every", 200, "output",                                  \
+    "checkpoint every N steps (0: at the end only)")                                               \
+  X(int64_t, stop_after, "stop_after", 0, "output",                                                \
+    "stop after this step with a checkpoint (0: never)")                                           \
+  X(int64_t, checkpoint_keep, "checkpoint_keep", 3, "output",                                      \
+    "keep the newest N checkpoints (0: all)")                                                      \
+  X(bool, resume, "resume", false, "output",                                                       \
+    "continue from the newest complete checkpoint in out")                                         \
+  /* without it (and without resume) an `out` that holds a run is refused */                       \
+  X(bool, overwrite, "overwrite", false, "output",                                                 \
+    "start afresh in an out holding a run (moved aside to out.old-N)")                             \
+  X(bool, progress, "progress", true, "output", "rank 0 progress bar")                             \
+  X(bool, eval, "eval", true, "output", "held-out task accuracy at the end")
+// clang-format on
+
+/// Everything a training run is made of: one field per configuration key of
+/// HMOE_TRAIN_CONFIG_KEYS (its help there), with its default.
+///
+/// Example:
+///   TrainConfig c;                              // the defaults: 4 ranks, pp 2, dp 2, ep 2
+///   c.expert_layout = ExpertLayout::kAdaptive;
+///   c.ep = 1;
+///   c.adaptive_r = AdaptiveR::automatic();
+///   validate_config(c);
 struct TrainConfig {
-  // ---- model ----
-  int64_t d_model = 64;
-  int64_t n_layers = 4;
-  int64_t n_heads = 4;
-  int64_t d_mlp = 0;  ///< 0: 4 * d_model
-  int64_t context = 64;
-  int64_t moe_every = 2;  ///< an MoE layer every N blocks; 0: dense
-  int64_t num_experts = 4;
-  int64_t expert_hidden = 0;  ///< 0: the MLP's width
-  int64_t top_k = 2;
-  std::string gate = "topk";
-  /// A peer's routing convention for the gates: none, deepspeed, tutel, megatron, gshard
-  /// (routing_rules.h).
-  std::string convention = "none";
-  double capacity_factor = 0.0;  ///< <= 0: dropless
-  double aux_loss_coef = 0.01;
-  double z_loss_coef = 0.001;
-  // ---- optimization ----
-  int64_t steps = 1200;
-  int64_t batch_size = 32;    ///< sequences per optimizer step, over all dp ranks
-  int64_t micro_batches = 2;  ///< micro-batches per step (pipeline / gradient accumulation)
-  int64_t seq_len = 64;
-  double lr = 3e-3;
-  double min_lr = 3e-4;
-  int64_t warmup_steps = 30;
-  double weight_decay = 0.05;
-  double beta1 = 0.9;
-  double beta2 = 0.98;
-  double grad_clip = 1.0;  ///< <= 0: no clipping
-  int64_t seed = 1234;
-  /// A step whose loss or global gradient norm is NaN or infinite is skipped (no update); this
-  /// many such steps in a row stop the run with an error naming the step and the value.
-  int64_t max_nonfinite_steps = 3;
-  // ---- data ----
-  std::string data;             ///< a text file; empty: the embedded synthetic corpus
-  int64_t train_lines = 40000;  ///< synthetic corpus size
-  int64_t eval_per_task = 40;   ///< held-out samples per synthetic task
-  // ---- layout ----
-  int64_t nproc = 4;
-  /// 4 ranks: two pipeline stages of dp = 2 with ep = 2 (on 2 cores this is about twice as fast
-  /// as tp = 2, whose all-reduces every block costs more than the pipeline bubble).
-  int64_t tp = 1, dp = 2, pp = 2, ep = 2, etp = 1;
-  std::string pipeline_schedule = "1f1b";  ///< with pp > 1: "1f1b" or "gpipe"
-  /// MoE expert placement: "fixed" (ep × etp × edp) or "adaptive" (Tutel's, needs ep = etp = 1).
-  std::string expert_layout = "fixed";
-  /// Adaptive layout's degree r: an integer in {0} ∪ divisors(S), or "auto" (timed per step).
-  std::string adaptive_r = "1";
-  int64_t adaptive_recheck_every = 100;  ///< "auto": re-time every valid r every N steps
-  int64_t a2a_overlap_degree = 1;        ///< chunks of the expert all-to-all (1: no overlap)
-  // ---- memory ----
-  int64_t zero_stage = 0;         ///< 1: optimizer state sharded over dp / edp / stage (ZeRO-1)
-  double optimizer_tile_mb = 64;  ///< the optimizer step's temporaries, in tiles of this size
-  std::string dtype = "float32";  ///< parameters and activations: float32 or float64
-  /// Activations recomputed in backward: "none", "block" or "moe" (recompute.h).
-  std::string recompute = "none";
-  /// With recompute: replay the forward's collectives instead of communicating again (TED's CAC).
-  bool recompute_cache_comm = true;
-  /// Key `layout`: "manual" (tp, dp, pp, ep, etp as given) or "auto" (`hmoe train` sets them to
-  /// the first runnable choice of the planner, plan.h).
-  std::string layout_mode = "manual";
-  /// With layout = "auto": the ranks measure the machine first (plan::probe_machine, a few
-  /// seconds) and plan with those figures; false: plan with the default figures.
-  bool layout_probe = true;
-  // ---- output ----
-  std::string out = "out";
-  int64_t log_every = 10;          ///< a progress line (non-TTY) and metrics every N steps
-  int64_t stats_every = 50;        ///< per-expert load and dropped tokens every N steps
-  int64_t checkpoint_every = 200;  ///< 0: only at the end
-  int64_t stop_after = 0;          ///< stop (with a checkpoint) after this step; 0: run all steps
-  int64_t checkpoint_keep = 3;     ///< keep the newest N checkpoints; 0: all
-  bool resume = false;
-  /// Start afresh in an `out` that holds a run: the old run is moved aside to out.old-N, not
-  /// deleted. Without it (and without resume) such an `out` is refused.
-  bool overwrite = false;
-  bool progress = true;  ///< rank 0's progress bar
-  bool eval = true;      ///< task accuracy at the end
+#define HMOE_TRAIN_CONFIG_FIELD(type, member, key, init, group, help) type member = init;
+  HMOE_TRAIN_CONFIG_KEYS(HMOE_TRAIN_CONFIG_FIELD)
+#undef HMOE_TRAIN_CONFIG_FIELD
 
   ParallelConfig layout() const;
   GPTOptions model_options() const;
+  /// Where the MoE layers' experts live on one stage: expert_placement(expert_layout, tp * dp,
+  /// num_experts, ep, etp). Needs tp, dp, num_experts, ep, etp >= 1.
+  ExpertPlacement placement() const;
 };
 
-/// One configuration key: its name, kind ("int", "float", "string", "bool"), group and help.
+/// The value type of a configuration key as TOML and the flags see it.
+enum class ConfigKind { kInt, kFloat, kBool, kString };
+/// "int", "float", "bool" or "string".
+std::string to_string(ConfigKind kind);
+
+/// One configuration key: its name, kind, group and help.
 struct ConfigKey {
-  std::string name, kind, group, help;
+  std::string name;
+  ConfigKind kind = ConfigKind::kString;
+  std::string group, help;
 };
 /// Every key, in the order --print-config shows them.
 const std::vector<ConfigKey>& train_config_keys();
@@ -131,7 +210,8 @@ void apply_toml_text(TrainConfig& config, const std::string& text, const std::st
 /// "" if the configuration can run, else every reason why not, one per line, naming the key(s):
 /// sizes, non-finite numbers, degrees that do not
 /// divide (world = tp * dp * pp = nproc, ep | num_experts, tp | n_heads, etp | hidden, ...),
-/// batch_size not divisible by dp * micro_batches, pp > n_layers, an unknown pipeline schedule.
+/// batch_size not divisible by dp * micro_batches, pp > n_layers, an adaptive r outside the
+/// placement's valid r.
 std::string check_config(const TrainConfig& config);
 /// Raises the error of check_config, if any.
 void validate_config(const TrainConfig& config);

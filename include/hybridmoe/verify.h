@@ -10,6 +10,7 @@
 #include "hybridmoe/dist.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
+#include "hybridmoe/placement.h"
 #include "hybridmoe/routing_rules.h"
 
 namespace hybridmoe {
@@ -27,10 +28,12 @@ struct VerifyOptions {
   uint64_t seed = 1234;
   /// Relative tolerance of losses and parameters; <= 0 picks 1e-9 (float64) or 1e-4 (float32).
   double tolerance = 0.0;
-  /// Expert layout of the MoE: kFixedExperts (the layout's ep × etp), r >= 0 (expert_layout
-  /// "adaptive" with degree r), or kAdaptiveEveryStep (adaptive, r changing every step through
-  /// the valid values). Adaptive layouts need ep = etp = 1 (see adaptive_r_values()).
-  int64_t adaptive_r = -1;
+  /// Expert layout of the MoE: kFixed (the layout's ep × etp) or kAdaptive (needs ep = etp = 1;
+  /// see adaptive_r_values()).
+  ExpertLayout expert_layout = ExpertLayout::kFixed;
+  /// With kAdaptive: one degree r for every step (AdaptiveR::value(r)), or r changing every step
+  /// through the valid values (AdaptiveR::every_step()). auto is not a verify setting.
+  AdaptiveR adaptive_r;
   /// Pipeline layouts (pp > 1): micro-batches per step (0: pp + 1, so that 1F1B has warm-up,
   /// steady and cool-down phases) and their schedule.
   int64_t micro_batches = 0;
@@ -39,10 +42,6 @@ struct VerifyOptions {
   /// reduce-scattered, tiled step) instead of the replicated Adam; 0: replicated.
   int64_t zero_stage = 0;
 };
-
-/// VerifyOptions::adaptive_r: the fixed expert layout, or adaptive with r changing every step.
-constexpr int64_t kFixedExperts = -1;
-constexpr int64_t kAdaptiveEveryStep = -2;
 
 /// max |a - b| / max(max |b|, 1e-30): the relative error of a against the reference b, in float64
 /// (0 for two empty tensors, 1 for a non-empty a against an empty b). The error measure of every
@@ -53,9 +52,9 @@ constexpr int64_t kAdaptiveEveryStep = -2;
 double relative_error(const torch::Tensor& a, const torch::Tensor& b);
 
 /// The valid adaptive degrees r of the MoE of `layout` with `experts` experts of hidden width
-/// d_hidden ({0} ∪ divisors of S, S = stage size / experts or 1); empty when the adaptive layout
-/// does not fit (ep or etp > 1, pp > 1, neither of experts and stage size dividing the other, or
-/// S not dividing d_hidden).
+/// d_hidden (ExpertPlacement::valid_r: {0} ∪ divisors of S, S = stage size / experts or 1);
+/// empty when the adaptive layout does not fit (ep or etp > 1, pp > 1, neither of experts and
+/// stage size dividing the other, or S not dividing d_hidden).
 std::vector<int64_t> adaptive_r_values(const ParallelConfig& layout, int64_t experts,
                                        int64_t d_hidden);
 
@@ -80,10 +79,12 @@ struct VerifyRow {
   double loss_rel_err = 0.0;   ///< max over steps
   double param_rel_err = 0.0;  ///< max over parameters and ranks
   bool pass = false;
-  std::string error;                   ///< set when the run raised an error
-  int64_t adaptive_r = kFixedExperts;  ///< VerifyOptions::adaptive_r of the run
-  std::string model = "moe";           ///< "moe" (fc → MoE → fc) or "gpt" (pipeline layouts)
-  std::string schedule;                ///< pipeline layouts: "1f1b" or "gpipe"
+  std::string error;  ///< set when the run raised an error
+  /// VerifyOptions::expert_layout and adaptive_r of the run.
+  ExpertLayout expert_layout = ExpertLayout::kFixed;
+  AdaptiveR adaptive_r;
+  std::string model = "moe";  ///< "moe" (fc → MoE → fc) or "gpt" (pipeline layouts)
+  std::string schedule;       ///< pipeline layouts: "1f1b" or "gpipe"
   int64_t micro_batches = 1;
   int64_t zero_stage = 0;  ///< the ZeRO stage the layout's optimizer ran with
 };

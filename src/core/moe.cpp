@@ -7,9 +7,7 @@
 namespace hybridmoe {
 
 MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
-  TORCH_CHECK(options.expert_layout() == "fixed" || options.expert_layout() == "adaptive",
-              "MoE: expert_layout must be \"fixed\" or \"adaptive\", got \"",
-              options.expert_layout(), "\"");
+  place(/*stage_size=*/1, /*ep=*/1, /*etp=*/1);
   TORCH_CHECK(
       options.a2a_overlap_degree() == 1, "MoE: a2a_overlap_degree=", options.a2a_overlap_degree(),
       " overlaps the expert-parallel all-to-all, which a single-process layer does not have "
@@ -18,11 +16,16 @@ MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
   build(options.num_experts(), 0, options.hidden(), /*add_output_bias=*/true);
 }
 
+void MoEImpl::place(int64_t stage_size, int64_t ep, int64_t etp) {
+  TORCH_CHECK(options.num_experts() > 0, "MoE: num_experts must be positive, got ",
+              options.num_experts());
+  placement_ =
+      expert_placement(options.expert_layout(), stage_size, options.num_experts(), ep, etp);
+}
+
 void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
                     bool add_output_bias) {
   TORCH_CHECK(options.d_model() > 0, "MoE: d_model must be positive, got ", options.d_model());
-  TORCH_CHECK(options.num_experts() > 0, "MoE: num_experts must be positive, got ",
-              options.num_experts());
   TORCH_CHECK(options.d_hidden() >= 0, "MoE: d_hidden must be >= 0 (0 = 4 * d_model), got ",
               options.d_hidden());
   gate =
@@ -86,7 +89,8 @@ MoEOutput MoEImpl::forward_with(const torch::Tensor& x, const MoECallOptions& ca
   MoECallOptions call = call_options;
   if (call.adaptive_r() >= 0) {
     TORCH_CHECK(is_adaptive(), "MoE: a per-call adaptive_r=", call.adaptive_r(),
-                " needs expert_layout=\"adaptive\", got \"", options.expert_layout(), "\"");
+                " needs expert_layout=\"adaptive\", got \"", to_string(options.expert_layout()),
+                "\"");
     check_adaptive_r(call.adaptive_r());
   } else {
     call.adaptive_r(options.adaptive_r());

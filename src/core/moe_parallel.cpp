@@ -3,8 +3,6 @@
 // single-process layer. Its forward is the layer's one flow (moe.cpp) with the all-to-all token
 // dispatcher (dispatch/alltoall_dispatcher.cpp); the adaptive layout's storage lives in
 // moe_adaptive.cpp.
-#include <algorithm>
-
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/moe.h"
 
@@ -15,14 +13,12 @@ MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> grou
   TORCH_CHECK(groups_,
               "MoE: the parallel groups are null (use the one-argument constructor for "
               "a single process)");
-  TORCH_CHECK(options.expert_layout() == "fixed" || options.expert_layout() == "adaptive",
-              "MoE: expert_layout must be \"fixed\" or \"adaptive\", got \"",
-              options.expert_layout(), "\"");
+  const auto& g = *groups_;
+  place(g.stage.size(), g.ep.size(), g.etp.size());
   if (is_adaptive()) {
     build_adaptive();
     return;
   }
-  const auto& g = *groups_;
   const int64_t E = options.num_experts(), ep = g.ep.size(), etp = g.etp.size();
   const int64_t D = options.a2a_overlap_degree();
   TORCH_CHECK(D >= 1, "MoE: a2a_overlap_degree must be >= 1, got ", D);
@@ -38,21 +34,9 @@ MoEImpl::MoEImpl(MoEOptions options_, std::shared_ptr<const ParallelGroups> grou
               "; use etp=1 or the built-in grouped experts");
   TORCH_CHECK(etp == 1 || etp == g.slice.size(), "MoE: etp must be 1 or tp=", g.slice.size(),
               ", got ", etp);
-  build(E / ep, g.ep.rank * (E / ep), options.hidden() / etp, /*add_output_bias=*/g.etp.rank == 0);
-}
-
-int64_t MoEImpl::num_local_experts() const {
-  if (groups_ && is_adaptive())
-    return std::max<int64_t>(1, options.num_experts() / groups_->stage.size());
-  return groups_ ? options.num_experts() / groups_->ep.size() : options.num_experts();
-}
-
-int64_t MoEImpl::first_local_expert() const {
-  if (groups_ && is_adaptive()) {
-    const int64_t me = groups_->stage.rank, W = groups_->stage.size();
-    return options.num_experts() >= W ? me * num_local_experts() : me / adaptive_shard_size();
-  }
-  return groups_ ? groups_->ep.rank * num_local_experts() : 0;
+  const int64_t me = stage_rank();
+  build(placement_.local_experts, placement_.first_local_expert(me), options.hidden() / etp,
+        /*add_output_bias=*/placement_.hidden_slice(me) == 0);
 }
 
 void MoEImpl::load_shard_from(MoEImpl& full) {
@@ -69,8 +53,7 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
     return;
   }
   const int64_t L = num_local_experts(), e0 = first_local_expert();
-  const int64_t etp = groups_ ? groups_->etp.size() : 1, q = groups_ ? groups_->etp.rank : 0;
-  const int64_t h = options.hidden() / etp;
+  const int64_t h = options.hidden() / placement_.shards, q = placement_.hidden_slice(stage_rank());
   auto src = full.experts->named_parameters();
   for (auto& kv : experts->named_parameters()) {
     TORCH_CHECK(src.contains(kv.key()), "MoE::load_shard_from: source has no ", kv.key());

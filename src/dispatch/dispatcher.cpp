@@ -21,7 +21,7 @@ std::unique_ptr<TokenDispatcher> make_token_dispatcher(
     std::shared_ptr<GroupedExpertsImpl> grouped) {
   if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
   std::unique_ptr<detail::ExchangingDispatcher> d;
-  if (options.expert_layout() == "adaptive") {
+  if (options.expert_layout() == ExpertLayout::kAdaptive) {
     d = std::make_unique<detail::AdaptiveDispatcher>(options, groups, grouped);
   } else {
     d = std::make_unique<detail::AllToAllDispatcher>(options, groups);

@@ -18,7 +18,7 @@ MoEOptions GPTOptions::moe_options() const {
 
 GPTOptions GPTOptions::single_process() const {
   GPTOptions o = *this;
-  o.expert_layout("fixed").adaptive_r(1).a2a_overlap_degree(1);
+  o.expert_layout(ExpertLayout::kFixed).adaptive_r(1).a2a_overlap_degree(1);
   return o;
 }
 
@@ -191,10 +191,9 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
   }
   // 3. The blocks, named by their index within the stage.
   blocks = register_module("blocks", torch::nn::ModuleList());
-  const Recompute recompute = parse_recompute(o.recompute());
   for (int64_t j = 0; j < range_.count; ++j) {
     Block b(o, o.is_moe_block(range_.first + j), groups_);
-    b->set_recompute(recompute, o.recompute_cache_comm());
+    b->set_recompute(o.recompute(), o.recompute_cache_comm());
     blocks->push_back(b);
     block_list.push_back(b);
   }
@@ -204,7 +203,7 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
 }
 
 void GPTImpl::set_recompute(Recompute mode, bool cache_comm) {
-  options.recompute(recompute_name(mode)).recompute_cache_comm(cache_comm);
+  options.recompute(mode).recompute_cache_comm(cache_comm);
   for (auto& b : block_list) b->set_recompute(mode, cache_comm);
 }
 

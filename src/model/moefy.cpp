@@ -11,9 +11,9 @@ namespace {
 void upcycle_experts(MoEImpl& moe, const torch::Tensor& w_fc1, const torch::Tensor& b_fc1,
                      const torch::Tensor& w_fc2, const torch::Tensor& b_fc2) {
   TORCH_CHECK(moe.grouped, "moefy: upcycling needs the built-in grouped experts");
-  const auto* g = moe.groups();
-  const int64_t etp = g ? g->etp.size() : 1, q = g ? g->etp.rank : 0;
-  const int64_t h = w_fc1.size(0) / etp, L = moe.num_local_experts();
+  const auto& p = moe.placement();  // the fixed layout: S = etp hidden slices
+  const int64_t q = p.hidden_slice(moe.groups() ? moe.groups()->stage.rank : 0);
+  const int64_t h = w_fc1.size(0) / p.shards, L = p.local_experts;
   torch::NoGradGuard no_grad;
   auto& ex = *moe.grouped;
   // Expert weights are used as x @ w1 ([d, h]) and h @ w2 ([h, d]).
@@ -40,10 +40,11 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .adaptive_r(options.adaptive_r())
       .a2a_overlap_degree(options.a2a_overlap_degree());
   if (upcycle) {
-    TORCH_CHECK(options.expert_layout() == "fixed",
+    TORCH_CHECK(options.expert_layout() == ExpertLayout::kFixed,
                 "moefy: upcycling copies the MLP into experts of the fixed layout; expected "
                 "expert_layout \"fixed\", got \"",
-                options.expert_layout(), "\" (upcycle first, then load into an adaptive model)");
+                to_string(options.expert_layout()),
+                "\" (upcycle first, then load into an adaptive model)");
     TORCH_CHECK(!options.expert(), "moefy: upcycling needs the built-in experts, not user modules");
     TORCH_CHECK(options.activation() == Activation::kGelu,
                 "moefy: upcycling copies a gelu MLP; expected activation gelu, got ",

@@ -6,18 +6,25 @@
 #include <deque>
 #include <sstream>
 
+#include "core/enum_names.h"
 #include "hybridmoe/collectives.h"
 
 namespace hybridmoe {
 
+namespace {
+
+const detail::EnumNames<PipelineSchedule> kScheduleNames{
+    "pipeline_schedule",
+    {{PipelineSchedule::kOneFOneB, "1f1b"}, {PipelineSchedule::kGPipe, "gpipe"}}};
+
+}  // namespace
+
 std::string to_string(PipelineSchedule schedule) {
-  return schedule == PipelineSchedule::kGPipe ? "gpipe" : "1f1b";
+  return kScheduleNames.name_of(schedule);
 }
 
 PipelineSchedule parse_pipeline_schedule(const std::string& text) {
-  if (text == "1f1b") return PipelineSchedule::kOneFOneB;
-  if (text == "gpipe") return PipelineSchedule::kGPipe;
-  TORCH_CHECK(false, "pipeline schedule: expected \"1f1b\" or \"gpipe\", got \"", text, "\"");
+  return kScheduleNames.parse(text);
 }
 
 StageRange stage_block_range(int64_t n_layers, int64_t stages, int64_t stage) {

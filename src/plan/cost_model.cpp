@@ -20,10 +20,6 @@ bool size_spans_nodes(int64_t size, int64_t ranks_per_node) {
   return ranks_per_node > 0 && size > ranks_per_node;
 }
 
-bool is_adaptive(const Layout& l) {
-  return l.adaptive_r >= 0;
-}
-
 }  // namespace
 
 std::string to_string(Collective kind) {
@@ -78,17 +74,21 @@ ModelSpec ModelSpec::from_train_config(const TrainConfig& c) {
   m.batch_size = c.batch_size;
   m.context = c.context;
   m.vocab = 256;
-  m.dtype_bytes = c.dtype == "float64" ? 8 : 4;
+  m.dtype_bytes = static_cast<int64_t>(c10::elementSize(scalar_type(c.dtype)));
   return m;
+}
+
+ExpertPlacement Layout::placement(const ModelSpec& model) const {
+  return expert_placement(expert_layout, par.stage_size(), model.num_experts, par.ep, par.etp);
 }
 
 std::string Layout::to_string() const {
   std::ostringstream s;
   s << par.to_string() << ".z" << zero << ".r";
-  if (adaptive_r < 0) {
-    s << "-";
-  } else {
+  if (is_adaptive()) {
     s << adaptive_r;
+  } else {
+    s << "-";
   }
   s << ".D" << overlap << ".M" << micro_batches;
   return s.str();
@@ -110,10 +110,6 @@ bool spans_nodes(const ParallelConfig& config, GroupKind kind, int64_t ranks_per
     for (int64_t r : group)
       if (r / ranks_per_node != group.front() / ranks_per_node) return true;
   return false;
-}
-
-int64_t adaptive_shards(const ModelSpec& model, const ParallelConfig& config) {
-  return std::max<int64_t>(1, config.stage_size() / model.num_experts);
 }
 
 std::string check_layout(const ModelSpec& m, const Layout& l) {
@@ -139,15 +135,15 @@ std::string check_layout(const ModelSpec& m, const Layout& l) {
     why << "ZeRO stage must be 0 or 1, got " << l.zero;
   } else if (l.overlap < 1) {
     why << "overlap degree must be >= 1, got " << l.overlap;
-  } else if (is_adaptive(l)) {
-    const int64_t S = adaptive_shards(m, p);
+  } else if (l.is_adaptive()) {
+    const ExpertPlacement placement = l.placement(m);
     if (m.moe_layers() == 0) {
       why << "adaptive r needs MoE layers";
-    } else if (p.ep != 1 || p.etp != 1 || W < 2 || (E >= W ? E % W : W % E) != 0) {
+    } else if (!placement.fits() || W < 2) {
       why << "adaptive r places the experts itself: it needs ep = 1, etp = 1, a stage of more "
              "than one rank and one of E, W dividing the other";
-    } else if (l.adaptive_r != 0 && S % l.adaptive_r != 0) {
-      why << "adaptive r = " << l.adaptive_r << " must be 0 or divide S = " << S;
+    } else if (!placement.is_valid_r(l.adaptive_r)) {
+      why << "adaptive r = " << l.adaptive_r << " must be 0 or divide S = " << placement.shards;
     }
   }
   return why.str();
@@ -174,8 +170,8 @@ LayerTraffic layer_traffic(const ModelSpec& m, const Layout& l) {
   t.dense_grads = (Lp * attn + (Lp - Lmp) * mlp + emb) * b;
   t.gate_grads = Lmp * d * E * b;
   if (m.moe_layers() == 0) return t;
-  if (is_adaptive(l)) {
-    const int64_t S = adaptive_shards(m, p), r = l.adaptive_r;
+  if (l.is_adaptive()) {
+    const int64_t S = l.placement(m).shards, r = l.adaptive_r;
     if (r == 0) {
       t.weight_gather = E * Pe * b;
       t.weight_group = W;
@@ -204,12 +200,12 @@ MemoryEstimate memory_estimate(const ModelSpec& m, const Layout& l) {
   MemoryEstimate mem;
   // 1. Parameters and gradients (b bytes each).
   mem.dense_params = t.dense_grads + t.gate_grads;
-  const double expert_elems = is_adaptive(l) ? Lmp * E * Pe / W : Lmp * (E / p.ep) * Pe / p.etp;
+  const double expert_elems = l.is_adaptive() ? Lmp * E * Pe / W : Lmp * (E / p.ep) * Pe / p.etp;
   mem.expert_params = expert_elems * b;
   mem.params = mem.dense_params + mem.expert_params;
   mem.grads = mem.params;
   // 2. AdamW's two moments; ZeRO 1 shards them over dp (dense) and edp (experts).
-  const int64_t expert_replicas = is_adaptive(l) ? 1 : p.edp();
+  const int64_t expert_replicas = l.is_adaptive() ? 1 : p.edp();
   const double dense_shard = l.zero == 1 ? static_cast<double>(p.dp) : 1.0;
   const double expert_shard = l.zero == 1 ? static_cast<double>(expert_replicas) : 1.0;
   mem.expert_optimizer = 2 * mem.expert_params / expert_shard;
@@ -226,7 +222,7 @@ MemoryEstimate memory_estimate(const ModelSpec& m, const Layout& l) {
   const double one_mb = Lp * per_block + (Lp - Lmp) * per_dense + Lmp * per_moe;
   const int64_t in_flight = p.pp == 1 ? 1 : std::min(p.pp, l.micro_batches);
   mem.activations = in_flight * one_mb + 2 * T * m.vocab * b;
-  if (is_adaptive(l) && l.adaptive_r == 0 && Lmp > 0) mem.activations += 2 * E * Pe * b;
+  if (l.is_adaptive() && l.adaptive_r == 0 && Lmp > 0) mem.activations += 2 * E * Pe * b;
   return mem;
 }
 
@@ -253,9 +249,10 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
   };
 
   // 1. Compute of one micro-batch in the slowest stage (backward = 2x forward).
-  const bool adaptive = l.adaptive_r >= 0;
-  const double local_experts = adaptive ? (l.adaptive_r == 0 ? E : std::max<double>(1, E / W))
-                                        : static_cast<double>(E / p.ep);
+  const bool adaptive = l.is_adaptive();
+  // Experts whose GEMMs one rank runs: all E when r = 0 gathers them, else those it stores.
+  const double local_experts =
+      static_cast<double>(adaptive && l.adaptive_r == 0 ? E : l.placement(m).local_experts);
   const double expert_flops = Lmp * 4 * Ts * k * d * h;
   const double flops = Lp * 2 * T * d * 4 * d / p.tp + (Lp - Lmp) * 4 * T * d * f / p.tp +
                        Lmp * 2 * Ts * d * E + expert_flops + 2 * T * d * V;

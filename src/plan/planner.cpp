@@ -14,28 +14,35 @@ namespace hybridmoe::plan {
 
 namespace {
 
-// The adaptive r values of a stage layout: -1 (fixed experts) and, on ep = etp = 1 (adaptive mode
-// places the experts itself) with W > 1, {0} ∪ divisors(S) without r = 1 when S = 1.
-std::vector<int64_t> r_values(const ModelSpec& m, const ParallelConfig& p, bool adaptive) {
-  std::vector<int64_t> out = {-1};
+// The expert layouts of a stage layout, as (layout, r): the fixed experts and, on ep = etp = 1
+// (adaptive mode places the experts itself) with W > 1, the adaptive layout at every valid r
+// without r = 1 when S = 1 (that is the fixed ep = W layout).
+std::vector<Layout> expert_layouts(const ModelSpec& m, const ParallelConfig& p, bool adaptive) {
+  Layout fixed;
+  fixed.par = p;
+  std::vector<Layout> out = {fixed};
   if (!adaptive || m.moe_layers() == 0) return out;
-  const int64_t W = p.stage_size(), E = m.num_experts, S = adaptive_shards(m, p);
-  if (p.ep != 1 || p.etp != 1 || W < 2 || (E >= W ? E % W : W % E) != 0) return out;
-  out.push_back(0);
-  for (int64_t r = 1; r <= S; ++r)
-    if (S % r == 0 && !(r == 1 && S == 1)) out.push_back(r);
+  Layout a = fixed;
+  a.expert_layout = ExpertLayout::kAdaptive;
+  const ExpertPlacement placement = a.placement(m);
+  if (!placement.fits() || p.stage_size() < 2) return out;
+  for (int64_t r : placement.valid_r) {
+    if (r == 1 && placement.shards == 1) continue;
+    a.adaptive_r = r;
+    out.push_back(a);
+  }
   return out;
 }
 
 // Whether the layout has a token all-to-all for the overlap degree to split.
-bool has_token_a2a(const ModelSpec& m, const ParallelConfig& p, int64_t r) {
+bool has_token_a2a(const ModelSpec& m, const Layout& l) {
   if (m.moe_layers() == 0) return false;
-  return r < 0 ? p.ep > 1 : (r >= 1 && p.stage_size() > 1);
+  return l.is_adaptive() ? (l.adaptive_r >= 1 && l.par.stage_size() > 1) : l.par.ep > 1;
 }
 
-// Whether ZeRO 1 has anything to shard: dp > 1, or experts replicated over edp > 1.
-bool zero_shards(const ParallelConfig& p, int64_t r) {
-  return p.dp > 1 || (r < 0 && p.edp() > 1);
+// Whether ZeRO 1 has anything to shard: dp > 1, or fixed experts replicated over edp > 1.
+bool zero_shards(const Layout& l) {
+  return l.par.dp > 1 || (!l.is_adaptive() && l.par.edp() > 1);
 }
 
 std::string json_number(double v) {
@@ -51,16 +58,14 @@ std::vector<Layout> enumerate_layouts(const ModelSpec& m, int64_t world, const P
   std::vector<Layout> out;
   for (const auto& p : valid_parallel_configs(world)) {
     for (int64_t zero : o.zero_stages) {
-      for (int64_t r : r_values(m, p, o.adaptive)) {
-        if (zero == 1 && !zero_shards(p, r)) continue;
+      for (const Layout& experts : expert_layouts(m, p, o.adaptive)) {
+        if (zero == 1 && !zero_shards(experts)) continue;
         std::vector<int64_t> degrees = {1};
-        if (has_token_a2a(m, p, r)) degrees = o.overlap_degrees;
+        if (has_token_a2a(m, experts)) degrees = o.overlap_degrees;
         for (int64_t D : degrees) {
           for (int64_t M = 1; M <= std::max<int64_t>(1, o.max_micro_batches); M *= 2) {
-            Layout l;
-            l.par = p;
+            Layout l = experts;
             l.zero = zero;
-            l.adaptive_r = r;
             l.overlap = D;
             l.micro_batches = M;
             if (check_layout(m, l).empty()) out.push_back(l);
@@ -95,7 +100,7 @@ std::string to_json(const std::vector<Estimate>& ranking) {
     const auto& l = e.layout;
     s << (i ? ", " : "") << "{\"tp\": " << l.par.tp << ", \"dp\": " << l.par.dp
       << ", \"pp\": " << l.par.pp << ", \"ep\": " << l.par.ep << ", \"etp\": " << l.par.etp
-      << ", \"zero\": " << l.zero << ", \"adaptive_r\": " << l.adaptive_r
+      << ", \"zero\": " << l.zero << ", \"adaptive_r\": " << json_adaptive_r(l)
       << ", \"overlap\": " << l.overlap << ", \"micro_batches\": " << l.micro_batches
       << ", \"predicted_step_ms\": " << json_number(e.step_s * 1e3)
       << ", \"peak_mem_mb\": " << json_number(e.memory.total() / (1024.0 * 1024.0))
@@ -124,11 +129,6 @@ std::string to_table(const std::vector<Estimate>& ranking, int64_t rows) {
 }
 
 std::string apply_layout(TrainConfig& config, const Layout& l) {
-  auto has_key = [](const std::string& name) {
-    for (const auto& k : train_config_keys())
-      if (k.name == name) return true;
-    return false;
-  };
   config.tp = l.par.tp;
   config.dp = l.par.dp;
   config.pp = l.par.pp;
@@ -136,24 +136,19 @@ std::string apply_layout(TrainConfig& config, const Layout& l) {
   config.etp = l.par.etp;
   config.nproc = l.par.world_size();
   config.micro_batches = l.micro_batches;
-  // 1. The keys that later parts of the trainer add; a non-default value needs its key.
-  struct Extra {
-    const char* key;
-    int64_t value, off;
-  };
-  for (const Extra& x : {Extra{"zero_stage", l.zero, 0}, Extra{"adaptive_r", l.adaptive_r, -1},
-                         Extra{"a2a_overlap_degree", l.overlap, 1}}) {
-    if (has_key(x.key)) {
-      if (x.value != x.off) set_config_value(config, x.key, std::to_string(x.value));
-    } else if (x.value != x.off) {
-      return std::string("the trainer has no `") + x.key + "` key yet (layout needs " + x.key +
-             " = " + std::to_string(x.value) + ")";
-    }
+  // 1. The keys a layout sets where it departs from their defaults (the others keep their value).
+  if (l.zero != 0) config.zero_stage = l.zero;
+  if (l.is_adaptive()) {
+    config.expert_layout = ExpertLayout::kAdaptive;
+    config.adaptive_r = AdaptiveR::value(l.adaptive_r);
   }
-  if (l.adaptive_r >= 0 && has_key("expert_layout"))
-    set_config_value(config, "expert_layout", "adaptive");
-  // 2. Whatever else the trainer refuses (e.g. pipeline stages before it has them).
+  if (l.overlap != 1) config.a2a_overlap_degree = l.overlap;
+  // 2. Whatever else the trainer refuses.
   return check_config(config);
+}
+
+int64_t json_adaptive_r(const Layout& layout) {
+  return layout.is_adaptive() ? layout.adaptive_r : -1;
 }
 
 AutoLayout apply_auto_layout(TrainConfig& config, const MachineSpec& machine) {

@@ -3,60 +3,42 @@
 // the explicit options and refuses contradictions.
 #include "hybridmoe/routing_rules.h"
 
-#include <sstream>
 #include <utility>
 #include <vector>
 
+#include "core/enum_names.h"
 #include "hybridmoe/gate.h"
 
 namespace hybridmoe {
 
 namespace {
 
-// One closed set: its names in enum order, and the option name used in errors.
-template <typename Enum>
-struct Names {
-  const char* option;
-  std::vector<std::pair<Enum, const char*>> values;
+using detail::EnumNames;
 
-  std::string name_of(Enum v) const {
-    for (const auto& kv : values)
-      if (kv.first == v) return kv.second;
-    TORCH_CHECK(false, option, ": unknown value ", static_cast<int>(v));
-  }
-  Enum parse(const std::string& text) const {
-    std::ostringstream known;
-    for (const auto& kv : values) {
-      if (text == kv.second) return kv.first;
-      known << (known.tellp() > 0 ? ", " : "") << '"' << kv.second << '"';
-    }
-    TORCH_CHECK(false, option, ": expected one of ", known.str(), ", got \"", text, "\"");
-  }
-};
-
-const Names<DropPolicy> kDropPolicyNames{
+const EnumNames<DropPolicy> kDropPolicyNames{
     "drop_policy", {{DropPolicy::kPosition, "position"}, {DropPolicy::kProbs, "probs"}}};
-const Names<SlotOrder> kSlotOrderNames{"slot_order",
-                                       {{SlotOrder::kFirstChoicesFirst, "first_choices_first"},
-                                        {SlotOrder::kTokenMajor, "token_major"},
-                                        {SlotOrder::kByWeight, "by_weight"}}};
-const Names<WeightNormalization> kNormalizationNames{
+const EnumNames<SlotOrder> kSlotOrderNames{"slot_order",
+                                           {{SlotOrder::kFirstChoicesFirst, "first_choices_first"},
+                                            {SlotOrder::kTokenMajor, "token_major"},
+                                            {SlotOrder::kByWeight, "by_weight"}}};
+const EnumNames<WeightNormalization> kNormalizationNames{
     "weight_normalization",
     {{WeightNormalization::kNone, "none"},
      {WeightNormalization::kBeforeCapacity, "before_capacity"},
      {WeightNormalization::kAfterCapacity, "after_capacity"}}};
-const Names<CapacityFormula> kCapacityNames{
+const EnumNames<CapacityFormula> kCapacityNames{
     "capacity_formula",
     {{CapacityFormula::kCeilKTOverE, "ceil_k_t_over_e"}, {CapacityFormula::kTutel, "tutel"}}};
-const Names<BalanceLossChoices> kBalanceNames{"balance_loss_choices",
-                                              {{BalanceLossChoices::kAllChoices, "all_choices"},
-                                               {BalanceLossChoices::kFirstChoice, "first_choice"}}};
-const Names<Convention> kConventionNames{"convention",
-                                         {{Convention::kNone, "none"},
-                                          {Convention::kDeepSpeed, "deepspeed"},
-                                          {Convention::kTutel, "tutel"},
-                                          {Convention::kMegatron, "megatron"},
-                                          {Convention::kGShard, "gshard"}}};
+const EnumNames<BalanceLossChoices> kBalanceNames{
+    "balance_loss_choices",
+    {{BalanceLossChoices::kAllChoices, "all_choices"},
+     {BalanceLossChoices::kFirstChoice, "first_choice"}}};
+const EnumNames<Convention> kConventionNames{"convention",
+                                             {{Convention::kNone, "none"},
+                                              {Convention::kDeepSpeed, "deepspeed"},
+                                              {Convention::kTutel, "tutel"},
+                                              {Convention::kMegatron, "megatron"},
+                                              {Convention::kGShard, "gshard"}}};
 
 std::string bool_name(bool v) {
   return v ? "true" : "false";

@@ -305,8 +305,8 @@ int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTIm
           "checkpoint %s: converted from layout %s (zero_stage %lld, %s experts) to %s "
           "(zero_stage %lld, %s experts)\n",
           dir.c_str(), meta["layout"].c_str(), static_cast<long long>(saved.zero_stage),
-          saved.expert_layout.c_str(), layout.c_str(), static_cast<long long>(config.zero_stage),
-          config.expert_layout.c_str());
+          to_string(saved.expert_layout).c_str(), layout.c_str(),
+          static_cast<long long>(config.zero_stage), to_string(config.expert_layout).c_str());
     return std::stoll(meta["step"]);
   }
   // 3. This rank's shard: present, with the recorded checksum; any rank's failure stops all.
@@ -354,7 +354,7 @@ GPT load_full_model(const std::string& dir) {
               ": model.pt is corrupted (checksum differs from ", kMetaFile, ")");
   TrainConfig c = read_checkpoint_config(dir);
   GPT model(c.model_options().single_process());
-  model->to(c.dtype == "float64" ? torch::kFloat64 : torch::kFloat32);
+  model->to(scalar_type(c.dtype));
   torch::load(model, path);
   return model;
 }

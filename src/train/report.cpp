@@ -61,7 +61,7 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
   for (const auto& k : train_config_keys()) {
     const std::string v = get_config_value(config, k.name);
     f << (first ? "" : ", ") << json_string(k.name) << ": "
-      << (k.kind == "string" ? json_string(v) : v);
+      << (k.kind == ConfigKind::kString ? json_string(v) : v);
     first = false;
   }
   f << "}\n}\n";

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
+#include <optional>
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
@@ -104,7 +105,7 @@ RunParts build_run(const TrainConfig& cfg, dist::World& world) {
     GPT full(opts.single_process());
     r.model->load_shard_from(*full);
   }
-  r.model->to(cfg.dtype == "float64" ? torch::kFloat64 : torch::kFloat32);
+  r.model->to(scalar_type(cfg.dtype));
   r.gdp = std::make_unique<GroupedDataParallel>(r.model.ptr(), r.groups);
   const auto named = r.model->named_parameters().pairs();
   r.optimizer = std::make_unique<ZeroAdamW>(
@@ -176,7 +177,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const int64_t L = model->num_moe_layers(), L0 = model->first_moe_layer(), E = cfg.num_experts;
   PipelineOptions pipe;
   pipe.micro_batches = micro;
-  pipe.schedule = parse_pipeline_schedule(cfg.pipeline_schedule);
+  pipe.schedule = cfg.pipeline_schedule;
   pipe.activation_sizes = {per_pass / dp, cfg.seq_len, cfg.d_model};
   pipe.activation_options = model->parameters().front().options();
   std::vector<double> load_run(L * E, 0.0);
@@ -184,19 +185,16 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
   // Adaptive r = auto: every adaptive_recheck_every steps, one step with each valid r is timed
   // (the mean over ranks, so every rank decides alike), then the fastest is kept.
-  const bool auto_r = cfg.expert_layout == "adaptive" && cfg.adaptive_r == "auto";
-  std::vector<int64_t> r_values;
+  // The r of every MoE layer of every stage, from the configuration (a stage may hold none).
+  const bool adaptive = cfg.expert_layout == ExpertLayout::kAdaptive;
+  const bool auto_r = adaptive && cfg.adaptive_r.kind() == AdaptiveR::Kind::kAuto;
+  const std::vector<int64_t> r_values = auto_r ? cfg.placement().valid_r : std::vector<int64_t>{};
   std::vector<double> r_ms;
-  if (auto_r) {
-    const int64_t W = tp * dp, S = cfg.num_experts < W ? W / cfg.num_experts : 1;
-    r_values.push_back(0);
-    for (int64_t d = 1; d <= S; ++d)
-      if (S % d == 0) r_values.push_back(d);
-  }
   auto set_r = [&](int64_t r) {
     for (auto& layer : moe) layer->set_adaptive_r(r);
   };
-  int64_t current_r = cfg.expert_layout == "adaptive" ? opts.adaptive_r() : -1;
+  std::optional<int64_t> current_r;  // the adaptive layout's r in force; none for fixed experts
+  if (adaptive) current_r = opts.adaptive_r();
   const bool tty = isatty(fileno(stderr));
   const double tokens_per_step = static_cast<double>(cfg.batch_size * cfg.seq_len);
   double timed_s = 0;
@@ -210,7 +208,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     if (r_trial) {
       if (phase == 0) r_ms.clear();
       current_r = r_values[phase];
-      set_r(current_r);
+      set_r(*current_r);
     }
     optimizer.set_lr(lr);
     optimizer.zero_grad();
@@ -301,7 +299,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       if (r_ms.size() == r_values.size()) {
         const auto best = std::min_element(r_ms.begin(), r_ms.end()) - r_ms.begin();
         current_r = r_values[best];
-        set_r(current_r);
+        set_r(*current_r);
         if (lead && cfg.progress) {
           std::ostringstream msg;
           for (size_t i = 0; i < r_values.size(); ++i)
@@ -309,7 +307,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
                 << std::setprecision(1) << r_ms[i] << " ms";
           std::printf("%sstep %lld adaptive_r auto: %s -> r=%lld\n", tty ? "\n" : "",
                       static_cast<long long>(step), msg.str().c_str(),
-                      static_cast<long long>(current_r));
+                      static_cast<long long>(*current_r));
         }
       }
     }
@@ -326,7 +324,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       metrics << "{\"step\": " << step << ", \"loss\": " << std::setprecision(17) << loss
               << std::setprecision(8) << ", \"aux_loss\": " << aux << ", \"lr\": " << lr
               << ", \"grad_norm\": " << norm << ", \"tokens_per_s\": " << tps;
-      if (current_r >= 0) metrics << ", \"adaptive_r\": " << current_r;
+      if (current_r) metrics << ", \"adaptive_r\": " << *current_r;
       const bool stats = step % cfg.stats_every == 0 || step == last;
       if (stats && L > 0) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);

@@ -84,15 +84,11 @@ GateSpec GateSpec::parse(const std::string& text) {
 
 std::vector<int64_t> adaptive_r_values(const ParallelConfig& layout, int64_t experts,
                                        int64_t d_hidden) {
-  const int64_t W = layout.stage_size();
-  if (layout.pp != 1 || layout.ep != 1 || layout.etp != 1) return {};
-  if (experts >= W ? experts % W != 0 : W % experts != 0) return {};
-  const int64_t S = experts >= W ? 1 : W / experts;
-  if (d_hidden % S != 0) return {};
-  std::vector<int64_t> out = {0};
-  for (int64_t r = 1; r <= S; ++r)
-    if (S % r == 0) out.push_back(r);
-  return out;
+  if (layout.pp != 1) return {};
+  const auto p = expert_placement(ExpertLayout::kAdaptive, layout.stage_size(), experts, layout.ep,
+                                  layout.etp);
+  if (!p.fits() || !p.check_hidden(d_hidden).empty()) return {};
+  return p.valid_r;
 }
 
 std::vector<ParallelConfig> verifiable_layouts(int64_t world_size, int64_t experts,
@@ -142,6 +138,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   VerifyRow row;
   row.layout = layout;
   row.gate = gate.to_string();
+  row.expert_layout = o.expert_layout;
   row.adaptive_r = o.adaptive_r;
   auto groups = detail::verify_groups(world, layout, run_id);
   if (!groups) return row;
@@ -158,10 +155,14 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   // The adaptive expert layout (if asked): the reference keeps the single-process experts.
   const auto ref_mo = mo;
   const auto degrees = adaptive_r_values(layout, o.experts, o.d_hidden);
-  if (o.adaptive_r != kFixedExperts) {
+  const bool every_step = o.adaptive_r.kind() == AdaptiveR::Kind::kEveryStep;
+  if (o.expert_layout == ExpertLayout::kAdaptive) {
     TORCH_CHECK(!degrees.empty(), "verify: layout ", layout.to_string(), " with ", o.experts,
                 " experts of width ", o.d_hidden, " has no adaptive expert layout");
-    mo.expert_layout("adaptive").adaptive_r(o.adaptive_r >= 0 ? o.adaptive_r : degrees[0]);
+    TORCH_CHECK(o.adaptive_r.is_value() || every_step,
+                "verify: adaptive_r must be one r or every-step, got ", o.adaptive_r.to_string());
+    mo.expert_layout(ExpertLayout::kAdaptive)
+        .adaptive_r(every_step ? degrees[0] : o.adaptive_r.value());
   }
   VerifyNet ref(ref_mo, nullptr);
   ref->to(o.dtype);
@@ -196,7 +197,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     ref_opt.step();
 
     opt.zero_grad();
-    if (o.adaptive_r == kAdaptiveEveryStep)
+    if (o.expert_layout == ExpertLayout::kAdaptive && every_step)
       net->moe->set_adaptive_r(degrees[step % degrees.size()]);
     auto x_mine = x.narrow(0, coords.dp * B, B), t_mine = t.narrow(0, coords.dp * B, B);
     auto [y, aux] = net->forward(x_mine);

@@ -151,9 +151,10 @@ TEST(Recompute, BlockAndMoEEqualNoRecomputeOnOneProcess) {
 }
 
 TEST(Recompute, ConfigOptionReachesTheBlocks) {
-  GPT model(small_options().recompute("moe"));
+  GPT model(small_options().recompute(parse_recompute("moe")));
   for (auto& b : model->block_list) EXPECT_EQ(b->recompute(), Recompute::kMoE);
-  EXPECT_TRUE(throws_with([] { GPT bad(small_options().recompute("layers")); }, "\"layers\""));
+  EXPECT_TRUE(throws_with([] { GPT bad(small_options().recompute(parse_recompute("layers"))); },
+                          "\"layers\""));
 }
 
 // ---- on 4 ranks: the communication cache ------------------------------------------------------
@@ -190,7 +191,7 @@ void check_recompute_layout(dist::World& world, const DistCase& c, int64_t run_i
   auto tokens = random_tokens(2, 8, 30 + coords.dp), targets = random_tokens(2, 8, 40 + coords.dp);
   auto want = one_step(*net, tokens, targets);
   const auto [want_calls, want_bytes] = all_to_all_totals(want.comm);
-  const std::string name = c.layout.to_string() + " " + c.options.expert_layout() +
+  const std::string name = c.layout.to_string() + " " + to_string(c.options.expert_layout()) +
                            " overlap=" + std::to_string(c.options.a2a_overlap_degree());
   EXPECT_GT(want_calls, 0) << name;
   for (auto mode : {Recompute::kBlock, Recompute::kMoE})
@@ -223,7 +224,7 @@ TEST(RecomputeMultiRank, CachedRecomputeRepeatsNoExchange) {
         {ParallelConfig{2, 2, 1, 2, 2}, o},                                    // etp gathers
         {ParallelConfig{1, 4, 1, 4, 1}, GPTOptions(o).a2a_overlap_degree(2)},  // overlapped
         {ParallelConfig{1, 4, 1, 1, 1},
-         GPTOptions(o).num_experts(2).expert_layout("adaptive").adaptive_r(2)},  // adaptive
+         GPTOptions(o).num_experts(2).expert_layout(ExpertLayout::kAdaptive).adaptive_r(2)},
     };
     for (size_t i = 0; i < cases.size(); ++i)
       check_recompute_layout(ctx.world, cases[i], static_cast<int64_t>(i));

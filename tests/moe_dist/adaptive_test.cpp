@@ -46,7 +46,7 @@ void run_case(RankContext& ctx, const Case& c) {
   MoE full(opts);
   full->to(torch::kFloat64);
   auto adaptive_opts = opts;
-  adaptive_opts.expert_layout("adaptive");
+  adaptive_opts.expert_layout(ExpertLayout::kAdaptive);
   MoE mine(adaptive_opts, groups);
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
@@ -70,8 +70,8 @@ void run_case(RankContext& ctx, const Case& c) {
   // 4. Calls with changing r on the same layer, each against the same reference.
   auto sequence = c.r_sequence;
   if (sequence.empty()) {
-    for (auto r : mine->valid_adaptive_r()) sequence.push_back(r);
-    for (auto r : mine->valid_adaptive_r()) sequence.insert(sequence.begin(), r);
+    for (auto r : mine->placement().valid_r) sequence.push_back(r);
+    for (auto r : mine->placement().valid_r) sequence.insert(sequence.begin(), r);
   }
   const auto rows = dY.narrow(0, offset, my_tokens);
   for (size_t i = 0; i < sequence.size(); ++i) {
@@ -135,10 +135,10 @@ TEST(AdaptiveMoE, RefusesInvalidDegreesAndUnsupportedSettings) {
   run_on_ranks(4, [](RankContext& ctx) {
     auto groups = std::make_shared<ParallelGroups>(
         ParallelGroups::build(ParallelConfig{1, 4, 1, 1, 1}, ctx.world));
-    auto opts = MoEOptions(4, 2).d_hidden(8).expert_layout("adaptive");
+    auto opts = MoEOptions(4, 2).d_hidden(8).expert_layout(ExpertLayout::kAdaptive);
     MoE moe(opts, groups);
-    EXPECT_EQ(moe->adaptive_shard_size(), 2);
-    EXPECT_EQ(moe->valid_adaptive_r(), (std::vector<int64_t>{0, 1, 2}));
+    EXPECT_EQ(moe->placement().shards, 2);
+    EXPECT_EQ(moe->placement().valid_r, (std::vector<int64_t>{0, 1, 2}));
     EXPECT_TRUE(throws_with([&] { moe->set_adaptive_r(3); }, "valid values: 0, 1, 2"));
     EXPECT_TRUE(throws_with(
         [&] {
@@ -156,8 +156,10 @@ TEST(AdaptiveMoE, RefusesInvalidDegreesAndUnsupportedSettings) {
         "user expert modules are not supported"));
     EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).d_hidden(9), groups); },
                             "d_hidden=9 is not divisible"));
-    EXPECT_TRUE(throws_with([&] { MoE(MoEOptions(opts).expert_layout("tiled"), groups); },
-                            "expert_layout must be"));
+    // An unknown layout name never reaches the layer: its parser refuses it by name.
+    EXPECT_TRUE(throws_with(
+        [&] { MoE(MoEOptions(opts).expert_layout(parse_expert_layout("tiled")), groups); },
+        "expert_layout: expected one of \"fixed\", \"adaptive\", got \"tiled\""));
     // A fixed layer takes no per-call r.
     MoE fixed(MoEOptions(4, 4).d_hidden(8), groups);
     EXPECT_TRUE(throws_with(

@@ -46,7 +46,7 @@ void run_case(RankContext& ctx, const Case& c) {
                   .capacity_factor(c.capacity_factor)
                   .convention(c.convention);
   auto mine_opts = opts;
-  if (c.adaptive) mine_opts.expert_layout("adaptive");
+  if (c.adaptive) mine_opts.expert_layout(ExpertLayout::kAdaptive);
   // 1. The full layer, this rank's shard, the global batch.
   torch::manual_seed(21);
   MoE full(opts);

@@ -13,6 +13,8 @@
 // tensor's largest magnitude (float64); a wrong chunk, order or scale is off by O(1).
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/moe.h"
@@ -36,7 +38,7 @@ struct Case {
   Activation activation;
   bool bias;
   bool skew;
-  int64_t adaptive_r = -1;  // >= 0: expert_layout "adaptive" at this r
+  std::optional<int64_t> adaptive_r = std::nullopt;  // set: expert_layout kAdaptive at this r
 };
 
 // One forward and backward; returns output, input gradient and every parameter gradient.
@@ -63,7 +65,7 @@ void run_case(RankContext& ctx, const Case& c) {
                   .bias(c.bias);
   torch::manual_seed(3);
   MoE full(opts);
-  if (c.adaptive_r >= 0) opts.expert_layout("adaptive").adaptive_r(c.adaptive_r);
+  if (c.adaptive_r) opts.expert_layout(ExpertLayout::kAdaptive).adaptive_r(*c.adaptive_r);
   full->to(torch::kFloat64);
   if (c.skew) {
     torch::NoGradGuard ng;
@@ -95,7 +97,7 @@ void run_case(RankContext& ctx, const Case& c) {
   const std::string what = c.layout.to_string() + " E=" + std::to_string(c.experts) + " " +
                            to_string(c.activation) + (c.bias ? " bias" : "") +
                            (c.skew ? " skew" : "") +
-                           (c.adaptive_r >= 0 ? " adaptive r=" + std::to_string(c.adaptive_r) : "");
+                           (c.adaptive_r ? " adaptive r=" + std::to_string(*c.adaptive_r) : "");
   for (size_t k = 1; k < results.size(); ++k) {
     ASSERT_EQ(results[k].size(), results[0].size());
     for (size_t i = 0; i < results[0].size(); ++i) {

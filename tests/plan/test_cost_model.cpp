@@ -3,6 +3,7 @@
 // per rank, the pipeline bubble and the overlap's hidden time.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -31,12 +32,16 @@ ModelSpec tiny() {
   return m;
 }
 
+// r set: the adaptive expert layout at degree r; unset: the fixed experts.
 Layout make(int64_t tp, int64_t dp, int64_t pp, int64_t ep, int64_t etp, int64_t zero = 0,
-            int64_t r = -1, int64_t D = 1, int64_t M = 1) {
+            std::optional<int64_t> r = std::nullopt, int64_t D = 1, int64_t M = 1) {
   Layout l;
   l.par = ParallelConfig{tp, dp, pp, ep, etp};
   l.zero = zero;
-  l.adaptive_r = r;
+  if (r) {
+    l.expert_layout = ExpertLayout::kAdaptive;
+    l.adaptive_r = *r;
+  }
   l.overlap = D;
   l.micro_batches = M;
   return l;
@@ -88,7 +93,7 @@ TEST(CostModel, BytesOfExpertTensorParallelAndPipeline) {
   EXPECT_DOUBLE_EQ(e.etp_rows, 2 * 8 * 2 * 8 * 4);
   EXPECT_DOUBLE_EQ(e.expert_grads, 2 * 280 / 2 * 4);
   // pp = 2 with 2 micro-batches: T = 8 / (2 * 2) * 4 = 8; one block per stage (the MoE one).
-  const LayerTraffic p = layer_traffic(tiny(), make(1, 2, 2, 2, 1, 0, -1, 1, 2));
+  const LayerTraffic p = layer_traffic(tiny(), make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 2));
   EXPECT_EQ(p.tokens, 8);
   EXPECT_DOUBLE_EQ(p.p2p, 8 * 8 * 4);
   EXPECT_DOUBLE_EQ(p.a2a, 8 * 2 * 8 * 4);
@@ -99,7 +104,7 @@ TEST(CostModel, BytesOfExpertTensorParallelAndPipeline) {
 TEST(CostModel, BytesOfAdaptiveR) {
   // 8 ranks, 4 experts: S = 2 (storage: 1/2 of an expert per rank); T = Ts = 8 / 8 * 4 = 4.
   const ModelSpec m = tiny();
-  EXPECT_EQ(adaptive_shards(m, ParallelConfig{1, 8, 1, 4, 1}), 2);
+  EXPECT_EQ(expert_placement(ExpertLayout::kAdaptive, /*stage_size=*/8, m.num_experts).shards, 2);
   const LayerTraffic r2 = layer_traffic(m, make(1, 8, 1, 1, 1, 0, 2));
   EXPECT_DOUBLE_EQ(r2.a2a, 4 * 2 * 8 * 4 * 2);  // every token to r = 2 ranks
   EXPECT_EQ(r2.a2a_group, 8);
@@ -169,8 +174,8 @@ TEST(CostModel, ZeroOneExpertShardIsEpTimesLargerThanADpShard) {
 TEST(CostModel, PipelineActivationsHoldInFlightMicroBatches) {
   const ModelSpec m = tiny();
   // pp = 2, 1 block per stage (the MoE one at stage 1, the slowest is counted with 1 MoE block).
-  const MemoryEstimate m2 = memory_estimate(m, make(1, 2, 2, 2, 1, 0, -1, 1, 2));
-  const MemoryEstimate m4 = memory_estimate(m, make(1, 2, 2, 2, 1, 0, -1, 1, 4));
+  const MemoryEstimate m2 = memory_estimate(m, make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 2));
+  const MemoryEstimate m4 = memory_estimate(m, make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 4));
   // T = 8 and 4; in flight min(pp, M) = 2 both; per micro-batch: block T*4*(48+32) + 2*seqs*2*16*4
   // and MoE Ts*2*4*56 + T*32 (Ts = T), logits 2*T*256*4.
   auto act = [](double T, double seqs) {
@@ -205,7 +210,7 @@ TEST(CostModel, PipelineBubbleFraction) {
   const ModelSpec m = tiny();
   const ClusterSpec c{4, 0, 0.0};
   for (int64_t M : {1, 2, 4}) {
-    const Estimate e = estimate(m, c, MachineSpec(), make(1, 2, 2, 2, 1, 0, -1, 1, M));
+    const Estimate e = estimate(m, c, MachineSpec(), make(1, 2, 2, 2, 1, 0, std::nullopt, 1, M));
     const double pipeline = e.step_s - e.grad_sync_s - e.optimizer_s;
     EXPECT_NEAR(e.bubble_s / pipeline, 1.0 / (M + 1), 1e-12) << "M " << M;
   }
@@ -220,7 +225,8 @@ TEST(CostModel, OverlapHidesPartOfTheAllToAll) {
   mach.set_latency(false, 0.0);
   mach.set_bandwidth(false, 1e6);
   mach.gemm_latency_s = 0;
-  const Layout l1 = make(1, 4, 1, 4, 1, 0, -1, 1), l4 = make(1, 4, 1, 4, 1, 0, -1, 4);
+  const Layout l1 = make(1, 4, 1, 4, 1, 0, std::nullopt, 1),
+               l4 = make(1, 4, 1, 4, 1, 0, std::nullopt, 4);
   const LayerTraffic t = layer_traffic(m, l1);
   const double a2a = 4 * collective_time(Collective::kAllToAll, 4, t.a2a, mach.intra[0]);
   const double experts = 3 * (4.0 * t.slice_tokens * 2 * 8 * 16) / mach.gemm_flops;
@@ -242,9 +248,9 @@ TEST(CostModel, WithoutOverlapEfficiencyChunksOnlyAddLatency) {
   MachineSpec mach;
   mach.overlap_efficiency = 0.0;
   const LinkFit& link = mach.intra[static_cast<size_t>(Collective::kAllToAll)];
-  const Estimate e1 = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, -1, 1));
+  const Estimate e1 = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, std::nullopt, 1));
   for (int64_t D : {2, 4}) {
-    const Estimate eD = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, -1, D));
+    const Estimate eD = estimate(m, c, mach, make(1, 4, 1, 4, 1, 0, std::nullopt, D));
     EXPECT_DOUBLE_EQ(eD.hidden_s, 0.0);
     // 4 all-to-alls per MoE layer (1 MoE block), each paying (D - 1) * 3 more latency steps.
     EXPECT_NEAR(eD.step_s - e1.step_s, 4.0 * (D - 1) * 3 * link.latency_s, 1e-12) << D;

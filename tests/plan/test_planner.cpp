@@ -112,7 +112,7 @@ TEST(Planner, AdaptiveRValuesAreZeroAndDivisorsOfS) {
   m.num_experts = 4;
   std::map<std::string, std::set<int64_t>> rs;
   for (const auto& l : enumerate_layouts(m, 8))
-    if (l.adaptive_r >= 0) rs[l.par.to_string()].insert(l.adaptive_r);
+    if (l.is_adaptive()) rs[l.par.to_string()].insert(l.adaptive_r);
   EXPECT_EQ(rs["tp1.dp8.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
   EXPECT_EQ(rs["tp2.dp4.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
   EXPECT_EQ(rs["tp1.dp4.pp2.ep1.etp1"], (std::set<int64_t>{0}));
@@ -214,7 +214,9 @@ TEST(Planner, JsonParsesWithEveryKey) {
                             "micro_batches", "predicted_step_ms", "peak_mem_mb"})
       ASSERT_TRUE(row.contains(key)) << key;
     EXPECT_EQ(row["tp"].get<int64_t>(), ranked[i].layout.par.tp);
-    EXPECT_EQ(row["adaptive_r"].get<int64_t>(), ranked[i].layout.adaptive_r);
+    // The JSON writes the fixed experts as adaptive_r -1.
+    EXPECT_EQ(row["adaptive_r"].get<int64_t>(),
+              ranked[i].layout.is_adaptive() ? ranked[i].layout.adaptive_r : -1);
     EXPECT_EQ(row["micro_batches"].get<int64_t>(), ranked[i].layout.micro_batches);
     const double ms = row["predicted_step_ms"].get<double>();
     EXPECT_NEAR(ms, ranked[i].step_s * 1e3, 1e-5 * ms);
@@ -254,7 +256,7 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
 
 TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
   TrainConfig base;  // nproc 4
-  base.layout_mode = "auto";
+  base.layout_mode = LayoutMode::kAuto;
   const ModelSpec m = ModelSpec::from_train_config(base);
   for (double efficiency : {0.0, 1.0}) {
     MachineSpec machine;
@@ -285,7 +287,7 @@ TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
     if (efficiency == 1.0) {
       const Estimate* best_a2a = nullptr;
       for (const auto& e : ranked)
-        if (e.layout.par.ep > 1 && e.layout.adaptive_r < 0 && !best_a2a) best_a2a = &e;
+        if (e.layout.par.ep > 1 && !e.layout.is_adaptive() && !best_a2a) best_a2a = &e;
       ASSERT_NE(best_a2a, nullptr);
       EXPECT_GT(best_a2a->layout.overlap, 1) << best_a2a->layout.to_string();
     }

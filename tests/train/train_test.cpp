@@ -65,13 +65,19 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
               c.nproc = 10;
             }).find("`pp`"),
             std::string::npos);
-  EXPECT_NE(
-      with([](TrainConfig& c) { c.pipeline_schedule = "zigzag"; }).find("`pipeline_schedule`"),
-      std::string::npos);
+  // A typed key's bad text is refused where it is read, naming the key.
+  auto set_error = [](const std::string& key, const std::string& value) {
+    TrainConfig c;
+    return error_of([&] { set_config_value(c, key, value); });
+  };
+  EXPECT_NE(set_error("pipeline_schedule", "zigzag").find("`pipeline_schedule`"),
+            std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.seq_len = 128; }).find("`seq_len`"), std::string::npos);
   EXPECT_NE(with([](TrainConfig& c) { c.zero_stage = 2; }).find("`zero_stage`"), std::string::npos);
-  EXPECT_NE(with([](TrainConfig& c) { c.dtype = "half"; }).find("`dtype`"), std::string::npos);
-  EXPECT_NE(with([](TrainConfig& c) { c.expert_layout = "adaptive"; }).find("`expert_layout`"),
+  EXPECT_NE(set_error("dtype", "half").find("`dtype`"), std::string::npos);
+  EXPECT_NE(with([](TrainConfig& c) {
+              c.expert_layout = ExpertLayout::kAdaptive;
+            }).find("`expert_layout`"),
             std::string::npos);
   // adaptive_r = auto needs a re-timing period longer than the valid r (here 0, 1, 2: 3).
   const auto short_period = with([](TrainConfig& c) {
@@ -79,8 +85,8 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
     c.pp = 1;
     c.ep = 1;
     c.num_experts = 2;
-    c.expert_layout = "adaptive";
-    c.adaptive_r = "auto";
+    c.expert_layout = ExpertLayout::kAdaptive;
+    c.adaptive_r = AdaptiveR::automatic();
     c.adaptive_recheck_every = 3;
   });
   EXPECT_NE(short_period.find("`adaptive_recheck_every` = 3 must exceed the number of valid r (3: "
@@ -88,16 +94,16 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
             std::string::npos)
       << short_period;
   const auto bad_r = with([](TrainConfig& c) {
-    c.expert_layout = "adaptive";
+    c.expert_layout = ExpertLayout::kAdaptive;
     c.ep = 1;
-    c.adaptive_r = "3";
+    c.adaptive_r = AdaptiveR::value(3);
   });
   EXPECT_NE(bad_r.find("`adaptive_r`"), std::string::npos) << bad_r;
   EXPECT_NE(bad_r.find("0, 1"), std::string::npos) << bad_r;  // the valid values are listed
   EXPECT_EQ(with([](TrainConfig& c) {
-              c.expert_layout = "adaptive";
+              c.expert_layout = ExpertLayout::kAdaptive;
               c.ep = 1;
-              c.adaptive_r = "auto";
+              c.adaptive_r = AdaptiveR::automatic();
             }),
             "");
   EXPECT_NE(with([](TrainConfig& c) {
@@ -365,13 +371,13 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
     at::set_num_threads(1);
     TrainResult full = train(cfg(d2, 2), ctx.world);
     auto g = cfg(d3, 2);
-    g.pipeline_schedule = "gpipe";
+    g.pipeline_schedule = PipelineSchedule::kGPipe;
     TrainResult gpipe = train(g, ctx.world);
     for (size_t i = 0; i < full.losses.size(); ++i)
       EXPECT_EQ(gpipe.losses[i], full.losses[i]) << "step " << i + 1;
     // Recomputing each block inside the pipeline's micro-batches changes nothing.
     auto rc = cfg(d5, 2);
-    rc.recompute = "block";
+    rc.recompute = Recompute::kBlock;
     TrainResult recomputed = train(rc, ctx.world);
     for (size_t i = 0; i < full.losses.size(); ++i)
       EXPECT_NEAR(recomputed.losses[i], full.losses[i], 1e-6 * std::abs(full.losses[i]))
@@ -408,7 +414,7 @@ TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
       c.dp = 2;
       c.ep = 2;
       c.steps = 5;
-      c.dtype = "float64";
+      c.dtype = DType::kFloat64;
       c.grad_clip = 0.05;
       if (ctx.rank() == 0) fs::remove_all(c.out);
       return c;
@@ -421,13 +427,13 @@ TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
     o.a2a_overlap_degree = 2;
     auto a = cfg("opt_adaptive");
     a.ep = 1;
-    a.expert_layout = "adaptive";
-    a.adaptive_r = "auto";
+    a.expert_layout = ExpertLayout::kAdaptive;
+    a.adaptive_r = AdaptiveR::automatic();
     a.adaptive_recheck_every = 3;
     auto rb = cfg("opt_recompute_block");
-    rb.recompute = "block";
+    rb.recompute = Recompute::kBlock;
     auto rm = cfg("opt_recompute_moe_overlap");
-    rm.recompute = "moe";
+    rm.recompute = Recompute::kMoE;
     rm.recompute_cache_comm = false;
     rm.a2a_overlap_degree = 2;
     for (const auto& c : {z, o, a, rb, rm}) {
@@ -472,7 +478,7 @@ TEST(TrainConvert, CheckpointsLoadIntoOtherLayouts) {
     c.nproc = tp * dp * pp;
     c.zero_stage = zero;
     c.steps = 6;
-    c.dtype = "float64";
+    c.dtype = DType::kFloat64;
     // The balance loss depends on how the batch is split into routing groups (one per dp rank
     // and tp slice): without it, and dropless, every layout computes the same function.
     c.aux_loss_coef = 0.0;

@@ -112,7 +112,7 @@ nlohmann::json layout_json(const plan::Layout& l) {
           {"ep", l.par.ep},
           {"etp", l.par.etp},
           {"zero", l.zero},
-          {"adaptive_r", l.adaptive_r},
+          {"adaptive_r", plan::json_adaptive_r(l)},
           {"overlap", l.overlap},
           {"micro_batches", l.micro_batches}};
 }

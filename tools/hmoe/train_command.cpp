@@ -38,7 +38,7 @@ void apply_given(TrainConfig& c, const TrainArgs& a, CLI::App* cmd) {
   if (!a.config_file.empty()) apply_toml_file(c, a.config_file);
   for (const auto& k : train_config_keys()) {
     const std::string f = flag_name(k.name);
-    if (k.kind == "bool") {
+    if (k.kind == ConfigKind::kBool) {
       if (cmd->count(f) + cmd->count("--no-" + f.substr(2)) > 0)
         set_config_value(c, k.name, a.flags.at(k.name) ? "true" : "false");
     } else if (cmd->count(f) > 0) {
@@ -106,7 +106,7 @@ int run(const TrainConfig& c) {
   auto world = dist::init();
   if (world->size() > 1) at::set_num_threads(1);
   TrainConfig config = c;
-  if (config.layout_mode == "auto" && config.layout_probe) {
+  if (config.layout_mode == LayoutMode::kAuto && config.layout_probe) {
     check_config_agreement(config, *world);  // the probe is collective: agree first
     // The ranks measure the machine together (every rank gets the same figures, so every rank
     // makes the same choice) and plan with those figures.
@@ -141,7 +141,7 @@ void add_train_command(CLI::App& app) {
   const TrainConfig defaults;
   for (const auto& k : train_config_keys()) {
     const std::string f = flag_name(k.name);
-    if (k.kind == "bool") {
+    if (k.kind == ConfigKind::kBool) {
       a->flags[k.name] = false;
       cmd->add_flag(f + ",!--no-" + f.substr(2), a->flags[k.name],
                     k.help + " (default " + get_config_value(defaults, k.name) + ")");
@@ -156,7 +156,7 @@ void add_train_command(CLI::App& app) {
     TrainConfig c = effective_config(*a, cmd);
     // layout = "auto": the choice on the default figures, so that the configuration can be
     // checked (and printed) here; with layout_probe the ranks choose again on measured figures.
-    if (c.layout_mode == "auto") {
+    if (c.layout_mode == LayoutMode::kAuto) {
       const plan::AutoLayout chosen = plan::apply_auto_layout(c, plan::MachineSpec());
       if (!c.layout_probe && std::getenv("RANK") == nullptr && !a->print_config)
         announce_auto_layout(chosen, "default");

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 #include "hmoe/commands.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/dist.h"
+#include "hybridmoe/train.h"
 #include "hybridmoe/verify.h"
 
 namespace hybridmoe::cli {
@@ -83,11 +85,11 @@ int run_worker(const VerifyArgs& a) {
               " but the world has ", world->size(), " ranks");
   at::set_num_threads(1);
   VerifyOptions o = a.options;
-  TORCH_CHECK(a.dtype == "float64" || a.dtype == "float32",
-              "--dtype: expected float64 or "
-              "float32, got \"",
-              a.dtype, "\"");
-  o.dtype = a.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
+  try {
+    o.dtype = scalar_type(parse_dtype(a.dtype));
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "--dtype: ", e.what_without_backtrace());
+  }
   auto layouts = parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden);
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
@@ -103,10 +105,14 @@ int run_worker(const VerifyArgs& a) {
     schedules.push_back(parse_pipeline_schedule(s));
   TORCH_CHECK(!schedules.empty(), "--schedules: expected 1f1b, gpipe or both, got \"", a.schedules,
               "\"");
-  // --adaptive-r: the expert layouts of each layout (kFixedExperts without the flag).
-  auto adaptive_runs = [&](const ParallelConfig& layout) -> std::vector<int64_t> {
-    if (a.adaptive_r.empty()) return {kFixedExperts};
-    auto valid = adaptive_r_values(layout, o.experts, o.d_hidden);
+  // --adaptive-r: the expert layouts of each layout (the fixed experts without the flag).
+  struct ExpertRun {
+    ExpertLayout layout = ExpertLayout::kFixed;
+    AdaptiveR r;
+  };
+  auto expert_runs = [&](const ParallelConfig& layout) -> std::vector<ExpertRun> {
+    if (a.adaptive_r.empty()) return {ExpertRun{}};
+    const auto valid = adaptive_r_values(layout, o.experts, o.d_hidden);
     if (valid.empty()) {
       TORCH_CHECK(a.layouts == "all", "--adaptive-r: layout ", layout.to_string(), " with ",
                   o.experts,
@@ -114,31 +120,39 @@ int run_worker(const VerifyArgs& a) {
                   "tp*dp dividing one another, S dividing d_hidden)");
       return {};
     }
-    if (a.adaptive_r == "every-step") return {kAdaptiveEveryStep};
+    std::vector<ExpertRun> out;
     if (a.adaptive_r == "all") {
-      valid.push_back(kAdaptiveEveryStep);
-      return valid;
+      for (int64_t r : valid) out.push_back({ExpertLayout::kAdaptive, AdaptiveR::value(r)});
+      out.push_back({ExpertLayout::kAdaptive, AdaptiveR::every_step()});
+      return out;
     }
-    int64_t r = 0;
+    std::optional<AdaptiveR> r;  // one r or every-step; auto is the trainer's, not verify's
     try {
-      r = std::stoll(a.adaptive_r);
-    } catch (const std::exception&) {
-      TORCH_CHECK(false, "--adaptive-r: expected all, every-step or an integer, got \"",
-                  a.adaptive_r, "\"");
+      r = AdaptiveR::parse(a.adaptive_r);
+    } catch (const c10::Error&) {
     }
-    return {r};
+    TORCH_CHECK(r && r->kind() != AdaptiveR::Kind::kAuto,
+                "--adaptive-r: expected all, every-step or an integer, got \"", a.adaptive_r, "\"");
+    return {{ExpertLayout::kAdaptive, *r}};
   };
-  auto r_json = [](int64_t r) -> nlohmann::json {
-    if (r == kFixedExperts) return "fixed";
-    if (r == kAdaptiveEveryStep) return "every_step";
-    return r;
+  // The run's expert layout in the JSON ("fixed", "every_step" or r) and in the table.
+  auto r_json = [](const ExpertRun& run) -> nlohmann::json {
+    if (run.layout == ExpertLayout::kFixed) return "fixed";
+    if (!run.r.is_value()) return "every_step";
+    return run.r.value();
+  };
+  auto r_text = [](const ExpertRun& run) -> std::string {
+    if (run.layout == ExpertLayout::kFixed) return "";
+    if (!run.r.is_value()) return " r=every_step";
+    return " r=" + std::to_string(run.r.value());
   };
   for (const auto& layout : layouts)
     for (const auto& gate : gates)
-      for (int64_t adaptive_r : adaptive_runs(layout))
+      for (const ExpertRun& run : expert_runs(layout))
         for (size_t si = 0; si < (layout.pp > 1 ? schedules.size() : 1); ++si) {
           o.schedule = schedules[si];
-          o.adaptive_r = adaptive_r;
+          o.expert_layout = run.layout;
+          o.adaptive_r = run.r;
           VerifyRow row = verify_layout(*world, layout, gate, o, run_id++);
           // Every rank waits here for the run's members: a rank outside many small layouts
           // never waits longer than one run (not for all of them, in a store rendezvous).
@@ -154,7 +168,7 @@ int run_worker(const VerifyArgs& a) {
                           {"model", row.model},
                           {"schedule", row.schedule},
                           {"micro_batches", row.micro_batches},
-                          {"adaptive_r", r_json(row.adaptive_r)},
+                          {"adaptive_r", r_json({row.expert_layout, row.adaptive_r})},
                           {"zero", row.zero_stage},
                           {"loss_rel_err", row.loss_rel_err},
                           {"param_rel_err", row.param_rel_err},
@@ -162,9 +176,7 @@ int run_worker(const VerifyArgs& a) {
           if (!a.json)
             std::printf("%-22s %-16s %12.3e %12.3e  %s\n",
                         (layout.to_string() + (row.schedule.empty() ? "" : " " + row.schedule) +
-                         (adaptive_r == kFixedExperts        ? ""
-                          : adaptive_r == kAdaptiveEveryStep ? " r=every_step"
-                                                             : " r=" + std::to_string(adaptive_r)))
+                         r_text(run))
                             .c_str(),
                         row.gate.c_str(), row.loss_rel_err, row.param_rel_err,
                         row.pass ? "pass" : "FAIL");
