@@ -24,6 +24,7 @@
 #include "hybridmoe/dispatch.h"
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
+#include "hybridmoe/placement.h"
 
 namespace hybridmoe {
 
@@ -33,8 +34,8 @@ class GroupedExpertsImpl;
 
 /// Per-call settings of MoEImpl::forward_with.
 struct MoECallOptions {
-  /// The adaptive degree r of this call; -1: MoEOptions::adaptive_r.
-  TORCH_ARG(int64_t, adaptive_r) = -1;
+  /// The adaptive degree r of this call; nullopt: MoEOptions::adaptive_r.
+  TORCH_ARG(c10::optional<int64_t>, adaptive_r) = c10::nullopt;
 };
 
 /// What a dispatcher keeps between dispatch and combine (each dispatcher derives its own).
@@ -79,7 +80,10 @@ class TokenDispatcher {
 /// adaptive or the all-to-all one by options.expert_layout(), wrapped in the chunked overlap
 /// when options.a2a_overlap_degree() > 1. `grouped` (the layer's grouped experts, or null with
 /// user expert modules) gives the overlap its weights.
+/// `placement`: the layer's (placement.h), which the adaptive dispatcher takes its S, local
+/// experts and valid r from.
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const MoEOptions& options,
+                                                       const ExpertPlacement& placement,
                                                        std::shared_ptr<const ParallelGroups> groups,
                                                        std::shared_ptr<GroupedExpertsImpl> grouped);
 

@@ -44,7 +44,8 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
   }
   // Adaptive-layout expert slices live on one rank each: no replicas to synchronize.
   if (is_adaptive()) experts->set_gradient_group(c10::nullopt);
-  dispatcher_ = make_token_dispatcher(options, groups_, grouped ? grouped.ptr() : nullptr);
+  dispatcher_ =
+      make_token_dispatcher(options, placement_, groups_, grouped ? grouped.ptr() : nullptr);
 }
 
 torch::Tensor MoEImpl::flatten_input(const torch::Tensor& x) const {
@@ -87,11 +88,11 @@ MoEOutput MoEImpl::forward(const torch::Tensor& x) {
 
 MoEOutput MoEImpl::forward_with(const torch::Tensor& x, const MoECallOptions& call_options) {
   MoECallOptions call = call_options;
-  if (call.adaptive_r() >= 0) {
-    TORCH_CHECK(is_adaptive(), "MoE: a per-call adaptive_r=", call.adaptive_r(),
+  if (call.adaptive_r()) {
+    TORCH_CHECK(is_adaptive(), "MoE: a per-call adaptive_r=", *call.adaptive_r(),
                 " needs expert_layout=\"adaptive\", got \"", to_string(options.expert_layout()),
                 "\"");
-    check_adaptive_r(call.adaptive_r());
+    check_adaptive_r(*call.adaptive_r());
   } else {
     call.adaptive_r(options.adaptive_r());
   }

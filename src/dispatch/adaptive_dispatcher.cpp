@@ -61,11 +61,11 @@ struct AdaptiveHandle : DispatchHandle {
 
 }  // namespace
 
-AdaptiveDispatcher::AdaptiveDispatcher(const MoEOptions& options,
+AdaptiveDispatcher::AdaptiveDispatcher(const MoEOptions& options, const ExpertPlacement& placement,
                                        std::shared_ptr<const ParallelGroups> groups,
                                        std::shared_ptr<GroupedExpertsImpl> grouped)
     : ExchangingDispatcher(std::move(groups)),
-      num_experts_(options.num_experts()),
+      placement_(placement),
       d_model_(options.d_model()),
       bias_(options.bias()),
       grouped_(std::move(grouped)) {
@@ -77,12 +77,15 @@ AdaptiveDispatcher::AdaptiveDispatcher(const MoEOptions& options,
 TokenExchange AdaptiveDispatcher::prepare(const torch::Tensor& mine, const RouterOutput& routing,
                                           const MoECallOptions& call,
                                           torch::Tensor* routed_per_expert) {
-  const int64_t r = call.adaptive_r();
+  TORCH_CHECK(call.adaptive_r(), "AdaptiveDispatcher: the call carries no adaptive_r");
+  const int64_t r = *call.adaptive_r();
   const auto& stage = groups_->stage;
-  const int64_t E = num_experts_, W = stage.size(), me = stage.rank;
-  const int64_t S = E < W ? W / E : 1, L = E >= W ? E / W : 1;
-  TORCH_CHECK(r == 0 || (r >= 1 && S % r == 0), "AdaptiveDispatcher: adaptive_r=", r,
-              " is not 0 or a divisor of the shard size S=", S);
+  const int64_t E = placement_.num_experts, W = stage.size(), me = stage.rank;
+  const int64_t S = placement_.shards, L = placement_.local_experts;
+  TORCH_CHECK(W == placement_.stage_size, "AdaptiveDispatcher: the stage has ", W,
+              " ranks, the placement expects ", placement_.stage_size);
+  TORCH_CHECK(placement_.is_valid_r(r), "AdaptiveDispatcher: adaptive_r=", r, " is not one of ",
+              placement_.valid_r_text());
   auto* ex = grouped_.get();
   auto h = std::make_shared<AdaptiveHandle>();
   h->slice_rows = slice_rows_;

@@ -17,12 +17,12 @@ torch::Tensor TokenDispatcher::run_experts(DispatchedRows& d, ExpertsBase& exper
 }
 
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(
-    const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
-    std::shared_ptr<GroupedExpertsImpl> grouped) {
+    const MoEOptions& options, const ExpertPlacement& placement,
+    std::shared_ptr<const ParallelGroups> groups, std::shared_ptr<GroupedExpertsImpl> grouped) {
   if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
   std::unique_ptr<detail::ExchangingDispatcher> d;
   if (options.expert_layout() == ExpertLayout::kAdaptive) {
-    d = std::make_unique<detail::AdaptiveDispatcher>(options, groups, grouped);
+    d = std::make_unique<detail::AdaptiveDispatcher>(options, placement, groups, grouped);
   } else {
     d = std::make_unique<detail::AllToAllDispatcher>(options, groups);
   }

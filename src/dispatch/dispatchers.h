@@ -86,14 +86,16 @@ class AllToAllDispatcher : public ExchangingDispatcher {
 
 class AdaptiveDispatcher : public ExchangingDispatcher {
  public:
-  AdaptiveDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
+  AdaptiveDispatcher(const MoEOptions& options, const ExpertPlacement& placement,
+                     std::shared_ptr<const ParallelGroups> groups,
                      std::shared_ptr<GroupedExpertsImpl> grouped);
   TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
 
  private:
-  int64_t num_experts_, d_model_;
+  ExpertPlacement placement_;  ///< the layer's: S, local experts, valid r
+  int64_t d_model_;
   bool bias_;
   std::shared_ptr<GroupedExpertsImpl> grouped_;
 };
