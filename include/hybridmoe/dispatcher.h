@@ -21,7 +21,7 @@
 
 #include <torch/torch.h>
 
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/placement.h"

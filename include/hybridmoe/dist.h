@@ -14,7 +14,7 @@
 
 #include <torch/torch.h>
 
-#include "hybridmoe/compat.h"
+#include "hybridmoe/detail/compat.h"
 
 namespace hybridmoe::dist {
 

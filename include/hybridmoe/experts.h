@@ -4,8 +4,8 @@
 //                     (the dropless path of MegaBlocks). The fast path.
 //   ModuleExperts:    one user-supplied module per expert, each run on its segment (FastMoE's
 //                     `expert=`). Slower, general.
-//   sequential_moe_reference: the plain oracle — a loop over experts that indexes each expert's
-//                     tokens straight from the routing, with nothing but standard autograd ops.
+//   The plain oracles (grouped_mlp_reference, sequential_moe_reference) are in
+//   hybridmoe/testing/references.h.
 #pragma once
 
 #include <functional>
@@ -102,17 +102,5 @@ class ModuleExpertsImpl : public ExpertsBase {
   std::vector<torch::nn::AnyModule> experts_;
 };
 TORCH_MODULE(ModuleExperts);
-
-/// Grouped MLP with plain autograd ops, one expert at a time over the sorted segments.
-/// The oracle of the fused grouped kernel. x: [A, d_model] → [A, d_model].
-torch::Tensor grouped_mlp_reference(const GroupedExpertsImpl& experts, const torch::Tensor& x,
-                                    const std::vector<int64_t>& counts);
-
-/// The whole dispatch + experts + combine with nothing but standard autograd ops: for each
-/// expert, select its assignments with a mask, index their tokens, run the expert, and
-/// index_add the weighted output. Independent of make_plan/permute/unpermute.
-/// x: [T, d_model] → [T, d_model].
-torch::Tensor sequential_moe_reference(ExpertsBase& experts, const torch::Tensor& x,
-                                       const RouterOutput& routing);
 
 }  // namespace hybridmoe

@@ -208,12 +208,19 @@ class GateImpl : public torch::nn::Module, public GradientGroupDeclarer {
   c10::optional<at::Generator> generator_;
 };
 
+/// The holder of any gate (like every LibTorch module's holder): `gate->route(x)`,
+/// `gate.ptr()`, registrable with register_module.
+///
+/// Example:
+///   Gate gate = make_gate(512, 8, GateOptions().type("topk").top_k(2));
+///   RouterOutput r = gate->route(x);
+TORCH_MODULE(Gate);
+
 using GateFactory = std::function<std::shared_ptr<GateImpl>(int64_t d_model, int64_t num_experts,
                                                             const GateOptions&)>;
 
 /// Builds the gate named options.type(); unknown names raise an error that lists the known ones.
-std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts,
-                                    const GateOptions& options);
+Gate make_gate(int64_t d_model, int64_t num_experts, const GateOptions& options);
 /// Registers (or replaces) a gate under a name.
 void register_gate(const std::string& name, GateFactory factory);
 /// Names of every registered gate, sorted.

@@ -1,31 +1,20 @@
-// hybridmoe.h — umbrella header of the hybridmoe library: every public header.
+// hybridmoe.h — the single-process umbrella header: the MoE layer, its gates and experts, the
+// token dispatcher seam, the expert placement model and the version. It pulls in no c10d
+// (distributed) header; distributed.h adds the layouts, the model, training and the planner.
+//
+// Example:
+//   #include <hybridmoe/hybridmoe.h>
+//   hybridmoe::MoE moe(hybridmoe::MoEOptions(512, 8).top_k(2));
+//   auto out = moe(x);   // out.output: [T, 512], out.aux_loss: scalar
 #pragma once
 
-#include "hybridmoe/collectives.h"
-#include "hybridmoe/comm_stats.h"
-#include "hybridmoe/comm_tape.h"
-#include "hybridmoe/compat.h"
-#include "hybridmoe/data.h"
-#include "hybridmoe/dispatch.h"
 #include "hybridmoe/dispatcher.h"
-#include "hybridmoe/dist.h"
-#include "hybridmoe/exchange.h"
 #include "hybridmoe/experts.h"
-#include "hybridmoe/fingerprint.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/gates.h"
-#include "hybridmoe/grouped_dp.h"
-#include "hybridmoe/model.h"
+#include "hybridmoe/group_kind.h"
 #include "hybridmoe/moe.h"
-#include "hybridmoe/overlap.h"
-#include "hybridmoe/parallel.h"
-#include "hybridmoe/pipeline.h"
 #include "hybridmoe/placement.h"
-#include "hybridmoe/plan.h"
 #include "hybridmoe/recompute.h"
 #include "hybridmoe/routing_rules.h"
-#include "hybridmoe/tensor_parallel.h"
-#include "hybridmoe/train.h"
-#include "hybridmoe/verify.h"
 #include "hybridmoe/version.h"
-#include "hybridmoe/zero.h"

@@ -10,14 +10,15 @@
 
 #include <torch/torch.h>
 
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "hybridmoe/dispatcher.h"
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
-#include "hybridmoe/parallel.h"
 #include "hybridmoe/placement.h"
 
 namespace hybridmoe {
+
+struct ParallelGroups;  // parallel.h: a distributed layer's groups (this header stays c10d-free)
 
 /// Options of the MoE layer. Gate settings live in `gate`; the most used ones are forwarded
 /// (top_k, capacity_factor, normalize_top_k_weights, gate_type, convention) and stored there,
@@ -182,7 +183,7 @@ class MoEImpl : public torch::nn::Module {
   void set_adaptive_r(int64_t r);
 
   MoEOptions options;
-  std::shared_ptr<GateImpl> gate;
+  Gate gate{nullptr};
   std::shared_ptr<ExpertsBase> experts;
   /// The grouped experts, or nullptr when user modules are in use.
   GroupedExperts grouped{nullptr};
@@ -208,7 +209,7 @@ class MoEImpl : public torch::nn::Module {
   /// Where the experts live (computed once, at construction, from the options and the groups).
   ExpertPlacement placement_;
   /// This rank's index in its stage (0 on one process).
-  int64_t stage_rank() const { return groups_ ? groups_->stage.rank : 0; }
+  int64_t stage_rank() const;
   /// Where the rows go between routing and the experts, and back (dispatcher.h).
   std::shared_ptr<TokenDispatcher> dispatcher_;
 };

@@ -3,7 +3,7 @@
 
 #include <ATen/Parallel.h>
 
-#include "hybridmoe/compat.h"
+#include "hybridmoe/detail/compat.h"
 
 namespace hybridmoe::kernels {
 

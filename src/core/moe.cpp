@@ -4,6 +4,9 @@
 // sequential reference.
 #include "hybridmoe/moe.h"
 
+#include "hybridmoe/parallel.h"
+#include "hybridmoe/testing/references.h"
+
 namespace hybridmoe {
 
 MoEImpl::MoEImpl(MoEOptions options_) : options(std::move(options_)) {
@@ -80,6 +83,10 @@ MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
   result.aux_loss = ((routing.aux_loss + routing.z_loss) * aux_scale).to(x.scalar_type());
   result.stats = make_stats(routing, counts);
   return result;
+}
+
+int64_t MoEImpl::stage_rank() const {
+  return groups_ ? groups_->stage.rank : 0;
 }
 
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {

@@ -12,6 +12,7 @@
 #include "dispatch/adaptive_weights.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe {
 

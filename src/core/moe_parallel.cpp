@@ -5,6 +5,7 @@
 // moe_adaptive.cpp.
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe {
 

@@ -15,6 +15,7 @@
 #include "dispatch/adaptive_weights.h"
 #include "dispatch/dispatchers.h"
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe::detail {
 

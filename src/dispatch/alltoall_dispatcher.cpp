@@ -5,6 +5,7 @@
 // all-gathers the slices back.
 #include "dispatch/dispatchers.h"
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe::detail {
 

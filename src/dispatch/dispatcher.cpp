@@ -5,7 +5,8 @@
 
 #include "experts/grouped_mlp.h"
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/overlap.h"
+#include "hybridmoe/detail/overlap.h"
+#include "hybridmoe/parallel.h"
 
 #include <numeric>
 

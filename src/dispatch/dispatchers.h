@@ -16,7 +16,7 @@
 
 #include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
-#include "hybridmoe/exchange.h"
+#include "hybridmoe/detail/exchange.h"
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe::detail {

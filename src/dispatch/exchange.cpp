@@ -1,5 +1,5 @@
 // exchange.cpp — see exchange.h: slice scatter/gather and the expert-parallel token exchange.
-#include "hybridmoe/exchange.h"
+#include "hybridmoe/detail/exchange.h"
 
 #include <numeric>
 

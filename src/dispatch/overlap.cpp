@@ -1,6 +1,6 @@
 // overlap.cpp — see overlap.h: the chunked, pipelined exchange + grouped experts as one autograd
 // function (forward and mirrored backward), on the comm core's asynchronous all-to-all.
-#include "hybridmoe/overlap.h"
+#include "hybridmoe/detail/overlap.h"
 
 #include <memory>
 #include <numeric>

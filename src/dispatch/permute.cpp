@@ -1,7 +1,7 @@
 // permute.cpp — the dispatch plan and the two paired row movements:
 // gather_rows (dispatch) and scatter_add_rows (combine), each the other's backward.
-#include "hybridmoe/compat.h"
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/compat.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "kernels/cpu/row_scatter.h"
 
 namespace hybridmoe {

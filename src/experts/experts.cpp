@@ -4,6 +4,7 @@
 
 #include "grouped_mlp.h"
 #include "hybridmoe/experts.h"
+#include "hybridmoe/testing/references.h"
 
 namespace hybridmoe {
 

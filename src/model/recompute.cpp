@@ -5,7 +5,7 @@
 #include <mutex>
 #include <set>
 
-#include "hybridmoe/comm_tape.h"
+#include "hybridmoe/detail/comm_tape.h"
 
 namespace hybridmoe {
 

@@ -2,7 +2,7 @@
 // balance and z losses, entropy. Nothing here allocates [tokens, experts, capacity] tensors.
 #include <cmath>
 
-#include "hybridmoe/compat.h"
+#include "hybridmoe/detail/compat.h"
 #include "hybridmoe/gate.h"
 
 namespace hybridmoe {

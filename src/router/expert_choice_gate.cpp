@@ -1,7 +1,7 @@
 // expert_choice_gate.cpp — expert-choice routing ("expert_choice", Zhou et al. 2022): every
 // expert takes its C tokens of highest router probability, so experts are balanced by
 // construction and a token may be processed by zero, one or several experts.
-#include "hybridmoe/compat.h"
+#include "hybridmoe/detail/compat.h"
 #include "hybridmoe/gates.h"
 #include "router/route_util.h"
 

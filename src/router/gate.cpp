@@ -106,8 +106,7 @@ std::vector<std::string> known_gate_names() {
   return names;
 }
 
-std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts,
-                                    const GateOptions& options) {
+Gate make_gate(int64_t d_model, int64_t num_experts, const GateOptions& options) {
   GateFactory factory;
   {
     std::lock_guard<std::mutex> lock(registry_mutex());
@@ -119,7 +118,9 @@ std::shared_ptr<GateImpl> make_gate(int64_t d_model, int64_t num_experts,
     for (const auto& n : known_gate_names()) known << (known.tellp() > 0 ? ", " : "") << n;
     TORCH_CHECK(false, "unknown gate \"", options.type(), "\"; known gates: ", known.str());
   }
-  return factory(d_model, num_experts, options);
+  auto gate = factory(d_model, num_experts, options);
+  TORCH_CHECK(gate, "the factory of gate \"", options.type(), "\" returned no gate");
+  return Gate(std::move(gate));
 }
 
 }  // namespace hybridmoe

@@ -1,7 +1,7 @@
 // fingerprint.cpp — see fingerprint.h: each rank hashes its effective configuration and version,
 // the hashes are all-gathered, and on a mismatch the (key, value) texts are exchanged over the
 // store so that every rank can name the keys, the values and the ranks that hold them.
-#include "hybridmoe/fingerprint.h"
+#include "hybridmoe/detail/fingerprint.h"
 
 #include <algorithm>
 #include <chrono>
@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/compat.h"
+#include "hybridmoe/detail/compat.h"
 #include "hybridmoe/version.h"
 
 namespace hybridmoe {

@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/fingerprint.h"
+#include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/zero.h"

@@ -1,7 +1,15 @@
-// main.cpp — a consumer of the installed hybridmoe package: one MoE forward and backward.
+// main.cpp — a consumer of the installed hybridmoe package: one MoE forward and backward through
+// the single-process umbrella header, which must not pull in c10d (checked at compile time), and
+// the generated version header.
 #include <hybridmoe/hybridmoe.h>
 
 #include <iostream>
+
+// Compiles only if no c10d header came in: a namespace alias cannot take an existing
+// namespace's name.
+namespace c10d = std;
+static_assert(hybridmoe::kVersionMajor >= 0 && hybridmoe::kVersion[0] != '@',
+              "version.h must be generated from the project version");
 
 int main() {
   using namespace hybridmoe;

@@ -6,7 +6,7 @@
 // header, so that it is compiled with every public header.
 #include <gtest/gtest.h>
 
-#include "hybridmoe/hybridmoe.h"
+#include "hybridmoe/distributed.h"
 #include "support/compare.h"
 
 using namespace hybridmoe;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "hybridmoe/experts.h"
+#include "hybridmoe/testing/references.h"
 #include "support/compare.h"
 
 using namespace hybridmoe;

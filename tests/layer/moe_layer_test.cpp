@@ -6,6 +6,7 @@
 
 #include "hybridmoe/gates.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/testing/references.h"
 #include "support/compare.h"
 
 using namespace hybridmoe;

@@ -4,7 +4,7 @@
 
 #include <map>
 
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "kernels/cpu/row_scatter.h"
 #include "support/compare.h"
 

@@ -11,7 +11,7 @@
 #include "gpt_fixtures.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
-#include "hybridmoe/comm_tape.h"
+#include "hybridmoe/detail/comm_tape.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/recompute.h"
 #include "support/compare.h"

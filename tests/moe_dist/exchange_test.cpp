@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/exchange.h"
+#include "hybridmoe/detail/exchange.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/comm_tape.h"
+#include "hybridmoe/detail/comm_tape.h"
 #include "support/multirank.h"
 
 namespace hybridmoe {

@@ -3,9 +3,10 @@
 // against the sequential reference, and the errors of bad options.
 #include <gtest/gtest.h>
 
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "hybridmoe/gates.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/testing/references.h"
 #include "router/reference.h"
 
 using namespace hybridmoe;

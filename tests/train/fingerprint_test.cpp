@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
-#include "hybridmoe/fingerprint.h"
+#include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/version.h"
 #include "support/multirank.h"
 

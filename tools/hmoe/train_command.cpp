@@ -11,7 +11,7 @@
 
 #include "hmoe/commands.h"
 #include "hybridmoe/dist.h"
-#include "hybridmoe/fingerprint.h"
+#include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 

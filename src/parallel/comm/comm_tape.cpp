@@ -1,5 +1,5 @@
 // comm_tape.cpp — see comm_tape.h: the per-thread active tape and recording/replaying results.
-#include "hybridmoe/comm_tape.h"
+#include "hybridmoe/detail/comm_tape.h"
 
 namespace hybridmoe::dist {
 namespace {

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "hybridmoe/comm_stats.h"
-#include "hybridmoe/comm_tape.h"
+#include "hybridmoe/detail/comm_tape.h"
 
 namespace hybridmoe::dist {
 

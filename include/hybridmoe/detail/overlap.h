@@ -15,8 +15,8 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/detail/exchange.h"
 #include "hybridmoe/dist.h"
-#include "hybridmoe/exchange.h"
 #include "hybridmoe/experts.h"
 
 namespace hybridmoe {

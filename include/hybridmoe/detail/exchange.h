@@ -12,7 +12,7 @@
 
 #include <torch/torch.h>
 
-#include "hybridmoe/dispatch.h"
+#include "hybridmoe/detail/dispatch.h"
 #include "hybridmoe/dist.h"
 
 namespace hybridmoe {
