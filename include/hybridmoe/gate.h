@@ -26,6 +26,16 @@ namespace hybridmoe {
 ///   auto opts = GateOptions().type("topk").top_k(2).capacity_factor(1.25);
 ///   auto noisy = GateOptions().type("noisy").top_k(2).aux_loss_coef(0.1).seed(7);
 ///   auto ds = GateOptions().top_k(3).capacity_factor(1.0).convention(Convention::kDeepSpeed);
+/// How router logits become scores (GateOptions::score_function).
+enum class ScoreFunction {
+  kSoftmax,  ///< softmax over all experts
+  kSigmoid,  ///< element-wise sigmoid (DeepSeek-V3)
+};
+/// Names: "softmax", "sigmoid". Example: parse_score_function("sigmoid") ==
+/// ScoreFunction::kSigmoid.
+ScoreFunction parse_score_function(const std::string& name);
+std::string to_string(ScoreFunction f);
+
 struct GateOptions {
   /// Registered gate name: see known_gate_names().
   TORCH_ARG(std::string, type) = "topk";
@@ -85,6 +95,22 @@ struct GateOptions {
   /// scores for selection only, updated by after_step(): bias_e += rate * sign(mean_load - load_e)
   /// with the loads counted over the training forwards since the previous step. 0 disables it.
   TORCH_ARG(double, bias_update_rate) = 0.0;
+  /// Router scores: softmax over all experts (Mixtral, Qwen-MoE, OLMoE) or an element-wise
+  /// sigmoid of the logits (DeepSeek-V3). With sigmoid the chosen experts' weights are their
+  /// scores; normalized before capacity they are divided by their sum + 1e-20. The balance loss
+  /// and the statistics then read the scores normalized over the experts.
+  TORCH_ARG(ScoreFunction, score_function) = ScoreFunction::kSoftmax;
+  /// Add the per-expert bias (the `expert_bias` buffer, DeepSeek-V3's e_score_correction_bias)
+  /// to the scores for selection only even when bias_update_rate is 0 (a loaded, fixed bias).
+  TORCH_ARG(bool, selection_bias) = false;
+  /// Group-limited selection (DeepSeek-V3): the experts in n_group equal groups, a group's score
+  /// the sum of its two largest selection scores, the topk_group best groups kept and the
+  /// scores of the others set to 0 before the top-k. n_group = 1: no groups.
+  TORCH_ARG(int64_t, n_group) = 1;
+  /// Groups kept with n_group > 1 (1 <= topk_group <= n_group).
+  TORCH_ARG(int64_t, topk_group) = 1;
+  /// The routed experts' weights are multiplied by this (DeepSeek-V3's routed_scaling_factor).
+  TORCH_ARG(double, routed_scaling_factor) = 1.0;
 
   // ---- "gshard" ----
   /// Pick the second expert by argmax of logits + Gumbel noise (DeepSpeed's 2nd-expert

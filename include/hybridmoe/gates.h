@@ -50,6 +50,10 @@ class TopKGateImpl : public LinearGateImpl {
 
   torch::Tensor expert_bias;  // [E] buffer, router dtype float32
   torch::Tensor step_load;    // [E] buffer: choices per expert since the last after_step()
+
+ private:
+  /// Group-limited selection: the scores of the groups not kept set to 0. select: [T, E].
+  torch::Tensor limit_to_groups(const torch::Tensor& select) const;
 };
 
 /// "cosine": Tutel's cosine router (tutel/gates/cosine_top.py, CosineTopKGate) with the

@@ -7,10 +7,23 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "core/enum_names.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/gates.h"
 
 namespace hybridmoe {
+
+namespace {
+const detail::EnumNames<ScoreFunction> kScoreFunctionNames{
+    "score_function", {{ScoreFunction::kSoftmax, "softmax"}, {ScoreFunction::kSigmoid, "sigmoid"}}};
+}  // namespace
+
+ScoreFunction parse_score_function(const std::string& name) {
+  return kScoreFunctionNames.parse(name);
+}
+std::string to_string(ScoreFunction f) {
+  return kScoreFunctionNames.name_of(f);
+}
 
 GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
     : d_model_(d_model), num_experts_(num_experts), options_(std::move(options)) {
@@ -27,6 +40,15 @@ GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
   TORCH_CHECK(
       !options_.eval_capacity_factor().has_value() || !std::isnan(*options_.eval_capacity_factor()),
       "gate: eval_capacity_factor must be a number");
+  // The model families' router options are the "topk" gate's; any other gate refuses them.
+  const auto& o = options_;
+  const bool family = o.score_function() != ScoreFunction::kSoftmax || o.selection_bias() ||
+                      o.n_group() != 1 || o.routed_scaling_factor() != 1.0;
+  TORCH_CHECK(!family || o.type() == "topk", "gate \"", o.type(),
+              "\": score_function=", to_string(o.score_function()),
+              ", selection_bias=", o.selection_bias(), ", n_group=", o.n_group(),
+              " and routed_scaling_factor=", o.routed_scaling_factor(),
+              " are options of the \"topk\" gate (use the defaults softmax, false, 1, 1)");
   rules_ = resolve_routing_rules(options_);
   reseed(options_.seed());
 }

@@ -107,6 +107,21 @@ inline void refuse_rules(const GateOptions& o, const char* gate, unsigned bits, 
         to_string(o.convention()));
 }
 
+/// The tail of every top-k routing: the balance loss over `probs` (all choices or the first),
+/// the z-loss of the logits, capacity and the assignment list. topk_i, topk_w: [T, k].
+inline void finish_topk(const GateImpl& gate, const RoutingRules& rules,
+                        const torch::Tensor& logits, const torch::Tensor& probs,
+                        const torch::Tensor& topk_i, const torch::Tensor& topk_w,
+                        RouterOutput& out) {
+  const int64_t k = gate.options().top_k();
+  const bool first_only = rules.balance_loss_choices == BalanceLossChoices::kFirstChoice;
+  set_balance_loss(load_balancing_loss(probs, first_only ? topk_i.narrow(1, 0, 1) : topk_i),
+                   gate.options().aux_loss_coef(), "balance", out);
+  apply_z_loss(logits, gate.options().z_loss_coef(), out);
+  capacity_and_flatten(gate, topk_i, topk_w, k, out, rules, probs);
+  out.probs = probs.detach();
+}
+
 /// Top-k routing from logits under the gate's rules ("topk" and "cosine"): softmax, the k
 /// largest of `select` (ties to the lower expert), the weights (softmax over all experts, or
 /// over the k logits with softmax_over_topk), normalization before capacity, the balance loss
@@ -125,12 +140,7 @@ inline torch::Tensor topk_route(const GateImpl& gate, const RoutingRules& rules,
     if (rules.weight_normalization == WeightNormalization::kBeforeCapacity)
       topk_w = topk_w / topk_w.sum(-1, /*keepdim=*/true);
   }
-  const bool first_only = rules.balance_loss_choices == BalanceLossChoices::kFirstChoice;
-  set_balance_loss(load_balancing_loss(probs, first_only ? topk_i.narrow(1, 0, 1) : topk_i),
-                   gate.options().aux_loss_coef(), "balance", out);
-  apply_z_loss(logits, gate.options().z_loss_coef(), out);
-  capacity_and_flatten(gate, topk_i, topk_w, k, out, rules, probs);
-  out.probs = probs.detach();
+  finish_topk(gate, rules, logits, probs, topk_i, topk_w, out);
   return topk_i;
 }
 
