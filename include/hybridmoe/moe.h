@@ -79,6 +79,13 @@ struct MoEOptions {
   TORCH_ARG(Activation, activation) = Activation::kGelu;
   /// Biases in the experts.
   TORCH_ARG(bool, bias) = true;
+  /// Shared experts (DeepSeek, Qwen2-MoE): a dense MLP of this hidden width (the routed experts'
+  /// activation and bias) run on every token and added to the routed output; 0: none. Its
+  /// parameters are replicated on every rank of the stage and reduced over dp.
+  TORCH_ARG(int64_t, shared_expert_hidden) = 0;
+  /// Scale the shared experts' output by sigmoid(x · g), g a learned [1, d_model] gate
+  /// (Qwen2-MoE's shared_expert_gate); false: added as it is (DeepSeek).
+  TORCH_ARG(bool, shared_expert_gate) = false;
   /// A user module per expert instead of the built-in grouped MLP (FastMoE's `expert=`).
   TORCH_ARG(ExpertFactory, expert) = nullptr;
   /// Expert placement of a distributed layer: kFixed (the layout's ep × etp × edp) or
@@ -187,12 +194,19 @@ class MoEImpl : public torch::nn::Module {
   std::shared_ptr<ExpertsBase> experts;
   /// The grouped experts, or nullptr when user modules are in use.
   GroupedExperts grouped{nullptr};
+  /// The shared expert (one dense MLP as a grouped MLP of one expert), or nullptr.
+  GroupedExperts shared_expert{nullptr};
+  /// [1, d_model]: the shared expert's sigmoid gate, or undefined.
+  torch::Tensor shared_gate;
 
  private:
   /// Computes placement_ for a stage of `stage_size` ranks (checks num_experts first).
   void place(int64_t stage_size, int64_t ep, int64_t etp);
   /// Builds the gate, the experts (this rank's share) and the token dispatcher of the layout.
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
+  /// The shared expert's output on every token (gated when asked); undefined without one.
+  /// tokens: [T, d_model] → [T, d_model].
+  torch::Tensor shared_output(const torch::Tensor& tokens);
   /// Checks the adaptive options at construction and builds this rank's expert storage.
   void build_adaptive();
   /// Raises an error listing the valid values unless r is a valid adaptive degree.

@@ -45,6 +45,22 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
                                  .add_output_bias(add_output_bias));
     experts = register_module("experts", grouped.ptr());
   }
+  // The shared expert: every rank of the stage holds all of it and runs it on all its tokens.
+  TORCH_CHECK(options.shared_expert_hidden() >= 0, "MoE: shared_expert_hidden must be >= 0, got ",
+              options.shared_expert_hidden());
+  TORCH_CHECK(!options.shared_expert_gate() || options.shared_expert_hidden() > 0,
+              "MoE: shared_expert_gate needs shared_expert_hidden > 0");
+  if (options.shared_expert_hidden() > 0) {
+    shared_expert = register_module(
+        "shared_expert",
+        GroupedExperts(GroupedExpertsOptions(1, options.d_model(), options.shared_expert_hidden())
+                           .activation(options.activation())
+                           .bias(options.bias())));
+    shared_expert->set_gradient_group(GroupKind::kDp);
+    if (options.shared_expert_gate())
+      shared_gate =
+          register_parameter("shared_expert_gate", torch::randn({1, options.d_model()}) * 0.02);
+  }
   // Adaptive-layout expert slices live on one rank each: no replicas to synchronize.
   if (is_adaptive()) experts->set_gradient_group(c10::nullopt);
   dispatcher_ =
@@ -79,7 +95,9 @@ MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
                           const RouterOutput& routing, double aux_scale,
                           const torch::Tensor& counts) {
   MoEOutput result;
-  result.output = out.view(x.sizes());
+  // The routed output plus, with a shared expert, its output on every token.
+  result.output = shared_expert ? (out + shared_output(x.reshape(out.sizes()))).view(x.sizes())
+                                : out.view(x.sizes());
   result.aux_loss = ((routing.aux_loss + routing.z_loss) * aux_scale).to(x.scalar_type());
   result.stats = make_stats(routing, counts);
   return result;
@@ -87,6 +105,13 @@ MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
 
 int64_t MoEImpl::stage_rank() const {
   return groups_ ? groups_->stage.rank : 0;
+}
+
+torch::Tensor MoEImpl::shared_output(const torch::Tensor& tokens) {
+  if (!shared_expert) return torch::Tensor();
+  auto y = shared_expert->run(tokens, {tokens.size(0)});
+  if (shared_gate.defined()) y = y * torch::sigmoid(torch::mm(tokens, shared_gate.t()));  // [T, 1]
+  return y;
 }
 
 MoEOutput MoEImpl::forward(const torch::Tensor& x) {

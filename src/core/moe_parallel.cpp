@@ -49,6 +49,14 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
   torch::NoGradGuard no_grad;
   auto src_gate = full.gate->named_parameters();
   for (auto& kv : gate->named_parameters()) kv.value().copy_(src_gate[kv.key()]);
+  TORCH_CHECK(static_cast<bool>(full.shared_expert) == static_cast<bool>(shared_expert) &&
+                  full.shared_gate.defined() == shared_gate.defined(),
+              "MoE::load_shard_from: the source layer's shared expert differs");
+  if (shared_expert) {
+    auto src_shared = full.shared_expert->named_parameters();
+    for (auto& kv : shared_expert->named_parameters()) kv.value().copy_(src_shared[kv.key()]);
+    if (shared_gate.defined()) shared_gate.copy_(full.shared_gate);
+  }
   if (groups_ && is_adaptive()) {
     load_adaptive_shard_from(full);
     return;
