@@ -8,12 +8,12 @@
 #include <map>
 #include <string>
 
-#include "gpt_fixtures.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/detail/comm_tape.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/recompute.h"
+#include "model/gpt_fixtures.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 

@@ -1,13 +1,13 @@
-// adaptive_test.cpp — the adaptive expert layout (Tutel's adaptive_r) against the single-process
-// grouped reference: for every valid degree r, on 2, 4 and 8 ranks, with fewer experts than ranks
-// (hidden width sliced over shard groups) and with at least as many (whole experts per rank),
-// changing r from one call to the next on the same layer; output, input gradient, gate gradients
-// and every expert gradient (compared with the owning slice of the full gradient). Also: r
-// outside {0} ∪ divisors(S) is refused with the valid values listed, and settings the adaptive
-// layout does not support are refused.
+// adaptive_dist_test.cpp — the adaptive expert layout (Tutel's adaptive_r) against the
+// single-process grouped reference: for every valid degree r, on 2, 4 and 8 ranks, with fewer
+// experts than ranks (hidden width sliced over shard groups) and with at least as many (whole
+// experts per rank), changing r from one call to the next on the same layer; output, input
+// gradient, gate gradients and every expert gradient (compared with the owning slice of the full
+// gradient). Also: r outside {0} ∪ divisors(S) is refused with the valid values listed, and
+// settings the adaptive layout does not support are refused.
 #include <gtest/gtest.h>
 
-#include "expected_grads.h"
+#include "core/expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"

@@ -1,7 +1,8 @@
-// comm_core_test.cpp — the comm core (src/parallel/comm/work.cpp) on real ranks: the asynchronous
-// all-to-all's handle (received rows, repeated wait, a timeout naming the operation and group),
-// the recompute tape at the handle (a replay does not communicate; Taping::kNever always does),
-// the count gathers, and bfloat16 through every collective over Gloo, compared with float32.
+// comm_core_dist_test.cpp — the comm core (src/parallel/comm/work.cpp) on real ranks: the
+// asynchronous all-to-all's handle (received rows, repeated wait, a timeout naming the operation
+// and group), the recompute tape at the handle (a replay does not communicate; Taping::kNever
+// always does), the count gathers, and bfloat16 through every collective over Gloo, compared with
+// float32.
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"

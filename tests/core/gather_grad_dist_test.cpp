@@ -1,14 +1,14 @@
-// gather_grad_test.cpp — MoEImpl::gather_full_expert_gradients on 4 ranks: after backward and
+// gather_grad_dist_test.cpp — MoEImpl::gather_full_expert_gradients on 4 ranks: after backward and
 // the data-parallel gradient sum, the gathered expert gradients equal the single-process grouped
 // reference's gradients (float64, relative 1e-12) in the fixed layout (ep, etp) and the adaptive
 // layout, with peer conventions and capacities that drop; the parameters are left untouched;
 // on one process the gather returns the gradients themselves.
 #include <gtest/gtest.h>
 
+#include "core/expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
-#include "moe_dist/expected_grads.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 

@@ -1,4 +1,4 @@
-// test_grad_layer.cpp — gradients of the balance losses and z-loss against finite differences
+// grad_layer_test.cpp — gradients of the balance losses and z-loss against finite differences
 // (float64), every gate through the MoE layer (dropless and capacity, forward and backward)
 // against the sequential reference, and the errors of bad options.
 #include <gtest/gtest.h>

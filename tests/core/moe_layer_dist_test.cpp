@@ -1,5 +1,5 @@
-// layer_test.cpp — the distributed MoE layer against the single-process grouped reference on
-// the same global batch: output, input gradient, gate and expert gradients (shards compared with
+// moe_layer_dist_test.cpp — the distributed MoE layer against the single-process grouped reference
+// on the same global batch: output, input gradient, gate and expert gradients (shards compared with
 // the slices of the full gradients), for several layouts, with tokens per rank that differ (one
 // rank has none), highly skewed routing (every token to experts 0 and 1), and capacity. Also: a
 // rank that fails makes its peers fail within the timeout.
@@ -7,7 +7,7 @@
 
 #include <chrono>
 
-#include "expected_grads.h"
+#include "core/expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"

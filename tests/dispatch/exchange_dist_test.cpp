@@ -1,5 +1,5 @@
-// exchange_test.cpp — self-describing tests of the expert-parallel exchange: each rank fills its
-// tokens with (rank, token index); after dispatch every row sits where its routing says, in the
+// exchange_dist_test.cpp — self-describing tests of the expert-parallel exchange: each rank fills
+// its tokens with (rank, token index); after dispatch every row sits where its routing says, in the
 // documented order (expert, then source rank, then token); after the way back the input returns,
 // gradients included. Tokens per rank differ, one rank has none, some experts get nothing.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// train_test.cpp — the trainer: configuration checks, data, learning rate, the global gradient
+// train_dist_test.cpp — the trainer: configuration checks, data, learning rate, the global gradient
 // norm against one process, a short run that learns, resume equal to an uninterrupted run, and
 // checkpoints refused when corrupted, incomplete or of another layout.
 #include <gtest/gtest.h>

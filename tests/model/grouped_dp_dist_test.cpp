@@ -1,4 +1,4 @@
-// grouped_dp_test.cpp — GroupedDataParallel: default tags from the module tree, overrides,
+// grouped_dp_dist_test.cpp — GroupedDataParallel: default tags from the module tree, overrides,
 // broadcast from rank 0 of each tag group, and gradient sums over each parameter's own group.
 #include <gtest/gtest.h>
 

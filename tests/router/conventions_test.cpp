@@ -1,4 +1,4 @@
-// test_conventions.cpp — each peer convention of the "topk" gate (deepspeed, tutel, megatron,
+// conventions_test.cpp — each peer convention of the "topk" gate (deepspeed, tutel, megatron,
 // gshard) against a plain float64 loop reference written here from the peer's own rule, on
 // tables with exact ties, overflowing experts and partly dropped tokens: experts, slots, kept or
 // dropped for every choice (exactly), weights and loss terms (1e-12). Also the rule names, the

@@ -1,4 +1,4 @@
-// test_random.cpp — seeded determinism of the noisy and random gates, statistical checks of
+// random_test.cpp — seeded determinism of the noisy and random gates, statistical checks of
 // the jitter range and of GShard's random-routing keep rate, Sinkhorn balance and convergence,
 // capacity bounds and drop order, the loss-free bias update, and routing statistics.
 #include <gtest/gtest.h>

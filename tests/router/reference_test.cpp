@@ -1,4 +1,4 @@
-// test_reference.cpp — every gate's outputs (experts, weights, capacity slots, drops, loss terms)
+// reference_test.cpp — every gate's outputs (experts, weights, capacity slots, drops, loss terms)
 // against a plain float64 loop reference of its formula, over several sizes, with and without
 // ties in the logits, dropless and with both drop policies.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// test_planner.cpp — the planner's enumeration and ranking (plan.h): the layouts match
+// planner_test.cpp — the planner's enumeration and ranking (plan.h): the layouts match
 // valid_parallel_configs, the adaptive r values follow Tutel's rule, a layout that does not fit
 // memory never ranks first, more inter-node bandwidth never ranks an all-to-all-heavy layout
 // worse, the JSON parses with every key, the trainer mapping, the machine probe on 2 ranks.

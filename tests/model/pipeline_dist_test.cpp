@@ -1,4 +1,4 @@
-// pipeline_test.cpp — pipeline parallelism: stage ranges, the exact pass order of the 1F1B and
+// pipeline_dist_test.cpp — pipeline parallelism: stage ranges, the exact pass order of the 1F1B and
 // GPipe schedules, activations and gradients that cross the stages (a chain of scalar stages
 // with known derivatives), inference through the stages, and GPT pipeline layouts (with tp, dp,
 // ep and etp inside the stages) equal to one process in loss and every parameter.

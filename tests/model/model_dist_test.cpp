@@ -1,13 +1,13 @@
-// model_test.cpp — the GPT model on one rank against a plain reference, moefy and upcycling, and
-// every tested layout against the single-process model on the same global batch.
+// model_dist_test.cpp — the GPT model on one rank against a plain reference, moefy and upcycling,
+// and every tested layout against the single-process model on the same global batch.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "gpt_fixtures.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
+#include "model/gpt_fixtures.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 

@@ -1,4 +1,4 @@
-// test_cost_model.cpp — the planner's cost-model formulas (plan.h) on hand-computed cases: bytes
+// cost_model_test.cpp — the planner's cost-model formulas (plan.h) on hand-computed cases: bytes
 // per collective per layout, collective times, gradient-sync bytes under ZeRO 0 and 1, memory
 // per rank, the pipeline bubble and the overlap's hidden time.
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-// overlap_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one:
+// overlap_dist_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one:
 // output, input gradient and every parameter gradient of the distributed layer with
 // a2a_overlap_degree D in {2, 3, 4} against D = 1, over several layouts (expert tensor parallel
 // etp = 2 included), activations, with and without biases, skewed routing and a rank without

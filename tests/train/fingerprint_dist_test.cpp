@@ -1,4 +1,4 @@
-// fingerprint_test.cpp — the configuration fingerprint: what it covers, the error text naming
+// fingerprint_dist_test.cpp — the configuration fingerprint: what it covers, the error text naming
 // keys, values and ranks, and ranks with a different seed or step count stopping on every rank
 // before the first step.
 #include <unistd.h>
