@@ -12,12 +12,12 @@
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::RankContext;
+using testing::run_on_ranks;
 
 struct Case {
   ParallelConfig layout;
@@ -54,7 +54,7 @@ void run_case(RankContext& ctx, const Case& c) {
   MoE mine(mine_opts, groups);
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
-  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
+  const auto batch = testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
   const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
   const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
@@ -91,8 +91,6 @@ void run_case(RankContext& ctx, const Case& c) {
     EXPECT_TRUE(torch::equal(kv.value(), before.at(kv.key()))) << what << " " << kv.key();
 }
 
-}  // namespace
-
 TEST(GatherExpertGradients, EqualTheSingleProcessGradientsOnFourRanks) {
   const std::vector<Case> cases = {
       {{1, 4, 1, 4, 1}, false, 4, Convention::kDeepSpeed, 1.0},
@@ -117,3 +115,6 @@ TEST(GatherExpertGradients, OnOneProcessAreTheGradients) {
   EXPECT_EQ(gathered.size(), params.size());
   for (auto& [name, g] : gathered) EXPECT_TRUE(torch::equal(g, params[name].grad())) << name;
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -9,12 +9,12 @@
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::identical;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-
+namespace hybridmoe {
 namespace {
+
+using testing::identical;
+using testing::RankContext;
+using testing::run_on_ranks;
 
 constexpr int64_t kExperts = 8;
 const std::vector<int64_t> kTokens = {5, 3, 0, 7};  // tokens of each rank
@@ -45,8 +45,6 @@ RouterOutput routing_of(int64_t rank) {
   r.weight = torch::ones({T}, torch::kFloat64);
   return r;
 }
-
-}  // namespace
 
 TEST(ExpertExchange, RowsLandWhereRoutingSaysAndComeBack) {
   run_on_ranks(4, [](RankContext& ctx) {
@@ -102,3 +100,6 @@ TEST(ExpertExchange, ExpertMajorIndexOrdersExpertThenBlock) {
   EXPECT_TRUE(identical(order.inverse, torch::tensor(std::vector<int64_t>{0, 1, 6, 2, 3, 4, 5})));
   EXPECT_EQ(per_expert, (std::vector<int64_t>{3, 3, 1}));
 }
+
+}  // namespace
+}  // namespace hybridmoe

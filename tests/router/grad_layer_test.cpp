@@ -9,10 +9,11 @@
 #include "hybridmoe/testing/references.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::gaussian;
+using testing::z_loss;
 
 const std::vector<std::string> kGates = {"topk",  "gshard",   "switch",
                                          "noisy", "sinkhorn", "expert_choice"};
@@ -217,3 +218,4 @@ TEST(GateOptionsErrors, ClearMessages) {
 }
 
 }  // namespace
+}  // namespace hybridmoe

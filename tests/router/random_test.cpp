@@ -6,10 +6,12 @@
 #include "hybridmoe/gates.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::gaussian;
+using testing::to_ivec;
+using testing::z_loss;
 
 bool same_routing(const RouterOutput& a, const RouterOutput& b) {
   return torch::equal(a.token_index, b.token_index) &&
@@ -280,3 +282,4 @@ TEST(GateRandom, RouterRunsInFloat32ForLowPrecisionInputs) {
 }
 
 }  // namespace
+}  // namespace hybridmoe

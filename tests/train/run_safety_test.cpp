@@ -19,6 +19,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using testing::error_of;
+using testing::read_file;
+using testing::snapshot;
+using testing::test_dir;
+using testing::tiny_config;
+
 // Sets an environment variable for the scope.
 struct ScopedEnv {
   std::string name;

@@ -19,6 +19,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using testing::error_of;
+using testing::read_file;
+using testing::snapshot;
+using testing::test_dir;
+using testing::tiny_config;
+
 TEST(TrainConfig, UnknownKeysAreRefusedByName) {
   TrainConfig c;
   auto e = error_of([&] { apply_toml_text(c, "steps = 5\nbogus_key = 3\n", "test.toml"); });

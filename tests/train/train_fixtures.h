@@ -13,7 +13,7 @@
 
 #include "hybridmoe/train.h"
 
-namespace hybridmoe {
+namespace hybridmoe::testing {
 
 inline std::string test_dir(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("hmoe_train_test_" + std::to_string(getuid())) /
@@ -69,4 +69,4 @@ inline std::map<std::string, std::string> snapshot(const std::string& dir) {
   return files;
 }
 
-}  // namespace hybridmoe
+}  // namespace hybridmoe::testing
