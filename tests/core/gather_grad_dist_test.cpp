@@ -1,8 +1,7 @@
 // gather_grad_dist_test.cpp — MoEImpl::gather_full_expert_gradients on 4 ranks: after backward and
 // the data-parallel gradient sum, the gathered expert gradients equal the single-process grouped
 // reference's gradients (float64, relative 1e-12) in the fixed layout (ep, etp) and the adaptive
-// layout, with peer conventions and capacities that drop; the parameters are left untouched;
-// on one process the gather returns the gradients themselves.
+// layout, with peer conventions and capacities that drop; the parameters are left untouched.
 #include <gtest/gtest.h>
 
 #include "core/expected_grads.h"
@@ -103,17 +102,6 @@ TEST(GatherExpertGradients, EqualTheSingleProcessGradientsOnFourRanks) {
   run_on_ranks(4, [&](RankContext& ctx) {
     for (const auto& c : cases) run_case(ctx, c);
   });
-}
-
-TEST(GatherExpertGradients, OnOneProcessAreTheGradients) {
-  MoE moe(MoEOptions(6, 4).d_hidden(8).top_k(2));
-  moe->to(torch::kFloat64);
-  auto out = moe(torch::randn({9, 6}, torch::kFloat64));
-  (out.output.pow(2).sum() + out.aux_loss).backward();
-  auto gathered = moe->gather_full_expert_gradients();
-  auto params = moe->experts->named_parameters();
-  EXPECT_EQ(gathered.size(), params.size());
-  for (auto& [name, g] : gathered) EXPECT_TRUE(torch::equal(g, params[name].grad())) << name;
 }
 
 }  // namespace

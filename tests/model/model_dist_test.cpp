@@ -1,5 +1,6 @@
-// model_dist_test.cpp — the GPT model on one rank against a plain reference, moefy and upcycling,
-// and every tested layout against the single-process model on the same global batch.
+// model_dist_test.cpp — the GPT model on several ranks: every tested layout against the
+// single-process model on the same global batch (loss and every gradient), and upcycling under
+// tensor parallelism reproducing the dense model.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,115 +17,7 @@ namespace {
 
 using testing::random_tokens;
 using testing::rel_err;
-
-GPTOptions tiny_options(int64_t moe_every = 2) {
-  return testing::tiny_gpt_options(moe_every);
-}
-
-// The model's computation written out with plain ops: per-head loops, an explicit causal mask,
-// the MoE layer through its sequential oracle.
-torch::Tensor plain_forward(GPTImpl& m, const torch::Tensor& tokens, torch::Tensor& aux) {
-  namespace F = torch::nn::functional;
-  const auto& o = m.options;
-  const int64_t B = tokens.size(0), S = tokens.size(1), H = o.n_heads(), hd = o.d_model() / H;
-  auto x = m.tok_emb->weight.index_select(0, tokens.reshape({-1})).view({B, S, -1}) +
-           m.pos_emb->weight.narrow(0, 0, S).unsqueeze(0);
-  auto ln = [&](const torch::Tensor& t, torch::nn::LayerNorm& l) {
-    auto mu = t.mean(-1, true);
-    auto var = (t - mu).pow(2).mean(-1, true);
-    return (t - mu) / torch::sqrt(var + 1e-5) * l->weight + l->bias;
-  };
-  aux = torch::zeros({}, x.options());
-  auto causal = torch::ones({S, S}, x.options()).tril();
-  for (auto& b : m.block_list) {
-    auto n = ln(x, b->ln1);
-    auto qkv = torch::matmul(n, b->attn->qkv->weight.t()) + b->attn->qkv->bias;
-    std::vector<torch::Tensor> outs;
-    for (int64_t h = 0; h < H; ++h) {
-      auto q = qkv.narrow(-1, h * hd, hd), k = qkv.narrow(-1, o.d_model() + h * hd, hd),
-           v = qkv.narrow(-1, 2 * o.d_model() + h * hd, hd);
-      auto s = torch::bmm(q, k.transpose(1, 2)) / std::sqrt(static_cast<double>(hd));
-      s = s * causal - 1e30 * (1 - causal);
-      outs.push_back(torch::bmm(torch::softmax(s, -1), v));
-    }
-    x = x + torch::matmul(torch::cat(outs, -1), b->attn->proj->weight.t()) + b->attn->proj->bias;
-    n = ln(x, b->ln2);
-    if (b->moe) {
-      auto r = b->moe->forward_reference(n.reshape({-1, o.d_model()}));
-      x = x + r.output.view(n.sizes());
-      aux = aux + r.aux_loss;
-    } else {
-      auto h = torch::gelu(torch::matmul(n, b->mlp->fc1->weight.t()) + b->mlp->fc1->bias);
-      x = x + torch::matmul(h, b->mlp->fc2->weight.t()) + b->mlp->fc2->bias;
-    }
-  }
-  return torch::matmul(ln(x, m.ln_f), m.tok_emb->weight.t());
-}
-
-TEST(Model, ForwardBackwardMatchPlainReference) {
-  torch::manual_seed(1);
-  GPT model(tiny_options());
-  model->to(torch::kFloat64);
-  auto tokens = random_tokens(3, 8, 5), targets = random_tokens(3, 8, 6);
-  auto out = model(tokens);
-  ASSERT_EQ(out.logits.sizes(), (std::vector<int64_t>{3, 8, 256}));
-  ASSERT_EQ(out.moe_stats.size(), 1u);
-  auto loss = lm_loss(out.logits, targets) + out.aux_loss;
-  auto params = model->parameters();
-  auto grads = torch::autograd::grad({loss}, params);
-
-  torch::Tensor aux;
-  auto logits = plain_forward(*model, tokens, aux);
-  auto ref_loss =
-      torch::nn::functional::cross_entropy(logits.view({-1, 256}), targets.view({-1})) + aux;
-  auto ref_grads = torch::autograd::grad({ref_loss}, params);
-  EXPECT_LT(rel_err(out.logits, logits), 1e-10);
-  EXPECT_LT(rel_err(out.aux_loss, aux), 1e-10);
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(rel_err(grads[i], ref_grads[i]), 1e-9) << i;
-}
-
-TEST(Model, MoefyOneExpertTop1ReproducesDense) {
-  auto o = tiny_options(0);
-  torch::manual_seed(2);
-  GPT dense(o);
-  torch::manual_seed(2);
-  GPT moe(o);
-  dense->to(torch::kFloat64);
-  moe->to(torch::kFloat64);
-  moefy(*moe, MoEOptions(16, 1).top_k(1), /*upcycle=*/true);
-  EXPECT_EQ(moe->moe_layers().size(), 2u);
-  EXPECT_EQ(moe->options.moe_every(), 1);
-  auto tokens = random_tokens(2, 8, 7);
-  torch::NoGradGuard ng;
-  EXPECT_LT(rel_err(moe(tokens).logits, dense(tokens).logits), 1e-12);
-  EXPECT_EQ(moe->named_parameters().contains("blocks.0.mlp.fc1.weight"), false);
-}
-
-TEST(Model, UpcyclingReproducesDenseWithAnyExperts) {
-  auto o = tiny_options(0);
-  for (auto [E, k] : std::vector<std::pair<int64_t, int64_t>>{{2, 1}, {4, 2}, {3, 3}, {8, 2}}) {
-    torch::manual_seed(3);
-    GPT dense(o);
-    torch::manual_seed(3);
-    GPT moe(o);
-    dense->to(torch::kFloat64);
-    moe->to(torch::kFloat64);
-    moefy(*moe, MoEOptions(16, E).top_k(k).normalize_top_k_weights(true), true, /*every=*/2);
-    EXPECT_EQ(moe->moe_layers().size(), 1u);
-    auto tokens = random_tokens(2, 8, 8);
-    torch::NoGradGuard ng;
-    EXPECT_LT(rel_err(moe(tokens).logits, dense(tokens).logits), 1e-12) << E << " experts, k " << k;
-  }
-  // Without upcycling the experts are fresh: the output changes.
-  torch::manual_seed(3);
-  GPT dense(o);
-  torch::manual_seed(3);
-  GPT fresh(o);
-  moefy(*fresh, MoEOptions(16, 4), false);
-  auto tokens = random_tokens(2, 8, 8);
-  torch::NoGradGuard ng;
-  EXPECT_GT(rel_err(fresh(tokens).logits, dense(tokens).logits), 1e-6);
-}
+using testing::tiny_gpt_options;
 
 // One layout against the single-process model on the same global batch: loss and gradients.
 void check_layout(dist::World& world, const ParallelConfig& layout, int64_t run_id) {
@@ -134,7 +27,7 @@ void check_layout(dist::World& world, const ParallelConfig& layout, int64_t run_
   auto sub = world.new_group(tag, members);
   auto groups = std::make_shared<ParallelGroups>(
       ParallelGroups::build(layout, sub, world.store(), false, tag));
-  auto o = tiny_options(2);
+  auto o = tiny_gpt_options(2);
   const int64_t b = 2, S = 8, dp = layout.dp, tp = layout.tp;
   // 1. Reference and distributed model from the same weights.
   torch::manual_seed(11);
@@ -204,7 +97,7 @@ TEST(ModelMultiRank, UpcyclingUnderTensorParallelReproducesDense) {
     at::set_num_threads(1);
     ParallelConfig layout{2, 1, 1, 1, 2};
     auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, ctx.world));
-    auto o = tiny_options(0);
+    auto o = tiny_gpt_options(0);
     torch::manual_seed(4);
     GPT dense(o);
     dense->to(torch::kFloat64);

@@ -45,16 +45,6 @@ TEST(CommCore, AsyncAllToAllDeliversSelfDescribingRowsAndWaitsOnce) {
   });
 }
 
-TEST(CommCore, ReadyWorkNeedsNoCommunication) {
-  auto t = torch::arange(3);
-  auto w = dist::PendingWork::ready(t);
-  EXPECT_TRUE(w.done());
-  EXPECT_TRUE(w.wait().is_same(t));
-  dist::PendingWork nothing;
-  EXPECT_TRUE(nothing.done());
-  EXPECT_THROW(nothing.wait(), c10::Error);
-}
-
 TEST(CommCore, AnUnansweredAsyncAllToAllTimesOutNamingOpAndGroup) {
   run_on_ranks(2, [](RankContext& ctx) {
     auto g = ctx.world.new_group("pairs", {0, 1});
