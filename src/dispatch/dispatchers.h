@@ -14,9 +14,9 @@
 #include <memory>
 #include <vector>
 
+#include "hybridmoe/detail/exchange.h"
 #include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
-#include "hybridmoe/detail/exchange.h"
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe::detail {

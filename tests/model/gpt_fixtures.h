@@ -1,11 +1,16 @@
-// gpt_fixtures.h — the tiny GPT and the token batches the model tests share.
+// gpt_fixtures.h — what the model tests share: the tiny GPT, token batches, and one training step
+// of a model (loss, gradients, generator state and communication counters) with its comparison.
 #pragma once
 
+#include <map>
 #include <string>
 
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "hybridmoe/comm_stats.h"
 #include "hybridmoe/model.h"
+#include "support/compare.h"
 
 namespace hybridmoe::testing {
 
@@ -29,6 +34,45 @@ inline GPTOptions tiny_gpt_options(int64_t moe_every = 2, const std::string& gat
 inline torch::Tensor random_tokens(int64_t B, int64_t S, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return torch::randint(0, 256, {B, S}, gen, torch::kInt64);
+}
+
+/// What one training step of a model gave: the loss, every gradient, a draw of the global
+/// generator after the step, and the communication counters of the step.
+struct StepResult {
+  double loss = 0.0;
+  std::map<std::string, torch::Tensor> grads;
+  torch::Tensor rng_after;  // a draw of the global generator after the step
+  std::map<std::string, dist::OpStats> comm;
+};
+
+/// One forward and backward of `model` on (tokens, targets), the global generator seeded first
+/// (the noisy gate draws from it); expects every parameter to get a gradient.
+inline StepResult one_step(GPTImpl& model, const torch::Tensor& tokens,
+                           const torch::Tensor& targets) {
+  model.zero_grad();
+  dist::reset_comm_stats();
+  torch::manual_seed(77);  // the noisy gate draws from the global generator
+  auto out = model.forward(tokens);
+  auto loss = lm_loss(out.logits, targets) + out.aux_loss;
+  loss.backward();
+  StepResult r;
+  r.loss = loss.item<double>();
+  for (auto& kv : model.named_parameters()) {
+    EXPECT_TRUE(kv.value().grad().defined()) << kv.key();
+    if (kv.value().grad().defined()) r.grads[kv.key()] = kv.value().grad().clone();
+  }
+  r.rng_after = torch::randn({4}, torch::kFloat64);
+  r.comm = dist::comm_stats();
+  return r;
+}
+
+/// Expects the same loss (exactly) and the same gradients (relative 1e-12) as `want`.
+inline void expect_same_step(const StepResult& got, const StepResult& want,
+                             const std::string& what) {
+  EXPECT_EQ(got.loss, want.loss) << what;
+  ASSERT_EQ(got.grads.size(), want.grads.size()) << what;
+  for (const auto& kv : want.grads)
+    EXPECT_LT(rel_err(got.grads.at(kv.first), kv.second), 1e-12) << what << " " << kv.first;
 }
 
 }  // namespace hybridmoe::testing

@@ -13,29 +13,29 @@
 #include "hybridmoe/dist.h"
 #include "hybridmoe/parallel.h"
 
-namespace hybridmoe::dist {
+namespace hybridmoe {
 namespace {
 
 TEST(Env, NoVariablesIsOneProcess) {
-  const EnvInfo e = parse_env({});
-  EXPECT_EQ(e.source, LaunchEnv::kSingle);
+  const dist::EnvInfo e = dist::parse_env({});
+  EXPECT_EQ(e.source, dist::LaunchEnv::kSingle);
   EXPECT_EQ(e.rank, 0);
   EXPECT_EQ(e.world_size, 1);
   EXPECT_EQ(e.master_addr, "127.0.0.1");
-  EXPECT_EQ(e.master_port, kDefaultMasterPort);
+  EXPECT_EQ(e.master_port, dist::kDefaultMasterPort);
 }
 
 TEST(Env, Torchrun) {
-  const EnvInfo e = parse_env({{"RANK", "5"},
-                               {"WORLD_SIZE", "8"},
-                               {"LOCAL_RANK", "1"},
-                               {"LOCAL_WORLD_SIZE", "4"},
-                               {"MASTER_ADDR", "node0"},
-                               {"MASTER_PORT", "1234"},
-                               // OpenMPI's variables lose to torchrun's
-                               {"OMPI_COMM_WORLD_RANK", "0"},
-                               {"OMPI_COMM_WORLD_SIZE", "2"}});
-  EXPECT_EQ(e.source, LaunchEnv::kTorchrun);
+  const dist::EnvInfo e = dist::parse_env({{"RANK", "5"},
+                                           {"WORLD_SIZE", "8"},
+                                           {"LOCAL_RANK", "1"},
+                                           {"LOCAL_WORLD_SIZE", "4"},
+                                           {"MASTER_ADDR", "node0"},
+                                           {"MASTER_PORT", "1234"},
+                                           // OpenMPI's variables lose to torchrun's
+                                           {"OMPI_COMM_WORLD_RANK", "0"},
+                                           {"OMPI_COMM_WORLD_SIZE", "2"}});
+  EXPECT_EQ(e.source, dist::LaunchEnv::kTorchrun);
   EXPECT_EQ(e.rank, 5);
   EXPECT_EQ(e.world_size, 8);
   EXPECT_EQ(e.local_rank, 1);
@@ -45,29 +45,29 @@ TEST(Env, Torchrun) {
 }
 
 TEST(Env, OpenMPI) {
-  const EnvInfo e = parse_env({{"OMPI_COMM_WORLD_RANK", "3"},
-                               {"OMPI_COMM_WORLD_SIZE", "4"},
-                               {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
-                               {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
-                               {"SLURM_PROCID", "0"},
-                               {"SLURM_NTASKS", "9"}});
-  EXPECT_EQ(e.source, LaunchEnv::kOpenMPI);
+  const dist::EnvInfo e = dist::parse_env({{"OMPI_COMM_WORLD_RANK", "3"},
+                                           {"OMPI_COMM_WORLD_SIZE", "4"},
+                                           {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                           {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                                           {"SLURM_PROCID", "0"},
+                                           {"SLURM_NTASKS", "9"}});
+  EXPECT_EQ(e.source, dist::LaunchEnv::kOpenMPI);
   EXPECT_EQ(e.rank, 3);
   EXPECT_EQ(e.world_size, 4);
   EXPECT_EQ(e.local_rank, 1);
   EXPECT_EQ(e.local_world_size, 2);
   EXPECT_EQ(e.master_addr, "127.0.0.1");
-  EXPECT_EQ(e.master_port, kDefaultMasterPort);
+  EXPECT_EQ(e.master_port, dist::kDefaultMasterPort);
 }
 
 TEST(Env, Slurm) {
-  const EnvInfo e = parse_env({{"SLURM_PROCID", "6"},
-                               {"SLURM_NTASKS", "8"},
-                               {"SLURM_LOCALID", "2"},
-                               {"SLURM_NTASKS_PER_NODE", "4(x2)"},
-                               {"MASTER_ADDR", "10.0.0.1"},
-                               {"MASTER_PORT", "29600"}});
-  EXPECT_EQ(e.source, LaunchEnv::kSlurm);
+  const dist::EnvInfo e = dist::parse_env({{"SLURM_PROCID", "6"},
+                                           {"SLURM_NTASKS", "8"},
+                                           {"SLURM_LOCALID", "2"},
+                                           {"SLURM_NTASKS_PER_NODE", "4(x2)"},
+                                           {"MASTER_ADDR", "10.0.0.1"},
+                                           {"MASTER_PORT", "29600"}});
+  EXPECT_EQ(e.source, dist::LaunchEnv::kSlurm);
   EXPECT_EQ(e.rank, 6);
   EXPECT_EQ(e.world_size, 8);
   EXPECT_EQ(e.local_rank, 2);
@@ -77,11 +77,11 @@ TEST(Env, Slurm) {
 }
 
 TEST(Env, BadValuesAreRefused) {
-  EXPECT_THROW(parse_env({{"RANK", "x"}, {"WORLD_SIZE", "2"}}), c10::Error);
-  EXPECT_THROW(parse_env({{"RANK", "2"}, {"WORLD_SIZE", "2"}}), c10::Error);
-  EXPECT_THROW(parse_env({{"MASTER_PORT", "70000"}}), c10::Error);
+  EXPECT_THROW(dist::parse_env({{"RANK", "x"}, {"WORLD_SIZE", "2"}}), c10::Error);
+  EXPECT_THROW(dist::parse_env({{"RANK", "2"}, {"WORLD_SIZE", "2"}}), c10::Error);
+  EXPECT_THROW(dist::parse_env({{"MASTER_PORT", "70000"}}), c10::Error);
   try {
-    parse_env({{"RANK", "3"}, {"WORLD_SIZE", "2"}});
+    dist::parse_env({{"RANK", "3"}, {"WORLD_SIZE", "2"}});
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what_without_backtrace()).find("rank should be in [0, 2), got 3"),
               std::string::npos);
@@ -89,41 +89,41 @@ TEST(Env, BadValuesAreRefused) {
 }
 
 TEST(Env, Timeout) {
-  EXPECT_EQ(timeout_from_env({}).count(), 300000);
-  EXPECT_EQ(timeout_from_env({{"HMOE_TIMEOUT_S", "2.5"}}).count(), 2500);
-  EXPECT_THROW(timeout_from_env({{"HMOE_TIMEOUT_S", "-1"}}), c10::Error);
-  EXPECT_THROW(timeout_from_env({{"HMOE_TIMEOUT_S", "soon"}}), c10::Error);
+  EXPECT_EQ(dist::timeout_from_env({}).count(), 300000);
+  EXPECT_EQ(dist::timeout_from_env({{"HMOE_TIMEOUT_S", "2.5"}}).count(), 2500);
+  EXPECT_THROW(dist::timeout_from_env({{"HMOE_TIMEOUT_S", "-1"}}), c10::Error);
+  EXPECT_THROW(dist::timeout_from_env({{"HMOE_TIMEOUT_S", "soon"}}), c10::Error);
 }
 
 TEST(Env, EvenSplit) {
-  EXPECT_EQ(even_split(7, 3), (std::vector<int64_t>{3, 2, 2}));
-  EXPECT_EQ(even_split(2, 4), (std::vector<int64_t>{1, 1, 0, 0}));
-  EXPECT_EQ(even_split(0, 2), (std::vector<int64_t>{0, 0}));
+  EXPECT_EQ(dist::even_split(7, 3), (std::vector<int64_t>{3, 2, 2}));
+  EXPECT_EQ(dist::even_split(2, 4), (std::vector<int64_t>{1, 1, 0, 0}));
+  EXPECT_EQ(dist::even_split(0, 2), (std::vector<int64_t>{0, 0}));
 }
 
 TEST(SingleProcess, WorldOfOneRunsEveryCollective) {
-  auto world = init(InitOptions().env(EnvMap{}).timeout_s(10));
+  auto world = dist::init(dist::InitOptions().env(dist::EnvMap{}).timeout_s(10));
   ASSERT_EQ(world->size(), 1);
   EXPECT_EQ(world->rank(), 0);
   EXPECT_EQ(world->timeout().count(), 10000);
-  const Group& g = world->group();
+  const dist::Group& g = world->group();
   EXPECT_EQ(g.name, "world");
   EXPECT_EQ(g.ranks, (std::vector<int64_t>{0}));
   ASSERT_TRUE(g.pg);
 
   auto x = torch::arange(6, torch::kFloat64).view({3, 2}).requires_grad_();
-  auto y = all_to_all(x, {3}, {3}, g);
-  y = all_gather_rows(y, g);
-  y = reduce_scatter_rows(y, g);
-  y = all_reduce_sum(copy_to_group(y, g), g);
+  auto y = dist::all_to_all(x, {3}, {3}, g);
+  y = dist::all_gather_rows(y, g);
+  y = dist::reduce_scatter_rows(y, g);
+  y = dist::all_reduce_sum(dist::copy_to_group(y, g), g);
   EXPECT_TRUE(torch::equal(y, x));
   (y * 2).sum().backward();
   EXPECT_TRUE(torch::equal(x.grad(), torch::full({3, 2}, 2.0, torch::kFloat64)));
-  EXPECT_EQ(exchange_counts(std::vector<int64_t>{4, 5}, g), (std::vector<int64_t>{4, 5}));
+  EXPECT_EQ(dist::exchange_counts(std::vector<int64_t>{4, 5}, g), (std::vector<int64_t>{4, 5}));
   std::vector<torch::Tensor> ts = {torch::ones({2})};
-  all_reduce_coalesced_(ts, g);
-  broadcast_(ts, 0, g);
-  barrier(g);
+  dist::all_reduce_coalesced_(ts, g);
+  dist::broadcast_(ts, 0, g);
+  dist::barrier(g);
   EXPECT_TRUE(torch::equal(ts[0], torch::ones({2})));
 
   auto groups = ParallelGroups::build(ParallelConfig{}, *world);
@@ -137,14 +137,14 @@ TEST(SingleProcess, WorldOfOneRunsEveryCollective) {
 }
 
 TEST(SingleProcess, AssembleFromGivenGroups) {
-  auto world = init(InitOptions().env(EnvMap{}));
-  std::map<GroupKind, Group> given = {{GroupKind::kWorld, world->group()}};
+  auto world = dist::init(dist::InitOptions().env(dist::EnvMap{}));
+  std::map<GroupKind, dist::Group> given = {{GroupKind::kWorld, world->group()}};
   auto groups = ParallelGroups::assemble(ParallelConfig{}, given);
   EXPECT_EQ(groups.ep.ranks, (std::vector<int64_t>{0}));
   EXPECT_EQ(groups.world.pg.get(), world->group().pg.get());
-  given[GroupKind::kTp] = Group::from_process_group("tp", {0}, world->group().pg);
+  given[GroupKind::kTp] = dist::Group::from_process_group("tp", {0}, world->group().pg);
   EXPECT_NO_THROW(ParallelGroups::assemble(ParallelConfig{}, given));
-  EXPECT_THROW(Group::from_process_group("tp", {0, 1}, world->group().pg), c10::Error);
+  EXPECT_THROW(dist::Group::from_process_group("tp", {0, 1}, world->group().pg), c10::Error);
 }
 
 // ---- the launcher -----------------------------------------------------------------------------
@@ -154,8 +154,8 @@ struct Captured {
   std::map<int64_t, std::vector<std::string>> out, err;
 };
 
-LaunchOptions shell(int64_t nproc, const std::string& script, Captured* cap) {
-  LaunchOptions o;
+dist::LaunchOptions shell(int64_t nproc, const std::string& script, Captured* cap) {
+  dist::LaunchOptions o;
   o.nproc = nproc;
   o.command = {"/bin/sh", "-c", script};
   o.on_line = [cap](int64_t rank, bool is_stderr, const std::string& line) {
@@ -174,7 +174,7 @@ TEST(Launcher, SetsVariablesAndRelaysLines) {
                  &cap);
   o.timeout_s = 7;
   o.extra_env = {{"EXTRA", "x"}, {"OPENBLAS_NUM_THREADS", "2"}};
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.failed_rank, -1);
   EXPECT_EQ(r.rank_codes, (std::vector<int>{0, 0, 0}));
@@ -195,7 +195,7 @@ TEST(Launcher, FailureEndsTheOthersAndGivesTheCode) {
   auto o = shell(3, "if [ \"$RANK\" = 1 ]; then sleep 0.2; exit 7; fi; exec sleep 30", &cap);
   o.grace_s = 1;
   const auto start = std::chrono::steady_clock::now();
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.exit_code, 7);
@@ -210,7 +210,7 @@ TEST(Launcher, StubbornRankIsKilled) {
       shell(2, "if [ \"$RANK\" = 0 ]; then sleep 0.5; exit 3; fi; trap '' TERM; sleep 30", &cap);
   o.grace_s = 0.5;
   const auto start = std::chrono::steady_clock::now();
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_EQ(r.exit_code, 3);
@@ -223,7 +223,7 @@ TEST(Launcher, WallClockLimit) {
   auto o = shell(2, "exec sleep 30", &cap);
   o.max_time_s = 0.5;
   o.grace_s = 0.5;
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_TRUE(r.timed_out);
   EXPECT_EQ(r.exit_code, 124);
   EXPECT_EQ(r.failed_rank, -1);
@@ -231,18 +231,18 @@ TEST(Launcher, WallClockLimit) {
 
 TEST(Launcher, MissingProgram) {
   Captured cap;
-  LaunchOptions o = shell(1, "", &cap);
+  dist::LaunchOptions o = shell(1, "", &cap);
   o.command = {"/nonexistent/program"};
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_EQ(r.exit_code, 127);
-  EXPECT_THROW(launch_local(LaunchOptions()), c10::Error);  // no command
+  EXPECT_THROW(dist::launch_local(dist::LaunchOptions()), c10::Error);  // no command
 }
 
 TEST(Launcher, FreePort) {
-  const int64_t port = find_free_port();
+  const int64_t port = dist::find_free_port();
   EXPECT_GT(port, 0);
   EXPECT_LT(port, 65536);
 }
 
 }  // namespace
-}  // namespace hybridmoe::dist
+}  // namespace hybridmoe

@@ -24,7 +24,7 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #endif
 
-namespace hybridmoe::dist {
+namespace hybridmoe {
 namespace {
 
 /// The first IPv4 address of an interface that is up and not loopback, with the interface's
@@ -49,9 +49,9 @@ Nic first_non_loopback_nic() {
   return nic;
 }
 
-EnvInfo two_ranks(int64_t rank, const std::string& master_addr) {
-  EnvInfo info;
-  info.source = LaunchEnv::kTorchrun;
+dist::EnvInfo two_ranks(int64_t rank, const std::string& master_addr) {
+  dist::EnvInfo info;
+  info.source = dist::LaunchEnv::kTorchrun;
   info.rank = rank;
   info.world_size = 2;
   info.local_rank = rank;
@@ -61,37 +61,39 @@ EnvInfo two_ranks(int64_t rank, const std::string& master_addr) {
 }
 
 TEST(GlooDeviceFor, RunsOnOneHostStayOnLoopback) {
-  EXPECT_EQ(gloo_device_for(two_ranks(0, "127.0.0.1"), {}), GlooDevice::loopback());
-  EXPECT_EQ(gloo_device_for(two_ranks(1, "localhost"), {}), GlooDevice::loopback());
-  EXPECT_EQ(gloo_device_for(two_ranks(1, "127.0.1.1"), {}), GlooDevice::loopback());
-  EnvInfo one;
+  EXPECT_EQ(dist::gloo_device_for(two_ranks(0, "127.0.0.1"), {}), dist::GlooDevice::loopback());
+  EXPECT_EQ(dist::gloo_device_for(two_ranks(1, "localhost"), {}), dist::GlooDevice::loopback());
+  EXPECT_EQ(dist::gloo_device_for(two_ranks(1, "127.0.1.1"), {}), dist::GlooDevice::loopback());
+  dist::EnvInfo one;
   one.master_addr = "10.11.12.13";
-  EXPECT_EQ(gloo_device_for(one, {}), GlooDevice::loopback());
-  EXPECT_EQ(GlooDevice::loopback().to_string(), "loopback");
+  EXPECT_EQ(dist::gloo_device_for(one, {}), dist::GlooDevice::loopback());
+  EXPECT_EQ(dist::GlooDevice::loopback().to_string(), "loopback");
 }
 
 TEST(GlooDeviceFor, SocketIfnameNamesTheInterface) {
-  const EnvMap env = {{"GLOO_SOCKET_IFNAME", "eth7,eth8"}};
-  EXPECT_EQ(gloo_device_for(two_ranks(0, "127.0.0.1"), env), GlooDevice::interface("eth7"));
-  EXPECT_EQ(gloo_device_for(two_ranks(0, "10.11.12.13"), env).to_string(), "interface eth7");
-  EXPECT_THROW(gloo_device_for(two_ranks(0, "10.11.12.13"), {{"GLOO_SOCKET_IFNAME", ",eth8"}}),
-               c10::Error);
-  EXPECT_THROW(GlooDevice::interface(""), c10::Error);
+  const dist::EnvMap env = {{"GLOO_SOCKET_IFNAME", "eth7,eth8"}};
+  EXPECT_EQ(dist::gloo_device_for(two_ranks(0, "127.0.0.1"), env),
+            dist::GlooDevice::interface("eth7"));
+  EXPECT_EQ(dist::gloo_device_for(two_ranks(0, "10.11.12.13"), env).to_string(), "interface eth7");
+  EXPECT_THROW(
+      dist::gloo_device_for(two_ranks(0, "10.11.12.13"), {{"GLOO_SOCKET_IFNAME", ",eth8"}}),
+      c10::Error);
+  EXPECT_THROW(dist::GlooDevice::interface(""), c10::Error);
 }
 
 TEST(GlooDeviceFor, RemoteMasterUsesTheAddressThatReachesIt) {
   const Nic nic = first_non_loopback_nic();
   if (nic.address.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 interface";
   // The master is this host's own non-loopback address: the route to it leaves from there.
-  const GlooDevice d = gloo_device_for(two_ranks(1, nic.address), {});
-  EXPECT_EQ(d, GlooDevice::address(nic.address)) << d.to_string();
+  const dist::GlooDevice d = dist::gloo_device_for(two_ranks(1, nic.address), {});
+  EXPECT_EQ(d, dist::GlooDevice::address(nic.address)) << d.to_string();
   EXPECT_EQ(d.to_string(), "address " + nic.address);
 }
 
 #if HMOE_HAVE_GLOO
 /// The description of the Gloo device a member's process group binds to, e.g.
 /// "[tcp, ..., addr=[192.0.2.2]:0]".
-std::string gloo_device_text(const Group& g) {
+std::string gloo_device_text(const dist::Group& g) {
   TORCH_CHECK(g.is_member() && g.pg, "group ", g.name, " has no process group here");
 #if HMOE_TORCH_AT_LEAST(2, 0)
   auto backend = g.pg->getBackend(c10::DeviceType::CPU);
@@ -111,20 +113,22 @@ struct RankDevices {
   double sum = 0;
 };
 std::vector<RankDevices> run_two_ranks(const std::string& master_addr,
-                                       c10::optional<GlooDevice> device) {
-  StorePtr store = c10::make_intrusive<c10d::HashStore>();
+                                       c10::optional<dist::GlooDevice> device) {
+  dist::StorePtr store = c10::make_intrusive<c10d::HashStore>();
   std::vector<RankDevices> out(2);
   std::vector<std::thread> ranks;
   for (int64_t r = 0; r < 2; ++r) {
     ranks.emplace_back([&, r] {
       try {
-        World world(two_ranks(r, master_addr), store, std::chrono::seconds(30), false, device);
+        dist::World world(two_ranks(r, master_addr), store, std::chrono::seconds(30), false,
+                          device);
         auto groups = ParallelGroups::build(ParallelConfig{1, 2, 1, 1, 1}, world.group(),
                                             world.store(), false, "external");
         out[r].world_device = world.gloo_device().to_string();
         out[r].world_text = gloo_device_text(world.group());
         out[r].dp_text = gloo_device_text(groups.dp);
-        out[r].sum = all_reduce_sum(torch::ones({1}, torch::kFloat64), groups.dp).item<double>();
+        out[r].sum =
+            dist::all_reduce_sum(torch::ones({1}, torch::kFloat64), groups.dp).item<double>();
       } catch (const std::exception& e) {
         out[r].error = e.what();
       }
@@ -153,7 +157,7 @@ TEST(GlooDevice, ExternalStoreGroupsBindToTheInterfaceTheCallerNames) {
   const Nic nic = first_non_loopback_nic();
   if (nic.address.empty()) GTEST_SKIP() << "this machine has no non-loopback IPv4 interface";
   // A loopback master address, but the caller names the interface: the choice is the caller's.
-  for (const auto& rank : run_two_ranks("127.0.0.1", GlooDevice::interface(nic.ifname))) {
+  for (const auto& rank : run_two_ranks("127.0.0.1", dist::GlooDevice::interface(nic.ifname))) {
     ASSERT_EQ(rank.error, "");
     EXPECT_EQ(rank.world_device, "interface " + nic.ifname);
     EXPECT_NE(rank.dp_text.find(nic.address), std::string::npos) << rank.dp_text;
@@ -172,4 +176,4 @@ TEST(GlooDevice, LocalWorldsStayOnLoopback) {
 #endif
 
 }  // namespace
-}  // namespace hybridmoe::dist
+}  // namespace hybridmoe

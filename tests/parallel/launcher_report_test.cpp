@@ -12,7 +12,7 @@
 
 #include "hybridmoe/dist.h"
 
-namespace hybridmoe::dist {
+namespace hybridmoe {
 namespace {
 
 /// The launcher's own lines (rank -1), captured.
@@ -21,8 +21,8 @@ struct LauncherLines {
   std::vector<std::string> lines;
 };
 
-LaunchOptions shell(int64_t nproc, const std::string& script, LauncherLines* cap) {
-  LaunchOptions o;
+dist::LaunchOptions shell(int64_t nproc, const std::string& script, LauncherLines* cap) {
+  dist::LaunchOptions o;
   o.nproc = nproc;
   o.command = {"/bin/sh", "-c", script};
   o.grace_s = 1;
@@ -36,11 +36,11 @@ LaunchOptions shell(int64_t nproc, const std::string& script, LauncherLines* cap
 }
 
 TEST(LauncherReport, SignalNames) {
-  EXPECT_EQ(signal_name(SIGKILL), "SIGKILL");
-  EXPECT_EQ(signal_name(SIGSEGV), "SIGSEGV");
-  EXPECT_EQ(signal_name(SIGABRT), "SIGABRT");
-  EXPECT_EQ(signal_name(SIGTERM), "SIGTERM");
-  EXPECT_EQ(signal_name(0), "signal 0");
+  EXPECT_EQ(dist::signal_name(SIGKILL), "SIGKILL");
+  EXPECT_EQ(dist::signal_name(SIGSEGV), "SIGSEGV");
+  EXPECT_EQ(dist::signal_name(SIGABRT), "SIGABRT");
+  EXPECT_EQ(dist::signal_name(SIGTERM), "SIGTERM");
+  EXPECT_EQ(dist::signal_name(0), "signal 0");
 }
 
 TEST(LauncherReport, KilledRankIsTheRootCauseAndTheEndedOnesConsequences) {
@@ -50,11 +50,11 @@ TEST(LauncherReport, KilledRankIsTheRootCauseAndTheEndedOnesConsequences) {
                  "if [ \"$RANK\" = 1 ]; then echo 'rank 1 about to die' >&2; sleep 1; "
                  "kill -9 $$; fi; echo \"rank $RANK waits\" >&2; exec sleep 30",
                  &cap);
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_EQ(r.exit_code, 128 + SIGKILL);
   EXPECT_EQ(r.failed_rank, 1);
   ASSERT_EQ(r.failures.size(), 3u);
-  const RankFailure& root = r.failures[0];
+  const dist::RankFailure& root = r.failures[0];
   EXPECT_EQ(root.rank, 1);
   EXPECT_EQ(root.signal, SIGKILL);
   EXPECT_EQ(root.code, 137);
@@ -62,7 +62,7 @@ TEST(LauncherReport, KilledRankIsTheRootCauseAndTheEndedOnesConsequences) {
   EXPECT_FALSE(root.ended_by_launcher);
   EXPECT_EQ(root.last_error, "rank 1 about to die");
   for (size_t i = 1; i < 3; ++i) {
-    const RankFailure& f = r.failures[i];
+    const dist::RankFailure& f = r.failures[i];
     EXPECT_TRUE(f.rank == 0 || f.rank == 2) << f.rank;
     EXPECT_EQ(f.signal, SIGTERM);
     EXPECT_FALSE(f.root_cause);
@@ -90,7 +90,7 @@ TEST(LauncherReport, LaterFailuresAreConsequences) {
                  "sleep 0.5; echo 'first line' >&2; echo 'peer gone' >&2; exit 1",
                  &cap);
   o.kill_on_failure = false;
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_EQ(r.exit_code, 3);
   ASSERT_EQ(r.failures.size(), 2u);
   EXPECT_FALSE(r.failures[1].ended_by_launcher);
@@ -104,7 +104,7 @@ TEST(LauncherReport, WallClockLimitEndsEveryRank) {
   LauncherLines cap;
   auto o = shell(2, "exec sleep 30", &cap);
   o.max_time_s = 0.5;
-  const LaunchResult r = launch_local(o);
+  const dist::LaunchResult r = dist::launch_local(o);
   EXPECT_EQ(r.exit_code, 124);
   ASSERT_EQ(r.failures.size(), 2u);
   ASSERT_EQ(cap.lines.size(), 3u);
@@ -120,11 +120,11 @@ TEST(LauncherReport, WallClockLimitEndsEveryRank) {
 
 TEST(LauncherReport, SuccessPrintsNothing) {
   LauncherLines cap;
-  const LaunchResult r = launch_local(shell(2, "echo fine >&2", &cap));
+  const dist::LaunchResult r = dist::launch_local(shell(2, "echo fine >&2", &cap));
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_TRUE(r.failures.empty());
   EXPECT_TRUE(cap.lines.empty());
 }
 
 }  // namespace
-}  // namespace hybridmoe::dist
+}  // namespace hybridmoe

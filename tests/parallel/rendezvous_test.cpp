@@ -11,14 +11,14 @@
 
 #include "hybridmoe/dist.h"
 
-namespace hybridmoe::dist {
+namespace hybridmoe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
 constexpr double kTimeoutS = 3.0;
 
-EnvMap rank_env(int64_t rank, int64_t world, int64_t port) {
+dist::EnvMap rank_env(int64_t rank, int64_t world, int64_t port) {
   return {{"RANK", std::to_string(rank)},
           {"WORLD_SIZE", std::to_string(world)},
           {"MASTER_ADDR", "127.0.0.1"},
@@ -39,7 +39,10 @@ std::vector<Outcome> init_ranks(const std::vector<int64_t>& ranks, int64_t port)
     threads.emplace_back([&, i] {
       const auto start = Clock::now();
       try {
-        init(InitOptions().env(rank_env(ranks[i], 3, port)).timeout_s(kTimeoutS).backend("gloo"));
+        dist::init(dist::InitOptions()
+                       .env(rank_env(ranks[i], 3, port))
+                       .timeout_s(kTimeoutS)
+                       .backend("gloo"));
       } catch (const c10::Error& e) {
         out[i].error = e.what_without_backtrace();
       }
@@ -51,7 +54,7 @@ std::vector<Outcome> init_ranks(const std::vector<int64_t>& ranks, int64_t port)
 }
 
 TEST(Rendezvous, MissingRankIsNamedWithinTheTimeout) {
-  const int64_t port = find_free_port();
+  const int64_t port = dist::find_free_port();
   const std::string where = "127.0.0.1:" + std::to_string(port);
   const auto out = init_ranks({0, 1}, port);
   for (size_t i = 0; i < out.size(); ++i) {
@@ -69,7 +72,7 @@ TEST(Rendezvous, MissingRankIsNamedWithinTheTimeout) {
 }
 
 TEST(Rendezvous, MissingServerIsNamedWithinTheTimeout) {
-  const int64_t port = find_free_port();
+  const int64_t port = dist::find_free_port();
   const std::string where = "127.0.0.1:" + std::to_string(port);
   const auto out = init_ranks({1, 2}, port);
   for (size_t i = 0; i < out.size(); ++i) {
@@ -87,16 +90,17 @@ TEST(Rendezvous, MissingServerIsNamedWithinTheTimeout) {
 
 TEST(Rendezvous, LateRanksWithinTheTimeoutMeet) {
   // Rank 0 (the server) starts last, 1 s after the others; all three must meet.
-  const int64_t port = find_free_port();
-  std::vector<StorePtr> stores(3);
+  const int64_t port = dist::find_free_port();
+  std::vector<dist::StorePtr> stores(3);
   std::vector<std::string> errors(3);
   std::vector<std::thread> threads;
   for (int64_t r : {1, 2, 0}) {
     threads.emplace_back([&, r] {
       if (r == 0) std::this_thread::sleep_for(std::chrono::seconds(1));
       try {
-        stores[r] = rendezvous(parse_env(rank_env(r, 3, port)),
-                               std::chrono::milliseconds(static_cast<int64_t>(kTimeoutS * 1000)));
+        stores[r] =
+            dist::rendezvous(dist::parse_env(rank_env(r, 3, port)),
+                             std::chrono::milliseconds(static_cast<int64_t>(kTimeoutS * 1000)));
       } catch (const c10::Error& e) {
         errors[r] = e.what_without_backtrace();
       }
@@ -115,4 +119,4 @@ TEST(Rendezvous, LateRanksWithinTheTimeoutMeet) {
 }
 
 }  // namespace
-}  // namespace hybridmoe::dist
+}  // namespace hybridmoe

@@ -16,10 +16,9 @@
 
 #include "hybridmoe/gate.h"
 
-namespace hmoe_test {
+namespace hybridmoe::testing {
 
 using Mat = std::vector<std::vector<double>>;
-using hybridmoe::DropPolicy;
 
 /// t: [R, C] → rows of doubles.
 inline Mat to_mat(const torch::Tensor& t) {
@@ -327,4 +326,4 @@ inline std::vector<Size> sweep_sizes() {
   return {{1, 2, 1}, {8, 4, 2}, {23, 6, 2}, {64, 8, 3}};
 }
 
-}  // namespace hmoe_test
+}  // namespace hybridmoe::testing

@@ -1,42 +1,22 @@
-// fingerprint_test.cpp — the configuration fingerprint: what it covers, the error text naming
-// keys, values and ranks, and ranks with a different seed or step count stopping on every rank
-// before the first step.
-#include <unistd.h>
-
-#include <filesystem>
+// fingerprint_test.cpp — the configuration fingerprint on one process: what it covers (every key
+// that must agree across ranks, the hmoe and LibTorch versions) and the text naming the keys,
+// values and ranks that differ. Ranks that disagree are in fingerprint_dist_test.cpp.
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
-#include "hybridmoe/collectives.h"
 #include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/version.h"
-#include "support/multirank.h"
 
 namespace hybridmoe {
 namespace {
-
-namespace fs = std::filesystem;
-
-constexpr const char* kHint =
-    " (every rank must be started with the same configuration and hmoe "
-    "build)";
 
 std::string value_of(const ConfigEntries& entries, const std::string& name) {
   for (const auto& [n, v] : entries) {
     if (n == name) return v;
   }
   return "(absent)";
-}
-
-/// What check_config_agreement (or train) raised on this rank; "" if nothing.
-std::string agreement_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
 }
 
 TEST(Fingerprint, CoversEveryKeyThatMustAgreeAndTheVersion) {
@@ -87,60 +67,6 @@ TEST(Fingerprint, DifferencesNameKeysValuesAndRanks) {
       describe_config_differences(ranks).find("libtorch_version = " + compat::torch_version() +
                                               " on ranks 0,1,3 but (missing) on rank 2"),
       std::string::npos);
-}
-
-TEST(FingerprintMultiRank, DifferentSeedStopsEveryRank) {
-  testing::run_on_ranks(3, [](testing::RankContext& ctx) {
-    TrainConfig c;
-    if (ctx.rank() == 1) c.seed = 99;
-    const std::string e = agreement_error([&] { check_config_agreement(c, ctx.world); });
-    EXPECT_EQ(e, std::string("configuration differs across ranks: seed = 1234 on ranks 0,2 but 99 "
-                             "on rank 1") +
-                     kHint)
-        << "rank " << ctx.rank();
-  });
-}
-
-TEST(FingerprintMultiRank, DifferentStepsStopTrainBeforeTheFirstStep) {
-  const std::string out = (fs::temp_directory_path() /
-                           ("hmoe_fingerprint_test_" + std::to_string(::getuid())) / "steps")
-                              .string();
-  if (!testing::is_worker()) fs::remove_all(out);
-  testing::run_on_ranks(2, [&](testing::RankContext& ctx) {
-    TrainConfig c;
-    c.d_model = 32;
-    c.n_layers = 2;
-    c.n_heads = 2;
-    c.context = c.seq_len = 32;
-    c.batch_size = 8;
-    c.micro_batches = 1;
-    c.train_lines = 500;
-    c.eval_per_task = 2;
-    c.nproc = 2;
-    c.tp = c.pp = c.etp = 1;
-    c.dp = c.ep = 2;
-    c.steps = ctx.rank() == 1 ? 5 : 4;
-    c.out = out;
-    c.progress = ctx.rank() == 0;  // may differ
-    int64_t steps_run = 0;
-    const std::string e =
-        agreement_error([&] { train(c, ctx.world, [&](int64_t, double) { ++steps_run; }); });
-    EXPECT_EQ(e, std::string("configuration differs across ranks: steps = 4 on rank 0 but 5 on "
-                             "rank 1") +
-                     kHint)
-        << "rank " << ctx.rank();
-    EXPECT_EQ(steps_run, 0);
-    EXPECT_FALSE(fs::exists(out)) << "nothing is written before the check";
-  });
-}
-
-TEST(FingerprintMultiRank, AgreeingRanksGoOn) {
-  testing::run_on_ranks(2, [](testing::RankContext& ctx) {
-    TrainConfig c;
-    c.progress = ctx.rank() == 0;
-    EXPECT_NO_THROW(check_config_agreement(c, ctx.world));
-    dist::barrier(ctx.group());  // the world still works afterwards
-  });
 }
 
 }  // namespace

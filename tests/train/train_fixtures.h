@@ -1,5 +1,5 @@
 // train_fixtures.h — what the trainer tests share: a scratch directory per test, a tiny
-// single-process configuration, and small file helpers.
+// single-process configuration, and small text and file helpers.
 #pragma once
 
 #include <unistd.h>
@@ -10,10 +10,11 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "hybridmoe/train.h"
 
-namespace hybridmoe {
+namespace hybridmoe::testing {
 
 inline std::string test_dir(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("hmoe_train_test_" + std::to_string(getuid())) /
@@ -69,4 +70,21 @@ inline std::map<std::string, std::string> snapshot(const std::string& dir) {
   return files;
 }
 
-}  // namespace hybridmoe
+/// True when `text` contains `needle`.
+inline bool has(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
+
+/// The temporary files (".tmp_*", "*.tmp") left anywhere under `dir`.
+inline std::vector<std::string> tmp_entries(const std::string& dir) {
+  std::vector<std::string> out;
+  if (!std::filesystem::exists(dir)) return out;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (name.rfind(".tmp_", 0) == 0 || (name.size() > 4 && name.substr(name.size() - 4) == ".tmp"))
+      out.push_back(e.path().string());
+  }
+  return out;
+}
+
+}  // namespace hybridmoe::testing

@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "hmoe/commands.h"
-#include "hybridmoe/dist.h"
 #include "hybridmoe/detail/fingerprint.h"
+#include "hybridmoe/dist.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 

@@ -1,4 +1,4 @@
-// overlap_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one:
+// overlap_dist_test.cpp — the overlapped (chunked, pipelined) token exchange equals the plain one:
 // output, input gradient and every parameter gradient of the distributed layer with
 // a2a_overlap_degree D in {2, 3, 4} against D = 1, over several layouts (expert tensor parallel
 // etp = 2 included), activations, with and without biases, skewed routing and a rank without
@@ -21,13 +21,13 @@
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::rel_err;
-using hybridmoe::testing::run_on_ranks;
-using hybridmoe::testing::throws_with;
-
+namespace hybridmoe {
 namespace {
+
+using testing::RankContext;
+using testing::rel_err;
+using testing::run_on_ranks;
+using testing::throws_with;
 
 // Rounding of a few GEMMs of different row blocking (float64 ulp 2.2e-16, ~45 ulps of headroom).
 constexpr double kChunkTol = 1e-14;
@@ -117,8 +117,6 @@ void run_case(RankContext& ctx, const Case& c) {
   }
 }
 
-}  // namespace
-
 TEST(OverlapMoE, ChunkedExchangeEqualsPlainOnFourRanks) {
   run_on_ranks(4, [](RankContext& ctx) {
     run_case(ctx, {{1, 4, 1, 4, 1}, 8, Activation::kGelu, true, false});
@@ -162,3 +160,6 @@ TEST(OverlapMoE, RefusesUnsupportedCombinations) {
     EXPECT_TRUE(throws_with([&] { MoE{opts}; }, "single-process layer"));
   });
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -9,12 +9,12 @@
 #include "hybridmoe/distributed.h"
 #include "support/compare.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::identical;
-using hybridmoe::testing::throws_with;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::identical;
+using testing::throws_with;
 
 constexpr double kTol = 1e-12;  // float64, relative to the largest entry
 
@@ -40,8 +40,6 @@ std::map<std::string, torch::Tensor> grads_of(torch::nn::Module& m) {
         kv.value().grad().defined() ? kv.value().grad().clone() : torch::zeros_like(kv.value());
   return out;
 }
-
-}  // namespace
 
 TEST(ConventionLayer, EveryPresetMatchesTheSequentialReferenceForwardAndBackward) {
   const int64_t T = 37, d = 8, E = 6;
@@ -173,3 +171,6 @@ TEST(ConventionLayer, VerifyGateSpecsNameThePresets) {
   EXPECT_TRUE(throws_with([] { GateSpec::parse("tutel@1.0x"); },
                           "the capacity factor of \"tutel@1.0x\" is not a number"));
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -1,4 +1,4 @@
-// test_conventions.cpp — each peer convention of the "topk" gate (deepspeed, tutel, megatron,
+// conventions_test.cpp — each peer convention of the "topk" gate (deepspeed, tutel, megatron,
 // gshard) against a plain float64 loop reference written here from the peer's own rule, on
 // tables with exact ties, overflowing experts and partly dropped tokens: experts, slots, kept or
 // dropped for every choice (exactly), weights and loss terms (1e-12). Also the rule names, the
@@ -9,10 +9,28 @@
 #include "hybridmoe/gates.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::assign_slots_in_order;
+using testing::balance_loss;
+using testing::capacity_of;
+using testing::cases;
+using testing::Choice;
+using testing::expect_matches;
+using testing::gaussian;
+using testing::kCaseWidth;
+using testing::list_choices;
+using testing::Mat;
+using testing::matmul_t;
+using testing::RefOut;
+using testing::softmax;
+using testing::softmax_rows;
+using testing::to_ivec;
+using testing::to_mat;
+using testing::to_vec;
+using testing::topk_indices;
+using testing::z_loss;
 
 constexpr double kTol = 1e-12;
 constexpr double kZ = 1e-3;  // z_loss_coef, so that the "z" term is reported
@@ -211,8 +229,6 @@ void sweep(Convention convention, const std::vector<int64_t>& ks, bool ranks_wei
     EXPECT_GT(cov.partly_dropped_tokens, 0) << "the sweep drops some choices of a token";
   }
 }
-
-}  // namespace
 
 TEST(Conventions, DeepSpeedTopKGatingMatchesLoopReference) {
   // k = 1, 2 rank nothing across tokens; k = 3 ranks the raw probabilities ("probs").
@@ -425,3 +441,6 @@ TEST(Conventions, CosineGateRoutesWithTheTutelConvention) {
     expect_choice_table(r, want, "cosine cf=" + std::to_string(cf));
   }
 }
+
+}  // namespace
+}  // namespace hybridmoe

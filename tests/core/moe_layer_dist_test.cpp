@@ -1,5 +1,5 @@
-// layer_test.cpp — the distributed MoE layer against the single-process grouped reference on
-// the same global batch: output, input gradient, gate and expert gradients (shards compared with
+// moe_layer_dist_test.cpp — the distributed MoE layer against the single-process grouped reference
+// on the same global batch: output, input gradient, gate and expert gradients (shards compared with
 // the slices of the full gradients), for several layouts, with tokens per rank that differ (one
 // rank has none), highly skewed routing (every token to experts 0 and 1), and capacity. Also: a
 // rank that fails makes its peers fail within the timeout.
@@ -7,19 +7,19 @@
 
 #include <chrono>
 
-#include "expected_grads.h"
+#include "core/expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::RankContext;
+using testing::run_on_ranks;
 
 struct Case {
   ParallelConfig layout;
@@ -48,7 +48,7 @@ void run_case(RankContext& ctx, const Case& c) {
   MoE mine(opts, groups);
   mine->to(torch::kFloat64);
   mine->load_shard_from(*full);
-  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
+  const auto batch = testing::global_batch(kTokensPerDp, L.dp, L.tp, coords.dp);
   const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
   const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
@@ -73,12 +73,10 @@ void run_case(RankContext& ctx, const Case& c) {
   for (auto& kv : mine->gate->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), gref[kv.key()].grad(), 1e-12)) << what << " gate";
   // 4. Expert gradients: the shard of the full gradients, cut by the same rule as the weights.
-  auto expect = hybridmoe::testing::expert_grad_shard(*full, opts, opts, groups);
+  auto expect = testing::expert_grad_shard(*full, opts, opts, groups);
   for (auto& kv : mine->experts->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), expect[kv.key()], 1e-12)) << what << " " << kv.key();
 }
-
-}  // namespace
 
 TEST(DistributedMoE, MatchesGroupedReferenceOnFourRanks) {
   const std::vector<Case> cases = {
@@ -95,13 +93,13 @@ TEST(DistributedMoE, RejectsLayoutsThatDoNotFit) {
   run_on_ranks(2, [](RankContext& ctx) {
     auto groups = std::make_shared<ParallelGroups>(
         ParallelGroups::build(ParallelConfig{1, 2, 1, 2, 1}, ctx.world));
-    EXPECT_TRUE(hybridmoe::testing::throws_with([&] { MoE(MoEOptions(4, 3), groups); },
-                                                "num_experts=3 must be divisible by ep=2"));
+    EXPECT_TRUE(testing::throws_with([&] { MoE(MoEOptions(4, 3), groups); },
+                                     "num_experts=3 must be divisible by ep=2"));
   });
 }
 
 TEST(DistributedMoE, FailedRankMakesPeersFailWithinTimeout) {
-  hybridmoe::testing::MultiRankOptions o;
+  testing::MultiRankOptions o;
   o.timeout_s = 3.0;
   o.max_time_s = 60;
   o.kill_on_failure = false;
@@ -127,9 +125,12 @@ TEST(DistributedMoE, FailedRankMakesPeersFailWithinTimeout) {
         EXPECT_LT(s, 3.0 + 5.0) << message;
       },
       o);
-  if (!hybridmoe::testing::is_worker()) {
+  if (!testing::is_worker()) {
     ASSERT_EQ(r.rank_codes.size(), 2u);
     EXPECT_EQ(r.rank_codes[0], 0);
     EXPECT_NE(r.rank_codes[1], 0);
   }
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -1,4 +1,4 @@
-// test_random.cpp — seeded determinism of the noisy and random gates, statistical checks of
+// random_test.cpp — seeded determinism of the noisy and random gates, statistical checks of
 // the jitter range and of GShard's random-routing keep rate, Sinkhorn balance and convergence,
 // capacity bounds and drop order, the loss-free bias update, and routing statistics.
 #include <gtest/gtest.h>
@@ -6,10 +6,12 @@
 #include "hybridmoe/gates.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::gaussian;
+using testing::to_ivec;
+using testing::z_loss;
 
 bool same_routing(const RouterOutput& a, const RouterOutput& b) {
   return torch::equal(a.token_index, b.token_index) &&
@@ -280,3 +282,4 @@ TEST(GateRandom, RouterRunsInFloat32ForLowPrecisionInputs) {
 }
 
 }  // namespace
+}  // namespace hybridmoe

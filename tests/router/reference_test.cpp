@@ -1,4 +1,4 @@
-// test_reference.cpp — every gate's outputs (experts, weights, capacity slots, drops, loss terms)
+// reference_test.cpp — every gate's outputs (experts, weights, capacity slots, drops, loss terms)
 // against a plain float64 loop reference of its formula, over several sizes, with and without
 // ties in the logits, dropless and with both drop policies.
 #include <gtest/gtest.h>
@@ -6,10 +6,29 @@
 #include "hybridmoe/gates.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::assign_slots;
+using testing::assign_slots_in_order;
+using testing::balance_loss;
+using testing::capacity_of;
+using testing::cases;
+using testing::Choice;
+using testing::expect_matches;
+using testing::gaussian;
+using testing::kCaseWidth;
+using testing::list_choices;
+using testing::Mat;
+using testing::matmul_t;
+using testing::RefOut;
+using testing::softmax;
+using testing::softmax_rows;
+using testing::sweep_sizes;
+using testing::to_mat;
+using testing::to_vec;
+using testing::topk_indices;
+using testing::z_loss;
 
 constexpr int64_t kD = kCaseWidth;
 constexpr double kTol = 1e-12;
@@ -413,3 +432,4 @@ TEST(GateReference, EvalCapacityFactorIsUsedInEval) {
 }
 
 }  // namespace
+}  // namespace hybridmoe

@@ -5,8 +5,10 @@
 #include "hybridmoe/moe.h"
 #include "support/compare.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
+namespace hybridmoe {
+namespace {
+
+using testing::close;
 
 TEST(MoELayerCuda, MatchesCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
@@ -40,3 +42,6 @@ TEST(MoELayerCuda, MatchesCpu) {
           EXPECT_TRUE(close(kv.value().grad().cpu(), pc[kv.key()].grad(), tol)) << kv.key();
       }
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -1,5 +1,5 @@
-// failure_test.cpp — a rank that throws, is killed or never shows up makes the others fail with a
-// c10::Error naming the operation and the group within a short timeout, never hang.
+// failure_dist_test.cpp — a rank that throws, is killed or never shows up makes the others fail
+// with a c10::Error naming the operation and the group within a short timeout, never hang.
 #include <signal.h>
 #include <unistd.h>
 

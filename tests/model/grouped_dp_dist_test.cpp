@@ -1,4 +1,4 @@
-// grouped_dp_test.cpp — GroupedDataParallel: default tags from the module tree, overrides,
+// grouped_dp_dist_test.cpp — GroupedDataParallel: default tags from the module tree, overrides,
 // broadcast from rank 0 of each tag group, and gradient sums over each parameter's own group.
 #include <gtest/gtest.h>
 
@@ -8,12 +8,13 @@
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::RankContext;
+using testing::run_on_ranks;
+
 // A dense layer around a distributed MoE layer.
 struct NetImpl : torch::nn::Module {
   NetImpl(std::shared_ptr<const ParallelGroups> g) {
@@ -24,7 +25,6 @@ struct NetImpl : torch::nn::Module {
   MoE moe{nullptr};
 };
 TORCH_MODULE(Net);
-}  // namespace
 
 TEST(GroupedDataParallel, TagsBroadcastAndPerGroupSums) {
   run_on_ranks(4, [](RankContext& ctx) {
@@ -40,8 +40,8 @@ TEST(GroupedDataParallel, TagsBroadcastAndPerGroupSums) {
     EXPECT_EQ(tags.at("moe.gate.weight"), GroupKind::kStage);
     EXPECT_EQ(tags.at("moe.experts.w1"), GroupKind::kEdp);
     EXPECT_EQ(tags.at("moe.experts.b2"), GroupKind::kEdp);
-    EXPECT_TRUE(hybridmoe::testing::throws_with([&] { gdp.set_tag("nope", GroupKind::kDp); },
-                                                "no parameter named \"nope\""));
+    EXPECT_TRUE(testing::throws_with([&] { gdp.set_tag("nope", GroupKind::kDp); },
+                                     "no parameter named \"nope\""));
     // 2. After the broadcast every parameter equals rank 0's of its group.
     auto params = net->named_parameters();
     for (const auto& name : {"fc.weight", "moe.gate.weight", "moe.experts.w1"}) {
@@ -67,7 +67,6 @@ TEST(GroupedDataParallel, TagsBroadcastAndPerGroupSums) {
   });
 }
 
-namespace {
 // A user module that declares its parameters' group; it nests one that declares none (not
 // synchronized), and a plain Linear (inherits the declaration).
 struct Unreplicated : torch::nn::Module, GradientGroupDeclarer {
@@ -94,7 +93,6 @@ struct OuterImpl : torch::nn::Module {
   std::shared_ptr<StageSharedImpl> shared;
   torch::nn::Linear head{nullptr};
 };
-}  // namespace
 
 TEST(GroupedDataParallel, TagsComeFromTheInnermostDeclaringModule) {
   run_on_ranks(2, [](RankContext& ctx) {
@@ -110,3 +108,6 @@ TEST(GroupedDataParallel, TagsComeFromTheInnermostDeclaringModule) {
     EXPECT_EQ(tags.size(), 6u);  // head.{weight,bias}, shared.{scale,lin.weight,lin.bias,inner.w}
   });
 }
+
+}  // namespace
+}  // namespace hybridmoe

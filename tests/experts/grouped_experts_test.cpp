@@ -7,10 +7,10 @@
 #include "hybridmoe/testing/references.h"
 #include "support/compare.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
 
 struct Case {
   std::vector<int64_t> counts;
@@ -61,8 +61,6 @@ void check(const Case& c, Activation act, bool bias, torch::ScalarType dtype) {
   }
 }
 
-}  // namespace
-
 class GroupedExpertsTest
     : public ::testing::TestWithParam<std::tuple<Activation, bool, torch::ScalarType>> {};
 
@@ -83,14 +81,13 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(GroupedExperts, RejectsBadSegments) {
   GroupedExperts ex(GroupedExpertsOptions(2, 4, 8));
   auto x = torch::randn({5, 4});
-  EXPECT_TRUE(hybridmoe::testing::throws_with(
+  EXPECT_TRUE(testing::throws_with(
       [&] {
         ex->run(x, {2, 2});
       },
       "segment sizes sum to 4 but there are 5 rows"));
-  EXPECT_TRUE(
-      hybridmoe::testing::throws_with([&] { ex->run(x, {5}); }, "1 segment sizes for 2 experts"));
-  EXPECT_TRUE(hybridmoe::testing::throws_with(
+  EXPECT_TRUE(testing::throws_with([&] { ex->run(x, {5}); }, "1 segment sizes for 2 experts"));
+  EXPECT_TRUE(testing::throws_with(
       [&] {
         ex->run(torch::randn({5, 4}, torch::kFloat64), {2, 3});
       },
@@ -113,3 +110,6 @@ TEST(GroupedExperts, OutputBiasCanBeLeftToAnotherRank) {
   auto expect = torch::cat({full->b2[0].expand({2, 4}), full->b2[1].expand({3, 4})});
   EXPECT_TRUE(close(diff.detach(), expect.detach(), 1e-6));
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -1,5 +1,5 @@
-// exchange_test.cpp — self-describing tests of the expert-parallel exchange: each rank fills its
-// tokens with (rank, token index); after dispatch every row sits where its routing says, in the
+// exchange_dist_test.cpp — self-describing tests of the expert-parallel exchange: each rank fills
+// its tokens with (rank, token index); after dispatch every row sits where its routing says, in the
 // documented order (expert, then source rank, then token); after the way back the input returns,
 // gradients included. Tokens per rank differ, one rank has none, some experts get nothing.
 #include <gtest/gtest.h>
@@ -9,12 +9,12 @@
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::identical;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-
+namespace hybridmoe {
 namespace {
+
+using testing::identical;
+using testing::RankContext;
+using testing::run_on_ranks;
 
 constexpr int64_t kExperts = 8;
 const std::vector<int64_t> kTokens = {5, 3, 0, 7};  // tokens of each rank
@@ -45,8 +45,6 @@ RouterOutput routing_of(int64_t rank) {
   r.weight = torch::ones({T}, torch::kFloat64);
   return r;
 }
-
-}  // namespace
 
 TEST(ExpertExchange, RowsLandWhereRoutingSaysAndComeBack) {
   run_on_ranks(4, [](RankContext& ctx) {
@@ -92,13 +90,5 @@ TEST(ExpertExchange, RowsLandWhereRoutingSaysAndComeBack) {
   });
 }
 
-TEST(ExpertExchange, ExpertMajorIndexOrdersExpertThenBlock) {
-  // Two blocks of three experts: block 0 = {2, 0, 1} rows, block 1 = {1, 3, 0} rows.
-  auto order = expert_major_index({{2, 0, 1}, {1, 3, 0}});
-  const auto& index = order.index;
-  const auto& per_expert = order.per_expert;
-  // Block layout rows: b0e0: 0,1  b0e2: 2  b1e0: 3  b1e1: 4,5,6.
-  EXPECT_TRUE(identical(index, torch::tensor(std::vector<int64_t>{0, 1, 3, 4, 5, 6, 2})));
-  EXPECT_TRUE(identical(order.inverse, torch::tensor(std::vector<int64_t>{0, 1, 6, 2, 3, 4, 5})));
-  EXPECT_EQ(per_expert, (std::vector<int64_t>{3, 3, 1}));
-}
+}  // namespace
+}  // namespace hybridmoe

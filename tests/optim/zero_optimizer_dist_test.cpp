@@ -1,4 +1,4 @@
-// zero_optimizer_test.cpp — ZeroAdamW (zero.h) against torch::optim::AdamW on one process: the
+// zero_optimizer_dist_test.cpp — ZeroAdamW (zero.h) against torch::optim::AdamW on one process: the
 // sharded optimizer (ZeRO-1) over groups of 1..4 ranks with uneven shards and buckets that cut
 // parameters, weight-decay groups and a changing learning rate equals it exactly in float64; the
 // tiled step equals the untiled one bit for bit (float64, float32, bfloat16 with a master copy);

@@ -8,11 +8,11 @@
 #include "kernels/cpu/row_scatter.h"
 #include "support/compare.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::identical;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::identical;
 
 RouterOutput random_routing(int64_t T, int64_t E, int64_t k, uint64_t seed, double drop = 0.0) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -33,8 +33,6 @@ RouterOutput random_routing(int64_t T, int64_t E, int64_t k, uint64_t seed, doub
   r.weight = torch::tensor(w, torch::kFloat64);
   return r;
 }
-
-}  // namespace
 
 TEST(DispatchPlan, MatchesLoopReferenceExactly) {
   for (auto [T, E, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
@@ -71,10 +69,9 @@ TEST(DispatchPlan, WithinExpertOrderIsTokenOrder) {
 
 TEST(DispatchPlan, RejectsOutOfRangeExperts) {
   auto r = random_routing(4, 4, 1, 1);
-  EXPECT_TRUE(hybridmoe::testing::throws_with([&] { make_plan(r, 4, 3); },
-                                              "expert index out of range [0, 3)"));
-  EXPECT_TRUE(hybridmoe::testing::throws_with([&] { make_plan(r, 3, 4); },
-                                              "token index out of range [0, 3)"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { make_plan(r, 4, 3); }, "expert index out of range [0, 3)"));
+  EXPECT_TRUE(testing::throws_with([&] { make_plan(r, 3, 4); }, "token index out of range [0, 3)"));
 }
 
 TEST(Permute, PermuteThenUnpermuteIsIdentityWithGradients) {
@@ -154,7 +151,10 @@ TEST(Permute, CombineKernelsMatchTheATenComposition) {
     }
   auto y = torch::ones({3, 2}, torch::kFloat64);
   auto bad = torch::tensor({0, 1, 5}, torch::kInt64);
-  EXPECT_TRUE(hybridmoe::testing::throws_with(
-      [&] { kernels::scatter_add_rows_cpu(y, bad, 4, torch::Tensor()); },
-      "index values must be in [0, 4), got [0, 5]"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { kernels::scatter_add_rows_cpu(y, bad, 4, torch::Tensor()); },
+                           "index values must be in [0, 4), got [0, 5]"));
 }
+
+}  // namespace
+}  // namespace hybridmoe

@@ -9,12 +9,12 @@
 #include "hybridmoe/testing/references.h"
 #include "support/compare.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::identical;
-using hybridmoe::testing::throws_with;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::identical;
+using testing::throws_with;
 
 struct Shape {
   int64_t tokens, d_model, d_hidden, experts, top_k;
@@ -71,8 +71,6 @@ void check_against_reference(MoE& moe, const torch::Tensor& x_in, const std::str
   for (const auto& kv : g2)
     EXPECT_TRUE(close(g1[kv.first], kv.second)) << what << ": d" << kv.first;
 }
-
-}  // namespace
 
 class MoELayerTest
     : public ::testing::TestWithParam<std::tuple<torch::ScalarType, double, Activation>> {};
@@ -287,3 +285,6 @@ TEST(MoELayer, StatsReportLoadAndEntropy) {
   EXPECT_LE(out.stats.router_entropy, std::log(4.0) + 1e-9);
   EXPECT_EQ(out.stats.loss_terms.count("balance"), 1u);
 }
+
+}  // namespace
+}  // namespace hybridmoe

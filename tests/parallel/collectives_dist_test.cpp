@@ -1,5 +1,5 @@
-// collectives_test.cpp — the collectives on 2, 4 and 8 real ranks (Gloo over loopback, one thread
-// each): self-describing all-to-all with uneven and zero splits and its backward, uneven
+// collectives_dist_test.cpp — the collectives on 2, 4 and 8 real ranks (Gloo over loopback, one
+// thread each): self-describing all-to-all with uneven and zero splits and its backward, uneven
 // all-gather / reduce-scatter, the g/f pair's gradients, count exchange, coalesced all-reduce and
 // broadcast, and ParallelGroups whose process groups connect exactly the listed ranks.
 #include <numeric>

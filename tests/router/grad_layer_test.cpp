@@ -1,4 +1,4 @@
-// test_grad_layer.cpp — gradients of the balance losses and z-loss against finite differences
+// grad_layer_test.cpp — gradients of the balance losses and z-loss against finite differences
 // (float64), every gate through the MoE layer (dropless and capacity, forward and backward)
 // against the sequential reference, and the errors of bad options.
 #include <gtest/gtest.h>
@@ -9,10 +9,11 @@
 #include "hybridmoe/testing/references.h"
 #include "router/reference.h"
 
-using namespace hybridmoe;
-using namespace hmoe_test;
-
+namespace hybridmoe {
 namespace {
+
+using testing::gaussian;
+using testing::z_loss;
 
 const std::vector<std::string> kGates = {"topk",  "gshard",   "switch",
                                          "noisy", "sinkhorn", "expert_choice"};
@@ -217,3 +218,4 @@ TEST(GateOptionsErrors, ClearMessages) {
 }
 
 }  // namespace
+}  // namespace hybridmoe

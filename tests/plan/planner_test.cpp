@@ -1,7 +1,8 @@
-// test_planner.cpp — the planner's enumeration and ranking (plan.h): the layouts match
+// planner_test.cpp — the planner's enumeration and ranking (plan.h): the layouts match
 // valid_parallel_configs, the adaptive r values follow Tutel's rule, a layout that does not fit
 // memory never ranks first, more inter-node bandwidth never ranks an all-to-all-heavy layout
-// worse, the JSON parses with every key, the trainer mapping, the machine probe on 2 ranks.
+// worse, the JSON parses with every key, the trainer mapping, Spearman's rank correlation. The
+// machine probe on 2 ranks is in probe_dist_test.cpp.
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -9,18 +10,16 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "hybridmoe/collectives.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 #include "support/compare.h"
-#include "support/multirank.h"
 
-namespace hybridmoe::plan {
+namespace hybridmoe {
 namespace {
 
 // Sizes every degree up to 8 divides.
-ModelSpec divisible_model() {
-  ModelSpec m;
+plan::ModelSpec divisible_model() {
+  plan::ModelSpec m;
   m.n_layers = 8;
   m.d_model = 64;
   m.n_heads = 8;
@@ -36,8 +35,8 @@ ModelSpec divisible_model() {
 }
 
 // Few parameters, many routed tokens: the token all-to-all dominates communication.
-ModelSpec a2a_heavy_model() {
-  ModelSpec m = divisible_model();
+plan::ModelSpec a2a_heavy_model() {
+  plan::ModelSpec m = divisible_model();
   m.n_layers = 2;
   m.d_model = 64;
   m.d_mlp = 64;
@@ -57,22 +56,22 @@ std::set<std::string> config_names(const std::vector<ParallelConfig>& v) {
 }
 
 TEST(Planner, EnumerationMatchesValidParallelConfigs) {
-  const ModelSpec m = divisible_model();
-  PlanOptions bare;
+  const plan::ModelSpec m = divisible_model();
+  plan::PlanOptions bare;
   bare.zero_stages = {0};
   bare.overlap_degrees = {1};
   bare.max_micro_batches = 1;
   bare.adaptive = false;
   for (int64_t world : {1, 2, 4, 8}) {
     const auto valid = valid_parallel_configs(world);
-    const auto layouts = enumerate_layouts(m, world, bare);
+    const auto layouts = plan::enumerate_layouts(m, world, bare);
     std::vector<ParallelConfig> pars;
     for (const auto& l : layouts) pars.push_back(l.par);
     EXPECT_EQ(layouts.size(), valid.size()) << "world " << world;
     EXPECT_EQ(config_names(pars), config_names(valid)) << "world " << world;
     // With every dimension on, the same configs appear, each with the other dimensions.
     std::vector<ParallelConfig> all;
-    for (const auto& l : enumerate_layouts(m, world)) all.push_back(l.par);
+    for (const auto& l : plan::enumerate_layouts(m, world)) all.push_back(l.par);
     EXPECT_EQ(config_names(all), config_names(valid)) << "world " << world;
   }
 }
@@ -80,8 +79,8 @@ TEST(Planner, EnumerationMatchesValidParallelConfigs) {
 TEST(Planner, EnumerationCountsPerConfig) {
   // World 8, E = 8: per config, ZeRO {0, 1 where dp > 1 or edp > 1} x r x D x M in {1, 2, 4, 8}
   // with M dividing 64 / dp.
-  const ModelSpec m = divisible_model();
-  const auto layouts = enumerate_layouts(m, 8);
+  const plan::ModelSpec m = divisible_model();
+  const auto layouts = plan::enumerate_layouts(m, 8);
   for (const auto& p : valid_parallel_configs(8)) {
     int64_t expected = 0;
     const int64_t W = p.stage_size();
@@ -100,18 +99,18 @@ TEST(Planner, EnumerationCountsPerConfig) {
           if (64 % (p.dp * M) == 0 && p.pp <= 8) ++micro;
         expected += degrees * micro;
       }
-    const auto n =
-        std::count_if(layouts.begin(), layouts.end(), [&](const Layout& l) { return l.par == p; });
+    const auto n = std::count_if(layouts.begin(), layouts.end(),
+                                 [&](const plan::Layout& l) { return l.par == p; });
     EXPECT_EQ(n, expected) << p.to_string();
   }
 }
 
 TEST(Planner, AdaptiveRValuesAreZeroAndDivisorsOfS) {
   // 4 experts on a stage of 8 ranks: S = 2, r in {0, 1, 2}; on a stage of 4: S = 1, r in {0}.
-  ModelSpec m = divisible_model();
+  plan::ModelSpec m = divisible_model();
   m.num_experts = 4;
   std::map<std::string, std::set<int64_t>> rs;
-  for (const auto& l : enumerate_layouts(m, 8))
+  for (const auto& l : plan::enumerate_layouts(m, 8))
     if (l.is_adaptive()) rs[l.par.to_string()].insert(l.adaptive_r);
   EXPECT_EQ(rs["tp1.dp8.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
   EXPECT_EQ(rs["tp2.dp4.pp1.ep1.etp1"], (std::set<int64_t>{0, 1, 2}));
@@ -120,22 +119,22 @@ TEST(Planner, AdaptiveRValuesAreZeroAndDivisorsOfS) {
 }
 
 TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
-  const ModelSpec m = divisible_model();
-  const MachineSpec machine;
+  const plan::ModelSpec m = divisible_model();
+  const plan::MachineSpec machine;
   for (int64_t world : {4, 8}) {
-    ClusterSpec free{world, 0, 0.0};
-    const auto unlimited = rank_layouts(m, free, machine);
+    plan::ClusterSpec free{world, 0, 0.0};
+    const auto unlimited = plan::rank_layouts(m, free, machine);
     ASSERT_FALSE(unlimited.empty());
     // Memory limits at several quantiles of the layouts' peak memory.
     std::vector<double> mems;
     for (const auto& e : unlimited) mems.push_back(e.memory.total() / (1024.0 * 1024.0));
     std::sort(mems.begin(), mems.end());
     for (double q : {0.1, 0.5, 0.9}) {
-      ClusterSpec c = free;
+      plan::ClusterSpec c = free;
       c.mem_per_rank_mb = mems[static_cast<size_t>(q * (mems.size() - 1))];
-      PlanOptions keep;
+      plan::PlanOptions keep;
       keep.keep_unfit = true;
-      const auto ranked = rank_layouts(m, c, machine, keep);
+      const auto ranked = plan::rank_layouts(m, c, machine, keep);
       ASSERT_FALSE(ranked.empty());
       EXPECT_TRUE(ranked.front().fits);
       EXPECT_LE(ranked.front().memory.total(), c.mem_per_rank_mb * 1024 * 1024);
@@ -144,13 +143,13 @@ TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
         seen_unfit = seen_unfit || !e.fits;
         EXPECT_FALSE(seen_unfit && e.fits) << "a fitting layout ranked after one that does not";
       }
-      for (const auto& e : rank_layouts(m, c, machine)) EXPECT_TRUE(e.fits);
+      for (const auto& e : plan::rank_layouts(m, c, machine)) EXPECT_TRUE(e.fits);
     }
     // The unconstrained winner is dropped once the limit is just below its peak memory.
-    const Estimate& best = unlimited.front();
-    ClusterSpec tight = free;
+    const plan::Estimate& best = unlimited.front();
+    plan::ClusterSpec tight = free;
     tight.mem_per_rank_mb = best.memory.total() / (1024.0 * 1024.0) * 0.999;
-    const auto ranked = rank_layouts(m, tight, machine);
+    const auto ranked = plan::rank_layouts(m, tight, machine);
     if (!ranked.empty()) {
       EXPECT_FALSE(ranked.front().layout == best.layout);
     }
@@ -158,9 +157,9 @@ TEST(Planner, LayoutThatDoesNotFitNeverRanksFirst) {
 }
 
 TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
-  const ModelSpec m = a2a_heavy_model();
-  const ClusterSpec c{8, 2, 0.0};  // 4 nodes of 2 ranks
-  MachineSpec machine;             // a fast network: 50 us per ring step, overlap hides all
+  const plan::ModelSpec m = a2a_heavy_model();
+  const plan::ClusterSpec c{8, 2, 0.0};  // 4 nodes of 2 ranks
+  plan::MachineSpec machine;             // a fast network: 50 us per ring step, overlap hides all
   machine.set_latency(false, 50e-6);
   machine.set_latency(true, 50e-6);
   machine.overlap_efficiency = 1.0;
@@ -168,9 +167,9 @@ TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
   const std::vector<double> bandwidths = {0.05e9, 0.2e9, 1e9, 5e9, 20e9};
   // The layout with the largest share of its step in the all-to-all at the lowest bandwidth.
   machine.set_bandwidth(true, bandwidths.front());
-  const auto slow = rank_layouts(m, c, machine);
-  const auto a2a = static_cast<size_t>(Collective::kAllToAll);
-  Layout heavy;
+  const auto slow = plan::rank_layouts(m, c, machine);
+  const auto a2a = static_cast<size_t>(plan::Collective::kAllToAll);
+  plan::Layout heavy;
   double share = -1;
   for (const auto& e : slow)
     if (e.layout.overlap == 1 && e.collective_s[a2a] / e.step_s > share)
@@ -180,7 +179,7 @@ TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
   double previous_step = 1e300;
   for (double bw : bandwidths) {
     machine.set_bandwidth(true, bw);
-    const auto ranked = rank_layouts(m, c, machine);
+    const auto ranked = plan::rank_layouts(m, c, machine);
     size_t pos = 0;
     while (pos < ranked.size() && !(ranked[pos].layout == heavy)) ++pos;
     ASSERT_LT(pos, ranked.size());
@@ -192,19 +191,20 @@ TEST(Planner, MoreInterNodeBandwidthNeverRanksAnAllToAllHeavyLayoutWorse) {
 }
 
 TEST(Planner, StepTimeNeverGrowsWithBandwidth) {
-  const ModelSpec m = a2a_heavy_model();
-  const ClusterSpec c{8, 2, 0.0};
-  MachineSpec lo, hi;
+  const plan::ModelSpec m = a2a_heavy_model();
+  const plan::ClusterSpec c{8, 2, 0.0};
+  plan::MachineSpec lo, hi;
   lo.set_bandwidth(true, 0.1e9);
   hi.set_bandwidth(true, 1e9);
-  for (const auto& l : enumerate_layouts(m, 8))
-    EXPECT_LE(estimate(m, c, hi, l).step_s, estimate(m, c, lo, l).step_s) << l.to_string();
+  for (const auto& l : plan::enumerate_layouts(m, 8))
+    EXPECT_LE(plan::estimate(m, c, hi, l).step_s, plan::estimate(m, c, lo, l).step_s)
+        << l.to_string();
 }
 
 TEST(Planner, JsonParsesWithEveryKey) {
-  const ModelSpec m = ModelSpec::from_train_config(TrainConfig());
-  const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, MachineSpec());
-  const auto j = nlohmann::json::parse(to_json(ranked));
+  const plan::ModelSpec m = plan::ModelSpec::from_train_config(TrainConfig());
+  const auto ranked = plan::rank_layouts(m, plan::ClusterSpec{4, 0, 0.0}, plan::MachineSpec());
+  const auto j = nlohmann::json::parse(plan::to_json(ranked));
   ASSERT_TRUE(j.contains("layouts"));
   ASSERT_EQ(j["layouts"].size(), ranked.size());
   double previous = 0;
@@ -226,8 +226,8 @@ TEST(Planner, JsonParsesWithEveryKey) {
 }
 
 TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
-  const ModelSpec m = ModelSpec::from_train_config(TrainConfig());
-  const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, MachineSpec());
+  const plan::ModelSpec m = plan::ModelSpec::from_train_config(TrainConfig());
+  const auto ranked = plan::rank_layouts(m, plan::ClusterSpec{4, 0, 0.0}, plan::MachineSpec());
   auto has_key = [](const std::string& name) {
     for (const auto& k : train_config_keys())
       if (k.name == name) return true;
@@ -236,7 +236,7 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
   int64_t runnable = 0;
   for (const auto& e : ranked) {
     TrainConfig c;
-    const std::string why = apply_layout(c, e.layout);
+    const std::string why = plan::apply_layout(c, e.layout);
     EXPECT_EQ(c.tp, e.layout.par.tp);
     EXPECT_EQ(c.ep, e.layout.par.ep);
     EXPECT_EQ(c.micro_batches, e.layout.micro_batches);
@@ -257,20 +257,20 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
 TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
   TrainConfig base;  // nproc 4
   base.layout_mode = LayoutMode::kAuto;
-  const ModelSpec m = ModelSpec::from_train_config(base);
+  const plan::ModelSpec m = plan::ModelSpec::from_train_config(base);
   for (double efficiency : {0.0, 1.0}) {
-    MachineSpec machine;
+    plan::MachineSpec machine;
     machine.overlap_efficiency = efficiency;
     machine.set_latency(false, 20e-6);  // cheap chunks: D > 1 wins when overlap hides anything
-    const auto ranked = rank_layouts(m, ClusterSpec{4, 0, 0.0}, machine);
+    const auto ranked = plan::rank_layouts(m, plan::ClusterSpec{4, 0, 0.0}, machine);
     TrainConfig c = base;
-    const AutoLayout a = apply_auto_layout(c, machine);
+    const plan::AutoLayout a = plan::apply_auto_layout(c, machine);
     ASSERT_EQ(a.ranked, ranked.size());
     ASSERT_LT(a.position, ranked.size());
     EXPECT_TRUE(a.estimate.layout == ranked[a.position].layout);
     for (size_t i = 0; i < a.position; ++i) {
       TrainConfig skipped = base;
-      EXPECT_NE(apply_layout(skipped, ranked[i].layout), "") << ranked[i].layout.to_string();
+      EXPECT_NE(plan::apply_layout(skipped, ranked[i].layout), "") << ranked[i].layout.to_string();
     }
     EXPECT_EQ(c.tp, a.estimate.layout.par.tp);
     EXPECT_EQ(c.dp, a.estimate.layout.par.dp);
@@ -285,7 +285,7 @@ TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
       EXPECT_EQ(a.estimate.layout.overlap, 1);
     }
     if (efficiency == 1.0) {
-      const Estimate* best_a2a = nullptr;
+      const plan::Estimate* best_a2a = nullptr;
       for (const auto& e : ranked)
         if (e.layout.par.ep > 1 && !e.layout.is_adaptive() && !best_a2a) best_a2a = &e;
       ASSERT_NE(best_a2a, nullptr);
@@ -297,34 +297,18 @@ TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
   TrainConfig three = base;
   three.nproc = 3;
   three.n_layers = 2;
-  EXPECT_TRUE(testing::throws_with([&] { apply_auto_layout(three, MachineSpec()); },
+  EXPECT_TRUE(testing::throws_with([&] { plan::apply_auto_layout(three, plan::MachineSpec()); },
                                    "none of the planner's 0 layouts on nproc = 3 ranks"));
 }
 
 TEST(Planner, SpearmanRankCorrelation) {
-  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
-  EXPECT_DOUBLE_EQ(spearman({1, 2, 3, 4}, {40, 30, 20, 10}), -1.0);
+  EXPECT_DOUBLE_EQ(plan::spearman({1, 2, 3, 4}, {10, 20, 30, 40}), 1.0);
+  EXPECT_DOUBLE_EQ(plan::spearman({1, 2, 3, 4}, {40, 30, 20, 10}), -1.0);
   // ranks (1, 2, 3, 4) and (2, 1, 4, 3): 1 - 6 * 4 / (4 * 15) = 0.6
-  EXPECT_NEAR(spearman({1, 2, 3, 4}, {5, 1, 9, 7}), 0.6, 1e-12);
+  EXPECT_NEAR(plan::spearman({1, 2, 3, 4}, {5, 1, 9, 7}), 0.6, 1e-12);
   // ties get average ranks: (1.5, 1.5, 3) vs (1, 2, 3)
-  EXPECT_NEAR(spearman({1, 1, 2}, {1, 2, 3}), std::sqrt(0.75), 1e-12);
-}
-
-TEST(Planner, ProbeGivesTheSameFiguresOnEveryRank) {
-  testing::run_on_ranks(2, [](testing::RankContext& ctx) {
-    const MachineSpec m = probe_machine(ctx.world);
-    std::vector<double> v = {m.gemm_flops, m.gemm_latency_s, m.op_latency_s};
-    for (const auto& l : m.intra) v.push_back(l.latency_s), v.push_back(1.0 / l.bytes_per_s);
-    for (double x : v) EXPECT_TRUE(std::isfinite(x) && x >= 0) << x;
-    EXPECT_GT(m.gemm_flops, 1e6);
-    EXPECT_TRUE(m.overlap_efficiency >= 0.0 && m.overlap_efficiency <= 1.0) << m.overlap_efficiency;
-    v.push_back(m.overlap_efficiency);
-    EXPECT_EQ(m.source, "probe");
-    const auto t = torch::tensor(v, torch::kFloat64);
-    auto gathered = dist::all_gather_rows(t.unsqueeze(0), ctx.group());
-    EXPECT_TRUE(torch::equal(gathered[0], gathered[1]));
-  });
+  EXPECT_NEAR(plan::spearman({1, 1, 2}, {1, 2, 3}), std::sqrt(0.75), 1e-12);
 }
 
 }  // namespace
-}  // namespace hybridmoe::plan
+}  // namespace hybridmoe

@@ -1,26 +1,26 @@
-// adaptive_test.cpp — the adaptive expert layout (Tutel's adaptive_r) against the single-process
-// grouped reference: for every valid degree r, on 2, 4 and 8 ranks, with fewer experts than ranks
-// (hidden width sliced over shard groups) and with at least as many (whole experts per rank),
-// changing r from one call to the next on the same layer; output, input gradient, gate gradients
-// and every expert gradient (compared with the owning slice of the full gradient). Also: r
-// outside {0} ∪ divisors(S) is refused with the valid values listed, and settings the adaptive
-// layout does not support are refused.
+// adaptive_dist_test.cpp — the adaptive expert layout (Tutel's adaptive_r) against the
+// single-process grouped reference: for every valid degree r, on 2, 4 and 8 ranks, with fewer
+// experts than ranks (hidden width sliced over shard groups) and with at least as many (whole
+// experts per rank), changing r from one call to the next on the same layer; output, input
+// gradient, gate gradients and every expert gradient (compared with the owning slice of the full
+// gradient). Also: r outside {0} ∪ divisors(S) is refused with the valid values listed, and
+// settings the adaptive layout does not support are refused.
 #include <gtest/gtest.h>
 
-#include "expected_grads.h"
+#include "core/expected_grads.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe.h"
 #include "support/compare.h"
 #include "support/multirank.h"
 
-using namespace hybridmoe;
-using hybridmoe::testing::close;
-using hybridmoe::testing::RankContext;
-using hybridmoe::testing::run_on_ranks;
-using hybridmoe::testing::throws_with;
-
+namespace hybridmoe {
 namespace {
+
+using testing::close;
+using testing::RankContext;
+using testing::run_on_ranks;
+using testing::throws_with;
 
 struct Case {
   int64_t tp, dp, experts;
@@ -56,7 +56,7 @@ void run_case(RankContext& ctx, const Case& c) {
       EXPECT_FALSE(tag.has_value()) << name;
     }
   }
-  const auto batch = hybridmoe::testing::global_batch(kTokensPerDp, c.dp, c.tp, coords.dp);
+  const auto batch = testing::global_batch(kTokensPerDp, c.dp, c.tp, coords.dp);
   const int64_t total = batch.total, offset = batch.offset, my_tokens = batch.mine;
   const auto& sizes = batch.groups;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
@@ -66,7 +66,7 @@ void run_case(RankContext& ctx, const Case& c) {
   auto ref = full->forward_grouped(X, sizes);
   ((ref.output * dY).sum() + ref.aux_loss).backward();
   // 3. The shard of the full gradients, cut like the weights.
-  auto expect = hybridmoe::testing::expert_grad_shard(*full, opts, adaptive_opts, groups);
+  auto expect = testing::expert_grad_shard(*full, opts, adaptive_opts, groups);
   // 4. Calls with changing r on the same layer, each against the same reference.
   auto sequence = c.r_sequence;
   if (sequence.empty()) {
@@ -105,8 +105,6 @@ void run_case(RankContext& ctx, const Case& c) {
   for (auto& [name, t] : gathered)
     EXPECT_TRUE(torch::equal(t, ref_params[name])) << L.to_string() << " gathered " << name;
 }
-
-}  // namespace
 
 TEST(AdaptiveMoE, EveryDegreeMatchesReferenceOnTwoRanks) {
   run_on_ranks(2, [](RankContext& ctx) {
@@ -172,3 +170,6 @@ TEST(AdaptiveMoE, RefusesInvalidDegreesAndUnsupportedSettings) {
     EXPECT_TRUE(throws_with([&] { MoE(opts, ep2); }, "must have ep=1 and etp=1"));
   });
 }
+
+}  // namespace
+}  // namespace hybridmoe
