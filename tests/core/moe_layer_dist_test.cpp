@@ -25,6 +25,7 @@ struct Case {
   ParallelConfig layout;
   bool skew;
   double capacity_factor;
+  bool shared;  ///< with a gated shared expert
 };
 
 const std::vector<int64_t> kTokensPerDp = {5, 0, 7, 3};
@@ -35,6 +36,7 @@ void run_case(RankContext& ctx, const Case& c) {
   const auto coords = groups->coords();
   const int64_t d = 6, E = 4;
   auto opts = MoEOptions(d, E).d_hidden(8).top_k(2).capacity_factor(c.capacity_factor);
+  if (c.shared) opts.shared_expert_hidden(5).shared_expert_gate(true);
   // 1. The full layer, its shard, the global batch.
   torch::manual_seed(99);
   MoE full(opts);
@@ -65,14 +67,21 @@ void run_case(RankContext& ctx, const Case& c) {
   GroupedDataParallel gdp(mine.ptr(), groups,
                           GroupedDataParallelOptions().broadcast_at_start(false));
   gdp.reduce_gradients(1.0);
-  const std::string what =
-      L.to_string() + (c.skew ? " skew" : "") + " cf " + std::to_string(c.capacity_factor);
+  const std::string what = L.to_string() + (c.skew ? " skew" : "") + (c.shared ? " shared" : "") +
+                           " cf " + std::to_string(c.capacity_factor);
   EXPECT_TRUE(close(out.output, ref.output.narrow(0, offset, my_tokens), 1e-12)) << what;
   EXPECT_TRUE(close(x.grad(), X.grad().narrow(0, offset, my_tokens), 1e-12)) << what;
   auto gref = full->gate->named_parameters();
   for (auto& kv : mine->gate->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), gref[kv.key()].grad(), 1e-12)) << what << " gate";
-  // 4. Expert gradients: the shard of the full gradients, cut by the same rule as the weights.
+  // 4. The shared expert is replicated: its gradients, summed over dp, are the full ones.
+  if (c.shared) {
+    auto sref = full->shared_expert->named_parameters();
+    for (auto& kv : mine->shared_expert->named_parameters())
+      EXPECT_TRUE(close(kv.value().grad(), sref[kv.key()].grad(), 1e-12)) << what << " shared";
+    EXPECT_TRUE(close(mine->shared_gate.grad(), full->shared_gate.grad(), 1e-12)) << what;
+  }
+  // 5. Expert gradients: the shard of the full gradients, cut by the same rule as the weights.
   auto expect = testing::expert_grad_shard(*full, opts, opts, groups);
   for (auto& kv : mine->experts->named_parameters())
     EXPECT_TRUE(close(kv.value().grad(), expect[kv.key()], 1e-12)) << what << " " << kv.key();
@@ -80,9 +89,11 @@ void run_case(RankContext& ctx, const Case& c) {
 
 TEST(DistributedMoE, MatchesGroupedReferenceOnFourRanks) {
   const std::vector<Case> cases = {
-      {{1, 4, 1, 4, 1}, false, 0.0}, {{1, 4, 1, 2, 1}, true, 0.0},  {{2, 2, 1, 2, 2}, false, 0.0},
-      {{2, 2, 1, 2, 1}, true, 1.0},  {{2, 2, 1, 4, 1}, false, 1.0}, {{4, 1, 1, 1, 4}, true, 0.0},
-      {{1, 4, 1, 1, 1}, true, 1.0},
+      {{1, 4, 1, 4, 1}, false, 0.0, false}, {{1, 4, 1, 2, 1}, true, 0.0, false},
+      {{2, 2, 1, 2, 2}, false, 0.0, false}, {{2, 2, 1, 2, 1}, true, 1.0, false},
+      {{2, 2, 1, 4, 1}, false, 1.0, false}, {{4, 1, 1, 1, 4}, true, 0.0, false},
+      {{1, 4, 1, 1, 1}, true, 1.0, false},  {{2, 2, 1, 2, 1}, false, 0.0, true},
+      {{1, 4, 1, 4, 1}, true, 1.0, true},
   };
   run_on_ranks(4, [&](RankContext& ctx) {
     for (const auto& c : cases) run_case(ctx, c);

@@ -14,9 +14,9 @@
 namespace hybridmoe {
 namespace {
 
-using hmoe_test::Choice;
-using hmoe_test::Mat;
-using hmoe_test::RefOut;
+using testing::Choice;
+using testing::Mat;
+using testing::RefOut;
 
 constexpr double kTol = 1e-15;
 
@@ -30,7 +30,7 @@ struct FamilyRule {
 
 /// The k largest of v, ties to the lower index.
 std::vector<int64_t> best(const std::vector<double>& v, int64_t k) {
-  return hmoe_test::topk_indices(v, k);
+  return testing::topk_indices(v, k);
 }
 
 /// The reference, token by token with plain loops.
@@ -43,7 +43,7 @@ RefOut family_reference(const Mat& logits, const FamilyRule& r) {
     if (r.score == ScoreFunction::kSigmoid) {
       for (int64_t e = 0; e < E; ++e) s[e] = 1.0 / (1.0 + std::exp(-l[e]));
     } else {
-      s = hmoe_test::softmax(l);
+      s = testing::softmax(l);
     }
     // 2. Selection scores: + bias; groups scored by their two best, the rest set to 0.
     std::vector<double> sel = s;
@@ -78,7 +78,7 @@ RefOut family_reference(const Mat& logits, const FamilyRule& r) {
     choices.push_back(row);
   }
   RefOut out;
-  hmoe_test::list_choices(choices, out);
+  testing::list_choices(choices, out);
   return out;
 }
 
@@ -116,12 +116,12 @@ torch::Tensor sigmoid_logits(const std::vector<std::vector<double>>& scores) {
 }
 
 void expect_reference(const torch::Tensor& logits, const FamilyRule& r, const std::string& what) {
-  hmoe_test::expect_matches(route(logits, r), family_reference(hmoe_test::to_mat(logits), r), kTol,
-                            what);
+  testing::expect_matches(route(logits, r), family_reference(testing::to_mat(logits), r), kTol,
+                          what);
 }
 
 TEST(FamilyRouting, SoftmaxRenormalizedOrNotAndScaled) {
-  auto logits = hmoe_test::gaussian(16, 8, 1.0, 7);
+  auto logits = testing::gaussian(16, 8, 1.0, 7);
   for (bool normalize : {false, true})
     for (double scale : {1.0, 2.5})
       for (int64_t k : {1, 2, 4}) {
@@ -142,8 +142,8 @@ TEST(FamilyRouting, SigmoidBiasChangesTheChoiceNeverTheWeight) {
   r.score = ScoreFunction::kSigmoid;
   r.bias = {0.0, 0.0, 0.25, 0.0};
   auto got = route(logits, r);
-  EXPECT_EQ(hmoe_test::to_ivec(got.expert_index), (std::vector<int64_t>{2, 0}));
-  const auto w = hmoe_test::to_vec(got.weight);
+  EXPECT_EQ(testing::to_ivec(got.expert_index), (std::vector<int64_t>{2, 0}));
+  const auto w = testing::to_vec(got.weight);
   EXPECT_NEAR(w[0], 0.3, 1e-15);  // the unbiased score
   EXPECT_NEAR(w[1], 0.5, 1e-15);
   for (bool normalize : {false, true}) {
@@ -152,7 +152,7 @@ TEST(FamilyRouting, SigmoidBiasChangesTheChoiceNeverTheWeight) {
     expect_reference(logits, r, "normalize " + std::to_string(normalize));
   }
   // Random cases, with and without a bias.
-  auto many = hmoe_test::gaussian(32, 8, 2.0, 11);
+  auto many = testing::gaussian(32, 8, 2.0, 11);
   FamilyRule plain;
   plain.score = ScoreFunction::kSigmoid;
   plain.normalize = true;
@@ -171,7 +171,7 @@ TEST(FamilyRouting, GroupRejectedAlthoughItHoldsTheBestExpert) {
   r.topk_group = 2;
   r.normalize = true;
   auto got = route(logits, r);
-  EXPECT_EQ(hmoe_test::to_ivec(got.expert_index), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(testing::to_ivec(got.expert_index), (std::vector<int64_t>{2, 3}));
   expect_reference(logits, r, "best expert in a rejected group");
 }
 
@@ -184,7 +184,7 @@ TEST(FamilyRouting, FourPerGroupScoresByTheTopTwoNotTheSum) {
   r.n_group = 2;
   r.topk_group = 1;
   auto got = route(logits, r);
-  EXPECT_EQ(hmoe_test::to_ivec(got.expert_index), (std::vector<int64_t>{0, 1}));
+  EXPECT_EQ(testing::to_ivec(got.expert_index), (std::vector<int64_t>{0, 1}));
   expect_reference(logits, r, "four per group");
 }
 
@@ -198,7 +198,7 @@ TEST(FamilyRouting, RejectedGroupsScoreZeroEvenAgainstNegativeBiasedScores) {
   r.n_group = 4;
   r.topk_group = 1;
   auto got = route(logits, r);
-  EXPECT_EQ(hmoe_test::to_ivec(got.expert_index), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(testing::to_ivec(got.expert_index), (std::vector<int64_t>{2, 3}));
   expect_reference(logits, r, "negative biased scores");
 }
 
@@ -216,7 +216,7 @@ TEST(FamilyRouting, GroupLimitedSweep) {
         r.scale = 2.5;
         r.bias.clear();
         for (int64_t e = 0; e < E; ++e) r.bias.push_back(0.01 * ((e * 5) % 7 - 3));
-        expect_reference(hmoe_test::gaussian(24, E, 1.5, 3 + groups * 10 + keep), r,
+        expect_reference(testing::gaussian(24, E, 1.5, 3 + groups * 10 + keep), r,
                          "groups " + std::to_string(groups) + " keep " + std::to_string(keep) +
                              " " + to_string(score));
       }
