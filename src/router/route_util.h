@@ -33,7 +33,9 @@ inline torch::Tensor renormalize_kept(const torch::Tensor& weight, const torch::
 /// Applies the active capacity (if any) to [T, k] choices under `rules` and fills the
 /// assignment list and the choice table. expert_index: [T, k] int64 (num_experts = not routed);
 /// weight: [T, k]; k_for_capacity: the k of the capacity formula; probs: [T, E] (for batch
-/// priority). With kAfterCapacity the kept weights of each token are renormalized.
+/// priority). With kAfterCapacity the kept weights of each token are renormalized; then every
+/// weight is multiplied by the gate's routed_scaling_factor (after any normalization, so the
+/// assignments and the choice table carry the scaled weights).
 inline void capacity_and_flatten(const GateImpl& gate, const torch::Tensor& expert_index,
                                  const torch::Tensor& weight, int64_t k_for_capacity,
                                  RouterOutput& out, const RoutingRules& rules,
@@ -42,21 +44,25 @@ inline void capacity_and_flatten(const GateImpl& gate, const torch::Tensor& expe
   const double factor = gate.active_capacity_factor();
   const auto routed = expert_index.lt(E);
   const bool after = rules.weight_normalization == WeightNormalization::kAfterCapacity;
+  const double scale = gate.options().routed_scaling_factor();
+  // The final weights of the choices `keep` holds: renormalized (kAfterCapacity), then scaled.
+  auto final_weight = [&](const torch::Tensor& keep) {
+    auto w = after ? renormalize_kept(weight, keep) : weight;
+    return scale == 1.0 ? w : w * scale;
+  };
   if (factor > 0) {
     out.capacity = compute_capacity(T, E, k_for_capacity, factor, gate.options().min_capacity(),
                                     rules.capacity_formula);
     auto [keep, position] =
         capacity_slots(expert_index, weight, E, out.capacity, slot_rules_of(rules, probs));
-    flatten_assignments(expert_index, after ? renormalize_kept(weight, keep) : weight, keep, out,
-                        position, E);
+    flatten_assignments(expert_index, final_weight(keep), keep, out, position, E);
     // Unrouted choices are not capacity drops.
     out.dropped = routed.sum().item<int64_t>() - out.token_index.numel();
   } else if (routed.all().item<bool>()) {
-    flatten_assignments(expert_index, after ? renormalize_kept(weight, routed) : weight,
-                        torch::Tensor(), out, torch::Tensor(), E);
+    flatten_assignments(expert_index, final_weight(routed), torch::Tensor(), out, torch::Tensor(),
+                        E);
   } else {
-    flatten_assignments(expert_index, after ? renormalize_kept(weight, routed) : weight, routed,
-                        out, torch::Tensor(), E);
+    flatten_assignments(expert_index, final_weight(routed), routed, out, torch::Tensor(), E);
     out.dropped = 0;
   }
 }

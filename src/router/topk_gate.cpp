@@ -68,18 +68,17 @@ RouterOutput TopKGateImpl::route(const torch::Tensor& x) {
     if (use_bias) select = select + expert_bias.to(select.scalar_type()).unsqueeze(0);
     if (o.n_group() > 1) select = limit_to_groups(select);
   }
-  // 3. Choices and weights (the unbiased scores), losses, capacity and the assignments.
+  // 3. Choices and weights (the unbiased scores), losses, capacity and the assignments (the
+  //    routed scaling is applied there, after any normalization).
   torch::Tensor topk_i;
   if (!sigmoid) {
     topk_i = detail::topk_route(*this, rules_, logits, probs, select, out);
-    if (o.routed_scaling_factor() != 1.0) out.weight = out.weight * o.routed_scaling_factor();
   } else {
     topk_i = std::get<1>(stable_topk(select, o.top_k()));
     auto topk_w = scores.gather(1, topk_i);
     if (rules_.weight_normalization == WeightNormalization::kBeforeCapacity)
       topk_w = topk_w / (topk_w.sum(-1, /*keepdim=*/true) + 1e-20);
-    detail::finish_topk(*this, rules_, logits, probs, topk_i, topk_w * o.routed_scaling_factor(),
-                        out);
+    detail::finish_topk(*this, rules_, logits, probs, topk_i, topk_w, out);
   }
   // 4. Load counters for the bias update.
   if (o.bias_update_rate() > 0 && is_training()) {

@@ -35,11 +35,6 @@ std::string format_duration(double s) {
   return buf;
 }
 
-// Sums a double vector over the world.
-std::vector<double> world_sum(const std::vector<double>& v, const ParallelGroups& g) {
-  return dist::sum_over_ranks(v, g.world);
-}
-
 // Rows normalized to fractions.
 std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
                                            int64_t E) {
@@ -76,7 +71,7 @@ std::map<std::string, std::vector<std::vector<double>>> load_by_task(
       auto c = st.tokens_per_expert.to(torch::kFloat64).cpu().contiguous();
       flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + E);
     }
-    out[task] = fractions(world_sum(flat, groups), layers, E);
+    out[task] = fractions(dist::sum_over_ranks(flat, groups.world), layers, E);
   }
   model.train();
   return out;
@@ -256,7 +251,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     // expert load, so checking the loss costs nothing extra; the norm is global already).
     std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
     shares.insert(shares.end(), load.begin(), load.end());
-    auto total = world_sum(shares, *groups);
+    auto total = dist::sum_over_ranks(shares, groups->world);
     const double loss = total[0], aux = total[1];
     // A NaN or infinite loss or gradient norm: the update is skipped (every rank sees the same
     // global values, so every rank skips), and too many in a row end the run.
@@ -295,7 +290,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     dropped_run += total[2 + L * E];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r_trial) {
-      r_ms.push_back(world_sum({dt}, *groups)[0] / static_cast<double>(world.size()) * 1000.0);
+      r_ms.push_back(dist::sum_over_ranks(dt, groups->world) / static_cast<double>(world.size()) *
+                     1000.0);
       if (r_ms.size() == r_values.size()) {
         const auto best = std::min_element(r_ms.begin(), r_ms.end()) - r_ms.begin();
         current_r = r_values[best];

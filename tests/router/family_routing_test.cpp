@@ -23,7 +23,8 @@ constexpr double kTol = 1e-15;
 struct FamilyRule {
   ScoreFunction score = ScoreFunction::kSoftmax;
   bool normalize = false;
-  std::vector<double> bias;  ///< empty: no selection bias
+  bool after_capacity = false;  ///< normalize after capacity instead (dropless: the same weights)
+  std::vector<double> bias;     ///< empty: no selection bias
   int64_t n_group = 1, topk_group = 1, k = 2;
   double scale = 1.0;
 };
@@ -68,7 +69,8 @@ RefOut family_reference(const Mat& logits, const FamilyRule& r) {
     std::vector<Choice> row;
     for (int64_t e : chosen) {
       double w = s[e];
-      if (r.normalize) w = r.score == ScoreFunction::kSigmoid ? w / (sum + 1e-20) : w / sum;
+      if (r.normalize || r.after_capacity)
+        w = r.score == ScoreFunction::kSigmoid ? w / (sum + 1e-20) : w / sum;
       Choice c;
       c.expert = e;
       c.weight = w * r.scale;
@@ -94,6 +96,7 @@ RouterOutput route(const torch::Tensor& logits, const FamilyRule& r) {
                .routed_scaling_factor(r.scale)
                .aux_loss_coef(0.0);
   if (r.normalize) o.weight_normalization(WeightNormalization::kBeforeCapacity);
+  if (r.after_capacity) o.weight_normalization(WeightNormalization::kAfterCapacity);
   auto gate = std::make_shared<TopKGateImpl>(E, E, o);
   gate->to(torch::kFloat64);
   torch::NoGradGuard no_grad;
@@ -116,8 +119,10 @@ torch::Tensor sigmoid_logits(const std::vector<std::vector<double>>& scores) {
 }
 
 void expect_reference(const torch::Tensor& logits, const FamilyRule& r, const std::string& what) {
-  testing::expect_matches(route(logits, r), family_reference(testing::to_mat(logits), r), kTol,
-                          what);
+  const auto got = route(logits, r);
+  testing::expect_matches(got, family_reference(testing::to_mat(logits), r), kTol, what);
+  // Dropless, the choice table lists the same (scaled) weights, token-major.
+  EXPECT_TRUE(torch::equal(got.choices.weight, got.weight.detach())) << what;
 }
 
 TEST(FamilyRouting, SoftmaxRenormalizedOrNotAndScaled) {
@@ -151,6 +156,10 @@ TEST(FamilyRouting, SigmoidBiasChangesTheChoiceNeverTheWeight) {
     r.scale = normalize ? 2.5 : 1.0;
     expect_reference(logits, r, "normalize " + std::to_string(normalize));
   }
+  r.normalize = false;
+  r.after_capacity = true;  // the scale comes after the renormalization, not undone by it
+  r.scale = 2.5;
+  expect_reference(logits, r, "normalize after capacity, scaled");
   // Random cases, with and without a bias.
   auto many = testing::gaussian(32, 8, 2.0, 11);
   FamilyRule plain;

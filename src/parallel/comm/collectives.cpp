@@ -13,18 +13,19 @@ namespace hybridmoe::dist {
 namespace {
 
 using detail::run_work;
-using detail::with_rows;
 using detail::WorkSpec;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // ---- plumbing ---------------------------------------------------------------------------------
 
-void check_splits(const char* op, const char* what, const std::vector<int64_t>& splits,
-                  const Group& g) {
-  TORCH_CHECK(static_cast<int64_t>(splits.size()) == g.size(), op, ": ", what, " should have ",
-              g.size(), " entries (one per rank of group '", g.name, "'), got ", splits.size());
-  for (int64_t s : splits) TORCH_CHECK(s >= 0, op, ": ", what, " should be >= 0, got ", s);
+using detail::check_splits;
+
+/// x's sizes with the first (rows) replaced.
+std::vector<int64_t> with_rows(const torch::Tensor& x, int64_t rows) {
+  auto sizes = x.sizes().vec();
+  sizes[0] = rows;
+  return sizes;
 }
 
 int64_t sum(const std::vector<int64_t>& v) {

@@ -14,9 +14,7 @@ namespace {
 void check_counts(const char* op, const std::vector<int64_t>& counts, const Group& g,
                   const torch::Tensor& flat) {
   TORCH_CHECK(g.is_member(), op, ": this process is not a member of group '", g.name, "'");
-  TORCH_CHECK(static_cast<int64_t>(counts.size()) == g.size(), op, ": counts should have ",
-              g.size(), " entries (one per rank of group '", g.name, "'), got ", counts.size());
-  for (int64_t c : counts) TORCH_CHECK(c >= 0, op, ": counts should be >= 0, got ", c);
+  detail::check_splits(op, "counts", counts, g);
   const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   TORCH_CHECK(flat.defined() && flat.dim() == 1 && flat.numel() == total, op,
               ": expected a flat tensor of ", total, " elements (the sum of counts), got ",

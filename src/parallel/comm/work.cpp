@@ -142,10 +142,11 @@ torch::Device control_device(const Group& g) {
   return g.pg ? torch::Device(torch::kCPU) : torch::Device(torch::kCUDA);
 }
 
-std::vector<int64_t> with_rows(const torch::Tensor& x, int64_t rows) {
-  auto sizes = x.sizes().vec();
-  sizes[0] = rows;
-  return sizes;
+void check_splits(const char* op, const char* what, const std::vector<int64_t>& splits,
+                  const Group& g) {
+  TORCH_CHECK(static_cast<int64_t>(splits.size()) == g.size(), op, ": ", what, " should have ",
+              g.size(), " entries (one per rank of group '", g.name, "'), got ", splits.size());
+  for (int64_t s : splits) TORCH_CHECK(s >= 0, op, ": ", what, " should be >= 0, got ", s);
 }
 
 }  // namespace detail

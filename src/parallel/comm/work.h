@@ -72,7 +72,9 @@ torch::Tensor all_gather_rows_raw(const char* op, const torch::Tensor& x,
                                   const std::vector<int64_t>& counts, const Group& g,
                                   Taping taping);
 
-/// Rows of x with `rows` rows: x's sizes with the first replaced.
-std::vector<int64_t> with_rows(const torch::Tensor& x, int64_t rows);
+/// Refuses per-rank counts that are not one entry >= 0 per member of g, naming the operation, the
+/// argument `what` and the group.
+void check_splits(const char* op, const char* what, const std::vector<int64_t>& splits,
+                  const Group& g);
 
 }  // namespace hybridmoe::dist::detail
