@@ -1,6 +1,8 @@
-// model.h — a GPT-style decoder with Mixture-of-Experts layers: byte tokens, learned token and
-// position embeddings, pre-norm blocks (LayerNorm, causal self-attention, MLP or MoE), a final
-// norm and an output head tied to the token embedding. Dense parts are tensor parallel over the
+// model.h — a decoder with Mixture-of-Experts layers: byte tokens, a token embedding (plus learned
+// positions, or RoPE in the attention), pre-norm blocks (LayerNorm or RMSNorm; multi-head,
+// grouped-query or latent attention; a dense MLP or an MoE layer), a final norm and an output head
+// tied to the token embedding or its own. GPTOptions (model_options.h) makes it the byte-level
+// GPT of the examples or one of the open MoE families. Dense parts are tensor parallel over the
 // tp group (Megatron style) when built with ParallelGroups; MoE layers use the layout's groups.
 // moefy() turns the dense MLPs of a model into MoE layers (FastMoE's fmoefy), optionally
 // initializing every expert from the MLP it replaces (sparse upcycling).
@@ -12,6 +14,8 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/attention.h"
+#include "hybridmoe/model_options.h"
 #include "hybridmoe/moe.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
@@ -20,74 +24,21 @@
 
 namespace hybridmoe {
 
-/// Sizes of the GPT model and of its MoE layers.
-///
-/// Example:
-///   auto opts = GPTOptions().d_model(64).n_layers(4).n_heads(4).moe_every(2).num_experts(4);
-///   GPT model(opts);                       // blocks 1 and 3 hold MoE layers
-struct GPTOptions {
-  /// Token vocabulary (bytes).
-  TORCH_ARG(int64_t, vocab_size) = 256;
-  /// Longest sequence (rows of the position embedding).
-  TORCH_ARG(int64_t, context) = 64;
-  TORCH_ARG(int64_t, d_model) = 64;
-  TORCH_ARG(int64_t, n_layers) = 2;
-  TORCH_ARG(int64_t, n_heads) = 4;
-  /// Hidden width of the dense MLP; 0 means 4 * d_model.
-  TORCH_ARG(int64_t, d_mlp) = 0;
-  /// An MoE layer replaces the MLP of every block i with (i + 1) % moe_every == 0; 0: no MoE.
-  TORCH_ARG(int64_t, moe_every) = 0;
-  TORCH_ARG(int64_t, num_experts) = 4;
-  /// Hidden width of each expert; 0 means the dense MLP's width.
-  TORCH_ARG(int64_t, expert_hidden) = 0;
-  /// The gates of the MoE layers (type, top_k, capacity factor, aux/z-loss coefficients).
-  TORCH_ARG(GateOptions, gate);
-  /// Layout options of the distributed MoE layers (MoEOptions of the same names); a
-  /// single-process model takes single_process() options.
-  TORCH_ARG(ExpertLayout, expert_layout) = ExpertLayout::kFixed;
-  TORCH_ARG(int64_t, adaptive_r) = 1;
-  TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
-  /// Activation recomputation in training: kNone, kBlock (each block keeps only its input) or
-  /// kMoE (each MoE layer keeps only its input). See recompute.h.
-  TORCH_ARG(Recompute, recompute) = Recompute::kNone;
-  /// With recompute: replay the collectives' results of the first forward instead of
-  /// communicating again (DeepSpeed-TED's communication-aware checkpointing).
-  TORCH_ARG(bool, recompute_cache_comm) = true;
-
- public:
-  int64_t mlp_hidden() const { return d_mlp_ > 0 ? d_mlp_ : 4 * d_model_; }
-  bool is_moe_block(int64_t i) const { return moe_every_ > 0 && (i + 1) % moe_every_ == 0; }
-  /// The MoEOptions of the model's MoE layers.
-  MoEOptions moe_options() const;
-  /// The same model on one process: the layout options reset (fixed experts, no overlap).
-  GPTOptions single_process() const;
-};
-
-/// Causal multi-head self-attention: fused QKV column-parallel, output projection row-parallel;
-/// each tp rank holds n_heads / tp heads.
-class CausalSelfAttentionImpl : public torch::nn::Module {
- public:
-  CausalSelfAttentionImpl(const GPTOptions& options, std::shared_ptr<const ParallelGroups> groups);
-  /// x: [B, S, d_model] (replicated over tp) → [B, S, d_model].
-  torch::Tensor forward(const torch::Tensor& x);
-
-  ColumnParallelLinear qkv{nullptr};
-  RowParallelLinear proj{nullptr};
-
- private:
-  int64_t local_heads_ = 1, head_dim_ = 1;
-};
-TORCH_MODULE(CausalSelfAttention);
-
-/// The dense MLP: fc2(gelu(fc1(x))), fc1 column-parallel and fc2 row-parallel.
+/// The dense MLP: fc2(gelu(fc1 x)), or with SwiGLU fc2(silu(fc1 x) * fc3 x) (fc1 the gate
+/// projection, fc3 the up projection, fc2 the down projection); fc1 and fc3 column-parallel, fc2
+/// row-parallel.
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const GPTOptions& options, std::shared_ptr<const ParallelGroups> groups);
   /// x: [..., d_model] → [..., d_model].
   torch::Tensor forward(const torch::Tensor& x);
+  void load_shard_from(MLPImpl& full);
+  /// Fills `full` with the whole MLP gathered over tp (collective over tp).
+  void gather_full(MLPImpl& full);
 
-  ColumnParallelLinear fc1{nullptr};
+  ColumnParallelLinear fc1{nullptr}, fc3{nullptr};  ///< fc3 only with SwiGLU
   RowParallelLinear fc2{nullptr};
+  Activation activation = Activation::kGelu;
 };
 TORCH_MODULE(MLP);
 
@@ -98,7 +49,8 @@ struct BlockOutput {
   c10::optional<RoutingStats> stats;
 };
 
-/// A pre-norm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)) or + moe(ln2(x)).
+/// A pre-norm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)) or + moe(ln2(x)); attn is
+/// the multi-head / grouped-query attention or the latent one, as the options say.
 class BlockImpl : public torch::nn::Module {
  public:
   BlockImpl(const GPTOptions& options, bool use_moe, std::shared_ptr<const ParallelGroups> groups);
@@ -113,8 +65,12 @@ class BlockImpl : public torch::nn::Module {
   void set_recompute(Recompute mode, bool cache_comm = true);
   Recompute recompute() const { return recompute_; }
 
-  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
-  CausalSelfAttention attn{nullptr};
+  /// Copies this rank's shard of every parameter from the same block of a single-process model.
+  void load_shard_from(BlockImpl& full);
+
+  Norm ln1{nullptr}, ln2{nullptr};
+  CausalSelfAttention attn{nullptr};     ///< null with latent attention
+  MultiHeadLatentAttention mla{nullptr};  ///< null with multi-head attention
   MLP mlp{nullptr};  ///< null in an MoE block
   MoE moe{nullptr};  ///< null in a dense block
 
@@ -147,8 +103,9 @@ struct StageOutput {
 /// starts from a single-process one of the same options with load_shard_from().
 ///
 /// With pp > 1 each rank holds the blocks of its stage only (stage_block_range): the first stage
-/// also holds the token and position embeddings, the last one the final norm and a copy of the
-/// token embedding for the tied head (reduce_tied_gradients() keeps the two copies equal).
+/// also holds the token (and learned position) embeddings, the last one the final norm and the
+/// head: its own lm_head, or with tied embeddings a copy of the token embedding
+/// (reduce_tied_gradients() keeps the two copies equal).
 /// Training runs the stages with run_pipeline() over forward_stage(); forward() of a pipelined
 /// model is for inference (no gradient) and returns the logits on every rank.
 ///
@@ -176,7 +133,7 @@ class GPTImpl : public torch::nn::Module {
   void set_recompute(Recompute mode, bool cache_comm = true);
 
   /// Sums the gradient of the tied token embedding over its two copies (first and last stage) so
-  /// both take the same step. A no-op without pipeline stages. Collective over pp.
+  /// both take the same step. A no-op without pipeline stages or tied head. Collective over pp.
   void reduce_tied_gradients();
 
   /// Copies this rank's shard of every parameter from a single-process model with the same
@@ -202,11 +159,12 @@ class GPTImpl : public torch::nn::Module {
   std::shared_ptr<const ParallelGroups> groups_ptr() const { return groups_; }
 
   GPTOptions options;
-  torch::nn::Embedding tok_emb{nullptr};  ///< first and last stage
-  torch::nn::Embedding pos_emb{nullptr};  ///< first stage
+  torch::nn::Embedding tok_emb{nullptr};  ///< first stage, and last stage with a tied head
+  torch::nn::Embedding pos_emb{nullptr};  ///< first stage, learned positions only
   torch::nn::ModuleList blocks{nullptr};
   std::vector<Block> block_list;
-  torch::nn::LayerNorm ln_f{nullptr};  ///< last stage
+  Norm ln_f{nullptr};                  ///< last stage
+  torch::nn::Linear lm_head{nullptr};  ///< last stage, untied head only ([vocab, d_model], no bias)
 
  private:
   GPTOutput forward_pipelined(const torch::Tensor& tokens, const std::vector<int64_t>& group_sizes);

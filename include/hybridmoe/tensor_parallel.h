@@ -5,12 +5,25 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
 #include "hybridmoe/parallel.h"
 
 namespace hybridmoe {
+
+/// A module some of whose own parameters are split over tp (each tp rank holds a different
+/// part), so that their gradients are not summed over tp and the global gradient norm counts
+/// every part once. Parameters of modules that do not declare themselves here are whole on every
+/// tp rank.
+class TensorParallelShards {
+ public:
+  virtual ~TensorParallelShards() = default;
+  /// Names (relative to the module) of its parameters split over tp; empty when tp = 1.
+  virtual std::vector<std::string> tp_shard_names() const = 0;
+};
 
 /// Options of ColumnParallelLinear and RowParallelLinear.
 ///
@@ -37,7 +50,7 @@ struct TensorParallelLinearOptions {
 /// Example:
 ///   ColumnParallelLinear fc1(TensorParallelLinearOptions(64, 256), groups);
 ///   auto h = fc1(x);                       // x: [..., 64] → [..., 256 / tp]
-class ColumnParallelLinearImpl : public torch::nn::Module {
+class ColumnParallelLinearImpl : public torch::nn::Module, public TensorParallelShards {
  public:
   ColumnParallelLinearImpl(TensorParallelLinearOptions options,
                            std::shared_ptr<const ParallelGroups> groups = nullptr);
@@ -47,6 +60,7 @@ class ColumnParallelLinearImpl : public torch::nn::Module {
   void load_shard_from(const torch::Tensor& full_weight, const torch::Tensor& full_bias);
   /// The full weight [fused * out, in] and bias, all-gathered over tp (collective over tp).
   std::pair<torch::Tensor, torch::Tensor> gather_full();
+  std::vector<std::string> tp_shard_names() const override;
 
   TensorParallelLinearOptions options;
   torch::Tensor weight, bias;
@@ -66,7 +80,7 @@ TORCH_MODULE(ColumnParallelLinear);
 ///   RowParallelLinear fc2(TensorParallelLinearOptions(256, 64), groups);
 ///   auto y = fc2(h);                       // h: [..., 256 / tp] → [..., 64], same on every tp
 ///   rank
-class RowParallelLinearImpl : public torch::nn::Module {
+class RowParallelLinearImpl : public torch::nn::Module, public TensorParallelShards {
  public:
   RowParallelLinearImpl(TensorParallelLinearOptions options,
                         std::shared_ptr<const ParallelGroups> groups = nullptr);
@@ -76,6 +90,7 @@ class RowParallelLinearImpl : public torch::nn::Module {
   void load_shard_from(const torch::Tensor& full_weight, const torch::Tensor& full_bias);
   /// The full weight [out, in] and bias, all-gathered over tp (collective over tp).
   std::pair<torch::Tensor, torch::Tensor> gather_full();
+  std::vector<std::string> tp_shard_names() const override;
 
   TensorParallelLinearOptions options;
   torch::Tensor weight, bias;

@@ -8,74 +8,44 @@ namespace hybridmoe {
 
 namespace F = torch::nn::functional;
 
-MoEOptions GPTOptions::moe_options() const {
-  MoEOptions m(d_model_, num_experts_);
-  m.d_hidden(expert_hidden_ > 0 ? expert_hidden_ : mlp_hidden());
-  m.gate(gate_);
-  m.expert_layout(expert_layout_).adaptive_r(adaptive_r_).a2a_overlap_degree(a2a_overlap_degree_);
-  return m;
-}
-
-GPTOptions GPTOptions::single_process() const {
-  GPTOptions o = *this;
-  o.expert_layout(ExpertLayout::kFixed).adaptive_r(1).a2a_overlap_degree(1);
-  return o;
-}
-
-// ---- attention --------------------------------------------------------------------------------
-
-CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
-                                                 std::shared_ptr<const ParallelGroups> groups) {
-  const int64_t tp = groups ? groups->tp.size() : 1;
-  TORCH_CHECK(o.d_model() % o.n_heads() == 0, "GPT: d_model=", o.d_model(),
-              " must be divisible by n_heads=", o.n_heads());
-  TORCH_CHECK(o.n_heads() % tp == 0, "GPT: n_heads=", o.n_heads(), " must be divisible by tp=", tp);
-  local_heads_ = o.n_heads() / tp;
-  head_dim_ = o.d_model() / o.n_heads();
-  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layers()));
-  qkv = register_module(
-      "qkv",
-      ColumnParallelLinear(TensorParallelLinearOptions(o.d_model(), o.d_model()).fused(3), groups));
-  proj = register_module(
-      "proj",
-      RowParallelLinear(TensorParallelLinearOptions(o.d_model(), o.d_model()).init_std(proj_std),
-                        groups));
-}
-
-torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
-  const int64_t B = x.size(0), S = x.size(1), local = local_heads_ * head_dim_;
-  const int64_t BH = B * local_heads_;
-  // 1. Projections of this rank's heads: [B, S, 3 * local] → three [B * H_l, S, hd].
-  auto parts = qkv(x).split(local, -1);
-  auto heads = [&](const torch::Tensor& t) {
-    return t.view({B, S, local_heads_, head_dim_}).transpose(1, 2).reshape({BH, S, head_dim_});
-  };
-  auto q = heads(parts[0]), k = heads(parts[1]), v = heads(parts[2]);
-  // 2. Causal softmax attention. The scale and the causal mask (-inf above the diagonal) ride in
-  //    the one batched GEMM of the scores, so no pass over [B * H_l, S, S] is spent on them.
-  auto causal = torch::full({S, S}, -std::numeric_limits<double>::infinity(), x.options()).triu(1);
-  auto scores = torch::baddbmm(causal, q, k.transpose(1, 2), /*beta=*/1.0,
-                               /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  auto y = torch::bmm(torch::softmax(scores, -1), v);  // [B * H_l, S, hd]
-  // 3. Heads back together, then the row-parallel output projection (sums over tp).
-  return proj(y.view({B, local_heads_, S, head_dim_}).transpose(1, 2).reshape({B, S, local}));
-}
-
 // ---- MLP --------------------------------------------------------------------------------------
 
-MLPImpl::MLPImpl(const GPTOptions& o, std::shared_ptr<const ParallelGroups> groups) {
+MLPImpl::MLPImpl(const GPTOptions& o, std::shared_ptr<const ParallelGroups> groups)
+    : activation(o.mlp_activation()) {
+  TORCH_CHECK(activation == Activation::kGelu || activation == Activation::kSwiGLU,
+              "MLP: mlp_activation must be gelu or swiglu, got ", to_string(activation));
   const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layers()));
-  fc1 = register_module(
-      "fc1",
-      ColumnParallelLinear(TensorParallelLinearOptions(o.d_model(), o.mlp_hidden()), groups));
+  const auto in = TensorParallelLinearOptions(o.d_model(), o.mlp_hidden()).bias(o.mlp_bias());
+  fc1 = register_module("fc1", ColumnParallelLinear(in, groups));
+  if (activation == Activation::kSwiGLU)
+    fc3 = register_module("fc3", ColumnParallelLinear(in, groups));
   fc2 = register_module(
-      "fc2",
-      RowParallelLinear(TensorParallelLinearOptions(o.mlp_hidden(), o.d_model()).init_std(proj_std),
-                        groups));
+      "fc2", RowParallelLinear(TensorParallelLinearOptions(o.mlp_hidden(), o.d_model())
+                                   .bias(o.mlp_bias())
+                                   .init_std(proj_std),
+                               groups));
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  if (fc3) return fc2(torch::silu(fc1(x)) * fc3(x));
   return fc2(torch::gelu(fc1(x)));
+}
+
+void MLPImpl::load_shard_from(MLPImpl& full) {
+  fc1->load_shard_from(full.fc1->weight, full.fc1->bias);
+  fc2->load_shard_from(full.fc2->weight, full.fc2->bias);
+  if (fc3) fc3->load_shard_from(full.fc3->weight, full.fc3->bias);
+}
+
+void MLPImpl::gather_full(MLPImpl& full) {
+  torch::NoGradGuard no_grad;
+  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
+    layer->weight.copy_(wb.first);
+    if (layer->bias.defined()) layer->bias.copy_(wb.second);
+  };
+  set(full.fc1, fc1->gather_full());
+  set(full.fc2, fc2->gather_full());
+  if (fc3) set(full.fc3, fc3->gather_full());
 }
 
 // ---- block ------------------------------------------------------------------------------------
@@ -101,9 +71,12 @@ BlockOutput run_checkpointed(Part part, const torch::Tensor& input, bool cache_c
 
 BlockImpl::BlockImpl(const GPTOptions& o, bool use_moe,
                      std::shared_ptr<const ParallelGroups> groups) {
-  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
-  attn = register_module("attn", CausalSelfAttention(o, groups));
-  ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+  ln1 = register_module("ln1", Norm(o.norm(), o.d_model(), o.norm_eps()));
+  if (o.attention() == AttentionType::kLatent)
+    mla = register_module("attn", MultiHeadLatentAttention(o, groups));
+  else
+    attn = register_module("attn", CausalSelfAttention(o, groups));
+  ln2 = register_module("ln2", Norm(o.norm(), o.d_model(), o.norm_eps()));
   if (use_moe) {
     moe = groups ? MoE(o.moe_options(), groups) : MoE(o.moe_options());
     register_module("moe", moe);
@@ -131,7 +104,7 @@ BlockOutput BlockImpl::forward(const torch::Tensor& x, const std::vector<int64_t
 BlockOutput BlockImpl::run(const torch::Tensor& x, const std::vector<int64_t>& group_sizes,
                            const MoECallOptions& call, bool checkpoint_moe) {
   BlockOutput out;
-  auto h = x + attn(ln1(x));
+  auto h = x + (mla ? mla(ln1(x)) : attn(ln1(x)));
   auto n = ln2(h);
   if (!moe) {
     out.x = h + mlp(n);
@@ -156,6 +129,23 @@ void BlockImpl::set_recompute(Recompute mode, bool cache_comm) {
   cache_comm_ = cache_comm;
 }
 
+void BlockImpl::load_shard_from(BlockImpl& f) {
+  torch::NoGradGuard no_grad;
+  TORCH_CHECK(static_cast<bool>(moe) == static_cast<bool>(f.moe),
+              "Block::load_shard_from: this block is ", moe ? "MoE" : "dense",
+              " but not the source");
+  ln1->weight.copy_(f.ln1->weight);
+  ln2->weight.copy_(f.ln2->weight);
+  if (ln1->bias.defined()) ln1->bias.copy_(f.ln1->bias);
+  if (ln2->bias.defined()) ln2->bias.copy_(f.ln2->bias);
+  if (mla) mla->load_shard_from(*f.mla);
+  if (attn) attn->load_shard_from(*f.attn);
+  if (moe)
+    moe->load_shard_from(*f.moe);
+  else
+    mlp->load_shard_from(*f.mlp);
+}
+
 void BlockImpl::set_moe(MoE m) {
   TORCH_CHECK(mlp, "Block::set_moe: this block has no MLP to replace");
   unregister_module("mlp");
@@ -169,9 +159,7 @@ void BlockImpl::set_moe(MoE m) {
 GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> groups)
     : options(std::move(options_)), groups_(std::move(groups)) {
   const auto& o = options;
-  TORCH_CHECK(o.vocab_size() > 0 && o.context() > 0 && o.d_model() > 0 && o.n_layers() > 0,
-              "GPT: sizes must be positive, got vocab ", o.vocab_size(), ", context ", o.context(),
-              ", d_model ", o.d_model(), ", n_layers ", o.n_layers());
+  o.check(groups_ ? groups_->tp.size() : 1);
   // 1. This rank's pipeline stage and its blocks.
   if (groups_) {
     stages_ = groups_->config.pp;
@@ -180,14 +168,19 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
   range_ = stage_block_range(o.n_layers(), stages_, stage_);
   // 2. Embeddings on the first stage; the last stage keeps a copy of the token embedding for the
   //    tied head.
-  if (is_first_stage() || is_last_stage())
+  const bool tied = o.tie_embeddings();
+  if (is_first_stage() || (tied && is_last_stage()))
     tok_emb = register_module("tok_emb", torch::nn::Embedding(o.vocab_size(), o.d_model()));
-  if (is_first_stage())
+  if (is_first_stage() && o.position() == PositionType::kLearned)
     pos_emb = register_module("pos_emb", torch::nn::Embedding(o.context(), o.d_model()));
+  if (!tied && is_last_stage())
+    lm_head = register_module(
+        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), o.vocab_size()).bias(false)));
   {
     torch::NoGradGuard no_grad;
     if (tok_emb) tok_emb->weight.normal_(0.0, 0.02);
     if (pos_emb) pos_emb->weight.normal_(0.0, 0.02);
+    if (lm_head) lm_head->weight.normal_(0.0, 0.02);
   }
   // 3. The blocks, named by their index within the stage.
   blocks = register_module("blocks", torch::nn::ModuleList());
@@ -197,9 +190,7 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
     blocks->push_back(b);
     block_list.push_back(b);
   }
-  if (is_last_stage())
-    ln_f =
-        register_module("ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
+  if (is_last_stage()) ln_f = register_module("ln_f", Norm(o.norm(), o.d_model(), o.norm_eps()));
 }
 
 void GPTImpl::set_recompute(Recompute mode, bool cache_comm) {
@@ -218,8 +209,8 @@ StageOutput GPTImpl::forward_stage(const torch::Tensor& input,
     const int64_t S = input.size(1);
     TORCH_CHECK(S <= options.context(), "GPT: sequence length ", S, " exceeds the context ",
                 options.context());
-    auto pos = torch::arange(S, input.options());
-    x = tok_emb(input) + pos_emb(pos).unsqueeze(0);
+    x = tok_emb(input);
+    if (pos_emb) x = x + pos_emb(torch::arange(S, input.options())).unsqueeze(0);
   } else {
     TORCH_CHECK(input.dim() == 3 && input.size(2) == options.d_model(), "GPT stage ", stage_,
                 ": expected hidden states [B, S, ", options.d_model(), "], got ", input.sizes());
@@ -233,8 +224,9 @@ StageOutput GPTImpl::forward_stage(const torch::Tensor& input,
     if (r.stats) out.moe_stats.push_back(*r.stats);
   }
   if (!out.aux_loss.defined()) out.aux_loss = torch::zeros({}, x.options());
-  // 3. The last stage: final norm and the tied head (logits against the token embedding).
-  out.output = is_last_stage() ? F::linear(ln_f(x), tok_emb->weight) : x;
+  // 3. The last stage: final norm and the head (its own, or the token embedding's weight).
+  if (is_last_stage()) x = lm_head ? lm_head(ln_f(x)) : F::linear(ln_f(x), tok_emb->weight);
+  out.output = x;
   return out;
 }
 
@@ -263,24 +255,9 @@ void GPTImpl::load_shard_from(GPTImpl& full) {
   if (tok_emb) copy(*tok_emb, *full.tok_emb);
   if (pos_emb) copy(*pos_emb, *full.pos_emb);
   if (ln_f) copy(*ln_f, *full.ln_f);
-  for (size_t j = 0; j < block_list.size(); ++j) {
-    const int64_t i = range_.first + static_cast<int64_t>(j);
-    auto& b = *block_list[j];
-    auto& f = *full.block_list[i];
-    TORCH_CHECK(static_cast<bool>(b.moe) == static_cast<bool>(f.moe),
-                "GPT::load_shard_from: block ", i, " is ", b.moe ? "MoE" : "dense",
-                " here but not in the source");
-    copy(*b.ln1, *f.ln1);
-    copy(*b.ln2, *f.ln2);
-    b.attn->qkv->load_shard_from(f.attn->qkv->weight, f.attn->qkv->bias);
-    b.attn->proj->load_shard_from(f.attn->proj->weight, f.attn->proj->bias);
-    if (b.moe) {
-      b.moe->load_shard_from(*f.moe);
-    } else {
-      b.mlp->fc1->load_shard_from(f.mlp->fc1->weight, f.mlp->fc1->bias);
-      b.mlp->fc2->load_shard_from(f.mlp->fc2->weight, f.mlp->fc2->bias);
-    }
-  }
+  if (lm_head) copy(*lm_head, *full.lm_head);
+  for (size_t j = 0; j < block_list.size(); ++j)
+    block_list[j]->load_shard_from(*full.block_list[range_.first + static_cast<int64_t>(j)]);
 }
 
 std::vector<MoE> GPTImpl::moe_layers() const {

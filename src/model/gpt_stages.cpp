@@ -42,7 +42,7 @@ GPTOutput GPTImpl::forward_pipelined(const torch::Tensor& tokens,
 }
 
 void GPTImpl::reduce_tied_gradients() {
-  if (stages_ <= 1) return;
+  if (stages_ <= 1 || !options.tie_embeddings()) return;
   // Every stage takes part (the middle ones with zeros) so that the group's members agree.
   torch::Tensor g;
   if (tok_emb) {
@@ -66,26 +66,25 @@ void GPTImpl::gather_full(GPTImpl& full) {
     auto s = src.named_parameters();
     for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
   };
-  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
-    layer->weight.copy_(wb.first);
-    if (layer->bias.defined()) layer->bias.copy_(wb.second);
-  };
   // 1. With stages, every stage fills what it holds into a zeroed model; step 3 sums them.
   if (stages_ > 1)
     for (auto& p : full.parameters()) p.zero_();
   if (is_first_stage()) {
-    copy(*full.tok_emb, *tok_emb);  // the last stage's copy is equal: counted once
-    copy(*full.pos_emb, *pos_emb);
+    copy(*full.tok_emb, *tok_emb);  // a tied head's copy on the last stage is equal: counted once
+    if (pos_emb) copy(*full.pos_emb, *pos_emb);
   }
-  if (is_last_stage()) copy(*full.ln_f, *ln_f);
+  if (is_last_stage()) {
+    copy(*full.ln_f, *ln_f);
+    if (lm_head) copy(*full.lm_head, *lm_head);
+  }
   // 2. This stage's blocks, gathered over the stage's tp / ep / etp groups.
   for (size_t j = 0; j < block_list.size(); ++j) {
     auto& b = *block_list[j];
     auto& f = *full.block_list[range_.first + static_cast<int64_t>(j)];
     copy(*f.ln1, *b.ln1);
     copy(*f.ln2, *b.ln2);
-    set(f.attn->qkv, b.attn->qkv->gather_full());
-    set(f.attn->proj, b.attn->proj->gather_full());
+    if (b.mla) b.mla->gather_full(*f.mla);
+    if (b.attn) b.attn->gather_full(*f.attn);
     if (b.moe) {
       auto experts = b.moe->gather_full_expert_parameters();
       auto params = f.moe->experts->named_parameters();
@@ -99,9 +98,11 @@ void GPTImpl::gather_full(GPTImpl& full) {
         dist::broadcast_(bias, 0, groups_->etp);
       }
       copy(*f.moe->gate, *b.moe->gate);
+      // The shared expert and its gate are whole on every rank.
+      if (b.moe->shared_expert) copy(*f.moe->shared_expert, *b.moe->shared_expert);
+      if (b.moe->shared_gate.defined()) f.moe->shared_gate.copy_(b.moe->shared_gate);
     } else {
-      set(f.mlp->fc1, b.mlp->fc1->gather_full());
-      set(f.mlp->fc2, b.mlp->fc2->gather_full());
+      b.mlp->gather_full(*f.mlp);
     }
   }
   // 3. The stages' parts summed over pp.

@@ -50,6 +50,12 @@ void ColumnParallelLinearImpl::load_shard_from(const torch::Tensor& full_weight,
   if (bias.defined()) bias.copy_(torch::cat(b));
 }
 
+std::vector<std::string> ColumnParallelLinearImpl::tp_shard_names() const {
+  if (tp_ == 1) return {};
+  if (bias.defined()) return {"weight", "bias"};
+  return {"weight"};
+}
+
 std::pair<torch::Tensor, torch::Tensor> ColumnParallelLinearImpl::gather_full() {
   torch::NoGradGuard no_grad;
   if (tp_ == 1) return {weight.detach().clone(), bias.defined() ? bias.detach().clone() : bias};
@@ -99,6 +105,11 @@ void RowParallelLinearImpl::load_shard_from(const torch::Tensor& full_weight,
   const int64_t part = options.in_features() / tp_;
   weight.copy_(full_weight.narrow(1, tp_rank_ * part, part));
   if (bias.defined()) bias.copy_(full_bias);
+}
+
+std::vector<std::string> RowParallelLinearImpl::tp_shard_names() const {
+  if (tp_ == 1) return {};
+  return {"weight"};  // the bias is whole, added once after the sum
 }
 
 std::pair<torch::Tensor, torch::Tensor> RowParallelLinearImpl::gather_full() {

@@ -21,17 +21,13 @@ std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelG
   std::map<std::string, int64_t> out;
   const auto& c = groups.config;
   const bool sharded_model = model.groups() != nullptr;
-  // 1. Tensor-parallel shards: column-parallel weights and biases, row-parallel weights.
+  // 1. Tensor-parallel shards: the parameters that modules declare split over tp.
   std::set<std::string> shards;
   if (sharded_model && c.tp > 1)
     for (const auto& kv : model.named_modules()) {
       const std::string prefix = kv.key().empty() ? "" : kv.key() + ".";
-      if (dynamic_cast<ColumnParallelLinearImpl*>(kv.value().get())) {
-        shards.insert(prefix + "weight");
-        shards.insert(prefix + "bias");
-      } else if (dynamic_cast<RowParallelLinearImpl*>(kv.value().get())) {
-        shards.insert(prefix + "weight");
-      }
+      if (const auto* sharded = dynamic_cast<const TensorParallelShards*>(kv.value().get()))
+        for (const auto& name : sharded->tp_shard_names()) shards.insert(prefix + name);
     }
   // 2. Replicas by tag.
   for (const auto& kv : model.named_parameters()) {
@@ -46,7 +42,8 @@ std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelG
     if (tag && *tag == GroupKind::kEdp) n = c.edp();
     if (tag && *tag == GroupKind::kDp) n = shards.count(kv.key()) ? c.dp : c.tp * c.dp;
     // The tied token embedding has a copy on the first and on the last pipeline stage.
-    if (kv.key() == "tok_emb.weight" && model.num_stages() > 1) n *= 2;
+    if (kv.key() == "tok_emb.weight" && model.num_stages() > 1 && model.options.tie_embeddings())
+      n *= 2;
     out[kv.key()] = n;
   }
   return out;

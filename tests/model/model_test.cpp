@@ -25,7 +25,7 @@ torch::Tensor plain_forward(GPTImpl& m, const torch::Tensor& tokens, torch::Tens
   const int64_t B = tokens.size(0), S = tokens.size(1), H = o.n_heads(), hd = o.d_model() / H;
   auto x = m.tok_emb->weight.index_select(0, tokens.reshape({-1})).view({B, S, -1}) +
            m.pos_emb->weight.narrow(0, 0, S).unsqueeze(0);
-  auto ln = [&](const torch::Tensor& t, torch::nn::LayerNorm& l) {
+  auto ln = [&](const torch::Tensor& t, Norm& l) {
     auto mu = t.mean(-1, true);
     auto var = (t - mu).pow(2).mean(-1, true);
     return (t - mu) / torch::sqrt(var + 1e-5) * l->weight + l->bias;
@@ -34,16 +34,20 @@ torch::Tensor plain_forward(GPTImpl& m, const torch::Tensor& tokens, torch::Tens
   auto causal = torch::ones({S, S}, x.options()).tril();
   for (auto& b : m.block_list) {
     auto n = ln(x, b->ln1);
-    auto qkv = torch::matmul(n, b->attn->qkv->weight.t()) + b->attn->qkv->bias;
+    auto project = [&](ColumnParallelLinear& l) {
+      return torch::matmul(n, l->weight.t()) + l->bias;
+    };
+    auto qs = project(b->attn->q_proj), ks = project(b->attn->k_proj),
+         vs = project(b->attn->v_proj);
     std::vector<torch::Tensor> outs;
     for (int64_t h = 0; h < H; ++h) {
-      auto q = qkv.narrow(-1, h * hd, hd), k = qkv.narrow(-1, o.d_model() + h * hd, hd),
-           v = qkv.narrow(-1, 2 * o.d_model() + h * hd, hd);
+      auto q = qs.narrow(-1, h * hd, hd), k = ks.narrow(-1, h * hd, hd),
+           v = vs.narrow(-1, h * hd, hd);
       auto s = torch::bmm(q, k.transpose(1, 2)) / std::sqrt(static_cast<double>(hd));
       s = s * causal - 1e30 * (1 - causal);
       outs.push_back(torch::bmm(torch::softmax(s, -1), v));
     }
-    x = x + torch::matmul(torch::cat(outs, -1), b->attn->proj->weight.t()) + b->attn->proj->bias;
+    x = x + torch::matmul(torch::cat(outs, -1), b->attn->o_proj->weight.t()) + b->attn->o_proj->bias;
     n = ln(x, b->ln2);
     if (b->moe) {
       auto r = b->moe->forward_reference(n.reshape({-1, o.d_model()}));
@@ -76,7 +80,12 @@ TEST(Model, ForwardBackwardMatchPlainReference) {
   auto ref_grads = torch::autograd::grad({ref_loss}, params);
   EXPECT_LT(rel_err(out.logits, logits), 1e-10);
   EXPECT_LT(rel_err(out.aux_loss, aux), 1e-10);
-  for (size_t i = 0; i < params.size(); ++i) EXPECT_LT(rel_err(grads[i], ref_grads[i]), 1e-9) << i;
+  // The key bias's gradient is zero in exact arithmetic (softmax ignores a constant per query), so
+  // each gradient is compared relative to the largest gradient of the model.
+  double scale = 0.0;
+  for (const auto& g : ref_grads) scale = std::max(scale, g.abs().max().item<double>());
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_LT((grads[i] - ref_grads[i]).abs().max().item<double>(), 1e-10 * scale) << i;
 }
 
 TEST(Model, MoefyOneExpertTop1ReproducesDense) {
