@@ -12,6 +12,7 @@
 
 #include "hybridmoe/hybridmoe.h"
 
+#include "hybridmoe/attention.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/data.h"

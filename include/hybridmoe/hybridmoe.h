@@ -13,6 +13,8 @@
 #include "hybridmoe/gate.h"
 #include "hybridmoe/gates.h"
 #include "hybridmoe/group_kind.h"
+#include "hybridmoe/model_options.h"
+#include "hybridmoe/model_presets.h"
 #include "hybridmoe/moe.h"
 #include "hybridmoe/placement.h"
 #include "hybridmoe/recompute.h"
