@@ -136,6 +136,12 @@ class GPTImpl : public torch::nn::Module {
   /// both take the same step. A no-op without pipeline stages or tied head. Collective over pp.
   void reduce_tied_gradients();
 
+  /// After each optimizer step: the gates' per-step updates (the loss-free balancing bias of a
+  /// topk gate with bias_update_rate > 0), from the expert loads of the whole stage — the loads
+  /// each rank counted are summed over the stage group first (one collective), so every replica
+  /// of a gate takes the step one process would. Collective over the stage when distributed.
+  void after_step();
+
   /// Copies this rank's shard of every parameter from a single-process model with the same
   /// options (and the same moefy applied).
   void load_shard_from(GPTImpl& full);

@@ -7,7 +7,10 @@
 #include <string>
 #include <vector>
 
+#include <c10/util/Optional.h>
+
 #include "hybridmoe/dist.h"
+#include "hybridmoe/model_presets.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/placement.h"
@@ -41,6 +44,10 @@ struct VerifyOptions {
   /// 1: the layout's optimizer is ZeroAdamW with ZeRO-1 (state sharded by tag group, gradients
   /// reduce-scattered, tiled step) instead of the replicated Adam; 0: replicated.
   int64_t zero_stage = 0;
+  /// Set: every layout (pp = 1 too) is proven on this family's model (model_presets.h) at verify
+  /// size — its architecture and router, kVerifyFamilyHeads heads, 2 blocks per stage, experts
+  /// and d_hidden as above — instead of the MoE layer (and GPT for pp > 1).
+  c10::optional<ModelFamily> model;
 };
 
 /// max |a - b| / max(max |b|, 1e-30): the relative error of a against the reference b, in float64
@@ -96,6 +103,8 @@ std::vector<ParallelConfig> verifiable_layouts(int64_t world_size, int64_t exper
 
 /// Attention heads of the GPT that pipeline layouts are verified on.
 constexpr int64_t kVerifyHeads = 4;
+/// Attention heads of a family's model in verify (so that every tp up to 8 divides them).
+constexpr int64_t kVerifyFamilyHeads = 8;
 
 /// Runs one (layout, gate) pair on the first layout.world_size() ranks of `world` (others return
 /// at once with an empty row). Collective over those ranks. `run_id` keeps group names apart.
@@ -103,8 +112,9 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
                         const VerifyOptions& options, int64_t run_id);
 
 /// The same proof on a small GPT (2 blocks per stage, the second an MoE block; tied embedding;
-/// width options.d_model, kVerifyHeads heads) trained through the pipeline schedule with
-/// micro-batches: every layout, pipeline stages included. verify_layout() sends pp > 1 here.
+/// width options.d_model, kVerifyHeads heads) or on options.model's family, trained through the
+/// pipeline schedule with micro-batches: every layout, pipeline stages included. verify_layout()
+/// sends pp > 1 and family runs here.
 VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
                             const VerifyOptions& options, int64_t run_id);
 

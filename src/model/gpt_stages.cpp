@@ -2,6 +2,7 @@
 // the pipeline stages, the tied embedding's gradient over its two copies, and gathering the whole
 // model from every rank's shard.
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/gates.h"
 #include "hybridmoe/model.h"
 
 namespace hybridmoe {
@@ -54,6 +55,19 @@ void GPTImpl::reduce_tied_gradients() {
   }
   std::vector<torch::Tensor> grads = {g};
   dist::all_reduce_coalesced_(grads, groups_->pp);
+}
+
+void GPTImpl::after_step() {
+  // 1. The loads this rank counted since the last step, summed over the stage's ranks (each
+  //    routes its own tokens), so every replica of a gate sees the global load.
+  std::vector<torch::Tensor> loads;
+  for (auto& layer : moe_layers())
+    if (auto* topk = dynamic_cast<TopKGateImpl*>(layer->gate.get()))
+      if (topk->step_load.defined()) loads.push_back(topk->step_load);
+  if (groups_ && groups_->stage.size() > 1 && !loads.empty())
+    dist::all_reduce_coalesced_(loads, groups_->stage);
+  // 2. Each gate's own update.
+  for (auto& layer : moe_layers()) layer->gate->after_step();
 }
 
 void GPTImpl::gather_full(GPTImpl& full) {

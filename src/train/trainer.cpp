@@ -259,7 +259,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     if (finite) {
       nonfinite_in_a_row = 0;
       optimizer.step();
-      for (auto& layer : moe) layer->gate->after_step();
+      model->after_step();
     } else {
       ++nonfinite_in_a_row;
       ++result.skipped_steps;

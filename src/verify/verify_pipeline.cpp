@@ -21,8 +21,33 @@ torch::Tensor random_tokens(uint64_t seed, int64_t rows, int64_t S) {
   return torch::randint(kVocab, {rows, S}, gen, torch::kInt64);
 }
 
+// A family's model at verify size: its architecture and router (k and capacity from the gate
+// spec), kVerifyFamilyHeads heads, 2 blocks per stage, the verify's experts and widths.
+GPTOptions verify_family_options(ModelFamily family, const ParallelConfig& layout,
+                                 const GateSpec& gate, const VerifyOptions& o) {
+  TORCH_CHECK(gate.name == "topk" && gate.convention == Convention::kNone,
+              "verify --model ", to_string(family),
+              ": the family's router is verified; a gate spec may only set k and the capacity "
+              "factor (topk[:k][@factor]), got \"",
+              gate.to_string(), "\"");
+  auto opts = model_preset(family);
+  auto g = opts.gate();
+  g.top_k(gate.top_k > 0 ? gate.top_k : g.top_k()).capacity_factor(gate.capacity_factor);
+  opts.vocab_size(kVocab)
+      .context(o.tokens_per_rank)
+      .n_heads(kVerifyFamilyHeads)
+      .n_layers(2 * layout.pp)
+      .d_mlp(2 * opts.d_model())
+      .num_experts(o.experts)
+      .expert_hidden(o.d_hidden)
+      .gate(g);
+  if (opts.shared_expert_hidden() > 0) opts.shared_expert_hidden(o.d_hidden);
+  return opts;
+}
+
 GPTOptions verify_gpt_options(const ParallelConfig& layout, const GateSpec& gate,
                               const VerifyOptions& o) {
+  if (o.model) return verify_family_options(*o.model, layout, gate, o);
   GateOptions g;
   g.type(gate.name)
       .convention(gate.convention)
@@ -49,12 +74,14 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   VerifyRow row;
   row.layout = layout;
   row.gate = gate.to_string();
-  row.model = "gpt";
-  row.schedule = to_string(o.schedule);
-  TORCH_CHECK(kVerifyHeads % layout.tp == 0, "verify: the GPT of pipeline layouts has ",
-              kVerifyHeads, " heads, which tp=", layout.tp, " does not divide");
-  TORCH_CHECK(o.d_model % kVerifyHeads == 0, "verify: d_model=", o.d_model,
-              " must be divisible by the GPT's ", kVerifyHeads, " heads");
+  row.model = o.model ? to_string(*o.model) : "gpt";
+  row.schedule = layout.pp > 1 ? to_string(o.schedule) : "";
+  if (!o.model) {
+    TORCH_CHECK(kVerifyHeads % layout.tp == 0, "verify: the GPT of pipeline layouts has ",
+                kVerifyHeads, " heads, which tp=", layout.tp, " does not divide");
+    TORCH_CHECK(o.d_model % kVerifyHeads == 0, "verify: d_model=", o.d_model,
+                " must be divisible by the GPT's ", kVerifyHeads, " heads");
+  }
   auto groups = detail::verify_groups(world, layout, run_id);
   if (!groups) return row;
   const double tol = detail::verify_tolerance(o);
@@ -80,7 +107,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   PipelineOptions po;
   po.micro_batches = M;
   po.schedule = o.schedule;
-  po.activation_sizes = {1, S, o.d_model};
+  po.activation_sizes = {1, S, opts.d_model()};
   po.activation_options = torch::TensorOptions().dtype(o.dtype);
 
   // 2. S optimizer steps of both, comparing the global loss at each.
@@ -119,6 +146,9 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
     });
     net->reduce_tied_gradients();
     opt.step(dp);
+    // The gates' per-step updates (the loss-free balancing bias) of both.
+    ref->after_step();
+    net->after_step();
     const double loss = dist::sum_over_ranks(share, groups->world);
     row.loss_rel_err =
         std::max(row.loss_rel_err, std::abs(loss - ref_loss) / std::max(std::abs(ref_loss), 1e-30));

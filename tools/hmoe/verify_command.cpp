@@ -30,6 +30,7 @@ struct VerifyArgs {
   std::string dtype = "float64";
   std::string schedules = "1f1b";
   std::string adaptive_r;  ///< "": fixed experts; "all", "every-step" or an r
+  std::string model;       ///< "": the MoE layer (GPT for pp > 1); else a model family
   bool json = false;
   VerifyOptions options;
 };
@@ -43,13 +44,15 @@ std::vector<std::string> split_list(const std::string& s, char sep) {
   return out;
 }
 
-// "all", or a ';'-separated list of "tp,dp,ep,etp" or "tp,dp,pp,ep,etp" layouts.
+// "all", or a ';'-separated list of "tp,dp,ep,etp" or "tp,dp,pp,ep,etp" layouts. "all" for a
+// family's model keeps the layouts whose tp divides its heads.
 std::vector<ParallelConfig> parse_layouts(const std::string& text, int64_t nproc, int64_t experts,
-                                          int64_t d_hidden) {
+                                          int64_t d_hidden, bool family) {
   std::vector<ParallelConfig> out;
   if (text == "all") {
     for (int64_t w = 1; w <= nproc; ++w)
-      for (const auto& c : verifiable_layouts(w, experts, d_hidden)) out.push_back(c);
+      for (const auto& c : verifiable_layouts(w, experts, d_hidden))
+        if (!family || kVerifyFamilyHeads % c.tp == 0) out.push_back(c);
     return out;
   }
   for (const auto& item : split_list(text, ';')) {
@@ -90,7 +93,15 @@ int run_worker(const VerifyArgs& a) {
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "--dtype: ", e.what_without_backtrace());
   }
-  auto layouts = parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden);
+  if (!a.model.empty()) {
+    try {
+      o.model = parse_model_family(a.model);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "--model: ", e.what_without_backtrace());
+    }
+  }
+  auto layouts =
+      parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
   const bool lead = world->rank() == 0;
@@ -248,6 +259,9 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--adaptive-r", a->adaptive_r,
                   "Adaptive expert layout (layouts with ep=etp=1): all (every valid r, plus r "
                   "changing every step), every-step, or one r");
+  cmd->add_option("--model", a->model,
+                  "Prove every layout on this family's model at verify size (mixtral, qwen2_moe, "
+                  "qwen3_moe, olmoe, deepseek_v3, gpt) instead of the MoE layer");
   cmd->add_flag("--json", a->json, "Print one JSON line");
   cmd->callback([a] {
     const int code = run_here_or_on_local_ranks(a->nproc, [&] { return run_worker(*a); });
