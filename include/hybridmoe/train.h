@@ -17,6 +17,7 @@
 #include "hybridmoe/dist.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
+#include "hybridmoe/model_presets.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/placement.h"
@@ -54,19 +55,75 @@ LayoutMode parse_layout_mode(const std::string& text);
 /// get_config_value, config_to_toml and the flags with their help are all made, so a key cannot
 /// be added in one place and forgotten in another. X(type, member, key, default, group, help):
 /// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
-/// Typed keys (ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute, LayoutMode) are
+/// Typed keys (ModelFamily, NormType, PositionType, AttentionType, QKNorm, Activation,
+/// ScoreFunction, ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute, LayoutMode) are
 /// strings in TOML and on the command line, read and printed by their own parse / to_string.
+/// `mlp_only_layers` (std::vector<int64_t>, ConfigKind::kIntList) is an array of integers in TOML
+/// and "1,3" (or "[1, 3]") on the command line; it prints as "[1, 3]".
+///
+/// The family preset: key `model` names a ModelFamily; choosing one sets every key of the
+/// [model] and [moe] tables to that family's model_preset() (gpt: the defaults below, the
+/// example GPT), and keys given explicitly — in the TOML file or as flags — override the preset
+/// whatever their order (apply_config_values applies `model` first). The defaults keep the
+/// example GPT: LayerNorm, learned positions, GELU, biases, tied head, softmax top-2 routing.
 #define HMOE_TRAIN_CONFIG_KEYS(X)                                                                  \
   /* ---- model ---- */                                                                            \
+  /* the family whose preset the [model] and [moe] keys start from (apply_config_values) */        \
+  X(ModelFamily, model, "model", ModelFamily::kGPT, "model",                                       \
+    "model family (gpt, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3): sets every [model] "   \
+    "and [moe] key to the family's tiny preset; keys given explicitly win, in any order")          \
   X(int64_t, d_model, "d_model", 64, "model", "model width")                                       \
   X(int64_t, n_layers, "n_layers", 4, "model", "transformer blocks")                               \
   X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \
   X(int64_t, d_mlp, "d_mlp", 0, "model", "dense MLP width (0: 4 * d_model)")                       \
   X(int64_t, context, "context", 64, "model", "longest sequence")                                  \
   X(int64_t, moe_every, "moe_every", 2, "model", "an MoE layer every N blocks (0: dense)")         \
+  X(NormType, norm, "norm", NormType::kLayerNorm, "model",                                         \
+    "norm of the blocks and the final norm: layernorm or rmsnorm")                                 \
+  X(double, norm_eps, "norm_eps", 1e-5, "model", "eps of the norms (blocks, final, q/k)")          \
+  X(PositionType, position, "position", PositionType::kLearned, "model",                           \
+    "positions: learned (embedding) or rope (rotary)")                                             \
+  X(double, rope_theta, "rope_theta", 10000.0, "model", "RoPE base")                               \
+  X(int64_t, rotary_dim, "rotary_dim", 0, "model",                                                 \
+    "leading head dimensions RoPE rotates (0: all; mla: qk_rope_head_dim)")                        \
+  X(bool, rope_interleaved, "rope_interleaved", false, "model",                                    \
+    "RoPE on adjacent pairs (DeepSeek) instead of the two halves")                                 \
+  X(AttentionType, attention, "attention", AttentionType::kMultiHead, "model",                     \
+    "attention: mha (grouped-query with n_kv_heads) or mla (DeepSeek latent)")                     \
+  X(int64_t, n_kv_heads, "n_kv_heads", 0, "model", "key/value heads (0: n_heads)")                 \
+  X(int64_t, head_dim, "head_dim", 0, "model", "width of one head (0: d_model / n_heads)")         \
+  X(bool, qkv_bias, "qkv_bias", true, "model", "biases of the q, k, v projections")                \
+  X(bool, attn_out_bias, "attn_out_bias", true, "model", "bias of the attention output")           \
+  X(QKNorm, qk_norm, "qk_norm", QKNorm::kNone, "model",                                            \
+    "RMSNorm of q and k: none, head (per head) or whole (whole projection)")                       \
+  X(double, clip_qkv, "clip_qkv", 0.0, "model", "clamp q, k, v to [-c, c] (0: off)")               \
+  X(int64_t, q_lora_rank, "q_lora_rank", 0, "model", "mla: query bottleneck rank (0: direct)")     \
+  X(int64_t, kv_lora_rank, "kv_lora_rank", 0, "model", "mla: key/value latent rank")               \
+  X(int64_t, qk_nope_head_dim, "qk_nope_head_dim", 0, "model",                                     \
+    "mla: unrotated query/key dimensions per head")                                                \
+  X(int64_t, qk_rope_head_dim, "qk_rope_head_dim", 0, "model",                                     \
+    "mla: rotated query/key dimensions per head")                                                  \
+  X(int64_t, v_head_dim, "v_head_dim", 0, "model", "mla: value width per head")                    \
+  X(double, latent_norm_eps, "latent_norm_eps", 1e-6, "model", "mla: eps of the latents' norms")   \
+  X(Activation, mlp_activation, "mlp_activation", Activation::kGelu, "model",                      \
+    "dense MLP: gelu or swiglu")                                                                   \
+  X(bool, mlp_bias, "mlp_bias", true, "model", "biases of the dense MLPs")                         \
+  X(int64_t, first_k_dense, "first_k_dense", 0, "model", "the first N blocks stay dense")          \
+  /* a list: "1,3" (or "[1, 3]") on the command line, an array of integers in TOML */              \
+  X(std::vector<int64_t>, mlp_only_layers, "mlp_only_layers", {}, "model",                         \
+    "blocks (0-based) that keep a dense MLP, e.g. 1,3")                                            \
+  X(bool, tie_embeddings, "tie_embeddings", true, "model",                                         \
+    "output head shares the token embedding (false: own lm_head)")                                 \
   /* ---- moe ---- */                                                                              \
   X(int64_t, num_experts, "num_experts", 4, "moe", "experts per MoE layer")                        \
   X(int64_t, expert_hidden, "expert_hidden", 0, "moe", "expert hidden width (0: the MLP's)")       \
+  X(Activation, expert_activation, "expert_activation", Activation::kGelu, "moe",                  \
+    "experts: gelu, relu or swiglu")                                                               \
+  X(bool, expert_bias, "expert_bias", true, "moe", "biases of the experts")                        \
+  X(int64_t, shared_expert_hidden, "shared_expert_hidden", 0, "moe",                               \
+    "width of a shared expert every token passes through (0: none)")                               \
+  X(bool, shared_expert_gate, "shared_expert_gate", false, "moe",                                  \
+    "shared expert scaled by sigmoid(x . g) (Qwen2-MoE)")                                          \
   X(int64_t, top_k, "top_k", 2, "moe", "experts per token")                                        \
   X(std::string, gate, "gate", "topk", "moe",                                                      \
     "gate type (topk, gshard, switch, noisy, sinkhorn, expert_choice)")                            \
@@ -77,6 +134,21 @@ LayoutMode parse_layout_mode(const std::string& text);
     "expert capacity factor (<= 0: dropless)")                                                     \
   X(double, aux_loss_coef, "aux_loss_coef", 0.01, "moe", "balance loss coefficient")               \
   X(double, z_loss_coef, "z_loss_coef", 0.001, "moe", "router z-loss coefficient")                 \
+  /* the model families' routing: options of the topk gate (gate.h), refused by the others */      \
+  X(ScoreFunction, score_function, "score_function", ScoreFunction::kSoftmax, "moe",               \
+    "router scores: softmax or sigmoid (topk gate)")                                               \
+  X(bool, selection_bias, "selection_bias", false, "moe",                                          \
+    "per-expert bias added to the scores for selection only (topk gate)")                          \
+  X(int64_t, n_group, "n_group", 1, "moe",                                                         \
+    "expert groups of group-limited selection (1: none; topk gate)")                               \
+  X(int64_t, topk_group, "topk_group", 1, "moe", "groups kept with n_group > 1")                   \
+  X(double, routed_scaling_factor, "routed_scaling_factor", 1.0, "moe",                            \
+    "routed experts' weights multiplied by this (topk gate)")                                      \
+  X(double, bias_update_rate, "bias_update_rate", 0.0, "moe",                                      \
+    "loss-free balancing: selection bias update per step (0: off; topk gate)")                     \
+  /* true sets the gate's weight_normalization rule; false leaves it to the gate and convention */ \
+  X(bool, normalize_top_k_weights, "normalize_top_k_weights", false, "moe",                        \
+    "renormalize the k weights before capacity (false: the gate's / convention's rule)")           \
   /* ---- optimization ---- */                                                                     \
   X(int64_t, steps, "steps", 1200, "optim", "optimizer steps")                                     \
   X(int64_t, batch_size, "batch_size", 32, "optim", "sequences per step over all dp ranks")        \
@@ -179,9 +251,10 @@ struct TrainConfig {
   ExpertPlacement placement() const;
 };
 
-/// The value type of a configuration key as TOML and the flags see it.
-enum class ConfigKind { kInt, kFloat, kBool, kString };
-/// "int", "float", "bool" or "string".
+/// The value type of a configuration key as TOML and the flags see it. kIntList: an array of
+/// integers in TOML, "1,3" or "[1, 3]" on the command line.
+enum class ConfigKind { kInt, kFloat, kBool, kString, kIntList };
+/// "int", "float", "bool", "string" or "int list".
 std::string to_string(ConfigKind kind);
 
 /// One configuration key: its name, kind, group and help.
@@ -194,15 +267,42 @@ struct ConfigKey {
 const std::vector<ConfigKey>& train_config_keys();
 
 /// Sets one key from its text form; raises an error naming the key when it is unknown or the
-/// value does not parse.
+/// value does not parse. Setting `model` sets that field only (no preset): a configuration read
+/// back key by key (a checkpoint's) keeps its keys. Presets are apply_model_preset's and
+/// apply_config_values's.
 void set_config_value(TrainConfig& config, const std::string& key, const std::string& value);
 /// The text form of one key's value.
 std::string get_config_value(const TrainConfig& config, const std::string& key);
 
-/// Applies a TOML file's keys over `config`: top-level keys, or keys inside the table of their
-/// group ([model], [moe], [optim], [data], [layout], [memory], [output]). Unknown keys, keys in
-/// another group's table, wrong types, directories and unreadable files raise an error naming
-/// the key or the file.
+/// Sets `model` to `family` and every key of the [model] and [moe] tables to the family's
+/// preset: model_preset(family) for the MoE families, TrainConfig's defaults for kGPT. Other
+/// keys (layout, optimizer, ...) are left as they are.
+///
+/// Example:
+///   TrainConfig c;
+///   apply_model_preset(c, ModelFamily::kMixtral);  // c.model_options(): model_preset(kMixtral)
+void apply_model_preset(TrainConfig& config, ModelFamily family);
+
+/// Keys as given (a TOML file's, the flags'), each with its text form, in the order given.
+using ConfigValues = std::vector<std::pair<std::string, std::string>>;
+
+/// Applies keys given explicitly over `config`: first the family of the last `model` among them
+/// when it differs from config.model (apply_model_preset), then every key in order (a later one
+/// wins). So explicit keys override the preset whatever their order: {n_layers 6, model mixtral}
+/// and {model mixtral, n_layers 6} agree; over a configuration already of that family (a resumed
+/// checkpoint's) `model` changes nothing. Unknown keys and bad values raise an error naming the
+/// key.
+void apply_config_values(TrainConfig& config, const ConfigValues& given);
+
+/// A TOML document's keys as text, checked but not applied: top-level keys, or keys inside the
+/// table of their group ([model], [moe], [optim], [data], [layout], [memory], [output]). Unknown
+/// keys, keys in another group's table, wrong types and values that do not parse raise an error
+/// naming the key and `origin`.
+ConfigValues read_toml_text(const std::string& text, const std::string& origin);
+/// The keys of a TOML file (same rules); directories and unreadable files raise an error naming
+/// the file.
+ConfigValues read_toml_file(const std::string& path);
+/// Applies a TOML file's keys over `config`: apply_config_values(config, read_toml_file(path)).
 void apply_toml_file(TrainConfig& config, const std::string& path);
 /// Applies a TOML document given as text (same rules). `origin` names it in errors.
 void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin);
@@ -211,7 +311,10 @@ void apply_toml_text(TrainConfig& config, const std::string& text, const std::st
 /// sizes, non-finite numbers, degrees that do not
 /// divide (world = tp * dp * pp = nproc, ep | num_experts, tp | n_heads, etp | hidden, ...),
 /// batch_size not divisible by dp * micro_batches, pp > n_layers, an adaptive r outside the
-/// placement's valid r.
+/// placement's valid r; the architecture as GPTOptions::check(tp) refuses it (heads and kv
+/// heads, tp and kv heads, head and latent sizes, mlp_only_layers) and the gate as it refuses to
+/// be built (n_group | num_experts, topk_group <= n_group, top_k within the kept groups, the
+/// family routing options on a gate other than topk, a convention the gate cannot follow).
 std::string check_config(const TrainConfig& config);
 /// Raises the error of check_config, if any.
 void validate_config(const TrainConfig& config);

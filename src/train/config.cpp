@@ -1,9 +1,11 @@
 // config.cpp — see train.h: TOML input for the configuration keys of `hmoe train` (the keys
-// themselves, set/get and the printout are config_keys.cpp's), the model options and expert
-// placement a configuration describes, and validation.
+// themselves, set/get and the printout are config_keys.cpp's; the model options and presets
+// config_model.cpp's), the layout and expert placement a configuration describes, and
+// validation.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "hybridmoe/train.h"
@@ -25,34 +27,6 @@ ParallelConfig TrainConfig::layout() const {
   return c;
 }
 
-GPTOptions TrainConfig::model_options() const {
-  GateOptions g;
-  // auto starts at r = 1 (the trainer times the others); every-step (which check_config
-  // refuses) too.
-  const int64_t r = adaptive_r.is_value() ? adaptive_r.value() : 1;
-  g.type(gate)
-      .convention(parse_convention(convention))
-      .top_k(top_k)
-      .capacity_factor(capacity_factor)
-      .aux_loss_coef(aux_loss_coef)
-      .z_loss_coef(z_loss_coef);
-  return GPTOptions()
-      .context(context)
-      .d_model(d_model)
-      .n_layers(n_layers)
-      .n_heads(n_heads)
-      .d_mlp(d_mlp)
-      .moe_every(moe_every)
-      .num_experts(num_experts)
-      .expert_hidden(expert_hidden)
-      .gate(g)
-      .expert_layout(expert_layout)
-      .adaptive_r(r)
-      .a2a_overlap_degree(a2a_overlap_degree)
-      .recompute(recompute)
-      .recompute_cache_comm(recompute_cache_comm);
-}
-
 ExpertPlacement TrainConfig::placement() const {
   return expert_placement(expert_layout, tp * dp, num_experts, ep, etp);
 }
@@ -60,10 +34,11 @@ ExpertPlacement TrainConfig::placement() const {
 #ifdef HMOE_HAVE_TOML
 namespace {
 
-// Applies one TOML node under its leaf key.
-void apply_node(TrainConfig& config, const std::string& key, const toml::node& node,
-                const std::string& origin) {
+// One TOML node as the text form of key `key`, checked against the key's kind and parsed (on a
+// scratch configuration) so that a bad value is refused naming the file and the key.
+std::string node_text(const std::string& key, const toml::node& node, const std::string& origin) {
   const auto& k = detail::find_config_key(key, origin);
+  const ConfigKind kind = k.key.kind;
   std::string text;
   if (auto v = node.value_exact<int64_t>()) {
     text = std::to_string(*v);
@@ -73,26 +48,41 @@ void apply_node(TrainConfig& config, const std::string& key, const toml::node& n
     text = *b ? "true" : "false";
   } else if (auto s = node.value_exact<std::string>()) {
     text = *s;
+  } else if (const auto* array = node.as_array();
+             array != nullptr && kind == ConfigKind::kIntList) {
+    text = "[";
+    for (const auto& item : *array) {
+      auto v = item.value_exact<int64_t>();
+      TORCH_CHECK(v.has_value(), origin, ": config key `", key, "` expects an array of integers");
+      text += (text.size() > 1 ? ", " : "") + std::to_string(*v);
+    }
+    text += "]";
   } else {
     TORCH_CHECK(false, origin, ": config key `", key, "` has an unsupported value type");
   }
-  const ConfigKind kind = k.key.kind;
   const bool ok = (kind == ConfigKind::kInt && node.is_integer()) ||
                   (kind == ConfigKind::kFloat && (node.is_floating_point() || node.is_integer())) ||
                   (kind == ConfigKind::kBool && node.is_boolean()) ||
-                  (kind == ConfigKind::kString && node.is_string());
-  TORCH_CHECK(ok, origin, ": config key `", key, "` expects a ", to_string(kind), " value");
+                  (kind == ConfigKind::kString && node.is_string()) ||
+                  (kind == ConfigKind::kIntList && node.is_array());
+  const std::string kind_name = to_string(kind);
+  TORCH_CHECK(ok, origin, ": config key `", key, "` expects ",
+              kind == ConfigKind::kIntList
+                  ? "an array of integers"
+                  : (kind_name[0] == 'i' ? "an " : "a ") + kind_name + " value");
   try {
-    k.set(config, text);
+    TrainConfig scratch;
+    k.set(scratch, text);
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, origin, ": ", e.what_without_backtrace());
   }
+  return text;
 }
 
 // Top-level keys, or keys inside the table of their group ([model], [optim], ...): a key in
 // another table is refused, naming the table it belongs in.
-void apply_table(TrainConfig& config, const toml::table& tbl, const std::string& origin,
-                 const std::string& table_name = "") {
+void read_table(ConfigValues& out, const toml::table& tbl, const std::string& origin,
+                const std::string& table_name = "") {
   for (const auto& [name, node] : tbl) {
     const std::string key(name.str());
     if (const auto* sub = node.as_table()) {
@@ -100,20 +90,20 @@ void apply_table(TrainConfig& config, const toml::table& tbl, const std::string&
                   "]: configuration tables do not nest; expected keys at the top level or in one "
                   "of the group tables [model], [moe], [optim], [data], [layout], [memory], "
                   "[output]");
-      apply_table(config, *sub, origin, key);
+      read_table(out, *sub, origin, key);
     } else {
       const auto& k = detail::find_config_key(key, origin);
       TORCH_CHECK(table_name.empty() || k.key.group == table_name, origin, ": config key `", key,
                   "` belongs in table [", k.key.group, "] (or at the top level), found in [",
                   table_name, "]");
-      apply_node(config, key, node, origin);
+      out.emplace_back(key, node_text(key, node, origin));
     }
   }
 }
 
 }  // namespace
 
-void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin) {
+ConfigValues read_toml_text(const std::string& text, const std::string& origin) {
   toml::table tbl;
   try {
     tbl = toml::parse(text, origin);
@@ -122,15 +112,17 @@ void apply_toml_text(TrainConfig& config, const std::string& text, const std::st
     s << e.description() << " (line " << e.source().begin.line << ")";
     TORCH_CHECK(false, origin, ": TOML parse error: ", s.str());
   }
-  apply_table(config, tbl, origin);
+  ConfigValues out;
+  read_table(out, tbl, origin);
+  return out;
 }
 #else
-void apply_toml_text(TrainConfig&, const std::string&, const std::string& origin) {
+ConfigValues read_toml_text(const std::string&, const std::string& origin) {
   TORCH_CHECK(false, origin, ": this build has no TOML support (toml++ was not found)");
 }
 #endif
 
-void apply_toml_file(TrainConfig& config, const std::string& path) {
+ConfigValues read_toml_file(const std::string& path) {
   std::error_code ec;
   TORCH_CHECK(!std::filesystem::is_directory(path, ec), "--config: \"", path,
               "\" is a directory; expected a TOML file");
@@ -138,7 +130,15 @@ void apply_toml_file(TrainConfig& config, const std::string& path) {
   TORCH_CHECK(in.good(), "--config: cannot read \"", path, "\"");
   std::ostringstream ss;
   ss << in.rdbuf();
-  apply_toml_text(config, ss.str(), path);
+  return read_toml_text(ss.str(), path);
+}
+
+void apply_toml_text(TrainConfig& config, const std::string& text, const std::string& origin) {
+  apply_config_values(config, read_toml_text(text, origin));
+}
+
+void apply_toml_file(TrainConfig& config, const std::string& path) {
+  apply_config_values(config, read_toml_file(path));
 }
 
 std::string check_config(const TrainConfig& c) {
@@ -190,6 +190,9 @@ std::string check_config(const TrainConfig& c) {
            c.checkpoint_every >= 0 && c.stop_after >= 0,
        "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
        "`stop_after` must be >= 0");
+  for (const auto& [name, v] : std::vector<std::pair<std::string, int64_t>>{
+           {"rotary_dim", c.rotary_dim}, {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim}})
+    need(v >= 0, "config key `" + name + "` must be >= 0 (0: the default), got " + s(v));
   need(c.pp <= c.n_layers, "config key `pp` = " + s(c.pp) + " exceeds `n_layers` = " +
                                s(c.n_layers) + " (every stage needs a block)");
   need(c.zero_stage == 0 || c.zero_stage == 1,
@@ -224,8 +227,12 @@ std::string check_config(const TrainConfig& c) {
   }
   need(c.tp * c.dp * c.pp == c.nproc, "config keys `tp` * `dp` * `pp` = " + s(c.tp * c.dp * c.pp) +
                                           " must equal `nproc` = " + s(c.nproc));
-  need(c.d_model % c.n_heads == 0,
-       "config key `n_heads` = " + s(c.n_heads) + " must divide `d_model` = " + s(c.d_model));
+  // Heads of d_model / n_heads wide (multi-head attention without head_dim); the rest of the
+  // architecture is its own check's, below.
+  const bool heads_divide =
+      c.head_dim > 0 || c.attention != AttentionType::kMultiHead || c.d_model % c.n_heads == 0;
+  need(heads_divide, "config key `n_heads` = " + s(c.n_heads) +
+                         " must divide `d_model` = " + s(c.d_model) + " (or give `head_dim`)");
   need(c.n_heads % c.tp == 0,
        "config key `tp` = " + s(c.tp) + " must divide `n_heads` = " + s(c.n_heads));
   const int64_t mlp = c.d_mlp > 0 ? c.d_mlp : 4 * c.d_model;
@@ -262,19 +269,48 @@ std::string check_config(const TrainConfig& c) {
   bool known_gate = false;
   for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
   need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
-  if (known_gate && c.convention != "none" && c.top_k >= 1 && c.top_k <= c.num_experts &&
-      c.num_experts >= 1 && c.d_model >= 1) {
-    // The gate with its convention, as the model builds it: a convention that this gate or k
-    // cannot follow is a problem naming the key.
-    try {
-      const auto g = c.model_options().gate();
-      make_gate(c.d_model, c.num_experts, g);
-    } catch (const std::exception& e) {
-      std::string what = e.what();
-      what = what.substr(0, what.find('\n'));
-      need(false, "config keys `gate` = \"" + c.gate + "\", `convention` = \"" + c.convention +
-                      "\", `top_k` = " + s(c.top_k) + ": " + what);
+  // The family routing options the gates do not refuse themselves (gate.h: every gate but topk
+  // refuses score_function, selection_bias, n_group and routed_scaling_factor).
+  need(c.gate == "topk" || (c.bias_update_rate == 0.0 && c.topk_group == 1),
+       "config keys `bias_update_rate` = " + s(c.bias_update_rate) +
+           ", `topk_group` = " + s(c.topk_group) +
+           " are options of the \"topk\" gate; `gate` = \"" + c.gate + "\" needs 0 and 1");
+  // The architecture as the model checks it (heads, kv heads and tp, head and latent sizes,
+  // rotary dims, mlp_only_layers): the option names of GPTOptions are the keys'.
+  auto first_line = [](const std::exception& e) {
+    const std::string what = e.what();
+    return what.substr(0, what.find('\n'));
+  };
+  // A convention that does not parse is the gate's problem, below (model_options reads it).
+  bool known_convention = true;
+  try {
+    parse_convention(c.convention);
+  } catch (const std::exception&) {
+    known_convention = false;
+  }
+  try {
+    if (heads_divide && known_convention) c.model_options().check(c.tp);
+  } catch (const std::exception& e) {
+    need(false, "config keys of the architecture (`tp` = " + s(c.tp) + "): " + first_line(e));
+  }
+  if (known_gate && c.top_k >= 1 && c.top_k <= c.num_experts) {
+    // The gate as the model builds it: options (groups, k within the kept groups, family options
+    // on another gate, a convention) that this gate cannot follow are a problem naming the key.
+    // Building it draws its initial weights: the global generator is left as it was.
+    auto generator = at::detail::getDefaultCPUGenerator();
+    at::Tensor state;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      state = generator.get_state();
     }
+    try {
+      make_gate(c.d_model, c.num_experts, c.model_options().gate());
+    } catch (const std::exception& e) {
+      need(false, "config keys `gate` = \"" + c.gate + "\", `convention` = \"" + c.convention +
+                      "\", `top_k` = " + s(c.top_k) + ": " + first_line(e));
+    }
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(state);
   }
   if (problems.empty()) {
     const std::string layout = c.layout().check(c.tp * c.dp * c.pp);

@@ -1,6 +1,7 @@
 // config_keys.cpp — see train.h and config_keys.h: the names of the trainer's typed values (dtype,
 // layout mode, key kinds), the key table generated from HMOE_TRAIN_CONFIG_KEYS, and what is made
-// from it: set_config_value, get_config_value, train_config_keys and config_to_toml.
+// from it: set_config_value, get_config_value, apply_config_values, train_config_keys and
+// config_to_toml.
 #include "train/config_keys.h"
 
 #include <sstream>
@@ -20,7 +21,8 @@ const detail::EnumNames<ConfigKind> kConfigKindNames{"config key kind",
                                                      {{ConfigKind::kInt, "int"},
                                                       {ConfigKind::kFloat, "float"},
                                                       {ConfigKind::kBool, "bool"},
-                                                      {ConfigKind::kString, "string"}}};
+                                                      {ConfigKind::kString, "string"},
+                                                      {ConfigKind::kIntList, "int list"}}};
 
 // The text form of a typed key (a string in TOML and on the command line): each type parses and
 // prints its own names.
@@ -56,12 +58,89 @@ struct TextValue<LayoutMode> {
   static LayoutMode parse(const std::string& s) { return parse_layout_mode(s); }
   static std::string print(LayoutMode v) { return to_string(v); }
 };
+template <>
+struct TextValue<ModelFamily> {
+  static ModelFamily parse(const std::string& s) { return parse_model_family(s); }
+  static std::string print(ModelFamily v) { return to_string(v); }
+};
+template <>
+struct TextValue<NormType> {
+  static NormType parse(const std::string& s) { return parse_norm_type(s); }
+  static std::string print(NormType v) { return to_string(v); }
+};
+template <>
+struct TextValue<PositionType> {
+  static PositionType parse(const std::string& s) { return parse_position_type(s); }
+  static std::string print(PositionType v) { return to_string(v); }
+};
+template <>
+struct TextValue<AttentionType> {
+  static AttentionType parse(const std::string& s) { return parse_attention_type(s); }
+  static std::string print(AttentionType v) { return to_string(v); }
+};
+template <>
+struct TextValue<QKNorm> {
+  static QKNorm parse(const std::string& s) { return parse_qk_norm(s); }
+  static std::string print(QKNorm v) { return to_string(v); }
+};
+template <>
+struct TextValue<Activation> {
+  static Activation parse(const std::string& s) { return parse_activation(s); }
+  static std::string print(Activation v) { return to_string(v); }
+};
+template <>
+struct TextValue<ScoreFunction> {
+  static ScoreFunction parse(const std::string& s) { return parse_score_function(s); }
+  static std::string print(ScoreFunction v) { return to_string(v); }
+};
+// A list of integers: "1,3", "1, 3", "[1, 3]"; "" or "[]" is the empty list. Printed "[1, 3]",
+// which TOML (and JSON) read as an array.
+template <>
+struct TextValue<std::vector<int64_t>> {
+  static std::vector<int64_t> parse(const std::string& s) {
+    auto trim = [](const std::string& t) {
+      const size_t b = t.find_first_not_of(" \t"), e = t.find_last_not_of(" \t");
+      return b == std::string::npos ? std::string() : t.substr(b, e - b + 1);
+    };
+    auto refuse = [&s] {
+      TORCH_CHECK(false, "expected integers separated by commas (\"1,3\" or \"[1, 3]\"), got \"", s,
+                  "\"");
+    };
+    std::string body = trim(s);
+    if (!body.empty() && body.front() == '[') {
+      if (body.back() != ']') refuse();
+      body = trim(body.substr(1, body.size() - 2));
+    }
+    std::vector<int64_t> out;
+    if (body.empty()) return out;
+    if (body.back() == ',') refuse();
+    std::istringstream items(body);
+    std::string item;
+    while (std::getline(items, item, ',')) {
+      item = trim(item);
+      size_t used = 0;
+      try {
+        out.push_back(std::stoll(item, &used));
+      } catch (const std::exception&) {
+        refuse();
+      }
+      if (used != item.size()) refuse();
+    }
+    return out;
+  }
+  static std::string print(const std::vector<int64_t>& v) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) out += (i > 0 ? ", " : "") + std::to_string(v[i]);
+    return out + "]";
+  }
+};
 
 template <typename T>
 constexpr ConfigKind kind_of() {
   if constexpr (std::is_same_v<T, int64_t>) return ConfigKind::kInt;
   if constexpr (std::is_same_v<T, double>) return ConfigKind::kFloat;
   if constexpr (std::is_same_v<T, bool>) return ConfigKind::kBool;
+  if constexpr (std::is_same_v<T, std::vector<int64_t>>) return ConfigKind::kIntList;
   return ConfigKind::kString;  // std::string and the typed keys
 }
 
@@ -183,6 +262,22 @@ void set_config_value(TrainConfig& config, const std::string& key, const std::st
 
 std::string get_config_value(const TrainConfig& config, const std::string& key) {
   return detail::find_config_key(key).get(config);
+}
+
+void apply_config_values(TrainConfig& config, const ConfigValues& given) {
+  // 1. The family first: its preset under every key given with it, whatever their order.
+  const std::string* family = nullptr;
+  for (const auto& [key, value] : given) {
+    detail::find_config_key(key);  // an unknown key is refused before anything is set
+    if (key == "model") family = &value;
+  }
+  if (family != nullptr) {
+    TrainConfig chosen = config;
+    set_config_value(chosen, "model", *family);
+    if (chosen.model != config.model) apply_model_preset(config, chosen.model);
+  }
+  // 2. Every key as given; a later one wins.
+  for (const auto& [key, value] : given) set_config_value(config, key, value);
 }
 
 std::string config_to_toml(const TrainConfig& config) {

@@ -2,7 +2,8 @@
 // (dtype, layout mode, pipeline schedule, recompute) round trip and refuse bad text naming it and
 // the accepted names; the typed keys keep their TOML / flag spelling (defaults, every accepted
 // value set and read back, printed and re-read as TOML); a bad value is refused naming the key;
-// the key table made from HMOE_TRAIN_CONFIG_KEYS sets the field of its name.
+// the key table made from HMOE_TRAIN_CONFIG_KEYS sets the field of its name. The model families'
+// keys: in their tables, reaching GPTOptions / GateOptions, mlp_only_layers as a list.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -51,13 +52,205 @@ TEST(TypedConfigKeys, DefaultsKeepTheirSpelling) {
   EXPECT_EQ(c.adaptive_r, AdaptiveR::value(1));
   EXPECT_EQ(c.dtype, DType::kFloat32);
   EXPECT_EQ(c.layout_mode, LayoutMode::kManual);
-  // Typed keys are strings in TOML and on the command line.
+  // The model families' typed keys keep the example GPT.
+  EXPECT_EQ(get_config_value(c, "model"), "gpt");
+  EXPECT_EQ(get_config_value(c, "norm"), "layernorm");
+  EXPECT_EQ(get_config_value(c, "position"), "learned");
+  EXPECT_EQ(get_config_value(c, "attention"), "mha");
+  EXPECT_EQ(get_config_value(c, "qk_norm"), "none");
+  EXPECT_EQ(get_config_value(c, "mlp_activation"), "gelu");
+  EXPECT_EQ(get_config_value(c, "expert_activation"), "gelu");
+  EXPECT_EQ(get_config_value(c, "score_function"), "softmax");
+  EXPECT_EQ(get_config_value(c, "mlp_only_layers"), "[]");
+  // Typed keys are strings in TOML and on the command line; mlp_only_layers an int list.
+  const std::set<std::string> typed = {
+      "expert_layout",     "adaptive_r",    "dtype",   "pipeline_schedule",
+      "recompute",         "layout",        "model",   "norm",
+      "position",          "attention",     "qk_norm", "mlp_activation",
+      "expert_activation", "score_function"};
   for (const auto& k : train_config_keys()) {
-    if (k.name == "expert_layout" || k.name == "adaptive_r" || k.name == "dtype" ||
-        k.name == "pipeline_schedule" || k.name == "recompute" || k.name == "layout") {
+    if (typed.count(k.name) > 0) {
       EXPECT_EQ(k.kind, ConfigKind::kString) << k.name;
     }
   }
+  for (const auto& k : train_config_keys())
+    EXPECT_EQ(k.kind == ConfigKind::kIntList, k.name == "mlp_only_layers") << k.name;
+  EXPECT_EQ(to_string(ConfigKind::kIntList), "int list");
+}
+
+TEST(ConfigKeysModel, EveryFamilyKeyIsInItsTable) {
+  // The architecture in [model], the experts and their routing in [moe].
+  const std::vector<std::string> model = {"model",
+                                          "norm",
+                                          "norm_eps",
+                                          "position",
+                                          "rope_theta",
+                                          "rotary_dim",
+                                          "rope_interleaved",
+                                          "attention",
+                                          "n_kv_heads",
+                                          "head_dim",
+                                          "qkv_bias",
+                                          "attn_out_bias",
+                                          "qk_norm",
+                                          "clip_qkv",
+                                          "q_lora_rank",
+                                          "kv_lora_rank",
+                                          "qk_nope_head_dim",
+                                          "qk_rope_head_dim",
+                                          "v_head_dim",
+                                          "latent_norm_eps",
+                                          "mlp_activation",
+                                          "mlp_bias",
+                                          "first_k_dense",
+                                          "mlp_only_layers",
+                                          "tie_embeddings"};
+  const std::vector<std::string> moe = {"expert_activation",
+                                        "expert_bias",
+                                        "shared_expert_hidden",
+                                        "shared_expert_gate",
+                                        "score_function",
+                                        "selection_bias",
+                                        "n_group",
+                                        "topk_group",
+                                        "routed_scaling_factor",
+                                        "bias_update_rate",
+                                        "normalize_top_k_weights"};
+  auto group_of = [](const std::string& name) {
+    for (const auto& k : train_config_keys())
+      if (k.name == name) return k.group;
+    return std::string("(none)");
+  };
+  for (const auto& k : model) EXPECT_EQ(group_of(k), "model") << k;
+  for (const auto& k : moe) EXPECT_EQ(group_of(k), "moe") << k;
+}
+
+TEST(ConfigKeysModel, ValuesReachTheModelAndGateOptions) {
+  TrainConfig c;
+  const ConfigValues given = {{"norm", "rmsnorm"},
+                              {"norm_eps", "1e-06"},
+                              {"position", "rope"},
+                              {"rope_theta", "500000.0"},
+                              {"rotary_dim", "8"},
+                              {"rope_interleaved", "true"},
+                              {"n_kv_heads", "2"},
+                              {"head_dim", "32"},
+                              {"qkv_bias", "false"},
+                              {"attn_out_bias", "false"},
+                              {"qk_norm", "head"},
+                              {"clip_qkv", "8.0"},
+                              {"mlp_activation", "swiglu"},
+                              {"mlp_bias", "false"},
+                              {"first_k_dense", "1"},
+                              {"mlp_only_layers", "2"},
+                              {"tie_embeddings", "false"},
+                              {"expert_activation", "swiglu"},
+                              {"expert_bias", "false"},
+                              {"shared_expert_hidden", "32"},
+                              {"shared_expert_gate", "true"},
+                              {"score_function", "sigmoid"},
+                              {"selection_bias", "true"},
+                              {"n_group", "2"},
+                              {"topk_group", "2"},
+                              {"routed_scaling_factor", "2.5"},
+                              {"bias_update_rate", "0.001"},
+                              {"normalize_top_k_weights", "true"}};
+  apply_config_values(c, given);
+  const GPTOptions o = c.model_options();
+  // Each key's value, read back through the options of the same name.
+  EXPECT_EQ(to_string(o.norm()), "rmsnorm");
+  EXPECT_EQ(o.norm_eps(), c.norm_eps);
+  EXPECT_EQ(to_string(o.position()), "rope");
+  EXPECT_EQ(o.rope_theta(), c.rope_theta);
+  EXPECT_EQ(o.rotary_dim(), c.rotary_dim);
+  EXPECT_TRUE(o.rope_interleaved());
+  EXPECT_EQ(o.n_kv_heads(), c.n_kv_heads);
+  EXPECT_EQ(o.head_dim(), c.head_dim);
+  EXPECT_FALSE(o.qkv_bias());
+  EXPECT_FALSE(o.attn_out_bias());
+  EXPECT_EQ(to_string(o.qk_norm()), "head");
+  EXPECT_EQ(o.clip_qkv(), c.clip_qkv);
+  EXPECT_EQ(o.mlp_activation(), parse_activation("swiglu"));
+  EXPECT_FALSE(o.mlp_bias());
+  EXPECT_EQ(o.first_k_dense(), c.first_k_dense);
+  EXPECT_EQ(o.mlp_only_layers(), c.mlp_only_layers);
+  EXPECT_FALSE(o.tie_embeddings());
+  EXPECT_EQ(o.expert_activation(), parse_activation("swiglu"));
+  EXPECT_FALSE(o.expert_bias());
+  EXPECT_EQ(o.shared_expert_hidden(), c.shared_expert_hidden);
+  EXPECT_TRUE(o.shared_expert_gate());
+  EXPECT_EQ(to_string(o.gate().score_function()), "sigmoid");
+  EXPECT_TRUE(o.gate().selection_bias());
+  EXPECT_EQ(o.gate().n_group(), c.n_group);
+  EXPECT_EQ(o.gate().topk_group(), c.topk_group);
+  EXPECT_EQ(o.gate().routed_scaling_factor(), c.routed_scaling_factor);
+  EXPECT_EQ(o.gate().bias_update_rate(), c.bias_update_rate);
+  EXPECT_TRUE(o.gate().normalize_top_k_weights());
+  for (const auto& [key, text] : given) {
+    TrainConfig d;
+    set_config_value(d, key, text);
+    EXPECT_EQ(get_config_value(d, key), get_config_value(c, key)) << key;
+    EXPECT_NE(get_config_value(d, key), get_config_value(TrainConfig(), key)) << key;
+  }
+  // The latent attention keys.
+  TrainConfig m;
+  apply_config_values(m, {{"attention", "mla"},
+                          {"q_lora_rank", "32"},
+                          {"kv_lora_rank", "16"},
+                          {"qk_nope_head_dim", "16"},
+                          {"qk_rope_head_dim", "8"},
+                          {"v_head_dim", "16"},
+                          {"latent_norm_eps", "1e-05"}});
+  const GPTOptions l = m.model_options();
+  EXPECT_EQ(to_string(l.attention()), "mla");
+  EXPECT_EQ(l.q_lora_rank(), m.q_lora_rank);
+  EXPECT_EQ(l.kv_lora_rank(), m.kv_lora_rank);
+  EXPECT_EQ(l.qk_nope_head_dim(), m.qk_nope_head_dim);
+  EXPECT_EQ(l.qk_rope_head_dim(), m.qk_rope_head_dim);
+  EXPECT_EQ(l.v_head_dim(), m.v_head_dim);
+  EXPECT_EQ(l.latent_norm_eps(), m.latent_norm_eps);
+}
+
+TEST(ConfigKeysModel, MlpOnlyLayersIsAListOnTheCommandLineAndAnArrayInToml) {
+  const std::vector<int64_t> want = {1, 3};
+  for (const std::string text : {"1,3", "1, 3", "[1, 3]", " [1,3] "}) {
+    TrainConfig c;
+    set_config_value(c, "mlp_only_layers", text);
+    EXPECT_EQ(c.mlp_only_layers, want) << text;
+    EXPECT_EQ(get_config_value(c, "mlp_only_layers"), "[1, 3]") << text;
+  }
+  for (const std::string text : {"", "[]", " [ ] "}) {
+    TrainConfig c;
+    c.mlp_only_layers = want;
+    set_config_value(c, "mlp_only_layers", text);
+    EXPECT_TRUE(c.mlp_only_layers.empty()) << text;
+  }
+  for (const std::string text : {"1,x", "1,,3", "1,", "[1, 3", "1.5"}) {
+    TrainConfig c;
+    EXPECT_TRUE(throws_with([&] { set_config_value(c, "mlp_only_layers", text); },
+                            "config key `mlp_only_layers`"))
+        << text;
+    EXPECT_TRUE(c.mlp_only_layers.empty()) << text;
+  }
+  TrainConfig t;
+  apply_toml_text(t, "[model]\nmlp_only_layers = [1, 3]\n", "t.toml");
+  EXPECT_EQ(t.mlp_only_layers, want);
+  apply_toml_text(t, "mlp_only_layers = []\n", "t.toml");
+  EXPECT_TRUE(t.mlp_only_layers.empty());
+  EXPECT_TRUE(throws_with([&] { apply_toml_text(t, "mlp_only_layers = \"1,3\"\n", "t.toml"); },
+                          "t.toml: config key `mlp_only_layers` expects an array of integers"));
+  EXPECT_TRUE(throws_with([&] { apply_toml_text(t, "mlp_only_layers = [1, 2.5]\n", "t.toml"); },
+                          "t.toml: config key `mlp_only_layers` expects an array of integers"));
+  EXPECT_TRUE(throws_with([&] { apply_toml_text(t, "n_layers = [1, 2]\n", "t.toml"); },
+                          "t.toml: config key `n_layers`"));
+  // The printout is a TOML array that reads back.
+  TrainConfig p;
+  p.mlp_only_layers = want;
+  const std::string toml = config_to_toml(p);
+  EXPECT_NE(toml.find("mlp_only_layers = [1, 3]"), std::string::npos) << toml;
+  TrainConfig q;
+  apply_toml_text(q, toml, "printed");
+  EXPECT_EQ(q.mlp_only_layers, want);
 }
 
 TEST(TypedConfigKeys, EveryAcceptedValueSetsTheFieldAndReadsBack) {
@@ -72,6 +265,14 @@ TEST(TypedConfigKeys, EveryAcceptedValueSetsTheFieldAndReadsBack) {
       {"pipeline_schedule", {"1f1b", "gpipe"}},
       {"recompute", {"none", "block", "moe"}},
       {"layout", {"manual", "auto"}},
+      {"model", {"gpt", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3"}},
+      {"norm", {"layernorm", "rmsnorm"}},
+      {"position", {"learned", "rope"}},
+      {"attention", {"mha", "mla"}},
+      {"qk_norm", {"none", "head", "whole"}},
+      {"mlp_activation", {"gelu", "relu", "swiglu"}},
+      {"expert_activation", {"gelu", "relu", "swiglu"}},
+      {"score_function", {"softmax", "sigmoid"}},
   };
   for (const auto& t : typed)
     for (const auto& v : t.accepted) {
@@ -114,7 +315,27 @@ TEST(TypedConfigKeys, BadValuesAreRefusedNamingKeyValueAndAcceptedNames) {
                           "integer >= 0, got \"-1\""));
   EXPECT_TRUE(
       throws_with([&] { set_config_value(c, "pipeline_schedule", "zigzag"); }, "got \"zigzag\""));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "model", "llama"); },
+                          "config key `model`: model: expected one of \"gpt\", \"mixtral\""));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "norm", "batchnorm"); },
+                          "config key `norm`: norm: expected one of \"layernorm\", \"rmsnorm\", "
+                          "got \"batchnorm\""));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "position", "alibi"); },
+                          "config key `position`: position: expected one of"));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "attention", "mqa"); },
+                          "config key `attention`: attention: expected one of"));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "qk_norm", "layer"); },
+                          "config key `qk_norm`: qk_norm: expected one of"));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "mlp_activation", "tanh"); },
+                          "config key `mlp_activation`: activation: expected one of"));
+  EXPECT_TRUE(throws_with([&] { set_config_value(c, "score_function", "sparsemax"); },
+                          "config key `score_function`: score_function: expected one of"));
+  EXPECT_TRUE(throws_with([&] { apply_toml_text(c, "[model]\nmodel = \"gpt4\"\n", "t.toml"); },
+                          "t.toml: config key `model`: model: expected one of"));
+  EXPECT_TRUE(throws_with([&] { apply_toml_text(c, "[moe]\nnorm = \"rmsnorm\"\n", "t.toml"); },
+                          "config key `norm` belongs in table [model]"));
   EXPECT_EQ(get_config_value(c, "expert_layout"), "fixed");  // unchanged by the refusals
+  EXPECT_EQ(get_config_value(c, "model"), "gpt");
   // TOML: typed values are strings; another TOML type is refused naming the key.
   EXPECT_TRUE(throws_with([&] { apply_toml_text(c, "adaptive_r = 2\n", "t.toml"); },
                           "t.toml: config key `adaptive_r` expects a string value"));
@@ -153,9 +374,10 @@ TEST(TypedConfigKeys, KeyTableIsTheOneListInOrderWithUniqueNames) {
     EXPECT_FALSE(k.help.empty()) << k.name;
     EXPECT_FALSE(k.group.empty()) << k.name;
   }
-  // The list's first and last keys, and the renamed field (key `layout`, TrainConfig::layout_mode).
+  // The list's first and last keys, and the renamed field (key `layout`,
+  // TrainConfig::layout_mode).
   ASSERT_FALSE(keys.empty());
-  EXPECT_EQ(keys.front().name, "d_model");
+  EXPECT_EQ(keys.front().name, "model");
   EXPECT_EQ(keys.back().name, "eval");
   EXPECT_EQ(names.count("layout"), 1u);
   EXPECT_EQ(names.count("layout_mode"), 0u);

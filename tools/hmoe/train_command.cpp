@@ -1,5 +1,6 @@
 // train_command.cpp — `hmoe train`: trains the MoE GPT (train.h). The configuration comes from
 // the defaults, then --config FILE (TOML), then flags (one per key: --d-model, --steps, --tp, ...),
+// with `--model FAMILY` (or `model` in the file) setting its family's preset under all of them,
 // and is checked before any rank starts. Without a launcher's environment and with nproc > 1 it
 // re-launches itself on nproc local ranks.
 #include <cstdio>
@@ -33,18 +34,22 @@ std::string flag_name(const std::string& key) {
   return "--" + f;
 }
 
-// The TOML file, then the flags given on the command line, over `c`.
+// The keys given: the TOML file's, then the flags given on the command line (a flag wins over
+// the file), applied over `c` by apply_config_values: a `model` among them sets its family's
+// preset first, under every key given explicitly.
 void apply_given(TrainConfig& c, const TrainArgs& a, CLI::App* cmd) {
-  if (!a.config_file.empty()) apply_toml_file(c, a.config_file);
+  ConfigValues given;
+  if (!a.config_file.empty()) given = read_toml_file(a.config_file);
   for (const auto& k : train_config_keys()) {
     const std::string f = flag_name(k.name);
     if (k.kind == ConfigKind::kBool) {
       if (cmd->count(f) + cmd->count("--no-" + f.substr(2)) > 0)
-        set_config_value(c, k.name, a.flags.at(k.name) ? "true" : "false");
+        given.emplace_back(k.name, a.flags.at(k.name) ? "true" : "false");
     } else if (cmd->count(f) > 0) {
-      set_config_value(c, k.name, a.values.at(k.name));
+      given.emplace_back(k.name, a.values.at(k.name));
     }
   }
+  apply_config_values(c, given);
 }
 
 // Keys that describe this invocation rather than the run: never taken from a checkpoint.
