@@ -43,7 +43,7 @@ std::string to_string(QKNorm norm);
 /// Example:
 ///   auto opts = GPTOptions().d_model(64).n_layers(4).n_heads(4).moe_every(2).num_experts(4);
 ///   GPT model(opts);                       // blocks 1 and 3 hold MoE layers
-///   auto mixtral = model_preset("mixtral");  // a tiny Mixtral-shaped model (model_presets.h)
+///   auto mixtral = model_preset(ModelFamily::kMixtral);  // tiny Mixtral (model_presets.h)
 struct GPTOptions {
   /// Token vocabulary (bytes).
   TORCH_ARG(int64_t, vocab_size) = 256;

@@ -50,7 +50,9 @@ const std::vector<ModelFamily>& moe_families() {
 GPTOptions model_preset(ModelFamily family) {
   switch (family) {
     case ModelFamily::kGPT:
-      return GPTOptions().d_model(64).n_layers(4).n_heads(4).moe_every(2).num_experts(4);
+      // The trainer's defaults: topk, top-2, balance loss 0.01, z-loss 0.001.
+      return GPTOptions().d_model(64).n_layers(4).n_heads(4).moe_every(2).num_experts(4).gate(
+          GateOptions().type("topk").top_k(2).aux_loss_coef(0.01).z_loss_coef(1e-3));
     case ModelFamily::kMixtral:
       // Softmax over the experts, top-k, the k weights renormalized; router_aux_loss_coef 0.001.
       return family_base(1e-5).rope_theta(1e6).n_kv_heads(2).gate(softmax_gate(true, 1e-3));

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "checkpoint_files.h"
@@ -26,9 +27,21 @@ using detail::read_meta;
 
 // The configuration keys that fix the model's shapes: they must match on resume.
 const std::vector<std::string>& model_keys() {
-  static const std::vector<std::string> keys = {
-      "d_model",   "n_layers",    "n_heads",       "d_mlp", "context",
-      "moe_every", "num_experts", "expert_hidden", "top_k", "gate"};
+  // Every [model] key (sizes and architecture), and the [moe] keys that shape the parameters or
+  // the routing; the losses' coefficients, capacity and balancing rate may change on resume.
+  static const std::vector<std::string> keys = [] {
+    std::vector<std::string> out;
+    const std::set<std::string> moe = {"num_experts",          "expert_hidden",
+                                       "expert_activation",    "expert_bias",
+                                       "shared_expert_hidden", "shared_expert_gate",
+                                       "top_k",                "gate",
+                                       "score_function",       "selection_bias",
+                                       "n_group",              "topk_group",
+                                       "routed_scaling_factor", "normalize_top_k_weights"};
+    for (const auto& k : train_config_keys())
+      if (k.group == "model" || moe.count(k.name)) out.push_back(k.name);
+    return out;
+  }();
   return keys;
 }
 

@@ -269,12 +269,6 @@ std::string check_config(const TrainConfig& c) {
   bool known_gate = false;
   for (const auto& g : known_gate_names()) known_gate = known_gate || g == c.gate;
   need(known_gate, "config key `gate` = \"" + c.gate + "\" is not a registered gate");
-  // The family routing options the gates do not refuse themselves (gate.h: every gate but topk
-  // refuses score_function, selection_bias, n_group and routed_scaling_factor).
-  need(c.gate == "topk" || (c.bias_update_rate == 0.0 && c.topk_group == 1),
-       "config keys `bias_update_rate` = " + s(c.bias_update_rate) +
-           ", `topk_group` = " + s(c.topk_group) +
-           " are options of the \"topk\" gate; `gate` = \"" + c.gate + "\" needs 0 and 1");
   // The architecture as the model checks it (heads, kv heads and tp, head and latent sizes,
   // rotary dims, mlp_only_layers): the option names of GPTOptions are the keys'.
   auto first_line = [](const std::exception& e) {
