@@ -87,8 +87,8 @@ class CausalSelfAttentionImpl : public torch::nn::Module {
   GPTOptions options_;
   std::shared_ptr<const ParallelGroups> groups_;
   int64_t tp_ = 1, tp_rank_ = 0, local_heads_ = 1, held_kv_heads_ = 1;
-  bool kv_whole_ = false;    ///< k, v held whole on every tp rank (n_kv_heads < tp)
-  torch::Tensor kv_index_;   ///< [local_heads] the held kv head of each local q head
+  bool kv_whole_ = false;   ///< k, v held whole on every tp rank (n_kv_heads < tp)
+  torch::Tensor kv_index_;  ///< [local_heads] the held kv head of each local q head
 };
 TORCH_MODULE(CausalSelfAttention);
 

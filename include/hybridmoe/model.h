@@ -69,10 +69,10 @@ class BlockImpl : public torch::nn::Module {
   void load_shard_from(BlockImpl& full);
 
   Norm ln1{nullptr}, ln2{nullptr};
-  CausalSelfAttention attn{nullptr};     ///< null with latent attention
+  CausalSelfAttention attn{nullptr};      ///< null with latent attention
   MultiHeadLatentAttention mla{nullptr};  ///< null with multi-head attention
-  MLP mlp{nullptr};  ///< null in an MoE block
-  MoE moe{nullptr};  ///< null in a dense block
+  MLP mlp{nullptr};                       ///< null in an MoE block
+  MoE moe{nullptr};                       ///< null in a dense block
 
  private:
   /// The block's computation; checkpoint_moe runs the MoE layer under checkpoint().

@@ -24,14 +24,14 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
   auto kv_groups = kv_whole_ ? nullptr : groups_;
   const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(o.n_layers()));
   q_proj = register_module(
-      "q_proj", ColumnParallelLinear(TensorParallelLinearOptions(d, H * hd).bias(o.qkv_bias()),
-                                     groups_));
+      "q_proj",
+      ColumnParallelLinear(TensorParallelLinearOptions(d, H * hd).bias(o.qkv_bias()), groups_));
   k_proj = register_module(
-      "k_proj", ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()),
-                                     kv_groups));
+      "k_proj",
+      ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()), kv_groups));
   v_proj = register_module(
-      "v_proj", ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()),
-                                     kv_groups));
+      "v_proj",
+      ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()), kv_groups));
   o_proj = register_module(
       "o_proj",
       RowParallelLinear(
@@ -62,8 +62,8 @@ torch::Tensor CausalSelfAttentionImpl::whole_norm(const torch::Tensor& x, Norm& 
   // gradient is partial on every rank too (each rank's slice uses it), so backward sums it over
   // tp as well (copy_to_group).
   auto xf = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
-  auto ss = dist::copy_to_group(dist::all_reduce_sum(xf.pow(2).sum(-1, true), groups_->tp),
-                                groups_->tp);
+  auto ss =
+      dist::copy_to_group(dist::all_reduce_sum(xf.pow(2).sum(-1, true), groups_->tp), groups_->tp);
   auto y = xf * torch::rsqrt(ss / static_cast<double>(norm->dim * tp_) + norm->eps);
   return norm->weight * y.to(x.scalar_type());
 }

@@ -19,11 +19,11 @@ MLPImpl::MLPImpl(const GPTOptions& o, std::shared_ptr<const ParallelGroups> grou
   fc1 = register_module("fc1", ColumnParallelLinear(in, groups));
   if (activation == Activation::kSwiGLU)
     fc3 = register_module("fc3", ColumnParallelLinear(in, groups));
-  fc2 = register_module(
-      "fc2", RowParallelLinear(TensorParallelLinearOptions(o.mlp_hidden(), o.d_model())
-                                   .bias(o.mlp_bias())
-                                   .init_std(proj_std),
-                               groups));
+  fc2 = register_module("fc2",
+                        RowParallelLinear(TensorParallelLinearOptions(o.mlp_hidden(), o.d_model())
+                                              .bias(o.mlp_bias())
+                                              .init_std(proj_std),
+                                          groups));
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
@@ -175,7 +175,8 @@ GPTImpl::GPTImpl(GPTOptions options_, std::shared_ptr<const ParallelGroups> grou
     pos_emb = register_module("pos_emb", torch::nn::Embedding(o.context(), o.d_model()));
   if (!tied && is_last_stage())
     lm_head = register_module(
-        "lm_head", torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), o.vocab_size()).bias(false)));
+        "lm_head",
+        torch::nn::Linear(torch::nn::LinearOptions(o.d_model(), o.vocab_size()).bias(false)));
   {
     torch::NoGradGuard no_grad;
     if (tok_emb) tok_emb->weight.normal_(0.0, 0.02);

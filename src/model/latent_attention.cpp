@@ -27,8 +27,8 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(
   } else {
     q_a_proj = register_module(
         "q_a_proj", ColumnParallelLinear(Opts(d, o.q_lora_rank()).bias(o.qkv_bias()), nullptr));
-    q_a_norm = register_module(
-        "q_a_norm", Norm(NormType::kRMSNorm, o.q_lora_rank(), o.latent_norm_eps()));
+    q_a_norm =
+        register_module("q_a_norm", Norm(NormType::kRMSNorm, o.q_lora_rank(), o.latent_norm_eps()));
     q_b_proj = register_module(
         "q_b_proj", ColumnParallelLinear(Opts(o.q_lora_rank(), H * qk).bias(false), groups_));
   }
@@ -38,16 +38,17 @@ MultiHeadLatentAttentionImpl::MultiHeadLatentAttentionImpl(
       "kv_a_proj",
       ColumnParallelLinear(Opts(d, o.kv_lora_rank() + o.qk_rope_head_dim()).bias(o.qkv_bias()),
                            nullptr));
-  kv_a_norm = register_module(
-      "kv_a_norm", Norm(NormType::kRMSNorm, o.kv_lora_rank(), o.latent_norm_eps()));
+  kv_a_norm =
+      register_module("kv_a_norm", Norm(NormType::kRMSNorm, o.kv_lora_rank(), o.latent_norm_eps()));
   kv_b_proj = register_module(
       "kv_b_proj",
       ColumnParallelLinear(
           Opts(o.kv_lora_rank(), H * (o.qk_nope_head_dim() + o.v_head_dim())).bias(false),
           groups_));
   o_proj = register_module(
-      "o_proj", RowParallelLinear(
-                    Opts(H * o.v_head_dim(), d).bias(o.attn_out_bias()).init_std(proj_std), groups_));
+      "o_proj",
+      RowParallelLinear(Opts(H * o.v_head_dim(), d).bias(o.attn_out_bias()).init_std(proj_std),
+                        groups_));
 }
 
 torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x) {
@@ -86,9 +87,10 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x) {
 
 void MultiHeadLatentAttentionImpl::load_shard_from(MultiHeadLatentAttentionImpl& full) {
   torch::NoGradGuard no_grad;
-  for (auto [mine, whole] : {std::pair{q_proj, full.q_proj}, std::pair{q_a_proj, full.q_a_proj},
-                             std::pair{q_b_proj, full.q_b_proj}, std::pair{kv_a_proj, full.kv_a_proj},
-                             std::pair{kv_b_proj, full.kv_b_proj}})
+  for (auto [mine, whole] :
+       {std::pair{q_proj, full.q_proj}, std::pair{q_a_proj, full.q_a_proj},
+        std::pair{q_b_proj, full.q_b_proj}, std::pair{kv_a_proj, full.kv_a_proj},
+        std::pair{kv_b_proj, full.kv_b_proj}})
     if (mine) mine->load_shard_from(whole->weight, whole->bias);
   o_proj->load_shard_from(full.o_proj->weight, full.o_proj->bias);
   if (q_a_norm) q_a_norm->weight.copy_(full.q_a_norm->weight);
@@ -101,9 +103,10 @@ void MultiHeadLatentAttentionImpl::gather_full(MultiHeadLatentAttentionImpl& ful
     layer->weight.copy_(wb.first);
     if (layer->bias.defined()) layer->bias.copy_(wb.second);
   };
-  for (auto [mine, whole] : {std::pair{q_proj, full.q_proj}, std::pair{q_a_proj, full.q_a_proj},
-                             std::pair{q_b_proj, full.q_b_proj}, std::pair{kv_a_proj, full.kv_a_proj},
-                             std::pair{kv_b_proj, full.kv_b_proj}})
+  for (auto [mine, whole] :
+       {std::pair{q_proj, full.q_proj}, std::pair{q_a_proj, full.q_a_proj},
+        std::pair{q_b_proj, full.q_b_proj}, std::pair{kv_a_proj, full.kv_a_proj},
+        std::pair{kv_b_proj, full.kv_b_proj}})
     if (mine) set(whole, mine->gather_full());
   set(full.o_proj, o_proj->gather_full());
   if (q_a_norm) full.q_a_norm->weight.copy_(q_a_norm->weight);

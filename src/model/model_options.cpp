@@ -20,14 +20,30 @@ const detail::EnumNames<QKNorm> kQKNormNames{
 
 }  // namespace
 
-NormType parse_norm_type(const std::string& name) { return kNormNames.parse(name); }
-std::string to_string(NormType type) { return kNormNames.name_of(type); }
-PositionType parse_position_type(const std::string& name) { return kPositionNames.parse(name); }
-std::string to_string(PositionType type) { return kPositionNames.name_of(type); }
-AttentionType parse_attention_type(const std::string& name) { return kAttentionNames.parse(name); }
-std::string to_string(AttentionType type) { return kAttentionNames.name_of(type); }
-QKNorm parse_qk_norm(const std::string& name) { return kQKNormNames.parse(name); }
-std::string to_string(QKNorm norm) { return kQKNormNames.name_of(norm); }
+NormType parse_norm_type(const std::string& name) {
+  return kNormNames.parse(name);
+}
+std::string to_string(NormType type) {
+  return kNormNames.name_of(type);
+}
+PositionType parse_position_type(const std::string& name) {
+  return kPositionNames.parse(name);
+}
+std::string to_string(PositionType type) {
+  return kPositionNames.name_of(type);
+}
+AttentionType parse_attention_type(const std::string& name) {
+  return kAttentionNames.parse(name);
+}
+std::string to_string(AttentionType type) {
+  return kAttentionNames.name_of(type);
+}
+QKNorm parse_qk_norm(const std::string& name) {
+  return kQKNormNames.parse(name);
+}
+std::string to_string(QKNorm norm) {
+  return kQKNormNames.name_of(norm);
+}
 
 bool GPTOptions::is_moe_block(int64_t i) const {
   if (moe_every_ <= 0 || (i + 1) % moe_every_ != 0 || i < first_k_dense_) return false;
@@ -59,8 +75,7 @@ void GPTOptions::check(int64_t tp) const {
   TORCH_CHECK(n_heads_ % tp == 0, "model: n_heads=", n_heads_, " must be divisible by tp=", tp);
   if (attention_ == AttentionType::kMultiHead) {
     // 1. Heads, kv heads and their split over tp.
-    TORCH_CHECK(n_kv_heads_ >= 0, "model: n_kv_heads must be >= 0 (0: n_heads), got ",
-                n_kv_heads_);
+    TORCH_CHECK(n_kv_heads_ >= 0, "model: n_kv_heads must be >= 0 (0: n_heads), got ", n_kv_heads_);
     TORCH_CHECK(n_heads_ % kv_heads() == 0, "model: n_heads=", n_heads_,
                 " must be divisible by n_kv_heads=", kv_heads());
     TORCH_CHECK(kv_heads() % tp == 0 || tp % kv_heads() == 0, "model: tp=", tp,
@@ -72,8 +87,7 @@ void GPTOptions::check(int64_t tp) const {
                 head_dim_);
     const int64_t rot = rotary_dim_ > 0 ? rotary_dim_ : head_size();
     TORCH_CHECK(position_ != PositionType::kRope || (rot % 2 == 0 && rot <= head_size()),
-                "model: rotary_dim=", rot, " must be even and at most the head size ",
-                head_size());
+                "model: rotary_dim=", rot, " must be even and at most the head size ", head_size());
   } else {
     // 2. Latent attention.
     TORCH_CHECK(kv_lora_rank_ > 0 && qk_rope_head_dim_ > 0 && v_head_dim_ > 0,

@@ -31,14 +31,21 @@ GPTOptions family_base(double norm_eps) {
 }
 
 GateOptions softmax_gate(bool renormalize, double aux_loss_coef) {
-  return GateOptions().type("topk").top_k(2).normalize_top_k_weights(renormalize).aux_loss_coef(
-      aux_loss_coef);
+  return GateOptions()
+      .type("topk")
+      .top_k(2)
+      .normalize_top_k_weights(renormalize)
+      .aux_loss_coef(aux_loss_coef);
 }
 
 }  // namespace
 
-ModelFamily parse_model_family(const std::string& name) { return kFamilyNames.parse(name); }
-std::string to_string(ModelFamily family) { return kFamilyNames.name_of(family); }
+ModelFamily parse_model_family(const std::string& name) {
+  return kFamilyNames.parse(name);
+}
+std::string to_string(ModelFamily family) {
+  return kFamilyNames.name_of(family);
+}
 
 const std::vector<ModelFamily>& moe_families() {
   static const std::vector<ModelFamily> kFamilies = {ModelFamily::kMixtral, ModelFamily::kQwen2MoE,

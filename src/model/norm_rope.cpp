@@ -34,13 +34,16 @@ torch::Tensor apply_rope(const torch::Tensor& x, double theta, int64_t rotary_di
   TORCH_CHECK(x.dim() >= 2, "apply_rope: expected x [..., S, head_dim], got ", x.sizes());
   const int64_t hd = x.size(-1), S = x.size(-2);
   const int64_t rot = rotary_dim > 0 ? rotary_dim : hd;
-  TORCH_CHECK(rot % 2 == 0 && rot <= hd, "apply_rope: rotary_dim must be even and at most the head "
-              "size ", hd, ", got ", rot);
+  TORCH_CHECK(rot % 2 == 0 && rot <= hd,
+              "apply_rope: rotary_dim must be even and at most the head "
+              "size ",
+              hd, ", got ", rot);
   TORCH_CHECK(theta > 0.0, "apply_rope: expected rope_theta > 0, got ", theta);
   const int64_t half = rot / 2;
   // 1. The angles [S, half] in float64, cast to x's dtype.
   auto f64 = torch::dtype(torch::kFloat64).device(x.device());
-  auto inv_freq = torch::pow(theta, torch::arange(0, half, f64) * (-2.0 / static_cast<double>(rot)));
+  auto inv_freq =
+      torch::pow(theta, torch::arange(0, half, f64) * (-2.0 / static_cast<double>(rot)));
   auto angles = torch::outer(torch::arange(start, start + S, f64), inv_freq);
   auto cos = angles.cos().to(x.scalar_type()), sin = angles.sin().to(x.scalar_type());
   // 2. The two members of each pair, rotated.

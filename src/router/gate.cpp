@@ -43,13 +43,14 @@ GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
   // The model families' router options are the "topk" gate's; any other gate refuses them.
   const auto& o = options_;
   const bool family = o.score_function() != ScoreFunction::kSoftmax || o.selection_bias() ||
-                      o.n_group() != 1 || o.topk_group() != 1 ||
-                      o.routed_scaling_factor() != 1.0 || o.bias_update_rate() != 0.0;
+                      o.n_group() != 1 || o.topk_group() != 1 || o.routed_scaling_factor() != 1.0 ||
+                      o.bias_update_rate() != 0.0;
   TORCH_CHECK(!family || o.type() == "topk", "gate \"", o.type(),
               "\": score_function=", to_string(o.score_function()),
               ", selection_bias=", o.selection_bias(), ", n_group=", o.n_group(),
-              ", topk_group=", o.topk_group(), ", routed_scaling_factor=",
-              o.routed_scaling_factor(), " and bias_update_rate=", o.bias_update_rate(),
+              ", topk_group=", o.topk_group(),
+              ", routed_scaling_factor=", o.routed_scaling_factor(),
+              " and bias_update_rate=", o.bias_update_rate(),
               " are options of the \"topk\" gate (use the defaults softmax, false, 1, 1, 1, 0)");
   rules_ = resolve_routing_rules(options_);
   reseed(options_.seed());

@@ -31,13 +31,20 @@ const std::vector<std::string>& model_keys() {
   // the routing; the losses' coefficients, capacity and balancing rate may change on resume.
   static const std::vector<std::string> keys = [] {
     std::vector<std::string> out;
-    const std::set<std::string> moe = {"num_experts",          "expert_hidden",
-                                       "expert_activation",    "expert_bias",
-                                       "shared_expert_hidden", "shared_expert_gate",
-                                       "top_k",                "gate",
-                                       "score_function",       "selection_bias",
-                                       "n_group",              "topk_group",
-                                       "routed_scaling_factor", "normalize_top_k_weights"};
+    const std::set<std::string> moe = {"num_experts",
+                                       "expert_hidden",
+                                       "expert_activation",
+                                       "expert_bias",
+                                       "shared_expert_hidden",
+                                       "shared_expert_gate",
+                                       "top_k",
+                                       "gate",
+                                       "score_function",
+                                       "selection_bias",
+                                       "n_group",
+                                       "topk_group",
+                                       "routed_scaling_factor",
+                                       "normalize_top_k_weights"};
     for (const auto& k : train_config_keys())
       if (k.group == "model" || moe.count(k.name)) out.push_back(k.name);
     return out;

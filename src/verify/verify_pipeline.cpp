@@ -25,8 +25,8 @@ torch::Tensor random_tokens(uint64_t seed, int64_t rows, int64_t S) {
 // spec), kVerifyFamilyHeads heads, 2 blocks per stage, the verify's experts and widths.
 GPTOptions verify_family_options(ModelFamily family, const ParallelConfig& layout,
                                  const GateSpec& gate, const VerifyOptions& o) {
-  TORCH_CHECK(gate.name == "topk" && gate.convention == Convention::kNone,
-              "verify --model ", to_string(family),
+  TORCH_CHECK(gate.name == "topk" && gate.convention == Convention::kNone, "verify --model ",
+              to_string(family),
               ": the family's router is verified; a gate spec may only set k and the capacity "
               "factor (topk[:k][@factor]), got \"",
               gate.to_string(), "\"");

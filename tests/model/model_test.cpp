@@ -47,7 +47,8 @@ torch::Tensor plain_forward(GPTImpl& m, const torch::Tensor& tokens, torch::Tens
       s = s * causal - 1e30 * (1 - causal);
       outs.push_back(torch::bmm(torch::softmax(s, -1), v));
     }
-    x = x + torch::matmul(torch::cat(outs, -1), b->attn->o_proj->weight.t()) + b->attn->o_proj->bias;
+    x = x + torch::matmul(torch::cat(outs, -1), b->attn->o_proj->weight.t()) +
+        b->attn->o_proj->bias;
     n = ln(x, b->ln2);
     if (b->moe) {
       auto r = b->moe->forward_reference(n.reshape({-1, o.d_model()}));
