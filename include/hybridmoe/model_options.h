@@ -73,7 +73,9 @@ struct GPTOptions {
   TORCH_ARG(int64_t, n_kv_heads) = 0;
   /// Width of one head; 0: d_model / n_heads.
   TORCH_ARG(int64_t, head_dim) = 0;
-  /// Biases of the q, k, v projections, and of the output projection.
+  /// Biases of the q, k, v projections, and of the output projection. The k bias exists only
+  /// where it can change attention (with RoPE, a q/k norm or clip_qkv): otherwise softmax ignores
+  /// the per-query constant q·b_k it adds.
   TORCH_ARG(bool, qkv_bias) = true;
   TORCH_ARG(bool, attn_out_bias) = true;
   TORCH_ARG(QKNorm, qk_norm) = QKNorm::kNone;

@@ -26,9 +26,14 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
   q_proj = register_module(
       "q_proj",
       ColumnParallelLinear(TensorParallelLinearOptions(d, H * hd).bias(o.qkv_bias()), groups_));
+  // A key bias reaches the scores as q·b_k, one value per query, which softmax ignores — unless
+  // RoPE (rotated by position), a k norm or the clamp act on it first. Without those it would only
+  // drift with the optimizer's amplification of rounding noise, so it is not created.
+  const bool key_bias = o.qkv_bias() && (o.position() == PositionType::kRope ||
+                                          o.qk_norm() != QKNorm::kNone || o.clip_qkv() > 0.0);
   k_proj = register_module(
       "k_proj",
-      ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()), kv_groups));
+      ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(key_bias), kv_groups));
   v_proj = register_module(
       "v_proj",
       ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(o.qkv_bias()), kv_groups));
