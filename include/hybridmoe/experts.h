@@ -32,8 +32,11 @@ struct ExpertWeights {
 /// Interface of anything that runs the experts on expert-contiguous rows.
 /// Expert gradients are summed over the expert-data-parallel group (GroupKind::kEdp: the ranks
 /// that hold the same experts) unless the owner says otherwise (an adaptive-layout MoE, whose
-/// expert slices have no replicas, sets nullopt).
-class ExpertsBase : public torch::nn::Module, public GradientGroupDeclarer {
+/// expert slices have no replicas, sets nullopt). Parameters split over tp are listed by the
+/// owner with set_tp_shard_names (a MoE layer's shared expert under tp > 1; default: none).
+class ExpertsBase : public torch::nn::Module,
+                    public GradientGroupDeclarer,
+                    public TensorParallelShards {
  public:
   /// x: [A, d_model] rows sorted by expert; counts: rows per local expert (sums to A).
   /// Returns [A, d_model].
@@ -43,8 +46,13 @@ class ExpertsBase : public torch::nn::Module, public GradientGroupDeclarer {
   c10::optional<GroupKind> gradient_group() const override { return gradient_group_; }
   void set_gradient_group(c10::optional<GroupKind> group) { gradient_group_ = group; }
 
+  std::vector<std::string> tp_shard_names() const override { return tp_shard_names_; }
+  /// Names (relative to this module) of its parameters split over tp; empty: none.
+  void set_tp_shard_names(std::vector<std::string> names) { tp_shard_names_ = std::move(names); }
+
  private:
   c10::optional<GroupKind> gradient_group_ = GroupKind::kEdp;
+  std::vector<std::string> tp_shard_names_;
 };
 
 /// Options of GroupedExperts.

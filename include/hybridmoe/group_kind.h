@@ -1,6 +1,7 @@
-// group_kind.h — the kinds of process groups a rank belongs to (GroupKind), and how a module
-// declares the group over which its parameters' gradients are summed (GradientGroupDeclarer).
-// Light: no c10d, so single-process modules (gates, experts) can declare their group.
+// group_kind.h — the kinds of process groups a rank belongs to (GroupKind), how a module
+// declares the group over which its parameters' gradients are summed (GradientGroupDeclarer), and
+// which of its parameters are split over tp (TensorParallelShards).
+// Light: no c10d, so single-process modules (gates, experts) can declare both.
 #pragma once
 
 #include <string>
@@ -29,6 +30,20 @@ class GradientGroupDeclarer {
  public:
   virtual ~GradientGroupDeclarer() = default;
   virtual c10::optional<GroupKind> gradient_group() const = 0;
+};
+
+/// A module some of whose own parameters are split over tp (each tp rank holds a different
+/// part), so that their gradients are not summed over tp and the global gradient norm counts
+/// every part once (gradient_replicas, train.h). Parameters of modules that do not declare
+/// themselves here are whole on every tp rank.
+///
+/// Example:
+///   for (auto& name : column_linear->tp_shard_names()) ...   // {"weight", "bias"} when tp > 1
+class TensorParallelShards {
+ public:
+  virtual ~TensorParallelShards() = default;
+  /// Names (relative to the module) of its parameters split over tp; empty when tp = 1.
+  virtual std::vector<std::string> tp_shard_names() const = 0;
 };
 
 }  // namespace hybridmoe

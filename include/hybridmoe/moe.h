@@ -80,8 +80,10 @@ struct MoEOptions {
   /// Biases in the experts.
   TORCH_ARG(bool, bias) = true;
   /// Shared experts (DeepSeek, Qwen2-MoE): a dense MLP of this hidden width (the routed experts'
-  /// activation and bias) run on every token and added to the routed output; 0: none. Its
-  /// parameters are replicated on every rank of the stage and reduced over dp.
+  /// activation and bias) run on every token and added to the routed output; 0: none. On a
+  /// distributed layer with tp > 1 its hidden width is split over the stage's tp group as the
+  /// dense MLP's is (Megatron: w1/w3/b1/b3 columns and w2 rows [r*h/tp, (r+1)*h/tp) on tp rank r,
+  /// b2 on tp rank 0; tp must divide it); its gradients are reduced over dp.
   TORCH_ARG(int64_t, shared_expert_hidden) = 0;
   /// Scale the shared experts' output by sigmoid(x · g), g a learned [1, d_model] gate
   /// (Qwen2-MoE's shared_expert_gate); false: added as it is (DeepSeek).
@@ -160,8 +162,9 @@ class MoEImpl : public torch::nn::Module {
   /// The same computation as forward() through sequential_moe_reference (the test oracle).
   MoEOutput forward_reference(const torch::Tensor& x);
 
-  /// Copies this rank's shard of a single-process layer with the same options: the gate, and the
-  /// local experts' slices (experts [ep_rank*L, ...), hidden [etp_rank*h/etp, ...)).
+  /// Copies this rank's shard of a single-process layer with the same options: the gate, the
+  /// local experts' slices (experts [ep_rank*L, ...), hidden [etp_rank*h/etp, ...)) and the
+  /// shared expert's tp slice (hidden [tp_rank*h/tp, ...); its gate whole).
   void load_shard_from(MoEImpl& full);
   /// The expert parameters gathered back to their full shape ([E, d, h], ...) over ep and etp.
   /// Collective over the stage's ep and etp groups. b2 is taken from etp rank 0.
@@ -172,6 +175,13 @@ class MoEImpl : public torch::nn::Module {
   /// gradients themselves. Example (after backward):
   ///   auto g = moe->gather_full_expert_gradients();   // g["w1"]: [E, d, h]
   std::map<std::string, torch::Tensor> gather_full_expert_gradients();
+  /// Fills the shared expert and its gate of `full` (a single-process layer with the same options)
+  /// from this layer: the tp slices all-gathered back to the full hidden width, b2 from tp rank
+  /// 0. Collective over the stage's tp group; valid on every rank. Example:
+  ///   mine->gather_full_shared_expert(*full);   // full->shared_expert->w1: [1, d, h]
+  void gather_full_shared_expert(MoEImpl& full);
+  /// Over how many tp ranks the shared expert's hidden width is split (1: whole on every rank).
+  int64_t shared_expert_tp() const { return shared_tp_; }
 
   bool is_distributed() const { return groups_ != nullptr; }
   const ParallelGroups* groups() const { return groups_.get(); }
@@ -194,7 +204,8 @@ class MoEImpl : public torch::nn::Module {
   std::shared_ptr<ExpertsBase> experts;
   /// The grouped experts, or nullptr when user modules are in use.
   GroupedExperts grouped{nullptr};
-  /// The shared expert (one dense MLP as a grouped MLP of one expert), or nullptr.
+  /// The shared expert (one dense MLP as a grouped MLP of one expert), or nullptr; with tp > 1
+  /// this rank's hidden slice (w1 [1, d, h/tp], w2 [1, h/tp, d], b2 on tp rank 0 only).
   GroupedExperts shared_expert{nullptr};
   /// [1, d_model]: the shared expert's sigmoid gate, or undefined.
   torch::Tensor shared_gate;
@@ -204,8 +215,11 @@ class MoEImpl : public torch::nn::Module {
   void place(int64_t stage_size, int64_t ep, int64_t etp);
   /// Builds the gate, the experts (this rank's share) and the token dispatcher of the layout.
   void build(int64_t local_experts, int64_t first_expert, int64_t hidden, bool add_output_bias);
-  /// The shared expert's output on every token (gated when asked); undefined without one.
-  /// tokens: [T, d_model] → [T, d_model].
+  /// Builds the shared expert (this rank's tp slice) and its gate, when the options ask for one.
+  void build_shared_expert();
+  /// The shared expert's output on every token (gated when asked); undefined without one. With
+  /// tp > 1: Megatron's f, this rank's hidden slice, Megatron's g (the partial outputs summed).
+  /// tokens: [T, d_model], the layer's whole input (replicated over tp) → [T, d_model].
   torch::Tensor shared_output(const torch::Tensor& tokens);
   /// Checks the adaptive options at construction and builds this rank's expert storage.
   void build_adaptive();
@@ -220,6 +234,8 @@ class MoEImpl : public torch::nn::Module {
   RoutingStats make_stats(const RouterOutput& routing, const torch::Tensor& counts) const;
 
   std::shared_ptr<const ParallelGroups> groups_;
+  /// The shared expert's split: tp size and this rank's tp index (1 and 0 when whole).
+  int64_t shared_tp_ = 1, shared_tp_rank_ = 0;
   /// Where the experts live (computed once, at construction, from the options and the groups).
   ExpertPlacement placement_;
   /// This rank's index in its stage (0 on one process).

@@ -10,20 +10,13 @@
 
 #include <torch/torch.h>
 
+#include "hybridmoe/group_kind.h"
 #include "hybridmoe/parallel.h"
 
 namespace hybridmoe {
 
-/// A module some of whose own parameters are split over tp (each tp rank holds a different
-/// part), so that their gradients are not summed over tp and the global gradient norm counts
-/// every part once. Parameters of modules that do not declare themselves here are whole on every
-/// tp rank.
-class TensorParallelShards {
- public:
-  virtual ~TensorParallelShards() = default;
-  /// Names (relative to the module) of its parameters split over tp; empty when tp = 1.
-  virtual std::vector<std::string> tp_shard_names() const = 0;
-};
+// TensorParallelShards (the interface of modules with parameters split over tp) is in
+// group_kind.h.
 
 /// Options of ColumnParallelLinear and RowParallelLinear.
 ///

@@ -4,6 +4,7 @@
 // sequential reference.
 #include "hybridmoe/moe.h"
 
+#include "hybridmoe/collectives.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/testing/references.h"
 
@@ -45,22 +46,7 @@ void MoEImpl::build(int64_t local_experts, int64_t first_expert, int64_t hidden,
                                  .add_output_bias(add_output_bias));
     experts = register_module("experts", grouped.ptr());
   }
-  // The shared expert: every rank of the stage holds all of it and runs it on all its tokens.
-  TORCH_CHECK(options.shared_expert_hidden() >= 0, "MoE: shared_expert_hidden must be >= 0, got ",
-              options.shared_expert_hidden());
-  TORCH_CHECK(!options.shared_expert_gate() || options.shared_expert_hidden() > 0,
-              "MoE: shared_expert_gate needs shared_expert_hidden > 0");
-  if (options.shared_expert_hidden() > 0) {
-    shared_expert = register_module(
-        "shared_expert",
-        GroupedExperts(GroupedExpertsOptions(1, options.d_model(), options.shared_expert_hidden())
-                           .activation(options.activation())
-                           .bias(options.bias())));
-    shared_expert->set_gradient_group(GroupKind::kDp);
-    if (options.shared_expert_gate())
-      shared_gate =
-          register_parameter("shared_expert_gate", torch::randn({1, options.d_model()}) * 0.02);
-  }
+  build_shared_expert();
   // Adaptive-layout expert slices live on one rank each: no replicas to synchronize.
   if (is_adaptive()) experts->set_gradient_group(c10::nullopt);
   dispatcher_ =
@@ -103,13 +89,52 @@ MoEOutput MoEImpl::finish(const torch::Tensor& out, const torch::Tensor& x,
   return result;
 }
 
+void MoEImpl::build_shared_expert() {
+  const int64_t h = options.shared_expert_hidden();
+  TORCH_CHECK(h >= 0, "MoE: shared_expert_hidden must be >= 0, got ", h);
+  TORCH_CHECK(!options.shared_expert_gate() || h > 0,
+              "MoE: shared_expert_gate needs shared_expert_hidden > 0");
+  if (h == 0) return;
+  // Split over the stage's tp group like the dense MLP (Megatron column/row): tp rank r holds
+  // hidden [r * h / tp, (r + 1) * h / tp) and tp rank 0 the output bias.
+  if (groups_) {
+    shared_tp_ = groups_->tp.size();
+    shared_tp_rank_ = groups_->tp.rank;
+  }
+  TORCH_CHECK(h % shared_tp_ == 0, "MoE: shared_expert_hidden=", h,
+              " must be divisible by tp=", shared_tp_,
+              " (the shared expert's hidden width is split over tp)");
+  shared_expert = register_module(
+      "shared_expert", GroupedExperts(GroupedExpertsOptions(1, options.d_model(), h / shared_tp_)
+                                          .activation(options.activation())
+                                          .bias(options.bias())
+                                          .add_output_bias(shared_tp_rank_ == 0)));
+  shared_expert->set_gradient_group(GroupKind::kDp);
+  if (shared_tp_ > 1) {
+    // Every parameter this rank holds is its own part (b2 lives on tp rank 0 only).
+    std::vector<std::string> split;
+    for (const auto& kv : shared_expert->named_parameters(/*recurse=*/false))
+      split.push_back(kv.key());
+    shared_expert->set_tp_shard_names(split);
+  }
+  // The gate is whole on every rank (the stage's tp ranks compute it on the same tokens).
+  if (options.shared_expert_gate())
+    shared_gate =
+        register_parameter("shared_expert_gate", torch::randn({1, options.d_model()}) * 0.02);
+}
+
 int64_t MoEImpl::stage_rank() const {
   return groups_ ? groups_->stage.rank : 0;
 }
 
 torch::Tensor MoEImpl::shared_output(const torch::Tensor& tokens) {
   if (!shared_expert) return torch::Tensor();
-  auto y = shared_expert->run(tokens, {tokens.size(0)});
+  // Megatron's f and g around this rank's hidden slice: the input's gradient is summed over tp
+  // in backward, the partial outputs in forward.
+  const bool split = shared_tp_ > 1;
+  auto in = split ? dist::copy_to_group(tokens, groups_->tp) : tokens;
+  auto y = shared_expert->run(in, {tokens.size(0)});
+  if (split) y = dist::all_reduce_sum(y, groups_->tp);
   if (shared_gate.defined()) y = y * torch::sigmoid(torch::mm(tokens, shared_gate.t()));  // [T, 1]
   return y;
 }

@@ -53,8 +53,18 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
                   full.shared_gate.defined() == shared_gate.defined(),
               "MoE::load_shard_from: the source layer's shared expert differs");
   if (shared_expert) {
+    // This rank's tp slice of the hidden width (all of it when tp = 1); b2 whole where held.
+    const int64_t hs = options.shared_expert_hidden() / shared_tp_, q = shared_tp_rank_;
     auto src_shared = full.shared_expert->named_parameters();
-    for (auto& kv : shared_expert->named_parameters()) kv.value().copy_(src_shared[kv.key()]);
+    for (auto& kv : shared_expert->named_parameters()) {
+      const auto& name = kv.key();
+      auto s = src_shared[name];
+      if (name == "w1" || name == "w3") s = s.narrow(2, q * hs, hs);
+      if (name == "b1" || name == "b3" || name == "w2") s = s.narrow(1, q * hs, hs);
+      TORCH_CHECK(s.sizes() == kv.value().sizes(), "MoE::load_shard_from: shared expert ", name,
+                  " slice ", s.sizes(), " vs local ", kv.value().sizes());
+      kv.value().copy_(s);
+    }
     if (shared_gate.defined()) shared_gate.copy_(full.shared_gate);
   }
   if (groups_ && is_adaptive()) {
@@ -96,6 +106,40 @@ std::map<std::string, torch::Tensor> MoEImpl::gather_full_expert_parameters() {
     full[name] = t;
   }
   return full;
+}
+
+void MoEImpl::gather_full_shared_expert(MoEImpl& full) {
+  TORCH_CHECK(!full.is_distributed(),
+              "MoE::gather_full_shared_expert: the target must be single-process");
+  TORCH_CHECK(static_cast<bool>(full.shared_expert) == static_cast<bool>(shared_expert) &&
+                  full.shared_gate.defined() == shared_gate.defined() &&
+                  full.options.shared_expert_hidden() == options.shared_expert_hidden(),
+              "MoE::gather_full_shared_expert: the target layer's shared expert differs");
+  if (!shared_expert) return;
+  torch::NoGradGuard no_grad;
+  if (shared_gate.defined()) full.shared_gate.copy_(shared_gate);
+  auto dst = full.shared_expert->named_parameters();
+  if (shared_tp_ == 1) {
+    for (auto& kv : shared_expert->named_parameters()) dst[kv.key()].copy_(kv.value());
+    return;
+  }
+  // 1. The hidden slices, all-gathered over tp along the hidden dimension (w1/w3: dim 2, w2 and
+  //    b1/b3: dim 1), in tp rank order.
+  const auto& tp = groups_->tp;
+  const std::vector<int64_t> rows(shared_tp_, options.shared_expert_hidden() / shared_tp_);
+  for (auto& kv : shared_expert->named_parameters()) {
+    const auto& name = kv.key();
+    if (name == "b2") continue;
+    const int64_t dim = (name == "w1" || name == "w3") ? 2 : 1;
+    auto moved = kv.value().detach().movedim(dim, 0).contiguous();
+    dst[name].copy_(dist::all_gather_rows(moved, tp, rows).movedim(0, dim));
+  }
+  // 2. The output bias, held by tp rank 0.
+  if (dst.contains("b2")) {
+    if (shared_tp_rank_ == 0) dst["b2"].copy_(shared_expert->b2);
+    std::vector<torch::Tensor> bias = {dst["b2"]};
+    dist::broadcast_(bias, 0, tp);
+  }
 }
 
 }  // namespace hybridmoe

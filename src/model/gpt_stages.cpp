@@ -112,9 +112,8 @@ void GPTImpl::gather_full(GPTImpl& full) {
         dist::broadcast_(bias, 0, groups_->etp);
       }
       copy(*f.moe->gate, *b.moe->gate);
-      // The shared expert and its gate are whole on every rank.
-      if (b.moe->shared_expert) copy(*f.moe->shared_expert, *b.moe->shared_expert);
-      if (b.moe->shared_gate.defined()) f.moe->shared_gate.copy_(b.moe->shared_gate);
+      // The shared expert (its hidden slices gathered over tp) and its gate.
+      b.moe->gather_full_shared_expert(*f.moe);
     } else {
       b.mlp->gather_full(*f.mlp);
     }

@@ -21,7 +21,9 @@ std::map<std::string, int64_t> gradient_replicas(GPTImpl& model, const ParallelG
   std::map<std::string, int64_t> out;
   const auto& c = groups.config;
   const bool sharded_model = model.groups() != nullptr;
-  // 1. Tensor-parallel shards: the parameters that modules declare split over tp.
+  // 1. Tensor-parallel shards: the parameters that modules declare split over tp (the dense
+  //    layers' column/row parts, and an MoE layer's shared expert, whose experts module lists
+  //    its slices); their replicas are the dp copies only.
   std::set<std::string> shards;
   if (sharded_model && c.tp > 1)
     for (const auto& kv : model.named_modules()) {

@@ -1,7 +1,8 @@
 // shared_expert_test.cpp — the MoE layer's shared expert (DeepSeek's ungated, Qwen2-MoE's behind a
 // sigmoid gate): the layer's output equals the routed layer's plus the shared MLP written out
 // here, in every forward path (forward, forward_grouped, forward_reference); gradients reach the
-// shared parameters; bad options are refused by name.
+// shared parameters; on one process it is whole (nothing split over tp) and gathers as a copy; bad
+// options are refused by name.
 #include <gtest/gtest.h>
 
 #include "hybridmoe/moe.h"
@@ -55,7 +56,32 @@ TEST(SharedExpert, AddsTheSharedMlpToTheRoutedOutputInEveryPath) {
         EXPECT_GT(with->shared_gate.grad().abs().sum().item<double>(), 0.0);
       }
       EXPECT_EQ(with->shared_expert->gradient_group(), GroupKind::kDp);
+      // One process: whole, nothing declared split over tp (the routed experts neither).
+      EXPECT_EQ(with->shared_expert_tp(), 1);
+      EXPECT_TRUE(with->shared_expert->tp_shard_names().empty());
+      EXPECT_TRUE(with->experts->tp_shard_names().empty());
     }
+}
+
+TEST(SharedExpert, GatherOnOneProcessCopiesTheWholeSharedExpert) {
+  for (bool gated : {false, true}) {
+    const auto opts =
+        base_options(Activation::kSwiGLU).shared_expert_hidden(10).shared_expert_gate(gated);
+    torch::manual_seed(1);
+    MoE src(opts);
+    torch::manual_seed(2);
+    MoE dst(opts);
+    src->gather_full_shared_expert(*dst);
+    auto expected = src->shared_expert->named_parameters();
+    for (auto& kv : dst->shared_expert->named_parameters())
+      EXPECT_TRUE(torch::equal(kv.value(), expected[kv.key()])) << kv.key();
+    if (gated) {
+      EXPECT_TRUE(torch::equal(dst->shared_gate, src->shared_gate));
+    }
+    MoE plain(base_options(Activation::kSwiGLU));
+    EXPECT_TRUE(testing::throws_with([&] { src->gather_full_shared_expert(*plain); },
+                                     "the target layer's shared expert differs"));
+  }
 }
 
 TEST(SharedExpert, RefusesBadOptionsByName) {

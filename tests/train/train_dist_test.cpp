@@ -23,8 +23,11 @@ namespace fs = std::filesystem;
 using testing::test_dir;
 using testing::tiny_config;
 
-// The global norm of the reduced gradients under a layout equals the single-process norm.
-void check_grad_norm(dist::World& world, const ParallelConfig& layout, int64_t run_id) {
+// The global norm of the reduced gradients under a layout equals the single-process norm. With
+// `shared`, the MoE layer has a gated shared expert (split over tp): its slices count their dp
+// copies only, its gate every tp * dp copy.
+void check_grad_norm(dist::World& world, const ParallelConfig& layout, int64_t run_id,
+                     bool shared = false) {
   const std::string tag = "norm" + std::to_string(run_id);
   std::vector<int64_t> members(layout.world_size());
   for (int64_t r = 0; r < layout.world_size(); ++r) members[r] = r;
@@ -32,6 +35,8 @@ void check_grad_norm(dist::World& world, const ParallelConfig& layout, int64_t r
   auto groups = std::make_shared<ParallelGroups>(
       ParallelGroups::build(layout, sub, world.store(), false, tag));
   auto o = tiny_config("").model_options().context(8).d_model(16).n_heads(4);
+  if (shared)
+    o.shared_expert_hidden(8).shared_expert_gate(true).expert_activation(Activation::kSwiGLU);
   torch::manual_seed(5);
   GPT ref(o);
   ref->to(torch::kFloat64);
@@ -50,9 +55,22 @@ void check_grad_norm(dist::World& world, const ParallelConfig& layout, int64_t r
   auto o2 = net(mine);
   (lm_loss(o2.logits, mine) + o2.aux_loss).backward();
   gdp.reduce_gradients(1.0 / static_cast<double>(layout.dp));
-  const double norm =
-      clip_global_grad_norm(*net, gradient_replicas(*net, *groups, gdp), 0.0, groups->world);
+  const auto replicas = gradient_replicas(*net, *groups, gdp);
+  const double norm = clip_global_grad_norm(*net, replicas, 0.0, groups->world);
   EXPECT_NEAR(norm, std::sqrt(ref_sq), 1e-9 * std::sqrt(ref_sq)) << layout.to_string();
+  if (!shared) return;
+  int64_t slices = 0, gates = 0;
+  for (const auto& [name, n] : replicas) {
+    if (name.find(".moe.shared_expert.") != std::string::npos) {
+      ++slices;
+      EXPECT_EQ(n, layout.tp > 1 ? layout.dp : layout.tp * layout.dp) << layout.to_string() << name;
+    } else if (name.find(".moe.shared_expert_gate") != std::string::npos) {
+      ++gates;
+      EXPECT_EQ(n, layout.tp * layout.dp) << layout.to_string() << name;
+    }
+  }
+  EXPECT_GT(slices, 0) << layout.to_string();
+  EXPECT_EQ(gates, 1) << layout.to_string();
 }
 
 TEST(TrainMultiRank, GlobalGradNormEqualsOneProcess) {
@@ -61,6 +79,16 @@ TEST(TrainMultiRank, GlobalGradNormEqualsOneProcess) {
     check_grad_norm(ctx.world, ParallelConfig{2, 2, 1, 2, 1}, 0);
     check_grad_norm(ctx.world, ParallelConfig{2, 2, 1, 2, 2}, 1);
     check_grad_norm(ctx.world, ParallelConfig{1, 4, 1, 4, 1}, 2);
+  });
+}
+
+TEST(TrainMultiRank, GlobalGradNormCountsTpSplitSharedExpertOnce) {
+  testing::run_on_ranks(4, [](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    check_grad_norm(ctx.world, ParallelConfig{2, 2, 1, 2, 1}, 10, true);
+    check_grad_norm(ctx.world, ParallelConfig{4, 1, 1, 1, 4}, 11, true);
+    check_grad_norm(ctx.world, ParallelConfig{4, 1, 1, 4, 1}, 12, true);
+    check_grad_norm(ctx.world, ParallelConfig{1, 4, 1, 4, 1}, 13, true);
   });
 }
 
