@@ -30,7 +30,7 @@ CausalSelfAttentionImpl::CausalSelfAttentionImpl(const GPTOptions& o,
   // RoPE (rotated by position), a k norm or the clamp act on it first. Without those it would only
   // drift with the optimizer's amplification of rounding noise, so it is not created.
   const bool key_bias = o.qkv_bias() && (o.position() == PositionType::kRope ||
-                                          o.qk_norm() != QKNorm::kNone || o.clip_qkv() > 0.0);
+                                         o.qk_norm() != QKNorm::kNone || o.clip_qkv() > 0.0);
   k_proj = register_module(
       "k_proj",
       ColumnParallelLinear(TensorParallelLinearOptions(d, KV * hd).bias(key_bias), kv_groups));

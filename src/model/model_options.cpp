@@ -128,9 +128,9 @@ void GPTOptions::check(int64_t tp) const {
               "model: mlp_activation must be gelu or swiglu, got ", to_string(mlp_activation_));
   TORCH_CHECK(shared_expert_hidden_ >= 0, "model: shared_expert_hidden must be >= 0, got ",
               shared_expert_hidden_);
-  TORCH_CHECK(shared_expert_hidden_ % tp == 0, "model: shared_expert_hidden=",
-              shared_expert_hidden_, " must be divisible by tp=", tp,
-              " (the shared expert is split over tp)");
+  TORCH_CHECK(shared_expert_hidden_ % tp == 0,
+              "model: shared_expert_hidden=", shared_expert_hidden_,
+              " must be divisible by tp=", tp, " (the shared expert is split over tp)");
   TORCH_CHECK(!shared_expert_gate_ || shared_expert_hidden_ > 0,
               "model: shared_expert_gate needs shared_expert_hidden > 0");
 }
