@@ -328,6 +328,8 @@ struct TrainResult {
   int64_t steps = 0;           ///< the last step done
   double initial_loss = 0.0, final_loss = 0.0;
   double tokens_per_s = 0.0;
+  /// The model's parameters, each counted once however many ranks hold a copy.
+  int64_t parameters = 0;
   int64_t skipped_steps = 0;  ///< steps skipped for a non-finite loss or gradient norm
   std::map<std::string, double> task_accuracy;
   double wall_s = 0.0;

@@ -43,11 +43,12 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
   f.precision(8);
   const auto l = config.layout();
   f << "{\n  \"initial_loss\": " << r.initial_loss << ",\n  \"final_loss\": " << r.final_loss
-    << ",\n  \"tokens_per_s\": " << r.tokens_per_s << ",\n  \"steps\": " << r.steps
-    << ",\n  \"skipped_steps\": " << r.skipped_steps << ",\n  \"wall_s\": " << r.wall_s
-    << ",\n  \"layout\": {\"tp\": " << l.tp << ", \"dp\": " << l.dp << ", \"pp\": " << l.pp
-    << ", \"ep\": " << l.ep << ", \"etp\": " << l.etp
-    << ", \"name\": " << json_string(l.to_string()) << "},\n  \"task_accuracy\": {";
+    << ",\n  \"tokens_per_s\": " << r.tokens_per_s << ",\n  \"parameters\": " << r.parameters
+    << ",\n  \"steps\": " << r.steps << ",\n  \"skipped_steps\": " << r.skipped_steps
+    << ",\n  \"wall_s\": " << r.wall_s << ",\n  \"layout\": {\"tp\": " << l.tp
+    << ", \"dp\": " << l.dp << ", \"pp\": " << l.pp << ", \"ep\": " << l.ep
+    << ", \"etp\": " << l.etp << ", \"name\": " << json_string(l.to_string())
+    << "},\n  \"task_accuracy\": {";
   bool first = true;
   for (const auto& [task, acc] : r.task_accuracy) {
     f << (first ? "" : ", ") << json_string(task) << ": " << acc;

@@ -129,6 +129,17 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const auto replicas = gradient_replicas(*model, *groups, *parts.gdp);
   const auto opts = cfg.model_options();
   const bool lead = world.rank() == 0;
+  TrainResult result;
+  {
+    // The model's size: every rank's parameters, each weighted by 1 / its copies.
+    double mine = 0.0;
+    for (const auto& kv : model->named_parameters())
+      mine += static_cast<double>(kv.value().numel()) / static_cast<double>(replicas.at(kv.key()));
+    result.parameters = std::llround(dist::sum_over_ranks(mine, groups->world));
+    if (lead)
+      std::printf("model %s: %lld parameters, layout %s\n", to_string(cfg.model).c_str(),
+                  static_cast<long long>(result.parameters), layout.to_string().c_str());
+  }
   const auto coords = groups->coords();
   const int64_t dp = layout.dp, tp = layout.tp, micro = cfg.micro_batches;
   const int64_t per_pass = cfg.batch_size / micro;
@@ -140,7 +151,6 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
 
   // 4. Resume from the newest complete checkpoint, or start in an output directory that holds no
   //    earlier run (or moved it aside).
-  TrainResult result;
   std::vector<std::pair<int64_t, double>> curve;
   int64_t start = 0;
   const std::string metrics_path = cfg.out + "/metrics.jsonl";

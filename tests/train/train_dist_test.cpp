@@ -151,9 +151,17 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
              d4 = test_dir("pp2_resume"), d5 = test_dir("pp2_recompute");
   if (!testing::is_worker())
     for (const auto& d : {d1, d2, d3, d4, d5}) fs::remove_all(d);
+  // The model's size, each parameter once: a one-process model's count, whatever the layout.
+  const auto model_size = [&] {
+    GPT m(cfg(d1, 1).model_options());
+    int64_t n = 0;
+    for (const auto& p : m->parameters()) n += p.numel();
+    return n;
+  };
   testing::run_on_ranks(2, [&](testing::RankContext& ctx) {
     at::set_num_threads(1);
     TrainResult full = train(cfg(d2, 2), ctx.world);
+    EXPECT_EQ(full.parameters, model_size());
     auto g = cfg(d3, 2);
     g.pipeline_schedule = PipelineSchedule::kGPipe;
     TrainResult gpipe = train(g, ctx.world);
@@ -179,6 +187,7 @@ TEST(TrainMultiRank, PipelineStagesFollowOneStageAndResume) {
   if (testing::is_worker()) return;
   auto world = dist::init();
   TrainResult one = train(cfg(d1, 1), *world);
+  EXPECT_EQ(one.parameters, model_size());
   const auto two = logged_losses(d2);
   ASSERT_EQ(two.size(), one.losses.size());
   for (size_t i = 0; i < two.size(); ++i)
