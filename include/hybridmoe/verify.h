@@ -14,6 +14,7 @@
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/placement.h"
+#include "hybridmoe/recompute.h"
 #include "hybridmoe/routing_rules.h"
 
 namespace hybridmoe {
@@ -48,6 +49,9 @@ struct VerifyOptions {
   /// size — its architecture and router, kVerifyFamilyHeads heads, 2 blocks per stage, experts
   /// and d_hidden as above — instead of the MoE layer (and GPT for pp > 1).
   c10::optional<ModelFamily> model;
+  /// GPT and family runs: the layout's model recomputes activations in backward (kBlock or kMoE,
+  /// replaying its forward collectives); the reference does not.
+  Recompute recompute = Recompute::kNone;
 };
 
 /// max |a - b| / max(max |b|, 1e-30): the relative error of a against the reference b, in float64

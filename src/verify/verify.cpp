@@ -134,7 +134,8 @@ std::pair<torch::Tensor, torch::Tensor> batch(const VerifyOptions& o, int64_t n,
 
 VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const GateSpec& gate,
                         const VerifyOptions& o, int64_t run_id) {
-  if (layout.pp > 1 || o.model) return verify_gpt_layout(world, layout, gate, o, run_id);
+  if (layout.pp > 1 || o.model || o.recompute != Recompute::kNone)
+    return verify_gpt_layout(world, layout, gate, o, run_id);
   VerifyRow row;
   row.layout = layout;
   row.gate = gate.to_string();

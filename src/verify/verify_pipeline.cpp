@@ -75,6 +75,8 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   row.layout = layout;
   row.gate = gate.to_string();
   row.model = o.model ? to_string(*o.model) : "gpt";
+  if (o.recompute != Recompute::kNone)
+    row.model += std::string("+recompute_") + recompute_name(o.recompute);
   row.schedule = layout.pp > 1 ? to_string(o.schedule) : "";
   if (!o.model) {
     TORCH_CHECK(kVerifyHeads % layout.tp == 0, "verify: the GPT of pipeline layouts has ",
@@ -96,6 +98,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   GPT net(opts, groups);
   net->to(o.dtype);
   net->load_shard_from(*ref);
+  net->set_recompute(o.recompute);
   torch::optim::Adam ref_opt(ref->parameters(), torch::optim::AdamOptions(o.lr));
   detail::VerifyOptimizer opt(net.ptr(), groups, o);
   row.zero_stage = o.zero_stage;

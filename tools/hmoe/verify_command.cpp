@@ -31,6 +31,7 @@ struct VerifyArgs {
   std::string schedules = "1f1b";
   std::string adaptive_r;  ///< "": fixed experts; "all", "every-step" or an r
   std::string model;       ///< "": the MoE layer (GPT for pp > 1); else a model family
+  std::string recompute = "none";
   bool json = false;
   VerifyOptions options;
 };
@@ -99,6 +100,11 @@ int run_worker(const VerifyArgs& a) {
     } catch (const c10::Error& e) {
       TORCH_CHECK(false, "--model: ", e.what_without_backtrace());
     }
+  }
+  try {
+    o.recompute = parse_recompute(a.recompute);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "--recompute: ", e.what_without_backtrace());
   }
   auto layouts =
       parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
@@ -262,6 +268,10 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--model", a->model,
                   "Prove every layout on this family's model at verify size (mixtral, qwen2_moe, "
                   "qwen3_moe, olmoe, deepseek_v3, gpt) instead of the MoE layer");
+  cmd->add_option("--recompute", a->recompute,
+                  "The layout's model recomputes activations in backward: none, block or moe "
+                  "(runs the GPT, or the --model family, on every layout)")
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON line");
   cmd->callback([a] {
     const int code = run_here_or_on_local_ranks(a->nproc, [&] { return run_worker(*a); });
