@@ -22,6 +22,7 @@
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/plan.h"
+#include "hybridmoe/safetensors.h"
 #include "hybridmoe/tensor_parallel.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/verify.h"
