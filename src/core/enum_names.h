@@ -31,7 +31,7 @@ struct EnumNames {
   std::string name_of(Enum v) const {
     for (const auto& kv : values)
       if (kv.first == v) return kv.second;
-    TORCH_CHECK(false, option, ": unknown value ", static_cast<int>(v));
+    C10_THROW_ERROR(Error, c10::str(option, ": unknown value ", static_cast<int>(v)));
   }
   Enum parse(const std::string& text) const {
     std::ostringstream known;
@@ -39,7 +39,8 @@ struct EnumNames {
       if (text == kv.second) return kv.first;
       known << (known.tellp() > 0 ? ", " : "") << '"' << kv.second << '"';
     }
-    TORCH_CHECK(false, option, ": expected one of ", known.str(), ", got \"", text, "\"");
+    C10_THROW_ERROR(Error,
+                    c10::str(option, ": expected one of ", known.str(), ", got \"", text, "\""));
   }
 };
 

@@ -12,7 +12,8 @@ Activation parse_activation(const std::string& name) {
   if (name == "gelu") return Activation::kGelu;
   if (name == "relu") return Activation::kRelu;
   if (name == "swiglu") return Activation::kSwiGLU;
-  TORCH_CHECK(false, "activation: expected one of gelu, relu, swiglu; got \"", name, "\"");
+  C10_THROW_ERROR(Error,
+                  c10::str("activation: expected one of gelu, relu, swiglu; got \"", name, "\""));
 }
 
 std::string to_string(Activation activation) {

@@ -22,7 +22,7 @@ torch::Tensor activate(const torch::Tensor& a, const torch::Tensor& g, Activatio
     case Activation::kSwiGLU:
       return torch::silu(a) * g;
   }
-  TORCH_CHECK(false, "unknown activation");
+  C10_THROW_ERROR(Error, c10::str("unknown activation"));
 }
 
 torch::Tensor mlp_forward(const torch::Tensor& x, const ExpertWeights& w,

@@ -108,7 +108,7 @@ GPTOptions model_preset(ModelFamily family) {
           .gate(gate);
     }
   }
-  TORCH_CHECK(false, "model_preset: unknown family ", static_cast<int>(family));
+  C10_THROW_ERROR(Error, c10::str("model_preset: unknown family ", static_cast<int>(family)));
 }
 
 }  // namespace hybridmoe

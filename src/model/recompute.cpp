@@ -16,7 +16,8 @@ Recompute parse_recompute(const std::string& name) {
   if (name == "none") return Recompute::kNone;
   if (name == "block") return Recompute::kBlock;
   if (name == "moe") return Recompute::kMoE;
-  TORCH_CHECK(false, "recompute must be \"none\", \"block\" or \"moe\", got \"", name, "\"");
+  C10_THROW_ERROR(Error,
+                  c10::str("recompute must be \"none\", \"block\" or \"moe\", got \"", name, "\""));
 }
 
 const char* recompute_name(Recompute mode) {

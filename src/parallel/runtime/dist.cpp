@@ -63,7 +63,7 @@ std::shared_ptr<::gloo::transport::Device> make_gloo_device(const GlooDevice& de
     case GlooDevice::Kind::kHostDefault:
       return c10d::ProcessGroupGloo::createDefaultDevice();
   }
-  TORCH_CHECK(false, "unknown Gloo device kind ", static_cast<int>(device.kind));
+  C10_THROW_ERROR(Error, c10::str("unknown Gloo device kind ", static_cast<int>(device.kind)));
 }
 #endif
 

@@ -195,7 +195,7 @@ dist::Group& ParallelGroups::get(GroupKind kind) {
     case GroupKind::kSlice:
       return slice;
   }
-  TORCH_CHECK(false, "unknown group kind");
+  C10_THROW_ERROR(Error, c10::str("unknown group kind"));
 }
 
 ParallelGroups ParallelGroups::build(const ParallelConfig& config, dist::World& world) {
