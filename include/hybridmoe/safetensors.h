@@ -71,9 +71,9 @@ class File {
 std::string serialize(const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-/// Writes serialize(tensors, metadata) to `path` atomically: a temporary file in the same
-/// directory, flushed to disk, then renamed over `path`; on any failure nothing is left at `path`
-/// or beside it.
+/// Writes serialize(tensors, metadata) to `path` atomically and durably, as checkpoints are: a
+/// temporary file beside it, flushed to disk and size-checked, renamed over `path`, the directory
+/// synced; on any failure `path` is untouched and nothing is left beside it.
 void save(const std::string& path,
           const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
           const std::map<std::string, std::string>& metadata = {});

@@ -2,13 +2,14 @@
 // atomic writer.
 #include "hybridmoe/safetensors.h"
 
+#include "train/checkpoint_files.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -265,33 +266,8 @@ std::string serialize(const std::vector<std::pair<std::string, torch::Tensor>>& 
 void save(const std::string& path,
           const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
           const std::map<std::string, std::string>& metadata) {
-  const std::string bytes = serialize(tensors, metadata);
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  TORCH_CHECK(fd >= 0, "safetensors: cannot create ", tmp, ": ", std::strerror(errno));
-  size_t done = 0;
-  bool ok = true;
-  int err = 0;
-  while (ok && done < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0 && errno == EINTR) continue;
-    ok = w > 0;
-    err = errno;
-    if (ok) done += static_cast<size_t>(w);
-  }
-  if (ok && ::fsync(fd) != 0) {
-    ok = false;
-    err = errno;
-  }
-  ::close(fd);
-  if (ok && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, "safetensors: cannot write ", path, ": ", std::strerror(err));
-  }
+  // Written, flushed, size-checked, renamed over `path` and the directory synced, as checkpoints.
+  detail::write_file_durable(path, serialize(tensors, metadata));
 }
 
 }  // namespace hybridmoe::safetensors
