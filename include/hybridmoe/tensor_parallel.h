@@ -53,6 +53,8 @@ class ColumnParallelLinearImpl : public torch::nn::Module, public TensorParallel
   void load_shard_from(const torch::Tensor& full_weight, const torch::Tensor& full_bias);
   /// The full weight [fused * out, in] and bias, all-gathered over tp (collective over tp).
   std::pair<torch::Tensor, torch::Tensor> gather_full();
+  /// Fills `full` (the same layer on one process) with gather_full() (collective over tp).
+  void gather_into(ColumnParallelLinearImpl& full);
   std::vector<std::string> tp_shard_names() const override;
 
   TensorParallelLinearOptions options;
@@ -83,6 +85,8 @@ class RowParallelLinearImpl : public torch::nn::Module, public TensorParallelSha
   void load_shard_from(const torch::Tensor& full_weight, const torch::Tensor& full_bias);
   /// The full weight [out, in] and bias, all-gathered over tp (collective over tp).
   std::pair<torch::Tensor, torch::Tensor> gather_full();
+  /// Fills `full` (the same layer on one process) with gather_full() (collective over tp).
+  void gather_into(RowParallelLinearImpl& full);
   std::vector<std::string> tp_shard_names() const override;
 
   TensorParallelLinearOptions options;

@@ -153,14 +153,10 @@ void CausalSelfAttentionImpl::load_shard_from(CausalSelfAttentionImpl& full) {
 
 void CausalSelfAttentionImpl::gather_full(CausalSelfAttentionImpl& full) {
   torch::NoGradGuard no_grad;
-  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
-    layer->weight.copy_(wb.first);
-    if (layer->bias.defined()) layer->bias.copy_(wb.second);
-  };
-  set(full.q_proj, q_proj->gather_full());
-  set(full.k_proj, k_proj->gather_full());
-  set(full.v_proj, v_proj->gather_full());
-  set(full.o_proj, o_proj->gather_full());
+  q_proj->gather_into(*full.q_proj);
+  k_proj->gather_into(*full.k_proj);
+  v_proj->gather_into(*full.v_proj);
+  o_proj->gather_into(*full.o_proj);
   auto norm_whole = [this](Norm& mine, Norm& whole) {
     if (!mine) return;
     whole->weight.copy_(mine->split_over_tp

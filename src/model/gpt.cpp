@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "hybridmoe/model.h"
+#include "model/copy_parameters.h"
 
 namespace hybridmoe {
 
@@ -38,14 +39,9 @@ void MLPImpl::load_shard_from(MLPImpl& full) {
 }
 
 void MLPImpl::gather_full(MLPImpl& full) {
-  torch::NoGradGuard no_grad;
-  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
-    layer->weight.copy_(wb.first);
-    if (layer->bias.defined()) layer->bias.copy_(wb.second);
-  };
-  set(full.fc1, fc1->gather_full());
-  set(full.fc2, fc2->gather_full());
-  if (fc3) set(full.fc3, fc3->gather_full());
+  fc1->gather_into(*full.fc1);
+  fc2->gather_into(*full.fc2);
+  if (fc3) fc3->gather_into(*full.fc3);
 }
 
 // ---- block ------------------------------------------------------------------------------------
@@ -134,10 +130,8 @@ void BlockImpl::load_shard_from(BlockImpl& f) {
   TORCH_CHECK(static_cast<bool>(moe) == static_cast<bool>(f.moe),
               "Block::load_shard_from: this block is ", moe ? "MoE" : "dense",
               " but not the source");
-  ln1->weight.copy_(f.ln1->weight);
-  ln2->weight.copy_(f.ln2->weight);
-  if (ln1->bias.defined()) ln1->bias.copy_(f.ln1->bias);
-  if (ln2->bias.defined()) ln2->bias.copy_(f.ln2->bias);
+  detail::copy_parameters(*ln1, *f.ln1);
+  detail::copy_parameters(*ln2, *f.ln2);
   if (mla) mla->load_shard_from(*f.mla);
   if (attn) attn->load_shard_from(*f.attn);
   if (moe)
@@ -249,14 +243,11 @@ void GPTImpl::load_shard_from(GPTImpl& full) {
               "GPT::load_shard_from: the source has ", full.block_list.size(),
               " blocks, this model ", options.n_layers());
   torch::NoGradGuard no_grad;
-  auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
-    auto s = src.named_parameters();
-    for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
-  };
-  if (tok_emb) copy(*tok_emb, *full.tok_emb);
-  if (pos_emb) copy(*pos_emb, *full.pos_emb);
-  if (ln_f) copy(*ln_f, *full.ln_f);
-  if (lm_head) copy(*lm_head, *full.lm_head);
+  using detail::copy_parameters;
+  if (tok_emb) copy_parameters(*tok_emb, *full.tok_emb);
+  if (pos_emb) copy_parameters(*pos_emb, *full.pos_emb);
+  if (ln_f) copy_parameters(*ln_f, *full.ln_f);
+  if (lm_head) copy_parameters(*lm_head, *full.lm_head);
   for (size_t j = 0; j < block_list.size(); ++j)
     block_list[j]->load_shard_from(*full.block_list[range_.first + static_cast<int64_t>(j)]);
 }

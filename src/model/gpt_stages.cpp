@@ -4,6 +4,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/gates.h"
 #include "hybridmoe/model.h"
+#include "model/copy_parameters.h"
 
 namespace hybridmoe {
 
@@ -76,27 +77,25 @@ void GPTImpl::gather_full(GPTImpl& full) {
               "GPT::gather_full: the target has ", full.block_list.size(), " blocks, this model ",
               options.n_layers());
   torch::NoGradGuard no_grad;
-  auto copy = [](torch::nn::Module& dst, torch::nn::Module& src) {
-    auto s = src.named_parameters();
-    for (auto& kv : dst.named_parameters()) kv.value().copy_(s[kv.key()]);
-  };
+  using detail::copy_parameters;
   // 1. With stages, every stage fills what it holds into a zeroed model; step 3 sums them.
   if (stages_ > 1)
     for (auto& p : full.parameters()) p.zero_();
   if (is_first_stage()) {
-    copy(*full.tok_emb, *tok_emb);  // a tied head's copy on the last stage is equal: counted once
-    if (pos_emb) copy(*full.pos_emb, *pos_emb);
+    copy_parameters(*full.tok_emb,
+                    *tok_emb);  // a tied head's copy on the last stage is equal: counted once
+    if (pos_emb) copy_parameters(*full.pos_emb, *pos_emb);
   }
   if (is_last_stage()) {
-    copy(*full.ln_f, *ln_f);
-    if (lm_head) copy(*full.lm_head, *lm_head);
+    copy_parameters(*full.ln_f, *ln_f);
+    if (lm_head) copy_parameters(*full.lm_head, *lm_head);
   }
   // 2. This stage's blocks, gathered over the stage's tp / ep / etp groups.
   for (size_t j = 0; j < block_list.size(); ++j) {
     auto& b = *block_list[j];
     auto& f = *full.block_list[range_.first + static_cast<int64_t>(j)];
-    copy(*f.ln1, *b.ln1);
-    copy(*f.ln2, *b.ln2);
+    copy_parameters(*f.ln1, *b.ln1);
+    copy_parameters(*f.ln2, *b.ln2);
     if (b.mla) b.mla->gather_full(*f.mla);
     if (b.attn) b.attn->gather_full(*f.attn);
     if (b.moe) {
@@ -111,7 +110,7 @@ void GPTImpl::gather_full(GPTImpl& full) {
         std::vector<torch::Tensor> bias = {params["b2"]};
         dist::broadcast_(bias, 0, groups_->etp);
       }
-      copy(*f.moe->gate, *b.moe->gate);
+      copy_parameters(*f.moe->gate, *b.moe->gate);
       // The shared expert (its hidden slices gathered over tp) and its gate.
       b.moe->gather_full_shared_expert(*f.moe);
     } else {

@@ -99,16 +99,12 @@ void MultiHeadLatentAttentionImpl::load_shard_from(MultiHeadLatentAttentionImpl&
 
 void MultiHeadLatentAttentionImpl::gather_full(MultiHeadLatentAttentionImpl& full) {
   torch::NoGradGuard no_grad;
-  auto set = [](auto& layer, std::pair<torch::Tensor, torch::Tensor> wb) {
-    layer->weight.copy_(wb.first);
-    if (layer->bias.defined()) layer->bias.copy_(wb.second);
-  };
   for (auto [mine, whole] :
        {std::pair{q_proj, full.q_proj}, std::pair{q_a_proj, full.q_a_proj},
         std::pair{q_b_proj, full.q_b_proj}, std::pair{kv_a_proj, full.kv_a_proj},
         std::pair{kv_b_proj, full.kv_b_proj}})
-    if (mine) set(whole, mine->gather_full());
-  set(full.o_proj, o_proj->gather_full());
+    if (mine) mine->gather_into(*whole);
+  o_proj->gather_into(*full.o_proj);
   if (q_a_norm) full.q_a_norm->weight.copy_(q_a_norm->weight);
   full.kv_a_norm->weight.copy_(kv_a_norm->weight);
 }

@@ -13,6 +13,14 @@ std::pair<int64_t, int64_t> tp_of(const std::shared_ptr<const ParallelGroups>& g
   return {groups->tp.size(), groups->tp.rank};
 }
 
+// Copies a gathered (weight, bias) into a one-process layer's parameters.
+template <typename Layer>
+void copy_gathered(Layer& full, const std::pair<torch::Tensor, torch::Tensor>& wb) {
+  torch::NoGradGuard no_grad;
+  full.weight.copy_(wb.first);
+  if (full.bias.defined()) full.bias.copy_(wb.second);
+}
+
 }  // namespace
 
 ColumnParallelLinearImpl::ColumnParallelLinearImpl(TensorParallelLinearOptions options_,
@@ -48,6 +56,10 @@ void ColumnParallelLinearImpl::load_shard_from(const torch::Tensor& full_weight,
   }
   weight.copy_(torch::cat(w));
   if (bias.defined()) bias.copy_(torch::cat(b));
+}
+
+void ColumnParallelLinearImpl::gather_into(ColumnParallelLinearImpl& full) {
+  copy_gathered(full, gather_full());
 }
 
 std::vector<std::string> ColumnParallelLinearImpl::tp_shard_names() const {
@@ -105,6 +117,10 @@ void RowParallelLinearImpl::load_shard_from(const torch::Tensor& full_weight,
   const int64_t part = options.in_features() / tp_;
   weight.copy_(full_weight.narrow(1, tp_rank_ * part, part));
   if (bias.defined()) bias.copy_(full_bias);
+}
+
+void RowParallelLinearImpl::gather_into(RowParallelLinearImpl& full) {
+  copy_gathered(full, gather_full());
 }
 
 std::vector<std::string> RowParallelLinearImpl::tp_shard_names() const {
