@@ -16,6 +16,7 @@
 #include "hybridmoe/data.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/grouped_dp.h"
+#include "hybridmoe/hf.h"
 #include "hybridmoe/model.h"
 #include "hybridmoe/model_presets.h"
 #include "hybridmoe/parallel.h"
@@ -72,6 +73,7 @@ LayoutMode parse_layout_mode(const std::string& text);
   X(ModelFamily, model, "model", ModelFamily::kGPT, "model",                                       \
     "model family (gpt, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3): sets every [model] "   \
     "and [moe] key to the family's tiny preset; keys given explicitly win, in any order")          \
+  X(int64_t, vocab_size, "vocab_size", 256, "model", "token vocabulary (256: bytes)")             \
   X(int64_t, d_model, "d_model", 64, "model", "model width")                                       \
   X(int64_t, n_layers, "n_layers", 4, "model", "transformer blocks")                               \
   X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \
@@ -172,6 +174,15 @@ LayoutMode parse_layout_mode(const std::string& text);
     "text file to train on (empty: embedded synthetic tasks)")                                     \
   X(int64_t, train_lines, "train_lines", 40000, "data", "lines of the synthetic corpus")           \
   X(int64_t, eval_per_task, "eval_per_task", 40, "data", "held-out samples per synthetic task")    \
+  /* ---- init ---- */                                                                             \
+  /* a Hugging Face model directory: its config.json sets the [model] and [moe] keys like a */     \
+  /* family preset (keys given explicitly win) and its weights replace the random init */          \
+  X(std::string, init_from_hf, "init_from_hf", "", "init",                                         \
+    "Hugging Face model directory to start from (config.json + safetensors; empty: random)")     \
+  X(std::string, allow_unused, "allow_unused", "", "init",                                         \
+    "regex of checkpoint tensors deliberately left unused (e.g. model\\.layers\\.61\\..*)")       \
+  X(std::string, hf_dtype, "hf_dtype", "", "init",                                                 \
+    "dtype of the Hugging Face weights started from (the export's default; empty: dtype)")         \
   /* ---- layout ---- */                                                                           \
   /* 4 ranks: two pipeline stages of dp = 2 with ep = 2 (on 2 cores this is about twice as */      \
   /* fast as tp = 2, whose all-reduces every block cost more than the pipeline bubble) */          \
@@ -283,11 +294,22 @@ std::string get_config_value(const TrainConfig& config, const std::string& key);
 ///   apply_model_preset(c, ModelFamily::kMixtral);  // c.model_options(): model_preset(kMixtral)
 void apply_model_preset(TrainConfig& config, ModelFamily family);
 
+/// Sets `model`, every key of the [model] and [moe] tables and `hf_dtype` to what the Hugging Face
+/// model directory `dir`'s config.json describes (hf::read_config; refusals name its keys), like a
+/// family preset: the model hmoe builds is the one the checkpoint's weights fit.
+///
+/// Example:
+///   TrainConfig c;
+///   apply_hf_model(c, "tiny-olmoe");  // c.model == kOLMoE, sizes from its config.json
+void apply_hf_model(TrainConfig& config, const std::string& dir);
+
 /// Keys as given (a TOML file's, the flags'), each with its text form, in the order given.
 using ConfigValues = std::vector<std::pair<std::string, std::string>>;
 
 /// Applies keys given explicitly over `config`: first the family of the last `model` among them
-/// when it differs from config.model (apply_model_preset), then every key in order (a later one
+/// when it differs from config.model (apply_model_preset) — or, with `init_from_hf` among them,
+/// that directory's model (apply_hf_model; a `model` naming another family is refused) —
+/// then every key in order (a later one
 /// wins). So explicit keys override the preset whatever their order: {n_layers 6, model mixtral}
 /// and {model mixtral, n_layers 6} agree; over a configuration already of that family (a resumed
 /// checkpoint's) `model` changes nothing. Unknown keys and bad values raise an error naming the
@@ -295,9 +317,9 @@ using ConfigValues = std::vector<std::pair<std::string, std::string>>;
 void apply_config_values(TrainConfig& config, const ConfigValues& given);
 
 /// A TOML document's keys as text, checked but not applied: top-level keys, or keys inside the
-/// table of their group ([model], [moe], [optim], [data], [layout], [memory], [output]). Unknown
-/// keys, keys in another group's table, wrong types and values that do not parse raise an error
-/// naming the key and `origin`.
+/// table of their group ([model], [moe], [optim], [data], [init], [layout], [memory], [output]).
+/// Unknown keys, keys in another group's table, wrong types and values that do not parse raise an
+/// error naming the key and `origin`.
 ConfigValues read_toml_text(const std::string& text, const std::string& origin);
 /// The keys of a TOML file (same rules); directories and unreadable files raise an error naming
 /// the file.
@@ -439,6 +461,13 @@ int64_t load_checkpoint(const std::string& dir, const TrainConfig& config, GPTIm
 ///   to.dp = 4; to.ep = 4; to.tp = to.pp = 1; to.nproc = 4; to.out = "converted";
 ///   convert_checkpoint(dir, to, *world);
 void convert_checkpoint(const std::string& dir, const TrainConfig& target, dist::World& world);
+
+/// Builds `target`'s layout from the Hugging Face model directory target.init_from_hf (each rank
+/// reading only its slices; every source tensor consumed, see hf::load) and writes it as the
+/// checkpoint of step 0 under target.out, optimizer moments zero: `hmoe train --resume` continues
+/// from it, `hmoe checkpoint convert` moves it to another layout. Returns this rank's coverage.
+/// Collective over `world`, which has target's world size.
+hf::Coverage import_hf_checkpoint(const TrainConfig& target, dist::World& world);
 
 /// The training configuration recorded in a checkpoint's checkpoint.meta.
 TrainConfig read_checkpoint_config(const std::string& dir);

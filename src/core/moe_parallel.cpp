@@ -6,6 +6,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/moe.h"
 #include "hybridmoe/parallel.h"
+#include "model/copy_parameters.h"
 
 namespace hybridmoe {
 
@@ -47,8 +48,7 @@ void MoEImpl::load_shard_from(MoEImpl& full) {
                   full.options.hidden() == options.hidden(),
               "MoE::load_shard_from: the source layer has other sizes");
   torch::NoGradGuard no_grad;
-  auto src_gate = full.gate->named_parameters();
-  for (auto& kv : gate->named_parameters()) kv.value().copy_(src_gate[kv.key()]);
+  detail::copy_state(*gate, *full.gate);  // weights and the selection bias
   TORCH_CHECK(static_cast<bool>(full.shared_expert) == static_cast<bool>(shared_expert) &&
                   full.shared_gate.defined() == shared_gate.defined(),
               "MoE::load_shard_from: the source layer's shared expert differs");

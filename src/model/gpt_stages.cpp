@@ -79,8 +79,10 @@ void GPTImpl::gather_full(GPTImpl& full) {
   torch::NoGradGuard no_grad;
   using detail::copy_parameters;
   // 1. With stages, every stage fills what it holds into a zeroed model; step 3 sums them.
-  if (stages_ > 1)
+  if (stages_ > 1) {
     for (auto& p : full.parameters()) p.zero_();
+    for (auto& b : full.buffers()) b.zero_();
+  }
   if (is_first_stage()) {
     copy_parameters(*full.tok_emb,
                     *tok_emb);  // a tied head's copy on the last stage is equal: counted once
@@ -110,7 +112,7 @@ void GPTImpl::gather_full(GPTImpl& full) {
         std::vector<torch::Tensor> bias = {params["b2"]};
         dist::broadcast_(bias, 0, groups_->etp);
       }
-      copy_parameters(*f.moe->gate, *b.moe->gate);
+      detail::copy_state(*f.moe->gate, *b.moe->gate);  // the selection bias too
       // The shared expert (its hidden slices gathered over tp) and its gate.
       b.moe->gather_full_shared_expert(*f.moe);
     } else {
@@ -121,6 +123,10 @@ void GPTImpl::gather_full(GPTImpl& full) {
   if (stages_ > 1) {
     auto params = full.parameters();
     dist::all_reduce_coalesced_(params, groups_->pp);
+    std::vector<torch::Tensor> state;  // the gates' buffers (each held by one stage)
+    for (auto& b : full.buffers())
+      if (b.is_floating_point()) state.push_back(b);
+    if (!state.empty()) dist::all_reduce_coalesced_(state, groups_->pp);
   }
 }
 

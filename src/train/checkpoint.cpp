@@ -12,6 +12,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/zero.h"
+#include "model/copy_parameters.h"
 
 namespace hybridmoe {
 
@@ -106,8 +107,7 @@ GPT consolidate_model(GPTImpl& model, const TrainConfig& config) {
     model.gather_full(*full);
   } else {
     torch::NoGradGuard ng;
-    auto src = model.named_parameters();
-    for (auto& kv : full->named_parameters()) kv.value().copy_(src[kv.key()]);
+    detail::copy_state(*full, model);
   }
   return full;
 }

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "hybridmoe/detail/files.h"
+
 namespace hybridmoe::detail {
 
 constexpr const char* kMetaFile = "checkpoint.meta";
@@ -24,12 +26,6 @@ Digest digest_of_file(const std::string& path);
 /// "hex size", the form checkpoint.meta records.
 std::string digest_text(const Digest& d);
 
-/// Writes `bytes` to `path` durably: into path + ".tmp" (every write checked), fsync, size
-/// checked, renamed over `path`, the directory fsynced. Throws c10::Error naming the path and the
-/// errno text (ENOSPC, EIO, ...) and removes the temporary; `path` is then untouched.
-/// Test hook: with HMOE_FAULT_WRITE set to a non-empty string, a write to a path containing it
-/// stops after half its bytes with ENOSPC (what a full disk does).
-void write_file_durable(const std::string& path, const std::string& bytes);
 /// rename(from, to), then fsync of the directory of `to`. Throws naming both paths and errno.
 void rename_durable(const std::string& from, const std::string& to);
 /// fsync of a directory (its entries, after a rename or create). Throws naming it and errno.

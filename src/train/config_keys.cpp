@@ -271,7 +271,19 @@ void apply_config_values(TrainConfig& config, const ConfigValues& given) {
     detail::find_config_key(key);  // an unknown key is refused before anything is set
     if (key == "model") family = &value;
   }
-  if (family != nullptr) {
+  const std::string* hf_dir = nullptr;
+  for (const auto& [key, value] : given)
+    if (key == "init_from_hf") hf_dir = value.empty() ? nullptr : &value;
+  if (hf_dir != nullptr) {
+    apply_hf_model(config, *hf_dir);
+    if (family != nullptr) {
+      TrainConfig chosen = config;
+      set_config_value(chosen, "model", *family);
+      TORCH_CHECK(chosen.model == config.model, "config: model ", *family,
+                  " contradicts init_from_hf ", *hf_dir, ", whose config.json is ",
+                  to_string(config.model));
+    }
+  } else if (family != nullptr) {
     TrainConfig chosen = config;
     set_config_value(chosen, "model", *family);
     if (chosen.model != config.model) apply_model_preset(config, chosen.model);

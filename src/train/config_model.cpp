@@ -2,6 +2,7 @@
 // and the model families' presets as configuration keys (apply_model_preset).
 #include <string>
 
+#include "hybridmoe/hf.h"
 #include "hybridmoe/train.h"
 
 namespace hybridmoe {
@@ -25,10 +26,8 @@ void copy_preset_keys(const TrainConfig& from, TrainConfig& to) {
 // The keys of the preset tables that give `o` (the inverse of TrainConfig::model_options for
 // them); the other keys keep their defaults.
 TrainConfig keys_of(const GPTOptions& o) {
-  TORCH_CHECK(
-      o.vocab_size() == GPTOptions().vocab_size(), "model preset: vocab_size ", o.vocab_size(),
-      " has no configuration key (the trainer's data are bytes: ", GPTOptions().vocab_size(), ")");
   TrainConfig c;
+  c.vocab_size = o.vocab_size();
   c.d_model = o.d_model();
   c.n_layers = o.n_layers();
   c.n_heads = o.n_heads();
@@ -105,6 +104,7 @@ GPTOptions TrainConfig::model_options() const {
   // capacity, the switch gate never; a convention may set it).
   if (normalize_top_k_weights) g.normalize_top_k_weights(true);
   return GPTOptions()
+      .vocab_size(vocab_size)
       .context(context)
       .d_model(d_model)
       .n_layers(n_layers)
@@ -156,6 +156,13 @@ void apply_model_preset(TrainConfig& config, ModelFamily family) {
       family == ModelFamily::kGPT ? TrainConfig() : keys_of(model_preset(family));
   copy_preset_keys(preset, config);
   config.model = family;
+}
+
+void apply_hf_model(TrainConfig& config, const std::string& dir) {
+  const hf::Config hc = hf::read_config(dir);
+  copy_preset_keys(keys_of(hc.options), config);
+  config.model = hc.family;
+  config.hf_dtype = hf::dtype_name(hc.dtype);
 }
 
 }  // namespace hybridmoe

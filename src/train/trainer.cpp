@@ -83,6 +83,7 @@ struct RunParts {
   GPT model{nullptr};
   std::unique_ptr<GroupedDataParallel> gdp;
   std::unique_ptr<ZeroAdamW> optimizer;
+  hf::Coverage coverage;  ///< what init_from_hf read on this rank
 };
 
 // The groups, this rank's shard of the model initialized from the seed, and AdamW (weight decay
@@ -101,6 +102,19 @@ RunParts build_run(const TrainConfig& cfg, dist::World& world) {
     r.model->load_shard_from(*full);
   }
   r.model->to(scalar_type(cfg.dtype));
+  // A Hugging Face checkpoint's weights replace the random init (each rank reads its slices); a
+  // resumed run takes its checkpoint's instead.
+  if (!cfg.init_from_hf.empty() && !cfg.resume) {
+    r.coverage =
+        hf::load(*r.model, cfg.model, hf::Checkpoint::open(cfg.init_from_hf), cfg.allow_unused);
+    const hf::Coverage& cov = r.coverage;
+    if (world.rank() == 0 && cfg.progress) {
+      std::printf("init_from_hf %s: rank 0 read %s\n", cfg.init_from_hf.c_str(),
+                  cov.text().c_str());
+      for (const auto& name : cov.unused)
+        std::printf("  unused (allow_unused): %s\n", name.c_str());
+    }
+  }
   r.gdp = std::make_unique<GroupedDataParallel>(r.model.ptr(), r.groups);
   const auto named = r.model->named_parameters().pairs();
   r.optimizer = std::make_unique<ZeroAdamW>(
@@ -113,6 +127,20 @@ RunParts build_run(const TrainConfig& cfg, dist::World& world) {
 }
 
 }  // namespace
+
+hf::Coverage import_hf_checkpoint(const TrainConfig& target, dist::World& world) {
+  TORCH_CHECK(!target.init_from_hf.empty(), "import_hf_checkpoint: init_from_hf is empty");
+  TORCH_CHECK(!target.resume, "import_hf_checkpoint: expected resume = false");
+  validate_config(target);
+  TORCH_CHECK(world.size() == target.layout().world_size(), "import_hf_checkpoint: the layout ",
+              target.layout().to_string(), " needs ", target.layout().world_size(),
+              " ranks, the world has ", world.size());
+  TrainConfig quiet = target;
+  quiet.progress = false;
+  RunParts parts = build_run(quiet, world);
+  save_checkpoint(target, 0, *parts.model, *parts.optimizer, *parts.groups);
+  return parts.coverage;
+}
 
 TrainResult train(const TrainConfig& cfg, dist::World& world,
                   const std::function<void(int64_t, double)>& on_step) {

@@ -17,6 +17,8 @@ void add_train_command(CLI::App&);
 void add_generate_command(CLI::App&);
 void add_plan_command(CLI::App& app);
 void add_checkpoint_command(CLI::App& app);
+/// `convert` (Hugging Face checkpoints in and out) and `logits`.
+void add_hf_commands(CLI::App& app);
 
 /// The command line this program was started with (argv[0] replaced by /proc/self/exe), so a
 /// subcommand can re-launch itself on several ranks.

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   hybridmoe::cli::add_generate_command(app);
   hybridmoe::cli::add_plan_command(app);
   hybridmoe::cli::add_checkpoint_command(app);
+  hybridmoe::cli::add_hf_commands(app);
   hybridmoe::cli::set_self_command(argc, argv);
   try {
     app.parse(argc, argv);
