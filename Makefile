@@ -13,7 +13,7 @@ ASAN_BUILD ?= build-asan
 all: build
 
 deps:
-	@scripts/install_deps.sh
+	@scripts/install_deps.sh --python
 
 configure: deps
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
