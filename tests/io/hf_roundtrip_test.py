@@ -9,7 +9,9 @@ modeling code):
   2. `hmoe convert --from-hf` into three layouts (ep > 1, pp > 1, tp = etp > 1), each checkpoint's
      logits equal the reference's, and `hmoe convert --to-hf` gives back every tensor
      byte-identical (same names, dtype, shape), with the coverage reports written;
-  3. `hmoe train --init-from-hf` on 4 ranks (dp 2, pp 2, ep 2) equals one process, loss at every
+  3. `hmoe generate --prompt-ids` greedy from the directory and from its checkpoint agree, the
+     first new token the reference's argmax;
+  4. `hmoe train --init-from-hf` on 4 ranks (dp 2, pp 2, ep 2) equals one process, loss at every
      step (float64, rel 1e-9). The balance and z losses are off here: they are computed per
      routing group (each dp shard), so a one-process run over the whole batch is another
      objective; `hmoe verify` proves that case against a group-routed reference.
@@ -124,7 +126,19 @@ def main():
             raise SystemExit("FAIL: no hmoe_conversion.json in %s" % back)
         print("%-52s %d tensors byte-identical (%s)" % (
             "%s %s -> %s -> HF" % (family, name, layout), len(src), src[next(iter(src))][0]))
-    # 3. Fine-tuning: four ranks equal one process.
+    # 3. Greedy generation: the directory and its imported checkpoint continue alike, the first
+    #    new token being the reference logits' argmax at the last position.
+    import numpy as np
+    ids_hf = run(hmoe, "generate", "--hf", j("per-expert"), "--prompt-ids", IDS, "--max-new", "4")
+    ckpt = os.path.join(j("ckpt-" + LAYOUTS[0][0].replace(",", "")), "checkpoints", "step_000000")
+    ids_ck = run(hmoe, "generate", "--checkpoint", ckpt, "--prompt-ids", IDS, "--max-new", "4")
+    first = int(np.load(j("per-expert.ref.npy"))[-1].argmax())
+    got = [int(x) for x in ids_hf.strip().split(",")]
+    if ids_hf != ids_ck or len(got) != len(IDS.split(",")) + 4 or got[len(IDS.split(","))] != first:
+        raise SystemExit("FAIL: generate: --hf %s, checkpoint %s, reference first token %d" % (
+            ids_hf.strip(), ids_ck.strip(), first))
+    print("%-52s %s" % ("%s generate --prompt-ids (hf = checkpoint)" % family, ids_hf.strip()))
+    # 4. Fine-tuning: four ranks equal one process.
     common = ["train", "--init-from-hf", j("per-expert"), "--dtype", "float64", "--steps", "4",
               "--batch-size", "8", "--seq-len", "16", "--micro-batches", "2", "--no-progress",
               "--checkpoint-every", "0", "--aux-loss-coef", "0", "--z-loss-coef", "0", "--no-eval"]

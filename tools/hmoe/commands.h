@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "hybridmoe/model.h"
+
 namespace hybridmoe::cli {
 
 void add_bench_command(CLI::App& app);
@@ -19,6 +21,13 @@ void add_plan_command(CLI::App& app);
 void add_checkpoint_command(CLI::App& app);
 /// `convert` (Hugging Face checkpoints in and out) and `logits`.
 void add_hf_commands(CLI::App& app);
+
+/// Comma-separated integers ("1,2,3"); refused naming `flag` otherwise.
+std::vector<int64_t> parse_id_list(const std::string& text, const std::string& flag);
+/// The single-process model of a Hugging Face directory (`hf_dir`) or of a checkpoint (exactly
+/// one of them non-empty), in `dtype`.
+GPT load_model_for_inference(const std::string& hf_dir, const std::string& checkpoint,
+                             torch::ScalarType dtype, const std::string& allow_unused);
 
 /// The command line this program was started with (argv[0] replaced by /proc/self/exe), so a
 /// subcommand can re-launch itself on several ranks.
