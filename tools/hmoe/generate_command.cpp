@@ -73,19 +73,20 @@ void add_generate_command(CLI::App& app) {
     TORCH_CHECK(a->max_new >= 0, "generate: --max-new must be >= 0, got ", a->max_new);
     const std::string dir = checkpoint_to_use(a->checkpoint);
     if (!a->prompt_ids.empty()) {
-      TORCH_CHECK(a->temperature == 0.0, "generate --prompt-ids: only greedy decoding "
-                                         "(--temperature 0), got ",
+      TORCH_CHECK(a->temperature == 0.0,
+                  "generate --prompt-ids: only greedy decoding "
+                  "(--temperature 0), got ",
                   a->temperature);
       GPT model = load_model_for_inference(a->hf, dir, torch::kFloat32, a->allow_unused);
-      const auto ids =
-          greedy_ids(*model, parse_id_list(a->prompt_ids, "--prompt-ids"), a->max_new);
+      const auto ids = greedy_ids(*model, parse_id_list(a->prompt_ids, "--prompt-ids"), a->max_new);
       for (size_t i = 0; i < ids.size(); ++i)
         std::printf("%s%lld", i ? "," : "", static_cast<long long>(ids[i]));
       std::printf("\n");
       return;
     }
-    TORCH_CHECK(a->hf.empty(), "generate --hf: expected --prompt-ids (a Hugging Face model's "
-                               "input is token ids, not text)");
+    TORCH_CHECK(a->hf.empty(),
+                "generate --hf: expected --prompt-ids (a Hugging Face model's "
+                "input is token ids, not text)");
     TORCH_CHECK(!dir.empty(), "generate: expected --checkpoint");
     GPT model = load_full_model(dir);
     const std::string text = generate_text(*model, a->prompt, a->max_new, a->temperature,
