@@ -293,6 +293,20 @@ TEST(HfCheckpoint, DamagedCheckpointsAreRefusedBeforeAnythingIsLoaded) {
   EXPECT_TRUE(throws_with([&] { save("stray", hf::ExpertLayout::kPerExpert, 0); }, "exists"));
 }
 
+TEST(HfCheckpoint, FailedExportLeavesNoDirectory) {
+  TempDir tmp("fault");
+  GPT src = family_model(ModelFamily::kOLMoE, 4);
+  hf::SaveOptions so;
+  so.max_shard_bytes = 20000;
+  // A full disk while the third shard is written (the durable writer's test hook).
+  ::setenv("HMOE_FAULT_WRITE", "model-00003-of", 1);
+  EXPECT_TRUE(throws_with([&] { hf::save(*src, ModelFamily::kOLMoE, tmp / "out", so); },
+                          "model-00003-of"));
+  ::unsetenv("HMOE_FAULT_WRITE");
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  EXPECT_TRUE(fs::is_empty(tmp.path));  // no temporary left either
+}
+
 TEST(Npy, HeaderAndDataAsNumPyWritesThem) {
   auto t = torch::arange(6, torch::kFloat64).view({2, 3});
   const std::string b = npy::serialize(t);

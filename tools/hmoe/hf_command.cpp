@@ -83,6 +83,8 @@ nlohmann::json coverage_json(const hf::Coverage& c) {
 
 // Hugging Face directory -> a checkpoint of the requested layout, written by its ranks.
 int convert_from_hf(const ConvertArgs& a) {
+  TORCH_CHECK(!fs::exists(fs::path(a.out) / "checkpoints"), "convert --from-hf: ", a.out,
+              " already holds checkpoints; choose a new --out");
   TrainConfig c;
   apply_hf_model(c, a.from_hf);
   std::vector<int64_t> v = parse_id_list(a.to_layout, "--to-layout");
