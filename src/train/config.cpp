@@ -191,7 +191,10 @@ std::string check_config(const TrainConfig& c) {
        "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
        "`stop_after` must be >= 0");
   for (const auto& [name, v] : std::vector<std::pair<std::string, int64_t>>{
-           {"rotary_dim", c.rotary_dim}, {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim}})
+           {"rotary_dim", c.rotary_dim},
+           {"n_kv_heads", c.n_kv_heads},
+           {"head_dim", c.head_dim},
+           {"rope_original_max_positions", c.rope_original_max_positions}})
     need(v >= 0, "config key `" + name + "` must be >= 0 (0: the default), got " + s(v));
   need(c.pp <= c.n_layers, "config key `pp` = " + s(c.pp) + " exceeds `n_layers` = " +
                                s(c.n_layers) + " (every stage needs a block)");
