@@ -57,8 +57,8 @@ LayoutMode parse_layout_mode(const std::string& text);
 /// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
 /// Typed keys (ModelFamily, NormType, PositionType, RopeScaling, AttentionType, QKNorm,
 /// Activation, ScoreFunction, ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute,
-/// LayoutMode) are strings in TOML and on the command line, read and printed by their own parse /
-/// to_string.
+/// LayoutMode, TokenDType) are strings in TOML and on the command line, read and printed by their
+/// own parse / to_string.
 /// `mlp_only_layers` (std::vector<int64_t>, ConfigKind::kIntList) is an array of integers in TOML
 /// and "1,3" (or "[1, 3]") on the command line; it prints as "[1, 3]".
 ///
@@ -78,6 +78,9 @@ LayoutMode parse_layout_mode(const std::string& text);
   X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \
   X(int64_t, d_mlp, "d_mlp", 0, "model", "dense MLP width (0: 4 * d_model)")                       \
   X(int64_t, context, "context", 64, "model", "longest sequence")                                  \
+  /* byte data (data, the synthetic corpus) need 256; token data (data_tokens) their tokenizer's */\
+  X(int64_t, vocab_size, "vocab_size", 256, "model",                                               \
+    "token vocabulary (256: bytes; data_tokens: every id must be below it)")                       \
   X(int64_t, moe_every, "moe_every", 2, "model", "an MoE layer every N blocks (0: dense)")         \
   X(NormType, norm, "norm", NormType::kLayerNorm, "model",                                         \
     "norm of the blocks and the final norm: layernorm or rmsnorm")                                 \
@@ -190,6 +193,12 @@ LayoutMode parse_layout_mode(const std::string& text);
   /* ---- data ---- */                                                                             \
   X(std::string, data, "data", "", "data",                                                         \
     "text file to train on (empty: embedded synthetic tasks)")                                     \
+  /* nanoGPT's / Megatron's preprocessed .bin: token ids back to back, little-endian; */           \
+  /* no held-out evaluation (the task accuracy needs the synthetic corpus) */                      \
+  X(std::string, data_tokens, "data_tokens", "", "data",                                           \
+    "flat file of token ids to train on instead of bytes (empty: off; excludes data; no eval)")    \
+  X(TokenDType, token_dtype, "token_dtype", TokenDType::kUInt16, "data",                           \
+    "width of the ids in data_tokens: uint16 or uint32 (little-endian)")                           \
   X(int64_t, train_lines, "train_lines", 40000, "data", "lines of the synthetic corpus")           \
   X(int64_t, eval_per_task, "eval_per_task", 40, "data", "held-out samples per synthetic task")    \
   /* ---- layout ---- */                                                                           \

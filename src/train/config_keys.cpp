@@ -79,6 +79,11 @@ struct TextValue<RopeScaling> {
   static std::string print(RopeScaling v) { return to_string(v); }
 };
 template <>
+struct TextValue<TokenDType> {
+  static TokenDType parse(const std::string& s) { return parse_token_dtype(s); }
+  static std::string print(TokenDType v) { return to_string(v); }
+};
+template <>
 struct TextValue<AttentionType> {
   static AttentionType parse(const std::string& s) { return parse_attention_type(s); }
   static std::string print(AttentionType v) { return to_string(v); }

@@ -25,10 +25,8 @@ void copy_preset_keys(const TrainConfig& from, TrainConfig& to) {
 // The keys of the preset tables that give `o` (the inverse of TrainConfig::model_options for
 // them); the other keys keep their defaults.
 TrainConfig keys_of(const GPTOptions& o) {
-  TORCH_CHECK(
-      o.vocab_size() == GPTOptions().vocab_size(), "model preset: vocab_size ", o.vocab_size(),
-      " has no configuration key (the trainer's data are bytes: ", GPTOptions().vocab_size(), ")");
   TrainConfig c;
+  c.vocab_size = o.vocab_size();
   c.d_model = o.d_model();
   c.n_layers = o.n_layers();
   c.n_heads = o.n_heads();
@@ -114,6 +112,7 @@ GPTOptions TrainConfig::model_options() const {
   // capacity, the switch gate never; a convention may set it).
   if (normalize_top_k_weights) g.normalize_top_k_weights(true);
   return GPTOptions()
+      .vocab_size(vocab_size)
       .context(context)
       .d_model(d_model)
       .n_layers(n_layers)

@@ -64,10 +64,10 @@ TEST(TypedConfigKeys, DefaultsKeepTheirSpelling) {
   EXPECT_EQ(get_config_value(c, "mlp_only_layers"), "[]");
   // Typed keys are strings in TOML and on the command line; mlp_only_layers an int list.
   const std::set<std::string> typed = {
-      "expert_layout",     "adaptive_r",     "dtype",       "pipeline_schedule",
-      "recompute",         "layout",         "model",       "norm",
-      "position",          "attention",      "qk_norm",     "mlp_activation",
-      "expert_activation", "score_function", "rope_scaling"};
+      "expert_layout",     "adaptive_r",     "dtype",        "pipeline_schedule",
+      "recompute",         "layout",         "model",        "norm",
+      "position",          "attention",      "qk_norm",      "mlp_activation",
+      "expert_activation", "score_function", "rope_scaling", "token_dtype"};
   for (const auto& k : train_config_keys()) {
     if (typed.count(k.name) > 0) {
       EXPECT_EQ(k.kind, ConfigKind::kString) << k.name;
@@ -87,6 +87,7 @@ TEST(ConfigKeysModel, EveryFamilyKeyIsInItsTable) {
                                           "rope_theta",
                                           "rotary_dim",
                                           "rope_interleaved",
+                                          "vocab_size",
                                           "rope_scaling",
                                           "rope_factor",
                                           "rope_original_max_positions",
@@ -218,19 +219,17 @@ TEST(ConfigKeysModel, ValuesReachTheModelAndGateOptions) {
   EXPECT_EQ(l.qk_rope_head_dim(), m.qk_rope_head_dim);
   EXPECT_EQ(l.v_head_dim(), m.v_head_dim);
   EXPECT_EQ(l.latent_norm_eps(), m.latent_norm_eps);
-  // The RoPE scaling keys (Hugging Face's rope_scaling).
+  // The RoPE scaling keys (Hugging Face's rope_scaling) and the vocabulary.
   TrainConfig y;
-  const ConfigValues yarn = {{"rope_scaling", "yarn"},
-                             {"rope_factor", "40.0"},
-                             {"rope_original_max_positions", "4096"},
-                             {"yarn_beta_fast", "16.0"},
-                             {"yarn_beta_slow", "2.0"},
-                             {"yarn_attention_factor", "0.5"},
-                             {"yarn_mscale", "0.707"},
-                             {"yarn_mscale_all_dim", "0.707"},
-                             {"yarn_truncate", "false"}};
+  const ConfigValues yarn = {
+      {"vocab_size", "50304"},          {"rope_scaling", "yarn"},
+      {"rope_factor", "40.0"},          {"rope_original_max_positions", "4096"},
+      {"yarn_beta_fast", "16.0"},       {"yarn_beta_slow", "2.0"},
+      {"yarn_attention_factor", "0.5"}, {"yarn_mscale", "0.707"},
+      {"yarn_mscale_all_dim", "0.707"}, {"yarn_truncate", "false"}};
   apply_config_values(y, yarn);
   const GPTOptions r = y.model_options();
+  EXPECT_EQ(r.vocab_size(), 50304);
   EXPECT_EQ(r.rope_scaling(), RopeScaling::kYarn);
   EXPECT_EQ(r.rope_factor(), 40.0);
   EXPECT_EQ(r.rope_original_max_positions(), 4096);
