@@ -42,11 +42,46 @@ TORCH_MODULE(Norm);
 /// float32 (float64 for float64 input) and returned in x's dtype. x: [..., n], weight: [n].
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
-/// Rotary position embedding of the first rotary_dim dimensions of every row of x (the rest
-/// pass through): position p rotates pair j by the angle p · theta^(-2j / rotary_dim). The pairs
-/// are (j, j + rotary_dim / 2) (the Llama / Mistral / Qwen layout) or, interleaved, (2j, 2j + 1)
-/// (DeepSeek's layout).
+/// RoPE's rotation speeds and size, made from the options by rope_frequencies(): position p
+/// turns pair j by the angle p · inv_freq[j], and cos and sin are multiplied by attention_factor.
+struct RopeFrequencies {
+  torch::Tensor inv_freq;         ///< [rotary_dim / 2] float64
+  double attention_factor = 1.0;  ///< YaRN's factor on cos and sin; 1 without YaRN
+};
+
+/// The frequencies of `rotary_dim` rotated dimensions under the options' rope_theta and
+/// rope_scaling (float64, on `device`), as transformers' modeling_rope_utils.py computes them:
+///   none:   inv_freq[j] = theta^(-2j / rotary_dim);
+///   linear: the same divided by rope_factor;
+///   yarn:   (1 - ramp_j) · inv_freq[j] + ramp_j · inv_freq[j] / rope_factor, ramp_j =
+///           clamp((j - low) / (high - low), 0, 1), where low / high are the dimensions turning
+///           yarn_beta_fast / yarn_beta_slow times over rope_original_max_positions (rounded out
+///           with yarn_truncate, clamped to [0, rotary_dim - 1]); attention_factor as the options
+///           describe (model_options.h).
+/// rope_scaling's options are the caller's to check (GPTOptions::check).
+///
+/// Example:
+///   auto o = GPTOptions().position(PositionType::kRope).rope_scaling(RopeScaling::kYarn)
+///                .rope_factor(40).rope_original_max_positions(4096).yarn_mscale_all_dim(1);
+///   auto f = rope_frequencies(o, 64);                  // DeepSeek-V3's rotary dims
+///   auto y = apply_rope(x, f, /*interleaved=*/true);   // x: [..., S, 64]
+RopeFrequencies rope_frequencies(const GPTOptions& options, int64_t rotary_dim,
+                                 torch::Device device = torch::kCPU);
+
+/// The factor on latent attention's softmax scale 1 / sqrt(qk_nope_head_dim + qk_rope_head_dim):
+/// mscale(rope_factor, yarn_mscale_all_dim)² when rope_scaling is not none and
+/// yarn_mscale_all_dim is non-zero (DeepSeek-V3's attention in transformers), else 1.
+double latent_softmax_mscale(const GPTOptions& options);
+
+/// Rotary position embedding of the first 2 · f.inv_freq.size(0) dimensions of every row of x
+/// (the rest pass through): position p rotates pair j by the angle p · f.inv_freq[j], and the
+/// rotated pairs are multiplied by f.attention_factor. The pairs are (j, j + rotary_dim / 2) (the
+/// Llama / Mistral / Qwen layout) or, interleaved, (2j, 2j + 1) (DeepSeek's layout).
 /// x: [..., S, head_dim] with positions start .. start + S - 1 along dim -2 → same shape.
+torch::Tensor apply_rope(const torch::Tensor& x, const RopeFrequencies& f, bool interleaved,
+                         int64_t start = 0);
+/// Unscaled RoPE with base theta over rotary_dim dimensions (0: all of head_dim): position p
+/// rotates pair j by p · theta^(-2j / rotary_dim).
 torch::Tensor apply_rope(const torch::Tensor& x, double theta, int64_t rotary_dim, bool interleaved,
                          int64_t start = 0);
 
@@ -97,7 +132,7 @@ TORCH_MODULE(CausalSelfAttention);
 ///   kv = kv_a x = [c (kv_lora_rank) | k_rope (qk_rope_head_dim, one for all heads)];
 ///   [k_nope | v] per head = kv_b(rmsnorm(c));
 ///   RoPE on q's rope part and k_rope; key = [k_nope | k_rope]; softmax scale
-///   1 / sqrt(qk_nope_head_dim + qk_rope_head_dim); output o_proj(heads of v).
+///   latent_softmax_mscale / sqrt(qk_nope_head_dim + qk_rope_head_dim); output o_proj(heads of v).
 /// With tp > 1 the per-head projections (q_b or q_proj, kv_b) are column parallel and o_proj row
 /// parallel; q_a, kv_a and the latents' norms are held whole on every rank.
 ///

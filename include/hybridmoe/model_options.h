@@ -26,6 +26,15 @@ enum class PositionType { kLearned, kRope };
 PositionType parse_position_type(const std::string& name);  ///< "learned" | "rope"
 std::string to_string(PositionType type);
 
+/// How RoPE reaches past the context it was trained on (Hugging Face's rope_scaling "type"):
+/// none; linear position interpolation (every inverse frequency divided by rope_factor); or YaRN
+/// (arXiv 2309.00071): the inverse frequencies blended between interpolation and extrapolation by
+/// a linear ramp over the dimensions between the correction range of yarn_beta_fast and
+/// yarn_beta_slow, and cos / sin multiplied by an attention factor.
+enum class RopeScaling { kNone, kLinear, kYarn };
+RopeScaling parse_rope_scaling(const std::string& name);  ///< "none" | "linear" | "yarn"
+std::string to_string(RopeScaling scaling);
+
 /// The attention of the blocks: multi-head (grouped-query when n_kv_heads < n_heads), or
 /// DeepSeek's multi-head latent attention (low-rank q and kv with a shared rotary key).
 enum class AttentionType { kMultiHead, kLatent };
@@ -66,6 +75,34 @@ struct GPTOptions {
   TORCH_ARG(int64_t, rotary_dim) = 0;
   /// RoPE on adjacent pairs (2i, 2i + 1) (DeepSeek's layout) instead of (i, i + rotary_dim / 2).
   TORCH_ARG(bool, rope_interleaved) = false;
+  /// RoPE scaling (Hugging Face's config.json `rope_scaling`): kLinear divides every inverse
+  /// frequency by rope_factor; kYarn as _compute_yarn_parameters of transformers'
+  /// modeling_rope_utils.py. rope_factor must be 1 with kNone and >= 1 otherwise.
+  TORCH_ARG(RopeScaling, rope_scaling) = RopeScaling::kNone;
+  TORCH_ARG(double, rope_factor) = 1.0;
+  /// YaRN: the context the model was pretrained on (original_max_position_embeddings), which
+  /// places the correction range; needed (> 0) with kYarn.
+  TORCH_ARG(int64_t, rope_original_max_positions) = 0;
+  /// YaRN: the rotations (per original context) that bound the ramp: dimensions turning more than
+  /// yarn_beta_fast times keep their frequency (extrapolation), those turning fewer than
+  /// yarn_beta_slow times are interpolated (frequency / rope_factor); between them a linear ramp.
+  TORCH_ARG(double, yarn_beta_fast) = 32.0;
+  TORCH_ARG(double, yarn_beta_slow) = 1.0;
+  /// YaRN's attention factor, multiplying cos and sin: yarn_attention_factor when > 0; else
+  /// mscale(rope_factor, yarn_mscale) / mscale(rope_factor, yarn_mscale_all_dim) when both are
+  /// non-zero, else mscale(rope_factor, 1), with mscale(s, m) = 1 for s <= 1, else
+  /// 0.1 · m · ln(s) + 1 (transformers' `if mscale and mscale_all_dim`; DeepSeek-V3's
+  /// mscale = mscale_all_dim = 1 gives 1). 0 stands for an absent key: a config.json without
+  /// "mscale" maps to yarn_mscale 0 (the default 1 is DeepSeek's own code's default).
+  TORCH_ARG(double, yarn_attention_factor) = 0.0;
+  TORCH_ARG(double, yarn_mscale) = 1.0;
+  /// Non-zero: latent attention's softmax scale is also multiplied by
+  /// mscale(rope_factor, yarn_mscale_all_dim)² whenever rope_scaling is not none (DeepSeek-V3's
+  /// attention in transformers); multi-head attention's scale is never changed.
+  TORCH_ARG(double, yarn_mscale_all_dim) = 0.0;
+  /// YaRN: the correction range's bounds rounded outwards to whole dimensions (floor / ceil;
+  /// transformers' `truncate`, true unless a config says false, as gpt-oss does).
+  TORCH_ARG(bool, yarn_truncate) = true;
 
   // ---- attention ----
   TORCH_ARG(AttentionType, attention) = AttentionType::kMultiHead;
@@ -138,14 +175,20 @@ struct GPTOptions {
   int64_t mlp_hidden() const { return d_mlp_ > 0 ? d_mlp_ : 4 * d_model_; }
   int64_t kv_heads() const { return n_kv_heads_ > 0 ? n_kv_heads_ : n_heads_; }
   int64_t head_size() const { return head_dim_ > 0 ? head_dim_ : d_model_ / n_heads_; }
+  /// The dimensions of each head that RoPE rotates: qk_rope_head_dim with latent attention,
+  /// else rotary_dim or, when 0, the head size.
+  int64_t rope_dims() const;
   bool is_moe_block(int64_t i) const;
   /// The MoEOptions of the model's MoE layers.
   MoEOptions moe_options() const;
   /// The same model on one process: the layout options reset (fixed experts, no overlap).
   GPTOptions single_process() const;
-  /// Refuses inconsistent options by name (heads and kv heads, head sizes, latent ranks, layer
-  /// placement); tp: the tensor-parallel degree the model is built for.
+  /// Refuses inconsistent options by name (heads and kv heads, head sizes, latent ranks, RoPE
+  /// scaling, layer placement); tp: the tensor-parallel degree the model is built for.
   void check(int64_t tp = 1) const;
+
+ private:
+  void check_rope_scaling() const;
 };
 
 }  // namespace hybridmoe

@@ -56,9 +56,10 @@ LayoutMode parse_layout_mode(const std::string& text);
 /// get_config_value, config_to_toml and the flags with their help are all made, so a key cannot
 /// be added in one place and forgotten in another. X(type, member, key, default, group, help):
 /// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
-/// Typed keys (ModelFamily, NormType, PositionType, AttentionType, QKNorm, Activation,
-/// ScoreFunction, ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute, LayoutMode) are
-/// strings in TOML and on the command line, read and printed by their own parse / to_string.
+/// Typed keys (ModelFamily, NormType, PositionType, RopeScaling, AttentionType, QKNorm,
+/// Activation, ScoreFunction, ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute,
+/// LayoutMode, TokenDType) are strings in TOML and on the command line, read and printed by their
+/// own parse / to_string.
 /// `mlp_only_layers` (std::vector<int64_t>, ConfigKind::kIntList) is an array of integers in TOML
 /// and "1,3" (or "[1, 3]") on the command line; it prints as "[1, 3]".
 ///
@@ -79,6 +80,9 @@ LayoutMode parse_layout_mode(const std::string& text);
   X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \
   X(int64_t, d_mlp, "d_mlp", 0, "model", "dense MLP width (0: 4 * d_model)")                       \
   X(int64_t, context, "context", 64, "model", "longest sequence")                                  \
+  /* byte data (data, the synthetic corpus) need 256; token data (data_tokens) their tokenizer's */\
+  X(int64_t, vocab_size, "vocab_size", 256, "model",                                               \
+    "token vocabulary (256: bytes; data_tokens: every id must be below it)")                       \
   X(int64_t, moe_every, "moe_every", 2, "model", "an MoE layer every N blocks (0: dense)")         \
   X(NormType, norm, "norm", NormType::kLayerNorm, "model",                                         \
     "norm of the blocks and the final norm: layernorm or rmsnorm")                                 \
@@ -90,6 +94,25 @@ LayoutMode parse_layout_mode(const std::string& text);
     "leading head dimensions RoPE rotates (0: all; mla: qk_rope_head_dim)")                        \
   X(bool, rope_interleaved, "rope_interleaved", false, "model",                                    \
     "RoPE on adjacent pairs (DeepSeek) instead of the two halves")                                 \
+  /* Hugging Face's rope_scaling: type, factor, original_max_position_embeddings, beta_fast, */    \
+  /* beta_slow, attention_factor, mscale, mscale_all_dim, truncate (model_options.h) */            \
+  X(RopeScaling, rope_scaling, "rope_scaling", RopeScaling::kNone, "model",                        \
+    "RoPE scaling: none, linear (frequencies / rope_factor) or yarn")                              \
+  X(double, rope_factor, "rope_factor", 1.0, "model",                                              \
+    "RoPE scaling factor (>= 1 with linear or yarn; 1 with none)")                                 \
+  X(int64_t, rope_original_max_positions, "rope_original_max_positions", 0, "model",               \
+    "yarn: the pretrained context (original_max_position_embeddings; > 0 with yarn)")              \
+  X(double, yarn_beta_fast, "yarn_beta_fast", 32.0, "model",                                       \
+    "yarn: rotations above which a dimension keeps its frequency")                                 \
+  X(double, yarn_beta_slow, "yarn_beta_slow", 1.0, "model",                                        \
+    "yarn: rotations below which a dimension is interpolated")                                     \
+  X(double, yarn_attention_factor, "yarn_attention_factor", 0.0, "model",                          \
+    "yarn: factor on cos and sin (0: from yarn_mscale and yarn_mscale_all_dim)")                   \
+  X(double, yarn_mscale, "yarn_mscale", 1.0, "model", "yarn: mscale of the attention factor")      \
+  X(double, yarn_mscale_all_dim, "yarn_mscale_all_dim", 0.0, "model",                              \
+    "yarn: mscale_all_dim (non-zero: mla softmax scale times mscale^2, as DeepSeek-V3)")           \
+  X(bool, yarn_truncate, "yarn_truncate", true, "model",                                           \
+    "yarn: round the correction range out to whole dimensions")                                    \
   X(AttentionType, attention, "attention", AttentionType::kMultiHead, "model",                     \
     "attention: mha (grouped-query with n_kv_heads) or mla (DeepSeek latent)")                     \
   X(int64_t, n_kv_heads, "n_kv_heads", 0, "model", "key/value heads (0: n_heads)")                 \
@@ -172,6 +195,12 @@ LayoutMode parse_layout_mode(const std::string& text);
   /* ---- data ---- */                                                                             \
   X(std::string, data, "data", "", "data",                                                         \
     "text file to train on (empty: embedded synthetic tasks)")                                     \
+  /* nanoGPT's / Megatron's preprocessed .bin: token ids back to back, little-endian; */           \
+  /* no held-out evaluation (the task accuracy needs the synthetic corpus) */                      \
+  X(std::string, data_tokens, "data_tokens", "", "data",                                           \
+    "flat file of token ids to train on instead of bytes (empty: off; excludes data; no eval)")    \
+  X(TokenDType, token_dtype, "token_dtype", TokenDType::kUInt16, "data",                           \
+    "width of the ids in data_tokens: uint16 or uint32 (little-endian)")                           \
   X(int64_t, train_lines, "train_lines", 40000, "data", "lines of the synthetic corpus")           \
   X(int64_t, eval_per_task, "eval_per_task", 40, "data", "held-out samples per synthetic task")    \
   /* ---- init ---- */                                                                             \

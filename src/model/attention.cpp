@@ -109,8 +109,9 @@ torch::Tensor CausalSelfAttentionImpl::forward(const torch::Tensor& x) {
   k = k.transpose(1, 2);
   v = v.transpose(1, 2);
   if (o.position() == PositionType::kRope) {
-    q = apply_rope(q, o.rope_theta(), o.rotary_dim(), o.rope_interleaved());
-    k = apply_rope(k, o.rope_theta(), o.rotary_dim(), o.rope_interleaved());
+    const RopeFrequencies freq = rope_frequencies(o, o.rope_dims(), x.device());
+    q = apply_rope(q, freq, o.rope_interleaved());
+    k = apply_rope(k, freq, o.rope_interleaved());
   }
   // 6. Whole k, v feed only this rank's heads: their gradient is summed over tp.
   if (kv_whole_) {

@@ -62,24 +62,27 @@ torch::Tensor MultiHeadLatentAttentionImpl::forward(const torch::Tensor& x) {
   auto q = q_proj ? q_proj(x) : q_b_proj(q_a_norm(q_a_proj(x)));
   q = q.view({B, S, Hl, qk}).transpose(1, 2);
   auto q_nope = q.narrow(-1, 0, nope);
-  auto q_rot = apply_rope(q.narrow(-1, nope, rope), o.rope_theta(), 0, o.rope_interleaved());
+  const RopeFrequencies freq = rope_frequencies(o, rope, x.device());
+  auto q_rot = apply_rope(q.narrow(-1, nope, rope), freq, o.rope_interleaved());
   // 2. The kv latent and the rotary key shared by all heads: [B, S, kv_lora_rank], [B, 1, S, rope].
   auto kv = kv_a_proj(x);
   auto latent = kv.narrow(-1, 0, o.kv_lora_rank());
-  auto k_rot = apply_rope(kv.narrow(-1, o.kv_lora_rank(), rope).unsqueeze(1), o.rope_theta(), 0,
-                          o.rope_interleaved());
+  auto k_rot =
+      apply_rope(kv.narrow(-1, o.kv_lora_rank(), rope).unsqueeze(1), freq, o.rope_interleaved());
   // The shared key feeds only this rank's heads: its gradient is summed over tp.
   if (tp > 1) k_rot = dist::copy_to_group(k_rot, groups_->tp);
   // 3. Each head's unrotated key and value from the normalized latent: [B, Hl, S, nope + vd].
   auto kvb = kv_b_proj(kv_a_norm(latent)).view({B, S, Hl, nope + vd}).transpose(1, 2);
   auto k_nope = kvb.narrow(-1, 0, nope), v = kvb.narrow(-1, nope, vd);
-  // 4. Causal softmax attention with the scale 1 / sqrt(nope + rope).
+  // 4. Causal softmax attention with the scale 1 / sqrt(nope + rope), times YaRN's mscale² when
+  //    the options ask for it (latent_softmax_mscale).
   const int64_t BH = B * Hl;
   auto query = torch::cat({q_nope, q_rot}, -1).reshape({BH, S, qk});
   auto key = torch::cat({k_nope, k_rot.expand({B, Hl, S, rope})}, -1).reshape({BH, S, qk});
   auto causal = torch::full({S, S}, -std::numeric_limits<double>::infinity(), x.options()).triu(1);
-  auto scores = torch::baddbmm(causal, query, key.transpose(1, 2), /*beta=*/1.0,
-                               /*alpha=*/1.0 / std::sqrt(static_cast<double>(qk)));
+  auto scores =
+      torch::baddbmm(causal, query, key.transpose(1, 2), /*beta=*/1.0,
+                     /*alpha=*/latent_softmax_mscale(o) / std::sqrt(static_cast<double>(qk)));
   auto y = torch::bmm(torch::softmax(scores, -1), v.reshape({BH, S, vd}));  // [B·Hl, S, vd]
   // 5. Heads back together, then the row-parallel output projection (sums over tp).
   return o_proj(y.view({B, Hl, S, vd}).transpose(1, 2).reshape({B, S, Hl * vd}));

@@ -1,6 +1,7 @@
 // model_options.cpp — see model_options.h: the decoder options' names, the layer placement of
 // the MoE layers, the MoE options they imply, and the checks that refuse inconsistent options.
 #include <algorithm>
+#include <cmath>
 
 #include "core/enum_names.h"
 #include "hybridmoe/model_options.h"
@@ -13,6 +14,9 @@ const detail::EnumNames<NormType> kNormNames{
     "norm", {{NormType::kLayerNorm, "layernorm"}, {NormType::kRMSNorm, "rmsnorm"}}};
 const detail::EnumNames<PositionType> kPositionNames{
     "position", {{PositionType::kLearned, "learned"}, {PositionType::kRope, "rope"}}};
+const detail::EnumNames<RopeScaling> kRopeScalingNames{
+    "rope_scaling",
+    {{RopeScaling::kNone, "none"}, {RopeScaling::kLinear, "linear"}, {RopeScaling::kYarn, "yarn"}}};
 const detail::EnumNames<AttentionType> kAttentionNames{
     "attention", {{AttentionType::kMultiHead, "mha"}, {AttentionType::kLatent, "mla"}}};
 const detail::EnumNames<QKNorm> kQKNormNames{
@@ -32,6 +36,12 @@ PositionType parse_position_type(const std::string& name) {
 std::string to_string(PositionType type) {
   return kPositionNames.name_of(type);
 }
+RopeScaling parse_rope_scaling(const std::string& name) {
+  return kRopeScalingNames.parse(name);
+}
+std::string to_string(RopeScaling scaling) {
+  return kRopeScalingNames.name_of(scaling);
+}
 AttentionType parse_attention_type(const std::string& name) {
   return kAttentionNames.parse(name);
 }
@@ -50,6 +60,11 @@ bool GPTOptions::is_moe_block(int64_t i) const {
   return std::find(mlp_only_layers_.begin(), mlp_only_layers_.end(), i) == mlp_only_layers_.end();
 }
 
+int64_t GPTOptions::rope_dims() const {
+  if (attention_ == AttentionType::kLatent) return qk_rope_head_dim_;
+  return rotary_dim_ > 0 ? rotary_dim_ : head_size();
+}
+
 MoEOptions GPTOptions::moe_options() const {
   MoEOptions m(d_model_, num_experts_);
   m.d_hidden(expert_hidden_ > 0 ? expert_hidden_ : mlp_hidden());
@@ -66,6 +81,37 @@ GPTOptions GPTOptions::single_process() const {
   return o;
 }
 
+void GPTOptions::check_rope_scaling() const {
+  const std::string scaling = to_string(rope_scaling_);
+  TORCH_CHECK(std::isfinite(rope_factor_), "model: rope_factor must be finite, got ", rope_factor_);
+  if (rope_scaling_ == RopeScaling::kNone) {
+    TORCH_CHECK(rope_factor_ == 1.0, "model: rope_factor=", rope_factor_,
+                " has no effect with rope_scaling none; set rope_scaling linear or yarn, or "
+                "rope_factor 1");
+    return;
+  }
+  TORCH_CHECK(position_ == PositionType::kRope, "model: rope_scaling=", scaling,
+              " scales RoPE; position must be rope, got ", to_string(position_));
+  TORCH_CHECK(rope_factor_ >= 1.0, "model: rope_factor must be >= 1 with rope_scaling ", scaling,
+              " (it stretches the context), got ", rope_factor_);
+  TORCH_CHECK(std::isfinite(yarn_mscale_all_dim_) && yarn_mscale_all_dim_ >= 0.0,
+              "model: yarn_mscale_all_dim must be >= 0 (0: off), got ", yarn_mscale_all_dim_);
+  if (rope_scaling_ != RopeScaling::kYarn) return;
+  TORCH_CHECK(rope_original_max_positions_ > 0,
+              "model: rope_scaling yarn needs rope_original_max_positions > 0 (the pretrained "
+              "context, original_max_position_embeddings), got ",
+              rope_original_max_positions_);
+  TORCH_CHECK(std::isfinite(yarn_beta_fast_) && std::isfinite(yarn_beta_slow_) &&
+                  yarn_beta_slow_ > 0.0 && yarn_beta_fast_ >= yarn_beta_slow_,
+              "model: yarn needs 0 < yarn_beta_slow <= yarn_beta_fast, got yarn_beta_fast=",
+              yarn_beta_fast_, ", yarn_beta_slow=", yarn_beta_slow_);
+  TORCH_CHECK(std::isfinite(yarn_attention_factor_) && yarn_attention_factor_ >= 0.0,
+              "model: yarn_attention_factor must be >= 0 (0: from the mscales), got ",
+              yarn_attention_factor_);
+  TORCH_CHECK(std::isfinite(yarn_mscale_) && yarn_mscale_ >= 0.0,
+              "model: yarn_mscale must be >= 0, got ", yarn_mscale_);
+}
+
 void GPTOptions::check(int64_t tp) const {
   TORCH_CHECK(vocab_size_ > 0 && context_ > 0 && d_model_ > 0 && n_layers_ > 0 && n_heads_ > 0,
               "model: sizes must be positive, got vocab_size ", vocab_size_, ", context ", context_,
@@ -73,6 +119,7 @@ void GPTOptions::check(int64_t tp) const {
   TORCH_CHECK(norm_eps_ > 0.0, "model: norm_eps must be > 0, got ", norm_eps_);
   TORCH_CHECK(rope_theta_ > 0.0, "model: rope_theta must be > 0, got ", rope_theta_);
   TORCH_CHECK(n_heads_ % tp == 0, "model: n_heads=", n_heads_, " must be divisible by tp=", tp);
+  check_rope_scaling();
   if (attention_ == AttentionType::kMultiHead) {
     // 1. Heads, kv heads and their split over tp.
     TORCH_CHECK(n_kv_heads_ >= 0, "model: n_kv_heads must be >= 0 (0: n_heads), got ", n_kv_heads_);

@@ -163,6 +163,7 @@ std::string check_config(const TrainConfig& c) {
                                                     {"n_layers", c.n_layers},
                                                     {"n_heads", c.n_heads},
                                                     {"context", c.context},
+                                                    {"vocab_size", c.vocab_size},
                                                     {"num_experts", c.num_experts},
                                                     {"top_k", c.top_k},
                                                     {"steps", c.steps},
@@ -191,8 +192,19 @@ std::string check_config(const TrainConfig& c) {
        "config keys `d_mlp`, `expert_hidden`, `moe_every`, `warmup_steps`, `checkpoint_every`, "
        "`stop_after` must be >= 0");
   for (const auto& [name, v] : std::vector<std::pair<std::string, int64_t>>{
-           {"rotary_dim", c.rotary_dim}, {"n_kv_heads", c.n_kv_heads}, {"head_dim", c.head_dim}})
+           {"rotary_dim", c.rotary_dim},
+           {"n_kv_heads", c.n_kv_heads},
+           {"head_dim", c.head_dim},
+           {"rope_original_max_positions", c.rope_original_max_positions}})
     need(v >= 0, "config key `" + name + "` must be >= 0 (0: the default), got " + s(v));
+  // The data: bytes (a text file or the synthetic corpus) or token ids, each with its vocabulary.
+  need(c.data.empty() || c.data_tokens.empty(),
+       "config keys `data` = \"" + c.data + "\" and `data_tokens` = \"" + c.data_tokens +
+           "\" exclude each other: train on bytes or on token ids");
+  need(!c.data_tokens.empty() || c.vocab_size >= 256,
+       "config key `vocab_size` = " + s(c.vocab_size) +
+           " is below 256: byte data (`data` or the synthetic corpus) has 256 token ids; set "
+           "`data_tokens` to train on token ids");
   need(c.pp <= c.n_layers, "config key `pp` = " + s(c.pp) + " exceeds `n_layers` = " +
                                s(c.n_layers) + " (every stage needs a block)");
   need(c.zero_stage == 0 || c.zero_stage == 1,

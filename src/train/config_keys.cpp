@@ -74,6 +74,16 @@ struct TextValue<PositionType> {
   static std::string print(PositionType v) { return to_string(v); }
 };
 template <>
+struct TextValue<RopeScaling> {
+  static RopeScaling parse(const std::string& s) { return parse_rope_scaling(s); }
+  static std::string print(RopeScaling v) { return to_string(v); }
+};
+template <>
+struct TextValue<TokenDType> {
+  static TokenDType parse(const std::string& s) { return parse_token_dtype(s); }
+  static std::string print(TokenDType v) { return to_string(v); }
+};
+template <>
 struct TextValue<AttentionType> {
   static AttentionType parse(const std::string& s) { return parse_attention_type(s); }
   static std::string print(AttentionType v) { return to_string(v); }

@@ -40,6 +40,15 @@ TrainConfig keys_of(const GPTOptions& o) {
   c.rope_theta = o.rope_theta();
   c.rotary_dim = o.rotary_dim();
   c.rope_interleaved = o.rope_interleaved();
+  c.rope_scaling = o.rope_scaling();
+  c.rope_factor = o.rope_factor();
+  c.rope_original_max_positions = o.rope_original_max_positions();
+  c.yarn_beta_fast = o.yarn_beta_fast();
+  c.yarn_beta_slow = o.yarn_beta_slow();
+  c.yarn_attention_factor = o.yarn_attention_factor();
+  c.yarn_mscale = o.yarn_mscale();
+  c.yarn_mscale_all_dim = o.yarn_mscale_all_dim();
+  c.yarn_truncate = o.yarn_truncate();
   c.attention = o.attention();
   c.n_kv_heads = o.n_kv_heads();
   c.head_dim = o.head_dim();
@@ -115,6 +124,15 @@ GPTOptions TrainConfig::model_options() const {
       .rope_theta(rope_theta)
       .rotary_dim(rotary_dim)
       .rope_interleaved(rope_interleaved)
+      .rope_scaling(rope_scaling)
+      .rope_factor(rope_factor)
+      .rope_original_max_positions(rope_original_max_positions)
+      .yarn_beta_fast(yarn_beta_fast)
+      .yarn_beta_slow(yarn_beta_slow)
+      .yarn_attention_factor(yarn_attention_factor)
+      .yarn_mscale(yarn_mscale)
+      .yarn_mscale_all_dim(yarn_mscale_all_dim)
+      .yarn_truncate(yarn_truncate)
       .attention(attention)
       .n_kv_heads(n_kv_heads)
       .head_dim(head_dim)

@@ -1,15 +1,54 @@
-// data.cpp — see data.h: the synthetic task corpus, text-file corpora and batches.
+// data.cpp — see data.h: the synthetic task corpus, text-file corpora, token files (mapped) and
+// batches.
 #include "hybridmoe/data.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <set>
 #include <sstream>
 
+#include "core/enum_names.h"
+
 namespace hybridmoe {
 
+namespace detail {
+
+// A token file mapped read-only; unmapped with the last Corpus that holds it.
+struct MappedTokens {
+  const unsigned char* data = nullptr;
+  size_t bytes = 0;
+  int64_t count = 0;  // ids
+  int64_t width = 2;  // bytes per id
+
+  MappedTokens() = default;
+  MappedTokens(const MappedTokens&) = delete;
+  MappedTokens& operator=(const MappedTokens&) = delete;
+  ~MappedTokens() {
+    if (data != nullptr) munmap(const_cast<unsigned char*>(data), bytes);
+  }
+  // Id i, little-endian whatever the host's byte order.
+  int64_t at(int64_t i) const {
+    const unsigned char* p = data + i * width;
+    uint32_t v = 0;
+    for (int64_t b = width - 1; b >= 0; --b) v = (v << 8) | p[b];
+    return static_cast<int64_t>(v);
+  }
+};
+
+}  // namespace detail
+
 namespace {
+
+const detail::EnumNames<TokenDType> kTokenDTypeNames{
+    "token_dtype", {{TokenDType::kUInt16, "uint16"}, {TokenDType::kUInt32, "uint32"}}};
 
 using Rng = std::mt19937_64;
 
@@ -72,6 +111,16 @@ std::string make_sentence(Rng& rng) {
 
 }  // namespace
 
+TokenDType parse_token_dtype(const std::string& text) {
+  return kTokenDTypeNames.parse(text);
+}
+std::string to_string(TokenDType dtype) {
+  return kTokenDTypeNames.name_of(dtype);
+}
+int64_t token_width(TokenDType dtype) {
+  return dtype == TokenDType::kUInt32 ? 4 : 2;
+}
+
 const std::vector<std::string>& synthetic_task_names() {
   static const std::vector<std::string> names = {"sort", "reverse", "add", "copy"};
   return names;
@@ -131,19 +180,82 @@ Corpus Corpus::from_file(const std::string& path) {
   return c;
 }
 
+Corpus Corpus::from_tokens(const std::string& path, TokenDType dtype, int64_t vocab_size,
+                           int64_t seq_len) {
+  const int64_t width = token_width(dtype);
+  const std::string what = "data_tokens: \"" + path + "\"";
+  TORCH_CHECK(vocab_size > 0 && seq_len > 0, what, ": expected vocab_size and seq_len > 0, got ",
+              vocab_size, ", ", seq_len);
+  // 1. The file: a whole number of ids, enough of them for two windows.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  TORCH_CHECK(fd >= 0, what, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  const bool stat_ok = ::fstat(fd, &st) == 0;
+  const int stat_errno = errno;
+  auto refuse = [&](const std::string& why) {
+    ::close(fd);
+    C10_THROW_ERROR(Error, what + why);
+  };
+  if (!stat_ok) refuse(std::string(": cannot stat: ") + std::strerror(stat_errno));
+  if (!S_ISREG(st.st_mode)) refuse(": not a regular file");
+  const auto bytes = static_cast<int64_t>(st.st_size);
+  if (bytes % width != 0)
+    refuse(c10::str(" has ", bytes, " bytes, not a whole number of ", width,
+                    "-byte ids (token_dtype ", to_string(dtype), ")"));
+  const int64_t count = bytes / width;
+  if (count < seq_len + 2)
+    refuse(c10::str(" holds ", count, " token ids (", to_string(dtype), "); seq_len ", seq_len,
+                    " needs at least ", seq_len + 2));
+  // 2. Mapped, not read: every rank shares the page cache.
+  void* mapped = ::mmap(nullptr, static_cast<size_t>(bytes), PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_errno = errno;
+  ::close(fd);
+  TORCH_CHECK(mapped != MAP_FAILED, what, ": cannot map: ", std::strerror(map_errno));
+  auto tokens = std::make_shared<detail::MappedTokens>();
+  tokens->data = static_cast<const unsigned char*>(mapped);
+  tokens->bytes = static_cast<size_t>(bytes);
+  tokens->count = count;
+  tokens->width = width;
+  // 3. Every id within the vocabulary (uint16 ids always are for vocab_size >= 65536).
+  if (vocab_size < (int64_t{1} << (8 * width)))
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t id = tokens->at(i);
+      TORCH_CHECK(id < vocab_size, what, ": token id ", id, " at position ", i, " (of ", count, " ",
+                  to_string(dtype), " ids) is not below vocab_size ", vocab_size);
+    }
+  Corpus c;
+  c.tokens_ = std::move(tokens);
+  c.source_ = path;
+  return c;
+}
+
+int64_t Corpus::size() const {
+  return tokens_ ? tokens_->count : bytes_.size(0);
+}
+
 std::pair<torch::Tensor, torch::Tensor> Corpus::batch(uint64_t seed, int64_t step, int64_t micro,
                                                       int64_t batch, int64_t seq_len) const {
-  const int64_t n = bytes_.size(0);
+  const int64_t n = size();
   TORCH_CHECK(batch > 0 && seq_len > 0, "batch: expected positive sizes, got ", batch, ", ",
               seq_len);
-  TORCH_CHECK(n > seq_len, "batch: the corpus has ", n, " bytes; seq_len ", seq_len,
+  TORCH_CHECK(n > seq_len, "batch: the corpus has ", n, " tokens; seq_len ", seq_len,
               " needs more than that");
   // Offsets from a generator keyed by (seed, step, micro): a resumed run sees the same batches.
   auto gen = at::make_generator<at::CPUGeneratorImpl>(
       seed * 1000003ULL + static_cast<uint64_t>(step) * 131ULL + static_cast<uint64_t>(micro));
   auto starts = torch::randint(0, n - seq_len, {batch, 1}, gen, torch::kInt64);
-  auto idx = starts + torch::arange(seq_len + 1, torch::kInt64).unsqueeze(0);
-  auto windows = bytes_.index_select(0, idx.reshape({-1})).view({batch, seq_len + 1});
+  torch::Tensor windows;
+  if (tokens_) {
+    // Token ids: each window read from the mapped file.
+    windows = torch::empty({batch, seq_len + 1}, torch::kInt64);
+    int64_t* w = windows.data_ptr<int64_t>();
+    const int64_t* s = starts.data_ptr<int64_t>();
+    for (int64_t r = 0; r < batch; ++r)
+      for (int64_t t = 0; t <= seq_len; ++t) w[r * (seq_len + 1) + t] = tokens_->at(s[r] + t);
+  } else {
+    auto idx = starts + torch::arange(seq_len + 1, torch::kInt64).unsqueeze(0);
+    windows = bytes_.index_select(0, idx.reshape({-1})).view({batch, seq_len + 1});
+  }
   return {windows.narrow(1, 0, seq_len).contiguous(), windows.narrow(1, 1, seq_len).contiguous()};
 }
 

@@ -124,6 +124,12 @@ std::vector<std::string> continue_batch(GPTImpl& model, const std::vector<std::s
 std::string generate_text(GPTImpl& model, const std::string& prompt, int64_t max_new,
                           double temperature, uint64_t seed, bool stop_at_newline) {
   TORCH_CHECK(!prompt.empty(), "generate: the prompt must not be empty");
+  // Prompts and answers are bytes: a model of another vocabulary was trained on token ids
+  // (data_tokens) whose tokenizer hmoe does not have.
+  TORCH_CHECK(model.options.vocab_size() == 256, "generate: the model's vocabulary has ",
+              model.options.vocab_size(),
+              " token ids, not the 256 bytes that prompts are written in (it was trained on token "
+              "ids, data_tokens); generation needs a byte-level model");
   TORCH_CHECK(max_new >= 0, "generate: max_new (--max-new) should be >= 0, got ", max_new);
   TORCH_CHECK(std::isfinite(temperature) && temperature >= 0,
               "generate: temperature should be a finite number >= 0 (0: greedy), got ",

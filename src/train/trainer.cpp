@@ -172,10 +172,14 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const int64_t dp = layout.dp, tp = layout.tp, micro = cfg.micro_batches;
   const int64_t per_pass = cfg.batch_size / micro;
 
-  // 1. Data: the same corpus on every rank.
-  Corpus corpus = cfg.data.empty() ? Corpus::synthetic(static_cast<uint64_t>(cfg.seed),
-                                                       cfg.train_lines, cfg.eval_per_task)
-                                   : Corpus::from_file(cfg.data);
+  // 1. Data: the same corpus on every rank — token ids (mapped; no held-out samples, so no task
+  //    accuracy), a text file's bytes, or the synthetic tasks.
+  Corpus corpus =
+      !cfg.data_tokens.empty()
+          ? Corpus::from_tokens(cfg.data_tokens, cfg.token_dtype, cfg.vocab_size, cfg.seq_len)
+      : cfg.data.empty()
+          ? Corpus::synthetic(static_cast<uint64_t>(cfg.seed), cfg.train_lines, cfg.eval_per_task)
+          : Corpus::from_file(cfg.data);
 
   // 4. Resume from the newest complete checkpoint, or start in an output directory that holds no
   //    earlier run (or moved it aside).

@@ -2,8 +2,8 @@
 // against the same attention on one process from the same weights: gather_full gives the weights
 // back, the forward and the input gradient are equal, and every parameter's gradient equals its
 // shard of the one-process gradient. The cases cover multi-head attention, grouped-query attention
-// with kv heads split over tp and held whole, both q/k norms, clipping, interleaved RoPE and
-// latent attention with and without a q latent.
+// with kv heads split over tp and held whole, both q/k norms, clipping, interleaved RoPE, latent
+// attention with and without a q latent, and RoPE scaling (YaRN, linear) on both attentions.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -67,6 +67,31 @@ const std::vector<Case>& cases() {
       {"rope_interleaved_partial", {2, 4}, mha(8, 2).rope_interleaved(true).rotary_dim(2)},
       {"mla_q_lora", {2, 4}, mla(8)},
       {"mla_direct_q", {2, 4}, mla(0).rope_interleaved(false).attn_out_bias(false)},
+      // RoPE scaling: YaRN on grouped-query attention (kv heads split and whole), DeepSeek-V3's
+      // YaRN on latent attention (cos / sin and softmax mscales), linear.
+      {"gqa_yarn",
+       {2, 4},
+       mha(8, 4)
+           .rope_theta(100.0)
+           .rope_scaling(RopeScaling::kYarn)
+           .rope_factor(8.0)
+           .rope_original_max_positions(1000)},
+      {"gqa_kv1_yarn_attention_factor",
+       {2, 4},
+       mha(4, 1)
+           .rope_scaling(RopeScaling::kYarn)
+           .rope_factor(4.0)
+           .rope_original_max_positions(64)
+           .yarn_attention_factor(1.2)},
+      {"mla_yarn_mscale",
+       {2, 4},
+       mla(8)
+           .rope_theta(100.0)
+           .rope_scaling(RopeScaling::kYarn)
+           .rope_factor(40.0)
+           .rope_original_max_positions(200)
+           .yarn_mscale_all_dim(1.0)},
+      {"mla_linear", {2}, mla(0).rope_scaling(RopeScaling::kLinear).rope_factor(2.0)},
   };
   return all;
 }

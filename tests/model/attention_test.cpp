@@ -14,6 +14,7 @@
 
 #include "hybridmoe/attention.h"
 #include "model/attention_fixtures.h"
+#include "model/rope_reference.h"
 #include "support/compare.h"
 
 namespace hybridmoe {
@@ -32,27 +33,12 @@ torch::Tensor rms_formula(const torch::Tensor& x, const torch::Tensor& w, double
   return x / torch::sqrt(x.pow(2).mean(-1, true) + eps) * w;
 }
 
-// RoPE of the first `rot` dims written as complex numbers: pair j is z = x_a + i·x_b with
-// (a, b) = (j, j + rot/2) or, interleaved, (2j, 2j + 1), and position p multiplies it by
-// exp(i · p · theta^(-2j/rot)). x: [..., S, n] with positions start .. start + S - 1.
+// Unscaled RoPE of the first `rot` dims with base theta, as complex numbers (rope_reference.h).
+// x: [..., S, n] with positions start .. start + S - 1.
 torch::Tensor rope_reference(const torch::Tensor& x, double theta, int64_t rot, bool interleaved,
                              int64_t start) {
-  const int64_t S = x.size(-2), half = rot / 2;
-  std::vector<int64_t> ia, ib;
-  for (int64_t j = 0; j < half; ++j) {
-    ia.push_back(interleaved ? 2 * j : j);
-    ib.push_back(interleaved ? 2 * j + 1 : j + half);
-  }
-  std::vector<double> angle;
-  for (int64_t p = 0; p < S; ++p)
-    for (int64_t j = 0; j < half; ++j)
-      angle.push_back(static_cast<double>(start + p) *
-                      std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(rot)));
-  auto f64 = torch::kFloat64;
-  auto turn = torch::polar(torch::ones({S, half}, f64), torch::tensor(angle, f64).view({S, half}));
-  auto a = torch::tensor(ia), b = torch::tensor(ib);
-  auto z = torch::complex(x.index_select(-1, a), x.index_select(-1, b)) * turn;
-  return x.index_copy(-1, a, torch::real(z)).index_copy(-1, b, torch::imag(z));
+  return testing::rope_reference(
+      x, testing::reference_inv_freq(GPTOptions().rope_theta(theta), rot), interleaved, start);
 }
 
 // x W^T (+ b). x: [..., in] → [..., out].
@@ -87,11 +73,7 @@ torch::Tensor plain_attention(CausalSelfAttentionImpl& m, const GPTOptions& o,
   auto prepare = [&](torch::Tensor t, Norm& norm) {  // t: [S, hd] of q or k
     if (o.qk_norm() == QKNorm::kPerHead) t = rms_formula(t, norm->weight, eps);
     if (clip > 0.0) t = t.clamp(-clip, clip);
-    if (o.position() == PositionType::kRope) {
-      auto turned =
-          rope_reference(t.narrow(-1, 0, rot), o.rope_theta(), rot, o.rope_interleaved(), 0);
-      t = torch::cat({turned, t.narrow(-1, rot, hd - rot)}, -1);
-    }
+    if (o.position() == PositionType::kRope) t = testing::options_rope_reference(t, o, rot);
     return t;
   };
   std::vector<torch::Tensor> rows;
@@ -127,17 +109,16 @@ torch::Tensor plain_latent(MultiHeadLatentAttentionImpl& m, const GPTOptions& o,
                          m.kv_b_proj->weight, {});  // [B, S, H·(nope + vd)]
   std::vector<torch::Tensor> rows;
   for (int64_t b = 0; b < B; ++b) {
-    auto k_rope = rope_reference(kv[b].narrow(-1, r, rope), o.rope_theta(), rope,
-                                 o.rope_interleaved(), 0);  // [S, rope], one for every head
+    auto k_rope = testing::options_rope_reference(kv[b].narrow(-1, r, rope), o,
+                                                  rope);  // [S, rope], one for every head
     std::vector<torch::Tensor> heads;
     for (int64_t h = 0; h < H; ++h) {
       auto qh = q[b].narrow(-1, h * (nope + rope), nope + rope);
-      auto q_rope =
-          rope_reference(qh.narrow(-1, nope, rope), o.rope_theta(), rope, o.rope_interleaved(), 0);
+      auto q_rope = testing::options_rope_reference(qh.narrow(-1, nope, rope), o, rope);
       auto kvh = per_head[b].narrow(-1, h * (nope + vd), nope + vd);
       auto scores =
-          (qh.narrow(-1, 0, nope).matmul(kvh.narrow(-1, 0, nope).t()) + q_rope.matmul(k_rope.t())) /
-          std::sqrt(static_cast<double>(nope + rope));
+          (qh.narrow(-1, 0, nope).matmul(kvh.narrow(-1, 0, nope).t()) + q_rope.matmul(k_rope.t())) *
+          testing::reference_softmax_mscale(o) / std::sqrt(static_cast<double>(nope + rope));
       heads.push_back(head_attention(scores, kvh.narrow(-1, nope, vd)));
     }
     rows.push_back(torch::cat(heads, -1));
@@ -329,6 +310,31 @@ TEST(Attention, MatchesPerHeadLoops) {
                                          .position(PositionType::kRope)
                                          .rope_interleaved(true)
                                          .rotary_dim(2)},
+      // Qwen / Mixtral with YaRN (a ramp over pairs 1..5 of 4) and with linear scaling.
+      {"gqa_yarn_partial", mha_base()
+                               .n_kv_heads(2)
+                               .head_dim(10)
+                               .qkv_bias(false)
+                               .position(PositionType::kRope)
+                               .rotary_dim(8)
+                               .rope_theta(100.0)
+                               .rope_scaling(RopeScaling::kYarn)
+                               .rope_factor(8.0)
+                               .rope_original_max_positions(1000)},
+      {"yarn_attention_factor_interleaved", mha_base()
+                                                .position(PositionType::kRope)
+                                                .rope_interleaved(true)
+                                                .rope_theta(100.0)
+                                                .rope_scaling(RopeScaling::kYarn)
+                                                .rope_factor(4.0)
+                                                .rope_original_max_positions(200)
+                                                .yarn_truncate(false)
+                                                .yarn_attention_factor(1.7)},
+      {"linear_head_norm", mha_base()
+                               .qk_norm(QKNorm::kPerHead)
+                               .position(PositionType::kRope)
+                               .rope_scaling(RopeScaling::kLinear)
+                               .rope_factor(3.0)},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -361,6 +367,18 @@ TEST(Attention, LatentMatchesDeepSeekFormulas) {
       {"q_lora_interleaved", mla_base().q_lora_rank(8).rope_interleaved(true)},
       {"direct_q_half_rope_no_bias",
        mla_base().qkv_bias(false).attn_out_bias(false).rope_theta(50.0)},
+      // DeepSeek-V3's YaRN: cos / sin times mscale(f, 1) / mscale(f, 0.8) and the softmax scale
+      // times mscale(f, 0.8)².
+      {"yarn_mscale_all_dim", mla_base()
+                                  .q_lora_rank(8)
+                                  .rope_interleaved(true)
+                                  .rope_theta(100.0)
+                                  .rope_scaling(RopeScaling::kYarn)
+                                  .rope_factor(40.0)
+                                  .rope_original_max_positions(200)
+                                  .yarn_mscale_all_dim(0.8)},
+      {"linear_mscale_all_dim",
+       mla_base().rope_scaling(RopeScaling::kLinear).rope_factor(2.0).yarn_mscale_all_dim(1.0)},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);

@@ -1,6 +1,7 @@
 // model_dist_test.cpp — the GPT model on several ranks: every tested layout against the
-// single-process model on the same global batch (loss and every gradient), and upcycling under
-// tensor parallelism reproducing the dense model.
+// single-process model on the same global batch (loss and every gradient), DeepSeek-V3 and
+// Qwen3-MoE with YaRN RoPE scaling on tp / dp / ep / etp layouts, and upcycling under tensor
+// parallelism reproducing the dense model.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/model.h"
+#include "hybridmoe/model_presets.h"
 #include "model/gpt_fixtures.h"
 #include "support/compare.h"
 #include "support/multirank.h"
@@ -20,14 +22,14 @@ using testing::rel_err;
 using testing::tiny_gpt_options;
 
 // One layout against the single-process model on the same global batch: loss and gradients.
-void check_layout(dist::World& world, const ParallelConfig& layout, int64_t run_id) {
+void check_layout(dist::World& world, const ParallelConfig& layout, int64_t run_id,
+                  const GPTOptions& o = tiny_gpt_options(2)) {
   const std::string tag = "model" + std::to_string(run_id);
   std::vector<int64_t> members(layout.world_size());
   for (int64_t r = 0; r < layout.world_size(); ++r) members[r] = r;
   auto sub = world.new_group(tag, members);
   auto groups = std::make_shared<ParallelGroups>(
       ParallelGroups::build(layout, sub, world.store(), false, tag));
-  auto o = tiny_gpt_options(2);
   const int64_t b = 2, S = 8, dp = layout.dp, tp = layout.tp;
   // 1. Reference and distributed model from the same weights.
   torch::manual_seed(11);
@@ -89,6 +91,33 @@ TEST(ModelMultiRank, LayoutsEqualOneProcessOnFourRanks) {
     check_layout(ctx.world, ParallelConfig{2, 2, 1, 2, 1}, 0);
     check_layout(ctx.world, ParallelConfig{2, 2, 1, 2, 2}, 1);
     check_layout(ctx.world, ParallelConfig{1, 4, 1, 4, 1}, 2);
+  });
+}
+
+// A family's model at test size with YaRN over an original context of 4 positions (so that the
+// 8 positions of the batch reach past it).
+GPTOptions yarn_family(ModelFamily family) {
+  return model_preset(family)
+      .context(8)
+      .n_layers(2)
+      .rope_scaling(RopeScaling::kYarn)
+      .rope_factor(4.0)
+      .rope_original_max_positions(4)
+      .yarn_beta_fast(8.0)
+      .yarn_mscale_all_dim(family == ModelFamily::kDeepSeekV3 ? 1.0 : 0.0);
+}
+
+TEST(ModelMultiRank, YarnFamiliesEqualOneProcessOnFourRanks) {
+  testing::run_on_ranks(4, [](testing::RankContext& ctx) {
+    at::set_num_threads(1);
+    int64_t run = 0;
+    for (auto family : {ModelFamily::kDeepSeekV3, ModelFamily::kQwen3MoE}) {
+      SCOPED_TRACE(to_string(family));
+      const auto o = yarn_family(family);
+      check_layout(ctx.world, ParallelConfig{2, 2, 1, 2, 1}, run++, o);
+      check_layout(ctx.world, ParallelConfig{4, 1, 1, 1, 4}, run++, o);
+      check_layout(ctx.world, ParallelConfig{1, 4, 1, 4, 1}, run++, o);
+    }
   });
 }
 

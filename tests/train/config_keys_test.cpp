@@ -64,10 +64,10 @@ TEST(TypedConfigKeys, DefaultsKeepTheirSpelling) {
   EXPECT_EQ(get_config_value(c, "mlp_only_layers"), "[]");
   // Typed keys are strings in TOML and on the command line; mlp_only_layers an int list.
   const std::set<std::string> typed = {
-      "expert_layout",     "adaptive_r",    "dtype",   "pipeline_schedule",
-      "recompute",         "layout",        "model",   "norm",
-      "position",          "attention",     "qk_norm", "mlp_activation",
-      "expert_activation", "score_function"};
+      "expert_layout",     "adaptive_r",     "dtype",        "pipeline_schedule",
+      "recompute",         "layout",         "model",        "norm",
+      "position",          "attention",      "qk_norm",      "mlp_activation",
+      "expert_activation", "score_function", "rope_scaling", "token_dtype"};
   for (const auto& k : train_config_keys()) {
     if (typed.count(k.name) > 0) {
       EXPECT_EQ(k.kind, ConfigKind::kString) << k.name;
@@ -87,6 +87,16 @@ TEST(ConfigKeysModel, EveryFamilyKeyIsInItsTable) {
                                           "rope_theta",
                                           "rotary_dim",
                                           "rope_interleaved",
+                                          "vocab_size",
+                                          "rope_scaling",
+                                          "rope_factor",
+                                          "rope_original_max_positions",
+                                          "yarn_beta_fast",
+                                          "yarn_beta_slow",
+                                          "yarn_attention_factor",
+                                          "yarn_mscale",
+                                          "yarn_mscale_all_dim",
+                                          "yarn_truncate",
                                           "attention",
                                           "n_kv_heads",
                                           "head_dim",
@@ -209,6 +219,42 @@ TEST(ConfigKeysModel, ValuesReachTheModelAndGateOptions) {
   EXPECT_EQ(l.qk_rope_head_dim(), m.qk_rope_head_dim);
   EXPECT_EQ(l.v_head_dim(), m.v_head_dim);
   EXPECT_EQ(l.latent_norm_eps(), m.latent_norm_eps);
+  // The RoPE scaling keys (Hugging Face's rope_scaling) and the vocabulary.
+  TrainConfig y;
+  const ConfigValues yarn = {
+      {"vocab_size", "50304"},          {"rope_scaling", "yarn"},
+      {"rope_factor", "40.0"},          {"rope_original_max_positions", "4096"},
+      {"yarn_beta_fast", "16.0"},       {"yarn_beta_slow", "2.0"},
+      {"yarn_attention_factor", "0.5"}, {"yarn_mscale", "0.707"},
+      {"yarn_mscale_all_dim", "0.707"}, {"yarn_truncate", "false"}};
+  apply_config_values(y, yarn);
+  const GPTOptions r = y.model_options();
+  EXPECT_EQ(r.vocab_size(), 50304);
+  EXPECT_EQ(r.rope_scaling(), RopeScaling::kYarn);
+  EXPECT_EQ(r.rope_factor(), 40.0);
+  EXPECT_EQ(r.rope_original_max_positions(), 4096);
+  EXPECT_EQ(r.yarn_beta_fast(), 16.0);
+  EXPECT_EQ(r.yarn_beta_slow(), 2.0);
+  EXPECT_EQ(r.yarn_attention_factor(), 0.5);
+  EXPECT_EQ(r.yarn_mscale(), 0.707);
+  EXPECT_EQ(r.yarn_mscale_all_dim(), 0.707);
+  EXPECT_FALSE(r.yarn_truncate());
+  for (const auto& [key, text] : yarn) {
+    TrainConfig d;
+    set_config_value(d, key, text);
+    EXPECT_EQ(get_config_value(d, key), get_config_value(y, key)) << key;
+    EXPECT_NE(get_config_value(d, key), get_config_value(TrainConfig(), key)) << key;
+  }
+  // check_config refuses the scaling as the model does, naming the option.
+  TrainConfig bad;
+  apply_config_values(bad, {{"position", "rope"}, {"rope_scaling", "yarn"}, {"rope_factor", "4"}});
+  EXPECT_NE(check_config(bad).find("rope_scaling yarn needs rope_original_max_positions > 0"),
+            std::string::npos)
+      << check_config(bad);
+  apply_config_values(bad, {{"rope_original_max_positions", "-1"}});
+  EXPECT_NE(check_config(bad).find("config key `rope_original_max_positions` must be >= 0"),
+            std::string::npos)
+      << check_config(bad);
 }
 
 TEST(ConfigKeysModel, MlpOnlyLayersIsAListOnTheCommandLineAndAnArrayInToml) {

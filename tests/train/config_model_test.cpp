@@ -79,6 +79,15 @@ void expect_same_model(const GPTOptions& a, const GPTOptions& b, const std::stri
   EXPECT_EQ(a.rope_theta(), b.rope_theta());
   EXPECT_EQ(a.rotary_dim(), b.rotary_dim());
   EXPECT_EQ(a.rope_interleaved(), b.rope_interleaved());
+  EXPECT_EQ(a.rope_scaling(), b.rope_scaling());
+  EXPECT_EQ(a.rope_factor(), b.rope_factor());
+  EXPECT_EQ(a.rope_original_max_positions(), b.rope_original_max_positions());
+  EXPECT_EQ(a.yarn_beta_fast(), b.yarn_beta_fast());
+  EXPECT_EQ(a.yarn_beta_slow(), b.yarn_beta_slow());
+  EXPECT_EQ(a.yarn_attention_factor(), b.yarn_attention_factor());
+  EXPECT_EQ(a.yarn_mscale(), b.yarn_mscale());
+  EXPECT_EQ(a.yarn_mscale_all_dim(), b.yarn_mscale_all_dim());
+  EXPECT_EQ(a.yarn_truncate(), b.yarn_truncate());
   EXPECT_EQ(a.attention(), b.attention());
   EXPECT_EQ(a.n_kv_heads(), b.n_kv_heads());
   EXPECT_EQ(a.head_dim(), b.head_dim());
