@@ -74,7 +74,6 @@ LayoutMode parse_layout_mode(const std::string& text);
   X(ModelFamily, model, "model", ModelFamily::kGPT, "model",                                       \
     "model family (gpt, mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3): sets every [model] "   \
     "and [moe] key to the family's tiny preset; keys given explicitly win, in any order")          \
-  X(int64_t, vocab_size, "vocab_size", 256, "model", "token vocabulary (256: bytes)")             \
   X(int64_t, d_model, "d_model", 64, "model", "model width")                                       \
   X(int64_t, n_layers, "n_layers", 4, "model", "transformer blocks")                               \
   X(int64_t, n_heads, "n_heads", 4, "model", "attention heads")                                    \

@@ -155,7 +155,10 @@ void refuse_unsupported(const Keys& k, ModelFamily family) {
   }
 }
 
-// 2. RoPE: `rope_theta` and `rope_scaling` (v4) or `rope_parameters` (v5).
+// 2. RoPE: `rope_theta` and `rope_scaling` (v4) or `rope_parameters` (v5): default, linear or
+//    yarn. An absent mscale / mscale_all_dim / attention_factor is 0 (transformers tests them for
+//    truth); a factor other than max_position_embeddings / original_max_position_embeddings is
+//    refused (transformers versions disagree on which wins).
 void read_rope(const Keys& k, double default_theta, GPTOptions& opts) {
   const std::string& o = k.origin();
   double theta = k.number("rope_theta", default_theta);
@@ -164,10 +167,30 @@ void read_rope(const Keys& k, double default_theta, GPTOptions& opts) {
     const json& r = k.raw(key);
     TORCH_CHECK(r.is_object(), o, ": `", key, "` must be an object, got ", r.dump());
     Keys rk(r, o + " (" + key + ")");
-    std::string type = rk.text("rope_type", rk.text("type", "default"));
-    TORCH_CHECK(type == "default", o, ": ", key, " type \"", type,
-                "\" is not supported (expected default)");
+    const std::string type = rk.text("rope_type", rk.text("type", "default"));
     theta = rk.number("rope_theta", theta);
+    if (type == "default") continue;
+    TORCH_CHECK(type == "linear" || type == "yarn", o, ": ", key, " type \"", type,
+                "\" is not supported (expected default, linear or yarn)");
+    const double factor = rk.number("factor", 1.0);
+    TORCH_CHECK(rk.has("factor"), o, ": ", key, " of type ", type, " has no `factor`");
+    opts.rope_scaling(type == "linear" ? RopeScaling::kLinear : RopeScaling::kYarn)
+        .rope_factor(factor);
+    if (type == "linear") continue;
+    TORCH_CHECK(rk.has("original_max_position_embeddings"), o, ": ", key,
+                " of type yarn has no `original_max_position_embeddings`");
+    const int64_t original = rk.integer("original_max_position_embeddings", 0);
+    TORCH_CHECK(original <= 0 || std::abs(factor * original - opts.context()) < 0.5, o, ": ", key,
+                " factor ", factor, " disagrees with max_position_embeddings ", opts.context(),
+                " / original_max_position_embeddings ", original,
+                " (transformers versions differ on which wins; make them agree)");
+    opts.rope_original_max_positions(original)
+        .yarn_beta_fast(rk.number("beta_fast", 32.0))
+        .yarn_beta_slow(rk.number("beta_slow", 1.0))
+        .yarn_mscale(rk.number("mscale", 0.0))
+        .yarn_mscale_all_dim(rk.number("mscale_all_dim", 0.0))
+        .yarn_attention_factor(rk.number("attention_factor", 0.0))
+        .yarn_truncate(rk.boolean("truncate", true));
   }
   opts.rope_theta(theta);
 }
@@ -344,6 +367,20 @@ std::string config_json(ModelFamily family, const GPTOptions& o, torch::ScalarTy
   j["max_position_embeddings"] = o.context();
   j["rms_norm_eps"] = o.norm_eps();
   j["rope_theta"] = o.rope_theta();
+  if (o.rope_scaling() == RopeScaling::kLinear)
+    j["rope_scaling"] = {{"type", "linear"}, {"factor", o.rope_factor()}};
+  if (o.rope_scaling() == RopeScaling::kYarn) {
+    json y = {{"type", "yarn"},
+              {"factor", o.rope_factor()},
+              {"original_max_position_embeddings", o.rope_original_max_positions()},
+              {"beta_fast", o.yarn_beta_fast()},
+              {"beta_slow", o.yarn_beta_slow()},
+              {"truncate", o.yarn_truncate()}};
+    if (o.yarn_mscale() != 0.0) y["mscale"] = o.yarn_mscale();
+    if (o.yarn_mscale_all_dim() != 0.0) y["mscale_all_dim"] = o.yarn_mscale_all_dim();
+    if (o.yarn_attention_factor() != 0.0) y["attention_factor"] = o.yarn_attention_factor();
+    j["rope_scaling"] = y;
+  }
   j["tie_word_embeddings"] = o.tie_embeddings();
   j["hidden_act"] = "silu";
   j["num_experts_per_tok"] = g.top_k();
@@ -426,6 +463,16 @@ std::string config_json(ModelFamily family, const GPTOptions& o, torch::ScalarTy
   same("vocab_size", o.vocab_size(), back.vocab_size());
   same("norm_eps", o.norm_eps(), back.norm_eps());
   same("rope_theta", o.rope_theta(), back.rope_theta());
+  same("rope_scaling", to_string(o.rope_scaling()), to_string(back.rope_scaling()));
+  same("rope_factor", o.rope_factor(), back.rope_factor());
+  same("rope_original_max_positions", o.rope_original_max_positions(),
+       back.rope_original_max_positions());
+  same("yarn_beta_fast", o.yarn_beta_fast(), back.yarn_beta_fast());
+  same("yarn_beta_slow", o.yarn_beta_slow(), back.yarn_beta_slow());
+  same("yarn_mscale", o.yarn_mscale(), back.yarn_mscale());
+  same("yarn_mscale_all_dim", o.yarn_mscale_all_dim(), back.yarn_mscale_all_dim());
+  same("yarn_attention_factor", o.yarn_attention_factor(), back.yarn_attention_factor());
+  same("yarn_truncate", o.yarn_truncate(), back.yarn_truncate());
   same("norm", static_cast<int>(o.norm()), static_cast<int>(back.norm()));
   same("position", static_cast<int>(o.position()), static_cast<int>(back.position()));
   same("rotary_dim", o.rotary_dim(), back.rotary_dim());

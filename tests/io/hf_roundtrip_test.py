@@ -11,7 +11,7 @@ modeling code):
      byte-identical (same names, dtype, shape), with the coverage reports written;
   3. `hmoe generate --prompt-ids` greedy from the directory and from its checkpoint agree, the
      first new token the reference's argmax;
-  4. `hmoe train --init-from-hf` on 4 ranks (dp 2, pp 2, ep 2) equals one process, loss at every
+  4. `hmoe train --init-from-hf --data-tokens` on 4 ranks (dp 2, pp 2, ep 2) equals one process, loss at every
      step (float64, rel 1e-9). The balance and z losses are off here: they are computed per
      routing group (each dp shard), so a one-process run over the whole batch is another
      objective; `hmoe verify` proves that case against a group-routed reference.
@@ -87,6 +87,8 @@ def main():
         "fused-sharded-bf16-tied": ["--layout", "fused", "--dtype", "bfloat16", "--tie",
                                     "--max-shard-bytes", "20000"],
     }
+    if family == "deepseek_v3":  # the released configs' rope scaling
+        variants["fused-sharded-bf16-tied"].append("--yarn")
     # 1. Each variant read by hmoe equals the reference.
     for name, flags in variants.items():
         reference("make-tiny", "--family", family, "--out", j(name), "--seed", "3", *flags)
@@ -139,7 +141,11 @@ def main():
             ids_hf.strip(), ids_ck.strip(), first))
     print("%-52s %s" % ("%s generate --prompt-ids (hf = checkpoint)" % family, ids_hf.strip()))
     # 4. Fine-tuning: four ranks equal one process.
+    #    On token ids (uint16, a periodic sequence below every tiny vocabulary).
+    tokens = np.array([(i * 31 + i // 7) % 300 for i in range(4096)], dtype="<u2")
+    tokens.tofile(j("tokens.u16"))
     common = ["train", "--init-from-hf", j("per-expert"), "--dtype", "float64", "--steps", "4",
+              "--data-tokens", j("tokens.u16"), "--token-dtype", "uint16",
               "--batch-size", "8", "--seq-len", "16", "--micro-batches", "2", "--no-progress",
               "--checkpoint-every", "0", "--aux-loss-coef", "0", "--z-loss-coef", "0", "--no-eval"]
     run(hmoe, *common, "--nproc", "1", "--tp", "1", "--dp", "1", "--pp", "1", "--ep", "1",

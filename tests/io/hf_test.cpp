@@ -105,6 +105,22 @@ TEST(HfConfig, EachFamilyTakesItsOwnDefaults) {
                              "v5");
   EXPECT_EQ(v5.options.rope_theta(), 5000.0);
   EXPECT_EQ(v5.dtype, torch::kBFloat16);
+  // DeepSeek-V3's released rope scaling: YaRN, factor 40 over 4096 positions.
+  auto yarn = hf::parse_config(R"({"model_type": "deepseek_v3", "hidden_size": 64,
+      "num_attention_heads": 4, "num_hidden_layers": 1, "max_position_embeddings": 163840,
+      "q_lora_rank": 16, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8,
+      "v_head_dim": 8, "n_routed_experts": 8, "n_group": 4, "topk_group": 2,
+      "first_k_dense_replace": 0, "moe_intermediate_size": 16, "num_experts_per_tok": 2,
+      "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+        "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}})",
+                               "yarn");
+  EXPECT_EQ(yarn.options.rope_scaling(), RopeScaling::kYarn);
+  EXPECT_EQ(yarn.options.rope_factor(), 40.0);
+  EXPECT_EQ(yarn.options.rope_original_max_positions(), 4096);
+  EXPECT_EQ(yarn.options.yarn_mscale_all_dim(), 1.0);
+  const std::string back =
+      hf::config_json(ModelFamily::kDeepSeekV3, yarn.options, torch::kBFloat16);
+  EXPECT_EQ(hf::parse_config(back, "back").options.rope_factor(), 40.0);
 }
 
 TEST(HfConfig, RefusesWhatItCannotHonourByName) {
@@ -126,6 +142,9 @@ TEST(HfConfig, RefusesWhatItCannotHonourByName) {
   EXPECT_TRUE(refuse(R"(, "rope_scaling": {"type": "dynamic", "factor": 2.0})",
                      "type \"dynamic\" is not supported"));
   EXPECT_TRUE(refuse(R"(, "hidden_act": "gelu")", "hidden_act \"gelu\""));
+  EXPECT_TRUE(refuse(R"(, "max_position_embeddings": 100, "rope_scaling": {"type": "yarn",
+      "factor": 4.0, "original_max_position_embeddings": 16})",
+                     "factor 4 disagrees with max_position_embeddings 100"));
   EXPECT_TRUE(refuse(R"(, "num_hidden_layers": "2")", "`num_hidden_layers` must be an integer"));
   EXPECT_TRUE(refuse(R"(, "attention_dropout": 0.1)", "attention_dropout 0.1"));
   EXPECT_TRUE(refuse(R"(, "scoring_func": "softmax")", "scoring_func", "deepseek_v3"));
@@ -300,8 +319,8 @@ TEST(HfCheckpoint, FailedExportLeavesNoDirectory) {
   so.max_shard_bytes = 20000;
   // A full disk while the third shard is written (the durable writer's test hook).
   ::setenv("HMOE_FAULT_WRITE", "model-00003-of", 1);
-  EXPECT_TRUE(throws_with([&] { hf::save(*src, ModelFamily::kOLMoE, tmp / "out", so); },
-                          "model-00003-of"));
+  EXPECT_TRUE(
+      throws_with([&] { hf::save(*src, ModelFamily::kOLMoE, tmp / "out", so); }, "model-00003-of"));
   ::unsetenv("HMOE_FAULT_WRITE");
   EXPECT_FALSE(fs::exists(tmp / "out"));
   EXPECT_TRUE(fs::is_empty(tmp.path));  // no temporary left either
