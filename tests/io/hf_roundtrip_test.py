@@ -34,7 +34,6 @@ except ImportError as e:  # reported by ctest as a skip (SKIP_RETURN_CODE 77), w
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import hf_ref_models as ref  # noqa: E402
 
 IDS = "1,5,9,200,17,3,88,42,7,250"
 LAYOUTS = [("1,4,1,4,1", 4), ("1,2,2,2,1", 4), ("2,2,1,2,2", 4)]
