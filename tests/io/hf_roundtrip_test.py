@@ -106,6 +106,8 @@ def main():
         ranks = [l for l in log.splitlines() if l.startswith("rank ")]
         if len(ranks) != nproc:
             raise SystemExit("FAIL: expected %d coverage lines, got:\n%s" % (nproc, log))
+        for line in ranks:
+            print("%-52s %s" % ("%s %s -> %s coverage" % (family, name, layout), line))
         report = json.load(open(os.path.join(out, "conversion_report.json")))
         if len(report["ranks"]) != nproc or any(r["parameters"] <= 0 for r in report["ranks"]):
             raise SystemExit("FAIL: conversion_report.json %s" % report)

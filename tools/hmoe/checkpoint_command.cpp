@@ -24,25 +24,7 @@ struct ConvertArgs {
 // The checkpoint's configuration moved to the requested layout.
 TrainConfig target_config(const ConvertArgs& a) {
   TrainConfig c = read_checkpoint_config(a.dir);
-  std::vector<int64_t> v;
-  std::stringstream ss(a.to_layout);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    try {
-      v.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      TORCH_CHECK(false, "--to-layout: expected tp,dp,pp,ep,etp integers, got \"", a.to_layout,
-                  "\"");
-    }
-  }
-  TORCH_CHECK(v.size() == 5, "--to-layout: expected five numbers tp,dp,pp,ep,etp, got \"",
-              a.to_layout, "\"");
-  c.tp = v[0];
-  c.dp = v[1];
-  c.pp = v[2];
-  c.ep = v[3];
-  c.etp = v[4];
-  c.nproc = c.tp * c.dp * c.pp;
+  set_layout_from_list(c, a.to_layout);
   if (a.zero_stage >= 0) c.zero_stage = a.zero_stage;
   c.out = a.out;
   c.resume = false;
@@ -52,6 +34,18 @@ TrainConfig target_config(const ConvertArgs& a) {
 }
 
 }  // namespace
+
+void set_layout_from_list(TrainConfig& c, const std::string& text) {
+  std::vector<int64_t> v = parse_id_list(text, "--to-layout");
+  TORCH_CHECK(v.size() == 5, "--to-layout: expected five numbers tp,dp,pp,ep,etp, got \"", text,
+              "\"");
+  c.tp = v[0];
+  c.dp = v[1];
+  c.pp = v[2];
+  c.ep = v[3];
+  c.etp = v[4];
+  c.nproc = c.tp * c.dp * c.pp;
+}
 
 void add_checkpoint_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("checkpoint", "Work on training checkpoints");

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "hybridmoe/model.h"
+#include "hybridmoe/train.h"
 
 namespace hybridmoe::cli {
 
@@ -22,6 +23,8 @@ void add_checkpoint_command(CLI::App& app);
 /// `convert` (Hugging Face checkpoints in and out) and `logits`.
 void add_hf_commands(CLI::App& app);
 
+/// Sets tp, dp, pp, ep, etp and nproc from "tp,dp,pp,ep,etp" (--to-layout); refused otherwise.
+void set_layout_from_list(TrainConfig& config, const std::string& text);
 /// Comma-separated integers ("1,2,3"); refused naming `flag` otherwise.
 std::vector<int64_t> parse_id_list(const std::string& text, const std::string& flag);
 /// The single-process model of a Hugging Face directory (`hf_dir`) or of a checkpoint (exactly

@@ -70,7 +70,7 @@ void add_generate_command(CLI::App& app) {
   cmd->callback([a] {
     TORCH_CHECK(a->prompt.empty() != a->prompt_ids.empty(),
                 "generate: expected exactly one of --prompt and --prompt-ids");
-    TORCH_CHECK(a->max_new >= 0, "generate: --max-new must be >= 0, got ", a->max_new);
+    TORCH_CHECK(a->max_new >= 0, "generate: max_new (--max-new) should be >= 0, got ", a->max_new);
     const std::string dir = checkpoint_to_use(a->checkpoint);
     if (!a->prompt_ids.empty()) {
       TORCH_CHECK(a->temperature == 0.0,

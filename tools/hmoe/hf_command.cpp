@@ -87,15 +87,7 @@ int convert_from_hf(const ConvertArgs& a) {
               " already holds checkpoints; choose a new --out");
   TrainConfig c;
   apply_hf_model(c, a.from_hf);
-  std::vector<int64_t> v = parse_id_list(a.to_layout, "--to-layout");
-  TORCH_CHECK(v.size() == 5, "--to-layout: expected five numbers tp,dp,pp,ep,etp, got \"",
-              a.to_layout, "\"");
-  c.tp = v[0];
-  c.dp = v[1];
-  c.pp = v[2];
-  c.ep = v[3];
-  c.etp = v[4];
-  c.nproc = c.tp * c.dp * c.pp;
+  set_layout_from_list(c, a.to_layout);
   c.init_from_hf = a.from_hf;
   c.allow_unused = a.allow_unused;
   c.dtype = parse_dtype(a.dtype);
