@@ -59,7 +59,7 @@ asan: deps
 # clang-format (the repo's .clang-format) over the project's own sources; lists the files whose
 # formatting differs and fails if there is any. `clang-format -i FILE` fixes one.
 CLANG_FORMAT ?= clang-format
-FORMAT_DIRS = include src tools bench kernels tests
+FORMAT_DIRS = include src tools bench kernels tests python
 format-check: deps
 	@files=$$(find $(FORMAT_DIRS) -type f \( -name '*.h' -o -name '*.hpp' -o -name '*.cpp' \
 	    -o -name '*.cc' -o -name '*.cu' -o -name '*.cuh' \) | sort) && \

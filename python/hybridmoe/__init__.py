@@ -1,0 +1,77 @@
+"""hybridmoe: Mixture-of-Experts training from C++17/LibTorch, for PyTorch programs.
+
+This first slice of the Python package holds:
+  Group                   a torch.distributed process group as hybridmoe's communication group
+  all_reduce_sum, copy_to_group, all_gather_rows, reduce_scatter_rows, all_to_all,
+  sum_over_ranks, barrier the collectives of hybridmoe's communication core over a Group
+  hf_config(dir)          a Hugging Face config.json as hybridmoe reads it
+  Error                   raised by the C++ core (a RuntimeError), with the C++ message
+
+The extension is built against one torch (see _build_info): importing it under another torch
+raises ImportError saying which and what to do.
+"""
+import os as _os
+import sys as _sys
+
+# torch first: the extension links libtorch_python, and torch.distributed registers the
+# pybind11 classes (ProcessGroup, ...) that the extension receives.
+import torch
+import torch.distributed
+
+from . import _build_info
+
+
+def _torch_mismatch(what):
+    return ImportError(
+        f"hybridmoe was built for torch {_build_info.TORCH_VERSION} ({_build_info.TORCH_DIR}, "
+        f"Python {_build_info.PYTHON_VERSION}, {_build_info.PYTHON_EXECUTABLE}), but {what}; "
+        f"rebuild hybridmoe for this interpreter (cmake -DPython3_EXECUTABLE={_sys.executable})")
+
+
+if torch.__version__ != _build_info.TORCH_VERSION:
+    raise _torch_mismatch(f"this interpreter runs torch {torch.__version__} from "
+                          f"{_os.path.dirname(torch.__file__)}")
+
+from . import _C  # noqa: E402  (after torch, on purpose)
+
+if _C._torch_version != _build_info.TORCH_VERSION:
+    raise _torch_mismatch(f"its extension {_C.__file__} was built for torch {_C._torch_version}")
+if not _C._sees_torch_classes():
+    import builtins as _builtins
+
+    _torch_ids = [k for k in vars(_builtins) if k.startswith("__pybind11_internals_v")]
+    raise ImportError(
+        "hybridmoe's extension does not share pybind11's internals with torch, so torch's classes "
+        f"(ProcessGroup) cannot reach it: the extension's internals are "
+        f"{_C._pybind11_abi['internals_id']}, torch's {', '.join(_torch_ids) or 'unknown'} "
+        f"(torch._C: {torch._C._PYBIND11_COMPILER_TYPE} {torch._C._PYBIND11_STDLIB} "
+        f"{torch._C._PYBIND11_BUILD_ABI}); rebuild hybridmoe with torch's compiler and pybind11")
+
+from ._C import (  # noqa: E402
+    Error,
+    Group,
+    all_gather_rows,
+    all_reduce_sum,
+    all_to_all,
+    barrier,
+    copy_to_group,
+    hf_config,
+    reduce_scatter_rows,
+    sum_over_ranks,
+)
+
+__version__ = _C.__version__
+
+__all__ = [
+    "Error",
+    "Group",
+    "all_gather_rows",
+    "all_reduce_sum",
+    "all_to_all",
+    "barrier",
+    "copy_to_group",
+    "hf_config",
+    "reduce_scatter_rows",
+    "sum_over_ranks",
+    "__version__",
+]

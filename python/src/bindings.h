@@ -1,0 +1,24 @@
+// bindings.h — the parts of the extension hybridmoe._C, one concept per file, each adding its
+// names to the module (module.cpp calls them in this order).
+#pragma once
+
+#include <torch/csrc/utils/pybind.h>
+
+namespace hybridmoe::python {
+
+namespace py = pybind11;
+
+/// hybridmoe.Error (a RuntimeError): every c10::Error a binding raises, with its message
+/// (without the C++ backtrace). errors.cpp.
+void bind_errors(py::module_& m);
+/// __version__ and what the extension was built with (torch version, pybind11 ABI), and the
+/// check that torch's pybind11 classes are visible here. build_info.cpp.
+void bind_build_info(py::module_& m);
+/// hybridmoe.Group: a torch.distributed ProcessGroup as hybridmoe's dist::Group. groups.cpp.
+void bind_groups(py::module_& m);
+/// The collectives of hybridmoe's communication core over a Group. collectives.cpp.
+void bind_collectives(py::module_& m);
+/// hybridmoe.hf_config(dir): a Hugging Face config.json as hybridmoe's options. hf.cpp.
+void bind_hf(py::module_& m);
+
+}  // namespace hybridmoe::python
