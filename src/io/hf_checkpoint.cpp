@@ -62,10 +62,12 @@ torch::Tensor storage_positions(const torch::Tensor& view, const torch::Tensor& 
   return pos;
 }
 
-// The values of target `t` at its flat offsets `flat` [n] (int64), in the source's dtype.
+// The values of target `t` at its flat offsets `flat` [n] (int64), in the source's dtype; the
+// source tensors it reads are added to `touched`, their bytes to `bytes`.
 torch::Tensor gather(const Target& t, const Checkpoint& ckpt, const torch::Tensor& flat,
-                     int64_t& bytes) {
+                     int64_t& bytes, std::set<std::string>& touched) {
   auto read = [&](const Piece& p, const torch::Tensor& offsets) {
+    touched.insert(p.tensor);
     torch::Tensor source = ckpt.get(p.tensor).contiguous();
     auto positions = storage_positions(p.view(source), source, offsets);
     bytes += offsets.numel() * source.element_size();
@@ -289,8 +291,7 @@ Coverage load(GPTImpl& model, ModelFamily family, const Checkpoint& ckpt,
       const Target& t = map.targets[acc[i]];
       auto sel = (target == acc[i]).nonzero().squeeze(1);
       auto offsets = (flat.index_select(0, sel) - bases[acc[i]]).to(torch::kInt64);
-      out.index_put_({sel}, gather(t, ckpt, offsets, cov.bytes).to(dst.scalar_type()));
-      for (const auto& p : t.pieces) touched.insert(p.tensor);
+      out.index_put_({sel}, gather(t, ckpt, offsets, cov.bytes, touched).to(dst.scalar_type()));
     }
     dst.copy_(out.view(dst.sizes()));
     cov.parameters += 1;
