@@ -40,23 +40,18 @@ inline double median_ms(int warmup, int iters, const std::function<void()>& fn) 
   return t.empty() ? 0.0 : t[t.size() / 2];
 }
 
-/// Median wall times (ms) of two functions timed alternately, call by call, so that both see the
-/// same machine noise; `warmup` untimed rounds first.
-inline std::pair<double, double> interleaved_median_ms(int warmup, int iters,
-                                                       const std::function<void()>& a,
-                                                       const std::function<void()>& b) {
-  for (int i = 0; i < warmup; ++i) {
-    a();
-    b();
-  }
-  std::vector<double> ta, tb;
-  for (int i = 0; i < iters; ++i) {
-    ta.push_back(median_ms(0, 1, a));
-    tb.push_back(median_ms(0, 1, b));
-  }
-  std::sort(ta.begin(), ta.end());
-  std::sort(tb.begin(), tb.end());
-  return {ta[ta.size() / 2], tb[tb.size() / 2]};
+/// Median wall times (ms) of several functions timed alternately, call by call, so that all see
+/// the same machine noise; `warmup` untimed rounds first. One median per function, in order.
+inline std::vector<double> interleaved_median_ms(int warmup, int iters,
+                                                 const std::vector<std::function<void()>>& fns) {
+  for (int i = 0; i < warmup; ++i)
+    for (const auto& f : fns) f();
+  std::vector<std::vector<double>> t(fns.size());
+  for (int i = 0; i < iters; ++i)
+    for (size_t f = 0; f < fns.size(); ++f) t[f].push_back(median_ms(0, 1, fns[f]));
+  std::vector<double> medians;
+  for (auto& v : t) medians.push_back(median(v));
+  return medians;
 }
 
 /// Peak resident set size of this process so far, in MiB.

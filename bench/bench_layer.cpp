@@ -2,11 +2,16 @@
 #include "bench_layer.h"
 
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include <torch/torch.h>
 
 #include "bench_common.h"
 #include "hybridmoe/moe.h"
+#include "layer_breakdown.h"
+#include "padded_moe.h"
+#include "peak_gemm.h"
 
 namespace hybridmoe::bench {
 
@@ -19,12 +24,24 @@ torch::ScalarType parse_dtype(const std::string& s) {
 }
 }  // namespace
 
+LayerShape layer_shape(const std::string& name) {
+  if (name == "default") return {4096, 512, 2048, 8, 2};
+  if (name == "fine") return {4096, 512, 256, 64, 8};
+  TORCH_CHECK(false, "--shape: expected default or fine, got \"", name, "\"");
+}
+
 nlohmann::json layer_args_json(const LayerBenchArgs& a) {
-  return {
-      {"tokens", a.tokens},   {"d_model", a.d_model},       {"d_hidden", a.d_hidden},
-      {"experts", a.experts}, {"top_k", a.top_k},           {"dtype", a.dtype},
-      {"gate", a.gate},       {"activation", a.activation}, {"capacity_factor", a.capacity_factor},
-      {"iters", a.iters}};
+  return {{"shape", a.shape},
+          {"tokens", a.tokens},
+          {"d_model", a.d_model},
+          {"d_hidden", a.d_hidden},
+          {"experts", a.experts},
+          {"top_k", a.top_k},
+          {"dtype", a.dtype},
+          {"gate", a.gate},
+          {"activation", a.activation},
+          {"capacity_factor", a.capacity_factor},
+          {"iters", a.iters}};
 }
 
 nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
@@ -78,10 +95,26 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
                                         : torch::relu(h1);
     h.mm(w2).sum().backward();
   };
-  // The layer and the dense chain are timed alternately, so both see the same machine noise.
-  const auto [fwd_bwd_ms, dense_ms] = interleaved_median_ms(a.warmup, a.iters, fwd_bwd, dense);
+  // 4. The padded-batched layer of GShard/Tutel on the same gate and weights (padded_moe.h).
+  int64_t padded_capacity = 0;
+  auto padded = [&] {
+    auto out = padded_moe_forward(*moe, x);
+    padded_capacity = out.capacity;
+    (out.output.sum() + out.aux_loss).backward();
+  };
+  // The layer, the dense chain and the padded layer are timed alternately, so all see the same
+  // machine noise.
+  const auto medians = interleaved_median_ms(a.warmup, a.iters, {fwd_bwd, dense, padded});
+  const double fwd_bwd_ms = medians[0], dense_ms = medians[1], padded_ms = medians[2];
 
-  // 4. The sequential reference (loop over experts, mask-index the tokens of each).
+  // 5. The machine's GEMM rate at the first projection's size ([rows, d] × [d, h]), both ways.
+  const PeakGemm peak =
+      measure_peak_gemm(rows, a.d_model, a.d_hidden, dtype, threads, a.warmup, a.iters);
+
+  // 6. The layer's time by phase (layer_breakdown.h).
+  const PhaseTimes phases = time_layer_phases(*moe, x, a.warmup, a.iters);
+
+  // 7. The sequential reference (loop over experts, mask-index the tokens of each).
   double naive_ms = 0.0;
   if (!a.skip_naive) {
     naive_ms = median_ms(a.warmup, a.iters, [&] {
@@ -102,6 +135,31 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   j["expert_gflops"] = expert_gflops;
   j["dense_gflops"] = dense_gflops;
   j["ratio_vs_dense"] = expert_gflops / dense_gflops;
+  j["peak_gflops"] = peak.best();
+  j["peak_gflops_multithread"] = peak.multithread_gflops;
+  if (peak.per_core_measured) {
+    j["peak_gflops_per_core_sum"] = peak.per_core_sum_gflops;
+  } else {
+    j["peak_gflops_per_core_sum"] = nullptr;  // no openblas_set_num_threads: not measurable
+  }
+  j["peak_gemm"] = {rows, a.d_model, a.d_hidden};
+  j["ratio_vs_peak"] = expert_gflops / peak.best();
+  j["padded_bmm_fwd_bwd_ms"] = padded_ms;
+  j["padded_capacity"] = padded_capacity;
+  j["speedup_vs_padded"] = padded_ms / fwd_bwd_ms;
+  const std::vector<std::tuple<const char*, double, double>> phase_rows = {
+      {"route", phases.route_fwd, phases.route_bwd},
+      {"dispatch", phases.dispatch_fwd, phases.dispatch_bwd},
+      {"experts", phases.experts_fwd, phases.experts_bwd},
+      {"combine", phases.combine_fwd, phases.combine_bwd}};
+  for (const auto& [name, fwd, bwd] : phase_rows) {
+    j[std::string(name) + "_fwd_ms"] = fwd;
+    j[std::string(name) + "_bwd_ms"] = bwd;
+    j[std::string(name) + "_ms"] = fwd + bwd;
+  }
+  j["breakdown_sum_ms"] = phases.sum();
+  j["breakdown_vs_whole"] = phases.sum() / fwd_bwd_ms;
+  j["breakdown_method"] = kBreakdownMethod;
   if (!a.skip_naive) {
     j["naive_fwd_bwd_ms"] = naive_ms;
     j["speedup_vs_naive"] = naive_ms / fwd_bwd_ms;

@@ -1,5 +1,6 @@
-// bench_layer.h — `hmoe bench layer`: the single-process MoE layer against a dense MLP of the
-// same FLOPs and against the sequential reference, timed side by side in one run.
+// bench_layer.h — `hmoe bench layer`: the single-process MoE layer against its yardsticks, measured
+// side by side in one run: a dense MLP of the same FLOPs, the machine's GEMM peak, the padded-
+// batched layer of GShard/Tutel and the sequential reference; and the layer's time by phase.
 #pragma once
 
 #include <cstdint>
@@ -9,7 +10,15 @@
 
 namespace hybridmoe::bench {
 
+/// A named layer shape (`--shape`): "default" (4096 tokens, d 512, hidden 2048, 8 experts,
+/// top-2) or "fine" (4096 tokens, d 512, hidden 256, 64 experts, top-8: many small experts).
+struct LayerShape {
+  int64_t tokens, d_model, d_hidden, experts, top_k;
+};
+LayerShape layer_shape(const std::string& name);
+
 struct LayerBenchArgs {
+  std::string shape = "default";  ///< the preset the sizes came from (explicit flags override)
   int64_t tokens = 4096;
   int64_t d_model = 512;
   int64_t d_hidden = 2048;

@@ -2,6 +2,7 @@
 #include <iostream>
 #include <memory>
 #include <sstream>
+#include <vector>
 
 #include "bench_layer.h"
 #include "bench_layer_dist.h"
@@ -40,13 +41,34 @@ void add_bench_command(CLI::App& app) {
 
   auto args = std::make_shared<bench::LayerBenchArgs>();
   auto* layer = bench->add_subcommand("layer",
-                                      "MoE layer vs a dense MLP of equal FLOPs and vs "
-                                      "the sequential reference");
-  layer->add_option("--tokens", args->tokens, "Tokens per step")->capture_default_str();
-  layer->add_option("--d-model", args->d_model, "Model width")->capture_default_str();
-  layer->add_option("--d-hidden", args->d_hidden, "Expert hidden width")->capture_default_str();
-  layer->add_option("--experts", args->experts, "Number of experts")->capture_default_str();
-  layer->add_option("--top-k", args->top_k, "Experts per token")->capture_default_str();
+                                      "MoE layer vs its yardsticks: a dense MLP of equal FLOPs, "
+                                      "the machine's GEMM peak, the padded-batched layer "
+                                      "(GShard/Tutel) and the sequential reference; with its time "
+                                      "by phase");
+  layer
+      ->add_option("--shape", args->shape,
+                   "Size preset: default (4096 tokens, d 512, hidden 2048, 8 experts, top-2) | "
+                   "fine (4096 tokens, d 512, hidden 256, 64 experts, top-8); the size flags "
+                   "below override it")
+      ->check(CLI::IsMember({"default", "fine"}))
+      ->capture_default_str();
+  // The size flags; those given explicitly override the --shape preset (applied in the callback).
+  struct SizeFlag {
+    CLI::Option* option;
+    int64_t* value;
+    int64_t bench::LayerShape::*preset;
+  };
+  std::vector<SizeFlag> sizes;
+  auto size_flag = [&](const char* name, int64_t& value, int64_t bench::LayerShape::*preset,
+                       const std::string& help) {
+    sizes.push_back(
+        {layer->add_option(name, value, help + " (default: the shape's)"), &value, preset});
+  };
+  size_flag("--tokens", args->tokens, &bench::LayerShape::tokens, "Tokens per step");
+  size_flag("--d-model", args->d_model, &bench::LayerShape::d_model, "Model width");
+  size_flag("--d-hidden", args->d_hidden, &bench::LayerShape::d_hidden, "Expert hidden width");
+  size_flag("--experts", args->experts, &bench::LayerShape::experts, "Number of experts");
+  size_flag("--top-k", args->top_k, &bench::LayerShape::top_k, "Experts per token");
   layer->add_option("--dtype", args->dtype, "float32 | float64 | bfloat16")->capture_default_str();
   layer->add_option("--gate", args->gate, "Gate name")->capture_default_str();
   layer->add_option("--activation", args->activation, "gelu | relu | swiglu")
@@ -79,7 +101,10 @@ void add_bench_command(CLI::App& app) {
       ->add_option("--adaptive", sweeps->adaptive,
                    "With --nproc > 1: also time the adaptive expert layout at every valid r")
       ->capture_default_str();
-  layer->callback([args, nproc, layout, sweeps, degrees] {
+  layer->callback([args, nproc, layout, sweeps, degrees, sizes] {
+    const bench::LayerShape preset = bench::layer_shape(args->shape);
+    for (const auto& f : sizes)
+      if (f.option->count() == 0) *f.value = preset.*(f.preset);
     const bool in_launcher = std::getenv("RANK") != nullptr;
     if (*nproc <= 1 && !in_launcher) {
       std::cout << bench::run_layer_bench(*args).dump() << std::endl;

@@ -1,0 +1,101 @@
+// peak_gemm.cpp — see peak_gemm.h. OpenBLAS keeps one global thread count of its own (the Debian
+// pthread build: its own pool, not LibTorch's OpenMP one), so the per-core candidate sets it to 1
+// through openblas_set_num_threads, looked up at run time (absent with another BLAS), and puts the
+// value it found back afterwards, with LibTorch's intra-op thread count likewise.
+#include "peak_gemm.h"
+
+#include <dlfcn.h>
+
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "bench_common.h"
+
+namespace hybridmoe::bench {
+
+namespace {
+
+using SetThreadsFn = void (*)(int);
+using GetThreadsFn = int (*)();
+
+// BLAS and intra-op threads at 1 for this object's lifetime, the earlier counts restored after.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas()
+      : set_(reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))),
+        get_(reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"))),
+        intra_op_(at::get_num_threads()) {
+    if (!available()) return;
+    blas_ = get_();
+    set_(1);
+    at::set_num_threads(1);
+  }
+  ~SingleThreadedBlas() {
+    if (!available()) return;
+    set_(blas_);
+    at::set_num_threads(intra_op_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+  bool available() const { return set_ != nullptr && get_ != nullptr; }
+
+ private:
+  SetThreadsFn set_;
+  GetThreadsFn get_;
+  int intra_op_;
+  int blas_ = 1;
+};
+
+double gflops(int64_t m, int64_t k, int64_t n, double ms) {
+  return 2.0 * static_cast<double>(m) * static_cast<double>(k) * static_cast<double>(n) /
+         (ms * 1e6);
+}
+
+}  // namespace
+
+PeakGemm measure_peak_gemm(int64_t m, int64_t k, int64_t n, torch::ScalarType dtype, int threads,
+                           int warmup, int iters) {
+  TORCH_CHECK(m > 0 && k > 0 && n > 0, "peak GEMM: expected positive sizes, got m=", m, " k=", k,
+              " n=", n);
+  TORCH_CHECK(threads >= 1, "peak GEMM: expected threads >= 1, got ", threads);
+  torch::NoGradGuard ng;
+  auto a = torch::randn({m, k}, torch::dtype(dtype));  // [m, k]
+  auto b = torch::randn({k, n}, torch::dtype(dtype));  // [k, n]
+  auto c = torch::empty({m, n}, torch::dtype(dtype));  // [m, n]
+  PeakGemm p;
+  // (a) One GEMM on the threads in force.
+  p.multithread_gflops = gflops(m, k, n, median_ms(warmup, iters, [&] { at::mm_out(c, a, b); }));
+
+  // (b) One single-threaded GEMM per thread on its block of A's rows, all at once.
+  SingleThreadedBlas single;
+  p.per_core_measured = single.available();
+  if (!p.per_core_measured) return p;
+  std::vector<torch::Tensor> a_blocks, c_blocks;
+  for (int t = 0; t < threads; ++t) {
+    const int64_t lo = m * t / threads, hi = m * (t + 1) / threads;
+    if (hi == lo) continue;
+    a_blocks.push_back(a.narrow(0, lo, hi - lo));
+    c_blocks.push_back(c.narrow(0, lo, hi - lo));
+  }
+  auto round = [&] {
+    std::vector<std::exception_ptr> errors(a_blocks.size());
+    std::vector<std::thread> pool;
+    for (size_t t = 0; t < a_blocks.size(); ++t)
+      pool.emplace_back([&, t] {
+        try {
+          torch::NoGradGuard guard;
+          at::mm_out(c_blocks[t], a_blocks[t], b);
+        } catch (...) {
+          errors[t] = std::current_exception();
+        }
+      });
+    for (auto& th : pool) th.join();
+    for (auto& e : errors)
+      if (e) std::rethrow_exception(e);
+  };
+  p.per_core_sum_gflops = gflops(m, k, n, median_ms(warmup, iters, round));
+  return p;
+}
+
+}  // namespace hybridmoe::bench
