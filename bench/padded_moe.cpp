@@ -6,7 +6,8 @@ namespace hybridmoe::bench {
 
 namespace {
 
-// The expert activation on the padded buffer, the same ops as the grouped MLP's.
+// The expert activation on the padded buffer: the same ops as the grouped MLP's, written here
+// again on purpose (the baseline shares no code with the layer it is checked against).
 // a, g: [E, capacity, h] (g: SwiGLU's gate, else undefined) → [E, capacity, h].
 torch::Tensor padded_activate(const torch::Tensor& a, const torch::Tensor& g, Activation act) {
   switch (act) {
@@ -17,7 +18,7 @@ torch::Tensor padded_activate(const torch::Tensor& a, const torch::Tensor& g, Ac
     case Activation::kSwiGLU:
       return torch::silu(a) * g;
   }
-  TORCH_CHECK(false, "padded MoE: unknown activation ", static_cast<int>(act));
+  C10_THROW_ERROR(Error, c10::str("padded MoE: unknown activation ", static_cast<int>(act)));
 }
 
 // One projection of every expert at once: x [E, C, in] × w [E, in, out] (+ b [E, out]).
