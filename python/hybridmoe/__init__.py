@@ -5,6 +5,8 @@ This first slice of the Python package holds:
   all_reduce_sum, copy_to_group, all_gather_rows, reduce_scatter_rows, all_to_all,
   sum_over_ranks, barrier the collectives of hybridmoe's communication core over a Group
   hf_config(dir)          a Hugging Face config.json as hybridmoe reads it
+  MoE                     the MoE layer as a torch.nn.Module (single process), its weights
+                          nn.Parameters bound into the C++ layer at each forward
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -59,12 +61,14 @@ from ._C import (  # noqa: E402
     reduce_scatter_rows,
     sum_over_ranks,
 )
+from .moe import MoE  # noqa: E402
 
 __version__ = _C.__version__
 
 __all__ = [
     "Error",
     "Group",
+    "MoE",
     "all_gather_rows",
     "all_reduce_sum",
     "all_to_all",

@@ -20,5 +20,7 @@ void bind_groups(py::module_& m);
 void bind_collectives(py::module_& m);
 /// hybridmoe.hf_config(dir): a Hugging Face config.json as hybridmoe's options. hf.cpp.
 void bind_hf(py::module_& m);
+/// _C._MoELayer, the C++ layer behind hybridmoe.MoE, and _C._reference_moe (tests). moe.cpp.
+void bind_moe(py::module_& m);
 
 }  // namespace hybridmoe::python

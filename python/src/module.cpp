@@ -11,4 +11,5 @@ PYBIND11_MODULE(_C, m) {
   python::bind_groups(m);
   python::bind_collectives(m);
   python::bind_hf(m);
+  python::bind_moe(m);
 }

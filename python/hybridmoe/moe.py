@@ -1,0 +1,86 @@
+"""hybridmoe.MoE: the C++ MoE layer as a torch.nn.Module whose weights are Python nn.Parameters.
+
+The module owns its weights (parameters and buffers, by the C++ layer's names: gate.weight,
+experts.w1, ...); each forward hands them to the C++ layer's functional entry point
+(moe_forward, include/hybridmoe/moe_functional.h), which binds these very tensors as the weights
+of a single-process C++ MoE built from the same options and runs that layer's own forward. So
+autograd accumulates into the nn.Parameters, and .to(dtype), state_dict()/load_state_dict(),
+optimizers and requires_grad_ behave as on any module.
+"""
+import torch
+
+from . import _C
+
+
+class _Holder(torch.nn.Module):
+    """A plain container, so that the C++ names with a dot (gate.weight) are the state_dict's."""
+
+
+class MoE(torch.nn.Module):
+    """A Mixture-of-Experts layer (single process).
+
+    MoE(d_model, num_experts, top_k=2, d_hidden=0, activation="swiglu", gate="topk",
+        capacity_factor=0.0, shared_expert_hidden=0, bias=True, normalize_top_k_weights=None,
+        aux_loss_coef=None, z_loss_coef=None, **options)
+
+    Every option is the C++ layer's (MoEOptions, GateOptions) by the same name; None keeps the
+    C++ default (d_hidden 0 means 4 * d_model). Weights are initialized by the C++ layer's own
+    init (seeded by torch.manual_seed). forward(x), x [tokens, d_model] or [batch, seq, d_model],
+    returns (output of x's shape, aux_loss [], stats dict: tokens_per_expert, dropped, capacity,
+    router_entropy, loss_terms, choices). Errors of the C++ layer raise hybridmoe.Error.
+    """
+
+    def __init__(self, d_model, num_experts, top_k=2, d_hidden=0, activation="swiglu",
+                 gate="topk", capacity_factor=0.0, shared_expert_hidden=0, bias=True,
+                 normalize_top_k_weights=None, aux_loss_coef=None, z_loss_coef=None, **options):
+        super().__init__()
+        self.options = dict(d_model=d_model, num_experts=num_experts, top_k=top_k,
+                            d_hidden=d_hidden, activation=activation, gate=gate,
+                            capacity_factor=capacity_factor,
+                            shared_expert_hidden=shared_expert_hidden, bias=bias,
+                            normalize_top_k_weights=normalize_top_k_weights,
+                            aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef, **options)
+        self._layer = _C._MoELayer(self.options)
+        params, buffers = self._layer.initial_tensors()
+        for name, t in params.items():
+            owner, leaf = self._owner(name)
+            # Shares the C++ init tensor's storage; the C++ layer is rebound to the Parameter
+            # below, so the weights exist once.
+            owner.register_parameter(leaf, torch.nn.Parameter(t.detach()))
+        for name, t in buffers.items():
+            owner, leaf = self._owner(name)
+            owner.register_buffer(leaf, t.detach())
+        self._layer.bind(self._tensors())
+
+    def _owner(self, name):
+        *path, leaf = name.split(".")
+        owner = self
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, _Holder())
+            owner = getattr(owner, part)
+        return owner, leaf
+
+    def _tensors(self):
+        tensors = dict(self.named_parameters())
+        tensors.update(self.named_buffers())
+        return tensors
+
+    def forward_with(self, tensors, x):
+        """The layer's forward with the given parameters and buffers (by name) instead of the
+        module's own: (output, aux_loss, stats). For functional use (e.g. gradcheck)."""
+        out, aux, stats = self._layer.forward(tensors, x, self.training)
+        return out, aux, stats
+
+    def forward(self, x):
+        return self.forward_with(self._tensors(), x)
+
+    def after_step(self):
+        """The gate's after-step update (the loss-free balancing bias), on this module's
+        buffers; call it after each optimizer step when bias_update_rate > 0."""
+        self._layer.after_step(self._tensors())
+
+    def extra_repr(self):
+        shown = ("d_model", "num_experts", "top_k", "d_hidden", "activation", "gate",
+                 "capacity_factor")
+        return ", ".join(f"{k}={self.options[k]!r}" for k in shown)
