@@ -25,6 +25,10 @@ void add_hf_commands(CLI::App& app);
 
 /// Sets tp, dp, pp, ep, etp and nproc from "tp,dp,pp,ep,etp" (--to-layout); refused otherwise.
 void set_layout_from_list(TrainConfig& config, const std::string& text);
+/// `given` when it is a checkpoint directory (or empty); for a run directory, its newest
+/// checkpoint that passes its checks (as --resume picks it; a passed-over `latest` is said on
+/// stderr, prefixed by `command`). Refused naming `given` when there is none.
+std::string resolve_checkpoint(const std::string& given, const std::string& command);
 /// Comma-separated integers ("1,2,3"); refused naming `flag` otherwise.
 std::vector<int64_t> parse_id_list(const std::string& text, const std::string& flag);
 /// The single-process model of a Hugging Face directory (`hf_dir`) or of a checkpoint (exactly

@@ -13,18 +13,6 @@ namespace hybridmoe::cli {
 
 namespace {
 
-// A run directory: the newest checkpoint that passes its checks (like --resume), saying so when
-// `latest` was passed over.
-std::string checkpoint_to_use(const std::string& given) {
-  if (given.empty() || std::filesystem::exists(std::filesystem::path(given) / "checkpoint.meta"))
-    return given;
-  const ResumePoint p = find_resume_checkpoint(given);
-  TORCH_CHECK(!p.dir.empty(), "generate: ", given,
-              " is neither a checkpoint nor a run directory with a complete checkpoint: ", p.note);
-  if (!p.note.empty()) std::fprintf(stderr, "generate: %s\n", p.note.c_str());
-  return p.dir;
-}
-
 // Greedy continuation of `ids` by `max_new` tokens (stopping at the context).
 std::vector<int64_t> greedy_ids(GPTImpl& model, std::vector<int64_t> ids, int64_t max_new) {
   torch::NoGradGuard ng;
@@ -41,6 +29,16 @@ std::vector<int64_t> greedy_ids(GPTImpl& model, std::vector<int64_t> ids, int64_
 }
 
 }  // namespace
+
+std::string resolve_checkpoint(const std::string& given, const std::string& command) {
+  if (given.empty() || std::filesystem::exists(std::filesystem::path(given) / "checkpoint.meta"))
+    return given;
+  const ResumePoint p = find_resume_checkpoint(given);
+  TORCH_CHECK(!p.dir.empty(), command, ": ", given,
+              " is neither a checkpoint nor a run directory with a complete checkpoint: ", p.note);
+  if (!p.note.empty()) std::fprintf(stderr, "%s: %s\n", command.c_str(), p.note.c_str());
+  return p.dir;
+}
 
 void add_generate_command(CLI::App& app) {
   struct Args {
@@ -71,7 +69,7 @@ void add_generate_command(CLI::App& app) {
     TORCH_CHECK(a->prompt.empty() != a->prompt_ids.empty(),
                 "generate: expected exactly one of --prompt and --prompt-ids");
     TORCH_CHECK(a->max_new >= 0, "generate: max_new (--max-new) should be >= 0, got ", a->max_new);
-    const std::string dir = checkpoint_to_use(a->checkpoint);
+    const std::string dir = resolve_checkpoint(a->checkpoint, "generate");
     if (!a->prompt_ids.empty()) {
       TORCH_CHECK(a->temperature == 0.0,
                   "generate --prompt-ids: only greedy decoding "

@@ -60,12 +60,6 @@ GPT load_model_for_inference(const std::string& hf_dir, const std::string& check
 
 namespace {
 
-torch::ScalarType compute_dtype(const std::string& name) {
-  TORCH_CHECK(name == "float32" || name == "float64", "--dtype: expected float32 or float64, got ",
-              name);
-  return name == "float32" ? torch::kFloat32 : torch::kFloat64;
-}
-
 struct ConvertArgs {
   std::string source, from_hf, to_hf, to_layout, out, allow_unused, dtype = "float32";
   bool fused = false;
@@ -132,14 +126,7 @@ int convert_from_hf(const ConvertArgs& a) {
 
 // A checkpoint of any layout (its consolidated model) -> a Hugging Face directory.
 int convert_to_hf(const ConvertArgs& a) {
-  std::string dir = a.source;
-  if (!fs::exists(fs::path(dir) / "checkpoint.meta")) {
-    const ResumePoint p = find_resume_checkpoint(dir);
-    TORCH_CHECK(
-        !p.dir.empty(), "convert: ", dir,
-        " is neither a checkpoint nor a run directory with a complete checkpoint: ", p.note);
-    dir = p.dir;
-  }
+  const std::string dir = resolve_checkpoint(a.source, "convert");
   const TrainConfig c = read_checkpoint_config(dir);
   GPT model = load_full_model(dir);
   hf::SaveOptions o;
@@ -218,8 +205,8 @@ void add_hf_commands(CLI::App& app) {
   lg->callback([l] {
     torch::NoGradGuard ng;
     const auto ids = parse_id_list(l->ids, "--ids");
-    GPT model =
-        load_model_for_inference(l->hf, l->checkpoint, compute_dtype(l->dtype), l->allow_unused);
+    GPT model = load_model_for_inference(l->hf, l->checkpoint, scalar_type(parse_dtype(l->dtype)),
+                                         l->allow_unused);
     model->eval();
     for (int64_t id : ids)
       TORCH_CHECK(id >= 0 && id < model->options.vocab_size(), "--ids: id ", id,
