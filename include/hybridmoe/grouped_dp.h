@@ -22,6 +22,14 @@ struct GroupedDataParallelOptions {
   TORCH_ARG(int64_t, bucket_bytes) = int64_t{25} << 20;
 };
 
+/// The gradient group of every parameter of a module tree, by its name in `module`: the group
+/// declared by the innermost module that declares one (GradientGroupDeclarer, group_kind.h;
+/// nullopt: not synchronized), else dp. The tags GroupedDataParallel starts from.
+///
+/// Example:
+///   auto tags = gradient_group_tags(*moe);   // {"gate.weight": kStage, "experts.w1": kEdp, ...}
+std::map<std::string, c10::optional<GroupKind>> gradient_group_tags(torch::nn::Module& module);
+
 /// Tags parameters and keeps their replicas in sync.
 /// Default tags, read from the module tree: a parameter gets the gradient group declared by the
 /// innermost module that declares one (GradientGroupDeclarer, group_kind.h: gates → stage,

@@ -17,22 +17,36 @@ class _Holder(torch.nn.Module):
 
 
 class MoE(torch.nn.Module):
-    """A Mixture-of-Experts layer (single process).
+    """A Mixture-of-Experts layer, on one process or distributed over a layout's groups.
 
     MoE(d_model, num_experts, top_k=2, d_hidden=0, activation="swiglu", gate="topk",
         capacity_factor=0.0, shared_expert_hidden=0, bias=True, normalize_top_k_weights=None,
-        aux_loss_coef=None, z_loss_coef=None, **options)
+        aux_loss_coef=None, z_loss_coef=None, groups=None, **options)
 
     Every option is the C++ layer's (MoEOptions, GateOptions) by the same name; None keeps the
     C++ default (d_hidden 0 means 4 * d_model). Weights are initialized by the C++ layer's own
     init (seeded by torch.manual_seed). forward(x), x [tokens, d_model] or [batch, seq, d_model],
     returns (output of x's shape, aux_loss [], stats dict: tokens_per_expert, dropped, capacity,
     router_entropy, loss_terms, choices). Errors of the C++ layer raise hybridmoe.Error.
+
+    groups (a hybridmoe.ParallelGroups): the layer is distributed like the C++ layer: its expert
+    parameters are this rank's shard (experts.w1 [E / ep, d, h / etp], ...; `local_experts`,
+    `hidden_range` say which), tokens travel to their experts' ranks by an all-to-all over the
+    ep group, and the gate is replicated over the stage. Every rank of the stage calls forward
+    together. The weights start as this rank's shard of the one-process layer with the same
+    seed, so a seed gives the same model under every layout. Gradients: sum each parameter's
+    over its group (`gradient_groups()`; hybridmoe.GroupedDataParallel does it).
+
+    Example:
+        groups = hybridmoe.ParallelGroups.from_torch(ep=2)      # after init_process_group
+        moe = hybridmoe.MoE(512, 8, top_k=2, groups=groups)
+        y, aux, stats = moe(x)                                  # x: [tokens, 512], this rank's
     """
 
     def __init__(self, d_model, num_experts, top_k=2, d_hidden=0, activation="swiglu",
                  gate="topk", capacity_factor=0.0, shared_expert_hidden=0, bias=True,
-                 normalize_top_k_weights=None, aux_loss_coef=None, z_loss_coef=None, **options):
+                 normalize_top_k_weights=None, aux_loss_coef=None, z_loss_coef=None, groups=None,
+                 **options):
         super().__init__()
         self.options = dict(d_model=d_model, num_experts=num_experts, top_k=top_k,
                             d_hidden=d_hidden, activation=activation, gate=gate,
@@ -40,7 +54,8 @@ class MoE(torch.nn.Module):
                             shared_expert_hidden=shared_expert_hidden, bias=bias,
                             normalize_top_k_weights=normalize_top_k_weights,
                             aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef, **options)
-        self._layer = _C._MoELayer(self.options)
+        self.groups = groups
+        self._layer = _C._MoELayer(self.options, None if groups is None else groups._cpp)
         params, buffers = self._layer.initial_tensors()
         for name, t in params.items():
             owner, leaf = self._owner(name)
@@ -80,7 +95,38 @@ class MoE(torch.nn.Module):
         buffers; call it after each optimizer step when bias_update_rate > 0."""
         self._layer.after_step(self._tensors())
 
+    @property
+    def local_experts(self):
+        """The global ids of the experts this module holds, in local order (all in one process)."""
+        return list(self._layer.local_experts)
+
+    @property
+    def hidden_range(self):
+        """(start, length): the slice of every expert's hidden width this module holds."""
+        return tuple(self._layer.hidden_range)
+
+    def gradient_groups(self):
+        """{parameter name: group kind ("stage", "edp", "dp", ...) or None}: over which group of
+        the layout each parameter's gradient is summed (None: not synchronized)."""
+        return dict(self._layer.gradient_groups())
+
+    def full_state_dict(self):
+        """The one-process layer's parameters and buffers (by name, full shapes), gathered from
+        every rank's shard: a collective over the stage's ep, etp and tp groups. In one process:
+        copies of the module's own."""
+        return dict(self._layer.full_tensors(self._tensors()))
+
+    def load_full_state_dict(self, state):
+        """Loads this rank's shard from the one-process layer's parameters and buffers (by
+        name, full shapes, every one of them; e.g. another process's full_state_dict()). Local:
+        no communication. An unknown, missing or misshapen tensor raises hybridmoe.Error naming
+        it."""
+        self._layer.load_full(self._tensors(), dict(state))
+
     def extra_repr(self):
         shown = ("d_model", "num_experts", "top_k", "d_hidden", "activation", "gate",
                  "capacity_factor")
-        return ", ".join(f"{k}={self.options[k]!r}" for k in shown)
+        text = ", ".join(f"{k}={self.options[k]!r}" for k in shown)
+        if self.groups is not None:
+            text += f", layout={self.groups.config}"
+        return text

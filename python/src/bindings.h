@@ -2,7 +2,11 @@
 // names to the module (module.cpp calls them in this order).
 #pragma once
 
+#include <string>
+
 #include <torch/csrc/utils/pybind.h>
+
+#include "hybridmoe/group_kind.h"
 
 namespace hybridmoe::python {
 
@@ -20,6 +24,12 @@ void bind_groups(py::module_& m);
 void bind_collectives(py::module_& m);
 /// hybridmoe.hf_config(dir): a Hugging Face config.json as hybridmoe's options. hf.cpp.
 void bind_hf(py::module_& m);
+/// _C.ParallelConfig, _C._ParallelGroups (a layout's groups assembled from Groups), the rank
+/// lists of a layout's groups, and the coalesced broadcast / sum of GroupedDataParallel.
+/// parallel.cpp.
+void bind_parallel(py::module_& m);
+/// The GroupKind named `name` ("tp", "ep", ...); an error listing the kinds otherwise.
+GroupKind group_kind_from(const std::string& name);
 /// _C._MoELayer, the C++ layer behind hybridmoe.MoE, and _C._reference_moe (tests). moe.cpp.
 void bind_moe(py::module_& m);
 

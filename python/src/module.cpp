@@ -11,5 +11,6 @@ PYBIND11_MODULE(_C, m) {
   python::bind_groups(m);
   python::bind_collectives(m);
   python::bind_hf(m);
+  python::bind_parallel(m);
   python::bind_moe(m);
 }

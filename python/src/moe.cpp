@@ -6,12 +6,18 @@
 // differentiated entirely in C++.
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/DynamicTypes.h>
 
 #include "bindings.h"
+#include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe_functional.h"
+#include "hybridmoe/parallel.h"
 
 namespace hybridmoe::python {
 
@@ -157,9 +163,88 @@ py::tuple named_tensors(MoEImpl& layer) {
   return py::make_tuple(params, buffers);
 }
 
-// One single-process layer per Python module, its weights bound from Python at each call.
+// One layer per Python module, its weights bound from Python at each call: single-process, or
+// distributed over a layout's groups. A distributed layer starts as this rank's shard of a
+// single-process layer initialised with the same options (MoE::load_shard_from), so that a seed
+// gives the same model under every layout.
 struct Layer {
-  explicit Layer(const py::dict& kw) : layer(options_from(kw)) {}
+  Layer(const py::dict& kw, std::shared_ptr<const ParallelGroups> groups)
+      : layer(make(options_from(kw), std::move(groups))) {}
+
+  static MoE make(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups) {
+    if (!groups) return MoE(options);
+    // The shard's own initial values are replaced below: its init must not consume random
+    // numbers, so that the global generator ends where the one-process layer's init leaves it
+    // (what the program builds next is the same under every layout).
+    auto generator = at::detail::getDefaultCPUGenerator();
+    at::Tensor state;
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      state = generator.get_state();
+    }
+    MoE shard(options, std::move(groups));
+    {
+      std::lock_guard<std::mutex> lock(generator.mutex());
+      generator.set_state(state);
+    }
+    MoE full(options);
+    shard->load_shard_from(*full);
+    return shard;
+  }
+
+  // Copies this rank's shard of a one-process layer's tensors (`full`, by name, full shapes;
+  // all of them) into `tensors` (this module's, bound into the layer).
+  void load_full(const TensorMap& tensors, const TensorMap& full_tensors) {
+    torch::NoGradGuard no_grad;
+    MoE full(layer->options);
+    full->to(tensors.begin()->second.scalar_type());
+    auto slots = full->named_parameters();
+    for (const auto& kv : full->named_buffers()) slots.insert(kv.key(), kv.value());
+    for (const auto& kv : full_tensors)
+      TORCH_CHECK(slots.contains(kv.first), "MoE.load_full_state_dict: unknown tensor \"", kv.first,
+                  "\"");
+    for (auto& kv : slots) {
+      auto it = full_tensors.find(kv.key());
+      TORCH_CHECK(it != full_tensors.end(), "MoE.load_full_state_dict: missing tensor \"", kv.key(),
+                  "\" (shape ", kv.value().sizes(), ")");
+      TORCH_CHECK(it->second.sizes() == kv.value().sizes(), "MoE.load_full_state_dict: tensor \"",
+                  kv.key(), "\" should have shape ", kv.value().sizes(), ", got ",
+                  it->second.sizes());
+      kv.value().copy_(it->second);
+    }
+    bind_moe_tensors(*layer, tensors);
+    if (layer->is_distributed()) {
+      layer->load_shard_from(*full);
+    } else {
+      for (auto& kv : layer->named_parameters())
+        kv.value().copy_(full->named_parameters()[kv.key()]);
+      for (auto& kv : layer->named_buffers()) kv.value().copy_(full->named_buffers()[kv.key()]);
+    }
+  }
+
+  // The one-process layer's tensors, gathered from every rank's shard (collective over the
+  // stage's ep, etp and tp groups): experts over ep/etp, the shared expert over tp; the gate and
+  // the buffers are this rank's (replicated). Copies, detached.
+  TensorMap full_tensors(const TensorMap& tensors) {
+    bind_moe_tensors(*layer, tensors);
+    torch::NoGradGuard no_grad;
+    TensorMap out;
+    if (layer->is_distributed()) {
+      for (auto& kv : layer->gather_full_expert_parameters())
+        out["experts." + kv.first] = kv.second;
+      if (layer->shared_expert) {
+        MoE full(layer->options);
+        full->to(tensors.begin()->second.scalar_type());
+        layer->gather_full_shared_expert(*full);
+        for (const auto& kv : full->named_parameters())
+          if (kv.key().rfind("shared_", 0) == 0) out[kv.key()] = kv.value().detach().clone();
+      }
+    }
+    for (const auto& kv : tensors)
+      if (!out.count(kv.first)) out[kv.first] = kv.second.detach().clone();
+    return out;
+  }
+
   MoE layer;
 };
 
@@ -168,7 +253,54 @@ struct Layer {
 void bind_moe(py::module_& m) {
   py::class_<Layer, std::shared_ptr<Layer>>(m, "_MoELayer",
                                             "The C++ MoE layer behind hybridmoe.MoE (internal).")
-      .def(py::init<const py::dict&>(), py::arg("options"))
+      .def(py::init<const py::dict&, std::shared_ptr<const ParallelGroups>>(), py::arg("options"),
+           py::arg("groups") = nullptr)
+      .def_property_readonly("is_distributed", [](Layer& l) { return l.layer->is_distributed(); })
+      .def_property_readonly(
+          "local_experts",
+          [](Layer& l) {
+            std::vector<int64_t> ids;
+            for (int64_t i = 0; i < l.layer->num_local_experts(); ++i)
+              ids.push_back(l.layer->first_local_expert() + i);
+            return ids;
+          },
+          "The global ids of the experts this rank holds, in local order.")
+      .def_property_readonly(
+          "hidden_range",
+          [](Layer& l) {
+            const ParallelGroups* g = l.layer->groups();
+            const int64_t h = l.layer->options.hidden(), etp = g ? g->etp.size() : 1;
+            return std::make_pair((g ? g->etp.rank : 0) * (h / etp), h / etp);
+          },
+          "(start, length): the slice of each expert's hidden width this rank holds.")
+      .def(
+          "gradient_groups",
+          [](Layer& l) {
+            py::dict out;
+            for (const auto& [name, kind] : gradient_group_tags(*l.layer))
+              out[py::str(name)] = kind ? py::cast(to_string(*kind)) : py::none();
+            return out;
+          },
+          "{name: group kind or None}: over which group each parameter's gradient is summed.")
+      .def(
+          "load_full",
+          [](Layer& l, const py::dict& t, const py::dict& full) {
+            TensorMap tensors = tensor_map(t), full_tensors = tensor_map(full);
+            py::gil_scoped_release no_gil;
+            l.load_full(tensors, full_tensors);
+          },
+          py::arg("tensors"), py::arg("full"),
+          "Copies this rank's shard of the one-process layer's tensors `full` into `tensors`.")
+      .def(
+          "full_tensors",
+          [](Layer& l, const py::dict& t) {
+            TensorMap tensors = tensor_map(t);
+            py::gil_scoped_release no_gil;
+            return l.full_tensors(tensors);
+          },
+          py::arg("tensors"),
+          "The one-process layer's tensors gathered from every rank's shard (collective over "
+          "the stage's ep, etp and tp groups).")
       .def(
           "initial_tensors", [](Layer& l) { return named_tensors(*l.layer); },
           "(parameters, buffers): the layer's own initial tensors by name (C++ init).")

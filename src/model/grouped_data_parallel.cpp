@@ -7,16 +7,11 @@
 
 namespace hybridmoe {
 
-GroupedDataParallel::GroupedDataParallel(std::shared_ptr<torch::nn::Module> module,
-                                         std::shared_ptr<const ParallelGroups> groups,
-                                         GroupedDataParallelOptions options)
-    : module_(std::move(module)), groups_(std::move(groups)), options_(options) {
-  TORCH_CHECK(module_, "GroupedDataParallel: the module is null");
-  TORCH_CHECK(groups_, "GroupedDataParallel: the parallel groups are null");
-  // 1. Tags from the module tree: a parameter belongs to the innermost module that declares a
-  //    gradient group (group_kind.h), else to dp. named_modules() lists parents before children,
-  //    so a deeper declaration overwrites an outer one.
-  for (const auto& item : module_->named_modules()) {
+std::map<std::string, c10::optional<GroupKind>> gradient_group_tags(torch::nn::Module& module) {
+  // named_modules() lists parents before children, so a deeper declaration overwrites an outer
+  // one.
+  std::map<std::string, c10::optional<GroupKind>> tags;
+  for (const auto& item : module.named_modules()) {
     const auto& prefix = item.key();
     auto* m = item.value().get();
     const auto* declarer = dynamic_cast<const GradientGroupDeclarer*>(m);
@@ -24,9 +19,20 @@ GroupedDataParallel::GroupedDataParallel(std::shared_ptr<torch::nn::Module> modu
         declarer ? declarer->gradient_group() : c10::optional<GroupKind>(GroupKind::kDp);
     for (const auto& p : m->named_parameters(/*recurse=*/declarer != nullptr)) {
       const auto name = prefix.empty() ? p.key() : prefix + "." + p.key();
-      if (declarer || !tags_.count(name)) tags_[name] = kind;
+      if (declarer || !tags.count(name)) tags[name] = kind;
     }
   }
+  return tags;
+}
+
+GroupedDataParallel::GroupedDataParallel(std::shared_ptr<torch::nn::Module> module,
+                                         std::shared_ptr<const ParallelGroups> groups,
+                                         GroupedDataParallelOptions options)
+    : module_(std::move(module)), groups_(std::move(groups)), options_(options) {
+  TORCH_CHECK(module_, "GroupedDataParallel: the module is null");
+  TORCH_CHECK(groups_, "GroupedDataParallel: the parallel groups are null");
+  // 1. Tags from the module tree.
+  tags_ = gradient_group_tags(*module_);
   // 2. Start from the same values.
   if (options_.broadcast_at_start()) broadcast_parameters();
 }
