@@ -7,6 +7,8 @@ This first slice of the Python package holds:
   hf_config(dir)          a Hugging Face config.json as hybridmoe reads it
   MoE                     the MoE layer as a torch.nn.Module (single process), its weights
                           nn.Parameters bound into the C++ layer at each forward
+  moefy(model, match, num_experts, ...)   dense MLPs replaced by MoE layers (MoEMLP),
+                          upcycled; aux_loss(model) the sum of their auxiliary losses
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -62,6 +64,7 @@ from ._C import (  # noqa: E402
     sum_over_ranks,
 )
 from .moe import MoE  # noqa: E402
+from .moefy import MoEMLP, aux_loss, moefy  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -69,12 +72,15 @@ __all__ = [
     "Error",
     "Group",
     "MoE",
+    "MoEMLP",
+    "aux_loss",
     "all_gather_rows",
     "all_reduce_sum",
     "all_to_all",
     "barrier",
     "copy_to_group",
     "hf_config",
+    "moefy",
     "reduce_scatter_rows",
     "sum_over_ranks",
     "__version__",

@@ -80,6 +80,19 @@ class MoE(torch.nn.Module):
         buffers; call it after each optimizer step when bias_update_rate > 0."""
         self._layer.after_step(self._tensors())
 
+    @property
+    def local_experts(self):
+        """The global ids of the experts this module holds, in the order of its expert tensors'
+        first dimension (one process: all of them)."""
+        return list(range(self.options["num_experts"]))
+
+    @property
+    def hidden_range(self):
+        """(start, length): the slice of each expert's hidden dimension this module holds (one
+        process: the whole width)."""
+        d_hidden = self.options["d_hidden"] or 4 * self.options["d_model"]
+        return (0, d_hidden)
+
     def extra_repr(self):
         shown = ("d_model", "num_experts", "top_k", "d_hidden", "activation", "gate",
                  "capacity_factor")
