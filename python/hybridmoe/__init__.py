@@ -9,6 +9,8 @@ This first slice of the Python package holds:
                           nn.Parameters bound into the C++ layer at each forward
   moefy(model, match, num_experts, ...)   dense MLPs replaced by MoE layers (MoEMLP),
                           upcycled; aux_loss(model) the sum of their auxiliary losses
+  replace_hf_moe_blocks(model)   a Hugging Face model's sparse-MoE blocks swapped for
+                          HFMoEBlock (a hybridmoe.MoE with the block's state dict)
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -65,12 +67,14 @@ from ._C import (  # noqa: E402
 )
 from .moe import MoE  # noqa: E402
 from .moefy import MoEMLP, aux_loss, moefy  # noqa: E402
+from .hf_blocks import HFMoEBlock, replace_hf_moe_blocks  # noqa: E402
 
 __version__ = _C.__version__
 
 __all__ = [
     "Error",
     "Group",
+    "HFMoEBlock",
     "MoE",
     "MoEMLP",
     "aux_loss",
@@ -82,6 +86,7 @@ __all__ = [
     "hf_config",
     "moefy",
     "reduce_scatter_rows",
+    "replace_hf_moe_blocks",
     "sum_over_ranks",
     "__version__",
 ]
