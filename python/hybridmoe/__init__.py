@@ -11,6 +11,8 @@ This first slice of the Python package holds:
                           upcycled; aux_loss(model) the sum of their auxiliary losses
   replace_hf_moe_blocks(model)   a Hugging Face model's sparse-MoE blocks swapped for
                           HFMoEBlock (a hybridmoe.MoE with the block's state dict)
+  load_hf(dir, model)     a Hugging Face checkpoint as the state dict of this rank's model
+                          with replaced blocks (its experts and hidden slice only)
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -68,6 +70,7 @@ from ._C import (  # noqa: E402
 from .moe import MoE  # noqa: E402
 from .moefy import MoEMLP, aux_loss, moefy  # noqa: E402
 from .hf_blocks import HFMoEBlock, replace_hf_moe_blocks  # noqa: E402
+from .hf_load import load_hf  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -84,6 +87,7 @@ __all__ = [
     "barrier",
     "copy_to_group",
     "hf_config",
+    "load_hf",
     "moefy",
     "reduce_scatter_rows",
     "replace_hf_moe_blocks",
