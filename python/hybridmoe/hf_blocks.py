@@ -56,6 +56,12 @@ class HFMoEBlock(MoE):
     def hf_names(self):
         """The BlockNames of this layer's share (its experts and hidden slice)."""
         o = self.options
+        shared = getattr(self, "shared_expert", None)
+        if shared is not None and shared.w1.shape[2] != o["shared_expert_hidden"]:
+            raise NotImplementedError(
+                f"HFMoEBlock: the shared expert is split over tp ({shared.w1.shape[2]} of "
+                f"{o['shared_expert_hidden']} hidden columns here); its HF names are mapped "
+                "whole only")
         return BlockNames(self.family, self.layout, o["d_model"], o["num_experts"], o["d_hidden"],
                           self.local_experts, self.hidden_range,
                           shared_hidden=o["shared_expert_hidden"] or 0,

@@ -113,7 +113,8 @@ void bind_hf(py::module_& m) {
          const std::map<std::string, std::string>& metadata) {
         safetensors::save(path, tensors, metadata);
       },
-      py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
+      py::arg("path"), py::arg("tensors"),
+      py::arg("metadata") = std::map<std::string, std::string>{},
       "Writes [(name, tensor)] as one .safetensors file (atomically).");
 
   m.def(
