@@ -168,3 +168,15 @@ def test_refusals_name_the_option():
         lambda: hybridmoe.replace_hf_moe_blocks(build("olmoe", False), top_k=1))
     assert "has no Hugging Face sparse-MoE block" in raised(
         lambda: hybridmoe.replace_hf_moe_blocks(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "qwen2_moe"])
+def test_float32_model(family):
+    # The model's dtype is kept; in float32 the router runs in float32, as HF's does.
+    torch.manual_seed(0)
+    hf = hf_modules.Model(family, False)
+    ours = copy.deepcopy(hf)
+    hybridmoe.replace_hf_moe_blocks(ours)
+    assert ours.layers[0].mlp.experts.w1.dtype == torch.float32
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(ours(x)[0], hf(x)[0], rtol=1e-5, atol=1e-5)
