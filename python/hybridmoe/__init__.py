@@ -1,12 +1,24 @@
 """hybridmoe: Mixture-of-Experts training from C++17/LibTorch, for PyTorch programs.
 
-This first slice of the Python package holds:
+The package holds:
   Group                   a torch.distributed process group as hybridmoe's communication group
   all_reduce_sum, copy_to_group, all_gather_rows, reduce_scatter_rows, all_to_all,
   sum_over_ranks, barrier the collectives of hybridmoe's communication core over a Group
   hf_config(dir)          a Hugging Face config.json as hybridmoe reads it
-  MoE                     the MoE layer as a torch.nn.Module (single process), its weights
-                          nn.Parameters bound into the C++ layer at each forward
+  MoE                     the MoE layer as a torch.nn.Module (one process, or distributed over a
+                          layout's groups), its weights nn.Parameters bound into the C++ layer
+                          at each forward
+  moefy(model, match, num_experts, ...)   dense MLPs replaced by MoE layers (MoEMLP),
+                          upcycled; aux_loss(model) the sum of their auxiliary losses
+  replace_hf_moe_blocks(model)   a Hugging Face model's sparse-MoE blocks swapped for
+                          HFMoEBlock (a hybridmoe.MoE with the block's state dict)
+  load_hf(dir, model)     a Hugging Face checkpoint as the state dict of this rank's model
+                          with replaced blocks (its experts and hidden slice only)
+  ParallelConfig, ParallelGroups   a layout (tp, dp, pp, ep, etp) and one rank's groups of it,
+                          made of torch.distributed groups (from_torch, from_groups)
+  GroupedDataParallel     each parameter's gradient summed over its own group (FastMoE's
+                          DistributedGroupedDataParallel); exclude_experts_from_ddp(model) for
+                          torch DDP on the dense part
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -57,25 +69,46 @@ from ._C import (  # noqa: E402
     all_to_all,
     barrier,
     copy_to_group,
+    ParallelConfig,
     hf_config,
     reduce_scatter_rows,
+    valid_parallel_configs,
     sum_over_ranks,
 )
 from .moe import MoE  # noqa: E402
+from .parallel import (  # noqa: E402
+    GroupedDataParallel,
+    ParallelGroups,
+    exclude_experts_from_ddp,
+)
+from .moefy import MoEMLP, aux_loss, moefy  # noqa: E402
+from .hf_blocks import HFMoEBlock, replace_hf_moe_blocks  # noqa: E402
+from .hf_load import load_hf  # noqa: E402
 
 __version__ = _C.__version__
 
 __all__ = [
     "Error",
     "Group",
+    "GroupedDataParallel",
+    "ParallelConfig",
+    "ParallelGroups",
+    "HFMoEBlock",
     "MoE",
+    "MoEMLP",
+    "aux_loss",
     "all_gather_rows",
     "all_reduce_sum",
     "all_to_all",
     "barrier",
     "copy_to_group",
+    "exclude_experts_from_ddp",
     "hf_config",
+    "load_hf",
+    "moefy",
     "reduce_scatter_rows",
+    "replace_hf_moe_blocks",
     "sum_over_ranks",
+    "valid_parallel_configs",
     "__version__",
 ]

@@ -67,6 +67,20 @@ class MoE(torch.nn.Module):
             owner.register_buffer(leaf, t.detach())
         self._layer.bind(self._tensors())
 
+    def __getstate__(self):
+        # copy.deepcopy / pickle: the C++ layer is rebuilt from the options (and groups) and
+        # bound to the copied tensors.
+        state = self.__dict__.copy()
+        state.pop("_layer", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        with torch.random.fork_rng(devices=[]):  # its init's draws are not the program's
+            self._layer = _C._MoELayer(self.options,
+                                       None if self.groups is None else self.groups._cpp)
+        self._layer.bind(self._tensors())
+
     def _owner(self, name):
         *path, leaf = name.split(".")
         owner = self

@@ -102,6 +102,9 @@ class ParallelGroups:
                  for k, pg in pgs.items()}
         return cls(_C._ParallelGroups.assemble(config, given), pgs)
 
+    def __deepcopy__(self, memo):
+        return self  # groups are shared, never copied (a deep copy of a model keeps its layout)
+
     @property
     def config(self):
         return self._cpp.config

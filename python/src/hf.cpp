@@ -1,8 +1,14 @@
 // hf.cpp — hybridmoe.hf_config(dir): a Hugging Face model directory's config.json read by
 // hybridmoe's own reader (hf::read_config: the five MoE families, each key with its family's
 // default, every value hybridmoe cannot honour refused by name) as a dict of the model options
-// that matter, by their C++ names (GPTOptions, GateOptions).
+// that matter, by their C++ names (GPTOptions, GateOptions). And, for hybridmoe.load_hf
+// (python/hybridmoe/hf_load.py), _C._Checkpoint: a checkpoint directory's tensors through
+// hf::Checkpoint (one model.safetensors, or the shards of model.safetensors.index.json), and
+// _C._safetensors_save: one .safetensors file written by hybridmoe's writer.
+#include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/csrc/DynamicTypes.h>
 
@@ -82,6 +88,35 @@ py::dict config_dict(const hf::Config& config) {
 }  // namespace
 
 void bind_hf(py::module_& m) {
+  py::class_<hf::Checkpoint>(m, "_Checkpoint",
+                             "A Hugging Face checkpoint directory's tensors (internal).")
+      .def(py::init([](const std::string& dir) { return hf::Checkpoint::open(dir); }),
+           py::arg("dir"))
+      .def_property_readonly("dir", &hf::Checkpoint::dir)
+      .def("names", &hf::Checkpoint::names, "The tensor names, sorted.")
+      .def("__contains__", &hf::Checkpoint::contains, py::arg("name"))
+      .def(
+          "info",
+          [](const hf::Checkpoint& c, const std::string& name) {
+            const safetensors::TensorInfo& i = c.info(name);
+            return py::make_tuple(py::reinterpret_borrow<py::object>(
+                                      reinterpret_cast<PyObject*>(torch::getTHPDtype(i.dtype))),
+                                  i.shape);
+          },
+          py::arg("name"), "(dtype, shape) of a tensor, read from the header.")
+      .def("get", &hf::Checkpoint::get, py::arg("name"),
+           "The tensor over the mapped file (CPU; do not write to it: clone what you keep).")
+      .def("file_of", &hf::Checkpoint::file_of, py::arg("name"));
+  m.def(
+      "_safetensors_save",
+      [](const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+         const std::map<std::string, std::string>& metadata) {
+        safetensors::save(path, tensors, metadata);
+      },
+      py::arg("path"), py::arg("tensors"),
+      py::arg("metadata") = std::map<std::string, std::string>{},
+      "Writes [(name, tensor)] as one .safetensors file (atomically).");
+
   m.def(
       "hf_config", [](const std::string& dir) { return config_dict(hf::read_config(dir)); },
       py::arg("dir"),
