@@ -19,6 +19,8 @@ The package holds:
   GroupedDataParallel     each parameter's gradient summed over its own group (FastMoE's
                           DistributedGroupedDataParallel); exclude_experts_from_ddp(model) for
                           torch DDP on the dense part
+  verify(build_model, make_batch, layouts)   the user's model under each layout against one
+                          process: losses every step, parameters after (hmoe verify's proof)
   Error                   raised by the C++ core (a RuntimeError), with the C++ message
 
 The extension is built against one torch (see _build_info): importing it under another torch
@@ -84,6 +86,7 @@ from .parallel import (  # noqa: E402
 from .moefy import MoEMLP, aux_loss, moefy  # noqa: E402
 from .hf_blocks import HFMoEBlock, replace_hf_moe_blocks  # noqa: E402
 from .hf_load import load_hf  # noqa: E402
+from .verify import VerifyError, verify  # noqa: E402
 
 __version__ = _C.__version__
 
@@ -110,5 +113,7 @@ __all__ = [
     "replace_hf_moe_blocks",
     "sum_over_ranks",
     "valid_parallel_configs",
+    "verify",
+    "VerifyError",
     "__version__",
 ]

@@ -6,8 +6,6 @@ files through hybridmoe's C++ reader, hf::Checkpoint: only those bytes are read)
 import collections
 import re
 
-import torch
-
 from . import _C
 from .hf_blocks import HFMoEBlock
 from .hf_names import BlockNames
