@@ -33,7 +33,8 @@ class MoE(torch.nn.Module):
     parameters are this rank's shard (experts.w1 [E / ep, d, h / etp], ...; `local_experts`,
     `hidden_range` say which), tokens travel to their experts' ranks by an all-to-all over the
     ep group, and the gate is replicated over the stage. Every rank of the stage calls forward
-    together. The weights start as this rank's shard of the one-process layer with the same
+    together. With tp > 1 the input is the same on the tp ranks, each routes its 1/tp slice of
+    the tokens, and output and aux_loss are the whole layer's on every tp rank. The weights start as this rank's shard of the one-process layer with the same
     seed, so a seed gives the same model under every layout. Gradients: sum each parameter's
     over its group (`gradient_groups()`; hybridmoe.GroupedDataParallel does it).
 
@@ -55,6 +56,10 @@ class MoE(torch.nn.Module):
                             normalize_top_k_weights=normalize_top_k_weights,
                             aux_loss_coef=aux_loss_coef, z_loss_coef=z_loss_coef, **options)
         self.groups = groups
+        # One process: route the tokens of each call in this many even consecutive groups
+        # (capacity and balance loss per group, aux_loss their mean) — what a layout with tp
+        # ranks slicing a replicated input computes; hybridmoe.verify sets it.
+        self.route_groups = 1
         self._layer = _C._MoELayer(self.options, None if groups is None else groups._cpp)
         params, buffers = self._layer.initial_tensors()
         for name, t in params.items():
@@ -98,7 +103,11 @@ class MoE(torch.nn.Module):
     def forward_with(self, tensors, x):
         """The layer's forward with the given parameters and buffers (by name) instead of the
         module's own: (output, aux_loss, stats). For functional use (e.g. gradcheck)."""
-        out, aux, stats = self._layer.forward(tensors, x, self.training)
+        out, aux, stats = self._layer.forward(tensors, x, self.training, self.route_groups)
+        if self.groups is not None and self.groups.config.tp > 1:
+            # This rank's share summed over the slice group: the layer's whole auxiliary loss,
+            # the same on every tp rank (backward: the identity, each share's own gradient).
+            aux = _C.all_reduce_sum(aux, self.groups.group("slice"))
         return out, aux, stats
 
     def forward(self, x):

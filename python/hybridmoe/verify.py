@@ -92,9 +92,12 @@ def _parts(batch, dp):
     return [tuple(p[i] for p in parts) for i in range(dp)]
 
 
-def _reference_run(build_model, make_batch, steps, dp, optimizer, seed):
+def _reference_run(build_model, make_batch, steps, dp, tp, optimizer, seed):
     torch.manual_seed(seed)
     model = build_model(None)
+    for moe in _moe_prefixes(model).values():
+        # Each dp part's tokens in tp groups, as the layout's tp ranks route their slices.
+        moe.route_groups = tp
     initial = {k: v.detach().clone() for k, v in
                list(model.named_parameters()) + list(model.named_buffers())}
     opt = optimizer(model.parameters())
@@ -146,18 +149,13 @@ def verify(build_model, make_batch, layouts, steps=3, optimizer=None, seed=0, rt
             raise _C.Error(f"verify: layout {layout!r} has pp = {kwargs['pp']}; a Python "
                            "model's pipeline stages are its own, so verify runs layouts with "
                            "pp = 1")
-        if kwargs.get("tp", 1) != 1:
-            # A distributed MoE routes each tp slice of a replicated input as its own group
-            # (capacity, balance loss); the one-process model routes the dp part as one.
-            raise _C.Error(f"verify: layout {layout!r} has tp = {kwargs['tp']}; the one-process "
-                           "reference of a tp-sliced MoE (each slice routed as its own group) "
-                           "is not modelled for Python models yet: use layouts with tp = 1")
         groups = ParallelGroups.from_torch(**kwargs)
         config = groups.config
-        if config.dp not in references:
-            references[config.dp] = _reference_run(build_model, make_batch, steps, config.dp,
-                                                   optimizer, seed)
-        reference, initial, ref_losses = references[config.dp]
+        key = (config.dp, config.tp)
+        if key not in references:
+            references[key] = _reference_run(build_model, make_batch, steps, config.dp,
+                                             config.tp, optimizer, seed)
+        reference, initial, ref_losses = references[key]
 
         # 1. The distributed model from the one-process model's initial weights.
         torch.manual_seed(seed)

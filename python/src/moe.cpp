@@ -4,6 +4,7 @@
 // and buffers, bound as the layer's weights: no copies, one forward path). And, for the tests,
 // _C._reference_moe: a separate C++ MoE with its own tensors, loaded from a state dict, run and
 // differentiated entirely in C++.
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,7 @@
 #include <torch/csrc/DynamicTypes.h>
 
 #include "bindings.h"
+#include "hybridmoe/collectives.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe_functional.h"
 #include "hybridmoe/parallel.h"
@@ -309,18 +311,33 @@ void bind_moe(py::module_& m) {
           py::arg("tensors"))
       .def(
           "forward",
-          [](Layer& l, const py::dict& t, const torch::Tensor& x, bool training) {
+          [](Layer& l, const py::dict& t, const torch::Tensor& x, bool training,
+             int64_t route_groups) {
             TensorMap tensors = tensor_map(t);
             MoEOutput out;
             {
               py::gil_scoped_release no_gil;
               l.layer->train(training);
-              out = moe_forward(*l.layer, tensors, x);
+              if (route_groups == 1) {
+                out = moe_forward(*l.layer, tensors, x);
+              } else {
+                // One process routing its tokens in route_groups consecutive, evenly split
+                // groups: what a layout whose tp slices a replicated input computes.
+                TORCH_CHECK(route_groups > 1 && !l.layer->is_distributed(),
+                            "MoE: route_groups should be >= 1 and is for a one-process layer, "
+                            "got ",
+                            route_groups, l.layer->is_distributed() ? " on a distributed one" : "");
+                bind_moe_tensors(*l.layer, tensors);
+                auto flat = x.reshape({-1, x.size(-1)});
+                out = l.layer->forward_grouped(flat, dist::even_split(flat.size(0), route_groups));
+                out.output = out.output.view(x.sizes());
+              }
             }
             return result(out);
           },
-          py::arg("tensors"), py::arg("x"), py::arg("training"),
-          "moe_forward with the given parameters and buffers: (output, aux_loss, stats).")
+          py::arg("tensors"), py::arg("x"), py::arg("training"), py::arg("route_groups") = 1,
+          "moe_forward with the given parameters and buffers: (output, aux_loss, stats); "
+          "route_groups > 1 (one process): the tokens routed in that many even groups.")
       .def(
           "after_step",
           [](Layer& l, const py::dict& t) {
@@ -328,6 +345,37 @@ void bind_moe(py::module_& m) {
             l.layer->gate->after_step();
           },
           py::arg("tensors"));
+
+  m.def(
+      "_time_cpp_moe",
+      [](const py::dict& kw, const py::dict& state, const torch::Tensor& x,
+         const torch::Tensor& grad_output, int64_t repeats) {
+        // The binding-overhead yardstick: a C++ MoE owning its tensors (loaded from `state`),
+        // forward + backward `repeats` times entirely in C++; the wall time of each, in ms.
+        TORCH_CHECK(repeats > 0, "repeats should be positive, got ", repeats);
+        MoE layer(options_from(kw));
+        TensorMap given = tensor_map(state);
+        {
+          torch::NoGradGuard no_grad;
+          for (auto& kv : layer->named_parameters()) kv.value().copy_(given.at(kv.key()));
+          for (auto& kv : layer->named_buffers()) kv.value().copy_(given.at(kv.key()));
+        }
+        std::vector<double> ms;
+        py::gil_scoped_release no_gil;
+        layer->train(true);
+        for (int64_t i = 0; i < repeats; ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          for (auto& p : layer->parameters()) p.mutable_grad() = torch::Tensor();
+          MoEOutput out = layer->forward(x);
+          ((out.output * grad_output).sum() + out.aux_loss).backward();
+          ms.push_back(
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                  .count());
+        }
+        return ms;
+      },
+      py::arg("options"), py::arg("state"), py::arg("x"), py::arg("grad_output"),
+      py::arg("repeats"));
 
   m.def(
       "_reference_moe",
