@@ -20,6 +20,7 @@
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/moe_functional.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/placement.h"
 
 namespace hybridmoe::python {
 
@@ -57,6 +58,12 @@ MoEOptions options_from(const py::dict& kw) {
       o.shared_expert_hidden(i64());
     else if (k == "shared_expert_gate")
       o.shared_expert_gate(flag());
+    else if (k == "expert_layout")
+      o.expert_layout(parse_expert_layout(str()));
+    else if (k == "adaptive_r")
+      o.adaptive_r(i64());
+    else if (k == "a2a_overlap_degree")
+      o.a2a_overlap_degree(i64());
     // The gate's (GateOptions, same names; `gate` is its type).
     else if (k == "gate")
       g.type(str());
@@ -165,6 +172,13 @@ py::tuple named_tensors(MoEImpl& layer) {
   return py::make_tuple(params, buffers);
 }
 
+// The options of the one-process layer a distributed one is a shard of: without the settings
+// that only concern the exchange between ranks.
+MoEOptions one_process(MoEOptions options) {
+  options.a2a_overlap_degree(1);
+  return options;
+}
+
 // One layer per Python module, its weights bound from Python at each call: single-process, or
 // distributed over a layout's groups. A distributed layer starts as this rank's shard of a
 // single-process layer initialised with the same options (MoE::load_shard_from), so that a seed
@@ -189,7 +203,7 @@ struct Layer {
       std::lock_guard<std::mutex> lock(generator.mutex());
       generator.set_state(state);
     }
-    MoE full(options);
+    MoE full(one_process(options));
     shard->load_shard_from(*full);
     return shard;
   }
@@ -198,7 +212,7 @@ struct Layer {
   // all of them) into `tensors` (this module's, bound into the layer).
   void load_full(const TensorMap& tensors, const TensorMap& full_tensors) {
     torch::NoGradGuard no_grad;
-    MoE full(layer->options);
+    MoE full(one_process(layer->options));
     full->to(tensors.begin()->second.scalar_type());
     auto slots = full->named_parameters();
     for (const auto& kv : full->named_buffers()) slots.insert(kv.key(), kv.value());
@@ -235,7 +249,7 @@ struct Layer {
       for (auto& kv : layer->gather_full_expert_parameters())
         out["experts." + kv.first] = kv.second;
       if (layer->shared_expert) {
-        MoE full(layer->options);
+        MoE full(one_process(layer->options));
         full->to(tensors.begin()->second.scalar_type());
         layer->gather_full_shared_expert(*full);
         for (const auto& kv : full->named_parameters())
@@ -271,8 +285,9 @@ void bind_moe(py::module_& m) {
           "hidden_range",
           [](Layer& l) {
             const ParallelGroups* g = l.layer->groups();
-            const int64_t h = l.layer->options.hidden(), etp = g ? g->etp.size() : 1;
-            return std::make_pair((g ? g->etp.rank : 0) * (h / etp), h / etp);
+            const ExpertPlacement& p = l.layer->placement();
+            const int64_t h = l.layer->options.hidden() / p.shards;
+            return std::make_pair(p.hidden_slice(g ? g->stage.rank : 0) * h, h);
           },
           "(start, length): the slice of each expert's hidden width this rank holds.")
       .def(

@@ -21,13 +21,13 @@ TOL = dict(rtol=1e-9, atol=1e-12)
 
 # ---- the model: a PyTorch transformer whose MLPs are hybridmoe.MoE layers ----------------------
 class Block(torch.nn.Module):
-    def __init__(self, d, heads, experts, groups, top_k=2):
+    def __init__(self, d, heads, experts, groups, top_k=2, **moe_options):
         super().__init__()
         self.ln1 = torch.nn.LayerNorm(d)
         self.attn = torch.nn.MultiheadAttention(d, heads, batch_first=True)
         self.ln2 = torch.nn.LayerNorm(d)
         self.moe = hybridmoe.MoE(d, experts, top_k=top_k, d_hidden=2 * d, groups=groups,
-                                 aux_loss_coef=0.01)
+                                 aux_loss_coef=0.01, **moe_options)
 
     def forward(self, x):
         s = x.shape[1]
@@ -39,11 +39,12 @@ class Block(torch.nn.Module):
 
 
 class TinyLM(torch.nn.Module):
-    def __init__(self, groups=None, vocab=32, d=16, heads=2, experts=4, layers=2, top_k=2):
+    def __init__(self, groups=None, vocab=32, d=16, heads=2, experts=4, layers=2, top_k=2,
+                 **moe_options):
         super().__init__()
         self.embed = torch.nn.Embedding(vocab, d)
         self.blocks = torch.nn.ModuleList(
-            [Block(d, heads, experts, groups, top_k) for _ in range(layers)])
+            [Block(d, heads, experts, groups, top_k, **moe_options) for _ in range(layers)])
         self.norm = torch.nn.LayerNorm(d)
         self.head = torch.nn.Linear(d, vocab)
 
@@ -160,6 +161,19 @@ def rank_main(rank, world):
                                      layouts=["ep1", "ep2", "ep4", "tp2.ep2.etp2", "tp2.ep4",
                                               "tp4.ep2"],
                                      steps=2)
+    # Tutel's adaptive layout (each rank one expert, r = 0 and 1) and chunked all-to-all overlap.
+    out["verify_options"] = {
+        "adaptive r=0": hybridmoe.verify(
+            lambda g: build(g, expert_layout="adaptive", adaptive_r=0), lambda s: batch(s),
+            layouts=["ep1", "tp2"], steps=2),
+        "adaptive r=1": hybridmoe.verify(
+            lambda g: build(g, expert_layout="adaptive", adaptive_r=1), lambda s: batch(s),
+            layouts=["ep1"], steps=2),
+        "overlap 2": hybridmoe.verify(
+            lambda g: build(g, **({} if g is None else dict(a2a_overlap_degree=2))),
+            lambda s: batch(s),
+            layouts=["ep2", "ep4"], steps=2),
+    }
     try:
         hybridmoe.verify(lambda g: build(g, top_k=2 if g is None else 1), lambda s: batch(s),
                          layouts=["ep2"], steps=2)
@@ -182,7 +196,6 @@ def expected_group(config, kind, rank):
     edp_i*(ep*etp) + ep_i*etp + etp_i."""
     tp, dp, pp, ep, etp = (config[k] for k in ("tp", "dp", "pp", "ep", "etp"))
     stage = tp * dp
-    edp = stage // (ep * etp)
 
     def dense(r):
         return dict(pp=r // stage, dp=(r % stage) // tp, tp=r % tp)
@@ -250,5 +263,7 @@ def test_verify_passes_on_every_layout_and_names_a_model_that_differs(ranks):
                            "tp1.dp4.pp1.ep4.etp1", "tp2.dp2.pp1.ep2.etp2",
                            "tp2.dp2.pp1.ep4.etp1", "tp4.dp1.pp1.ep2.etp1"]
         assert all(r["passed"] for r in out["verify"]), out["verify"]
+        for name, results in out["verify_options"].items():
+            assert results and all(r["passed"] for r in results), (name, results)
         msg = out["verify_broken"]
         assert "layout tp1.dp4.pp1.ep2.etp1 does not equal one process" in msg, msg
