@@ -16,6 +16,7 @@
 #include "hybridmoe/model_options.h"
 #include "hybridmoe/model_presets.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/moe_functional.h"
 #include "hybridmoe/placement.h"
 #include "hybridmoe/recompute.h"
 #include "hybridmoe/routing_rules.h"

@@ -262,6 +262,10 @@ struct Layer {
   }
 
   MoE layer;
+  // Binding the caller's tensors and running the forward is one step: two threads calling the
+  // same module take turns (the autograd graph a forward leaves holds the tensors it used, so
+  // later bindings do not disturb its backward).
+  std::mutex mutex;
 };
 
 }  // namespace
@@ -304,6 +308,7 @@ void bind_moe(py::module_& m) {
           [](Layer& l, const py::dict& t, const py::dict& full) {
             TensorMap tensors = tensor_map(t), full_tensors = tensor_map(full);
             py::gil_scoped_release no_gil;
+            std::lock_guard<std::mutex> lock(l.mutex);
             l.load_full(tensors, full_tensors);
           },
           py::arg("tensors"), py::arg("full"),
@@ -313,6 +318,7 @@ void bind_moe(py::module_& m) {
           [](Layer& l, const py::dict& t) {
             TensorMap tensors = tensor_map(t);
             py::gil_scoped_release no_gil;
+            std::lock_guard<std::mutex> lock(l.mutex);
             return l.full_tensors(tensors);
           },
           py::arg("tensors"),
@@ -322,7 +328,13 @@ void bind_moe(py::module_& m) {
           "initial_tensors", [](Layer& l) { return named_tensors(*l.layer); },
           "(parameters, buffers): the layer's own initial tensors by name (C++ init).")
       .def(
-          "bind", [](Layer& l, const py::dict& t) { bind_moe_tensors(*l.layer, tensor_map(t)); },
+          "bind",
+          [](Layer& l, const py::dict& t) {
+            TensorMap tensors = tensor_map(t);
+            py::gil_scoped_release no_gil;
+            std::lock_guard<std::mutex> lock(l.mutex);
+            bind_moe_tensors(*l.layer, tensors);
+          },
           py::arg("tensors"))
       .def(
           "forward",
@@ -332,6 +344,7 @@ void bind_moe(py::module_& m) {
             MoEOutput out;
             {
               py::gil_scoped_release no_gil;
+              std::lock_guard<std::mutex> lock(l.mutex);
               l.layer->train(training);
               if (route_groups == 1) {
                 out = moe_forward(*l.layer, tensors, x);
@@ -356,7 +369,9 @@ void bind_moe(py::module_& m) {
       .def(
           "after_step",
           [](Layer& l, const py::dict& t) {
-            bind_moe_tensors(*l.layer, tensor_map(t));
+            TensorMap tensors = tensor_map(t);
+            std::lock_guard<std::mutex> lock(l.mutex);
+            bind_moe_tensors(*l.layer, tensors);
             l.layer->gate->after_step();
           },
           py::arg("tensors"));

@@ -155,3 +155,32 @@ def test_one_expert_top1_is_a_dense_mlp():
         dense = h @ w["w2"] + w["b2"]
         torch.testing.assert_close(out, dense, rtol=1e-12, atol=1e-12)
         assert stats["tokens_per_expert"].tolist() == [6]
+
+
+def test_two_threads_calling_one_module_get_their_own_weights():
+    # forward_with binds the given tensors and runs the layer as one step: threads calling the
+    # same module with different weights each get what a serial call with theirs computes.
+    import threading
+
+    torch.manual_seed(5)
+    moe = hybridmoe.MoE(8, 4, top_k=2, d_hidden=16).double()
+    base = dict(list(moe.named_parameters()) + list(moe.named_buffers()))
+    weights = [{k: (v.detach() * (1 + 0.1 * i)).requires_grad_(v.requires_grad)
+                for k, v in base.items()} for i in range(4)]
+    x = torch.randn(64, 8, dtype=torch.float64)
+    expected = [moe.forward_with(w, x)[0].detach() for w in weights]
+    got = [[] for _ in weights]
+
+    def run(i):
+        for _ in range(25):
+            got[i].append(moe.forward_with(weights[i], x)[0].detach())
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(weights))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, outs in enumerate(got):
+        assert len(outs) == 25
+        for out in outs:
+            assert torch.equal(out, expected[i]), i
