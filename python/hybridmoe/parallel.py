@@ -24,6 +24,19 @@ def _timeout_kw(timeout_s):
     return {} if timeout_s is None else {"timeout_s": timeout_s}
 
 
+def _new_group(ranks, world):
+    """(torch group carrying CPU tensors, its CUDA twin or None) for these members, made on every
+    rank (dist.new_group is collective). A world whose backend is NCCL alone gets a Gloo group for
+    hybridmoe's CPU exchanges (counts, control) beside the NCCL one; any other backend (gloo, or
+    torch 2's "cpu:gloo,cuda:nccl") carries both."""
+    backend = str(dist.get_backend()).lower()
+    whole = len(ranks) == world
+    if "nccl" in backend and "gloo" not in backend:
+        cuda = dist.group.WORLD if whole else dist.new_group(ranks)
+        return dist.new_group(ranks, backend="gloo"), cuda
+    return (dist.group.WORLD if whole else dist.new_group(ranks)), None
+
+
 class ParallelGroups:
     """One rank's process groups of a layout, for hybridmoe.MoE(groups=...) and
     GroupedDataParallel.
@@ -46,8 +59,9 @@ class ParallelGroups:
     def from_torch(cls, tp=1, ep=1, etp=1, pp=1, dp=None, timeout_s=None):
         """The groups of layout (tp, dp, pp, ep, etp) over the default torch.distributed world
         (dp defaults to world_size / (tp * pp)). Creates one torch group per distinct member list
-        of size > 1 (dist.new_group, in the same order on every rank). timeout_s: hybridmoe's
-        timeout of each collective (None: HMOE_TIMEOUT_S or 300 s)."""
+        of size > 1 (dist.new_group, in the same order on every rank; with a NCCL-only world, a
+        Gloo twin of each for hybridmoe's CPU exchanges). timeout_s: hybridmoe's timeout of each
+        collective (None: HMOE_TIMEOUT_S or 300 s)."""
         if not dist.is_initialized():
             raise _C.Error("ParallelGroups.from_torch: torch.distributed is not initialized "
                            "(call torch.distributed.init_process_group first)")
@@ -60,20 +74,20 @@ class ParallelGroups:
         config = _C.ParallelConfig(tp=tp, dp=dp, pp=pp, ep=ep, etp=etp)
         config.validate(world)
         me = dist.get_rank()
-        made = {}  # member tuple -> torch group (this rank's membership decided by torch)
-        given, torch_groups = {"world": _C.Group.from_torch(None, **_timeout_kw(timeout_s))}, {}
-        torch_groups["world"] = dist.group.WORLD
+        made = {}  # member tuple -> (torch group, its CUDA twin or None)
         for kind in GROUP_KINDS:
-            if kind == "world":
-                continue
             for ranks in _C._all_group_ranks(config, kind):
                 key = tuple(ranks)
-                if len(key) > 1 and key not in made:
-                    made[key] = (dist.group.WORLD if len(key) == world else
-                                 dist.new_group(list(key)))
-                if me in key and len(key) > 1:
-                    torch_groups[kind] = made[key]
-                    given[kind] = _C.Group(made[key], list(key), name=kind,
+                if (len(key) > 1 or kind == "world") and key not in made:
+                    made[key] = _new_group(list(key), world)
+        given, torch_groups = {}, {}
+        for kind in GROUP_KINDS:
+            for ranks in _C._all_group_ranks(config, kind):
+                key = tuple(ranks)
+                if me in key and key in made:
+                    pg, cuda_pg = made[key]
+                    torch_groups[kind] = cuda_pg if cuda_pg is not None else pg
+                    given[kind] = _C.Group(pg, list(key), name=kind, cuda_process_group=cuda_pg,
                                            **_timeout_kw(timeout_s))
         return cls(_C._ParallelGroups.assemble(config, given), torch_groups)
 
