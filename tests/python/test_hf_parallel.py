@@ -160,9 +160,12 @@ def load_scenario(groups, dirs):
         state = hybridmoe.load_hf(d, model)
         model.load_state_dict(state)  # strict
         blocks = blocks_of(model)
+        rng = torch.get_rng_state()
+        without_model = hybridmoe.load_hf(d, groups=groups)
         out[(family, form)] = dict(
             state=state,
-            without_model=hybridmoe.load_hf(d, groups=groups),
+            without_model=without_model,
+            rng_kept=torch.equal(rng, torch.get_rng_state()),
             model_state=model.state_dict(),
             shares={n: (b.local_experts, b.hidden_range, b.shared_hidden_range)
                     for n, b in blocks.items()},
@@ -294,6 +297,7 @@ def test_load_hf_gives_each_rank_its_slices_of_the_checkpoint(ranks, layout, fam
         where = f"{layout} rank {rank} {family} {form}"
         assert_equal_dicts(got["state"], want, where + " load_hf(dir, model)")
         assert_equal_dicts(got["without_model"], want, where + " load_hf(dir, groups=)")
+        assert got["rng_kept"], where + ": load_hf(dir, groups=) drew from the global generator"
         assert_equal_dicts(got["model_state"], want, where + " model.state_dict()")
         # What the layer reports is the placement the rank order gives.
         c = coords(layout, rank)
