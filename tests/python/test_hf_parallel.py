@@ -286,15 +286,24 @@ def assert_equal_dicts(got, want, what):
         assert got[k].shape == want[k].shape and torch.equal(got[k], want[k]), f"{what}: {k}"
 
 
-@pytest.mark.parametrize("form", sorted(FORMS))
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_load_hf_gives_each_rank_its_slices_of_the_checkpoint(ranks, layout, family, form):
+LOAD_CASES = [(layout, family, form) for layout in sorted(LAYOUTS) for family in FAMILIES
+              for form in sorted(FORMS)]
+
+
+def loaded(ranks, case):
+    """The whole checkpoint of a load case and, for each rank, (rank, its results, a label)."""
+    layout, family, form = case
     whole = causal_lm(family, FORMS[form], seed=1).state_dict()
-    for rank, out in enumerate(ranks):
-        got = out["load"][layout][(family, form)]
+    return whole, [(rank, out["load"][layout][(family, form)], f"{layout} rank {rank} {family} "
+                    f"{form}") for rank, out in enumerate(ranks)]
+
+
+@pytest.mark.parametrize("case", LOAD_CASES, ids="-".join)
+def test_load_hf_gives_each_rank_its_slices_of_the_checkpoint(ranks, case):
+    layout, family, _ = case
+    whole, per_rank = loaded(ranks, case)
+    for rank, got, where in per_rank:
         want = expected_share(whole, layout, rank)
-        where = f"{layout} rank {rank} {family} {form}"
         assert_equal_dicts(got["state"], want, where + " load_hf(dir, model)")
         assert_equal_dicts(got["without_model"], want, where + " load_hf(dir, groups=)")
         assert got["rng_kept"], where + ": load_hf(dir, groups=) drew from the global generator"
@@ -312,19 +321,16 @@ def test_load_hf_gives_each_rank_its_slices_of_the_checkpoint(ranks, layout, fam
                 assert shared == (0, 0), (where, prefix)
 
 
-@pytest.mark.parametrize("form", sorted(FORMS))
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_the_loaded_model_gathers_back_the_whole_checkpoint(ranks, layout, family, form):
-    whole = causal_lm(family, FORMS[form], seed=1).state_dict()
-    for rank, out in enumerate(ranks):
-        got = out["load"][layout][(family, form)]
+@pytest.mark.parametrize("case", LOAD_CASES, ids="-".join)
+def test_the_loaded_model_gathers_back_the_whole_checkpoint(ranks, case):
+    _, family, form = case
+    whole, per_rank = loaded(ranks, case)
+    want = {k: v for k, v in whole.items() if ".layers." in k}  # the blocks' tensors
+    for rank, got, where in per_rank:
         gathered, mapped = {}, {}
         for prefix, block in got["full_hf"].items():
             gathered.update({f"{prefix}.{k}": v for k, v in block.items()})
             mapped.update(hf_names_of_full(family, FORMS[form], prefix, got["full"][prefix]))
-        want = {k: v for k, v in whole.items() if ".layers." in k}  # the blocks' tensors
-        where = f"{layout} rank {rank} {family} {form}"
         assert_equal_dicts(gathered, want, where + " full_hf_state_dict")
         assert_equal_dicts(mapped, want, where + " full_state_dict")
 
