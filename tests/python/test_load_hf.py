@@ -142,6 +142,13 @@ def test_missing_extra_and_misshapen_tensors_are_named(tmp_path):
     plain = CausalLM("mixtral", False)
     assert "no replaced MoE block at model.layers.0.block_sparse_moe" in error(
         lambda: hybridmoe.load_hf(write(tmp_path / "f", "mixtral", good), model=plain))
+    # A model whose shared expert is narrower than the checkpoint's.
+    narrow = CausalLM("qwen2_moe", False, shared_expert_intermediate_size=6)
+    hybridmoe.replace_hf_moe_blocks(narrow)
+    qwen = CausalLM("qwen2_moe", False).state_dict()
+    assert "model.layers.0.mlp: the model's block has a shared expert of width 6; the " \
+           "checkpoint 7" in error(
+               lambda: hybridmoe.load_hf(write(tmp_path / "h", "qwen2_moe", qwen), model=narrow))
 
 
 def test_reader_errors_arrive_with_the_cpp_message(tmp_path):
