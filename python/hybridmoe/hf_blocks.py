@@ -14,6 +14,14 @@ load_state_dict() converts them back (one more copy of the expert weights, trans
 
 The router runs in hybridmoe's router dtype (float32, or float64 for float64 inputs) where the HF
 blocks compute their softmax in float32 and cast the weights back to the input dtype.
+
+Distributed (groups=): the block holds this rank's share (MoE.local_experts, hidden_range,
+shared_hidden_range); its state_dict() has the HF names of that share (per-expert names of its
+experts only, cut to its hidden slice; fused tensors of its experts), its load accepts either the
+share or the whole block's HF tensors (cutting the share), and full_hf_state_dict() gathers the
+whole block's HF tensors. The router logits it returns are those of every token on every tp rank;
+their gradient reaches the gate weight from this rank's tp slice of the tokens only, as the
+layer's routing does, so that summing the gate's gradient over the stage counts each token once.
 """
 import torch
 
@@ -55,17 +63,24 @@ class HFMoEBlock(MoE):
 
     def hf_names(self):
         """The BlockNames of this layer's share (its experts and hidden slice)."""
+        return self._names(self.local_experts, self.hidden_range, self.shared_hidden_range)
+
+    def _names(self, local_experts, hidden_range, shared_range):
         o = self.options
-        shared = getattr(self, "shared_expert", None)
-        if shared is not None and shared.w1.shape[2] != o["shared_expert_hidden"]:
-            raise NotImplementedError(
-                f"HFMoEBlock: the shared expert is split over tp ({shared.w1.shape[2]} of "
-                f"{o['shared_expert_hidden']} hidden columns here); its HF names are mapped "
-                "whole only")
         return BlockNames(self.family, self.layout, o["d_model"], o["num_experts"], o["d_hidden"],
-                          self.local_experts, self.hidden_range,
-                          shared_hidden=o["shared_expert_hidden"] or 0,
-                          shared_gate=bool(o.get("shared_expert_gate")))
+                          local_experts, hidden_range, shared_hidden=o["shared_expert_hidden"] or 0,
+                          shared_gate=bool(o.get("shared_expert_gate")), shared_range=shared_range)
+
+    def full_hf_state_dict(self):
+        """The whole block's tensors by their HF names and shapes, as one process holds them
+        (e.g. to save an HF checkpoint of a distributed model): gathered from every rank's share,
+        a collective over the stage's ep, etp and tp groups (MoE.full_state_dict)."""
+        o = self.options
+        full = self.full_state_dict()
+        out = self._names(range(o["num_experts"]), (0, o["d_hidden"]), None).to_hf(full)
+        if self._keeps_expert_bias():
+            out["gate.expert_bias"] = full["gate.expert_bias"]
+        return out
 
     def _keeps_expert_bias(self):
         # The bias is state of its own only when DeepSeek's name carries it or it is learned.
@@ -78,8 +93,17 @@ class HFMoEBlock(MoE):
         self.last_aux_loss, self.last_stats = aux, stats
         out = out.reshape(shape)
         if self.returns_router_logits:
-            return out, torch.nn.functional.linear(x, self.gate.weight)
+            return out, self._router_logits(x)
         return out
+
+    def _router_logits(self, x):
+        tp = self.groups.config.tp if self.groups is not None else 1
+        if tp == 1:
+            return torch.nn.functional.linear(x, self.gate.weight)
+        # The tp ranks hold the same tokens and route even consecutive slices of them.
+        sizes = [len(r) for r in torch.arange(x.shape[0]).tensor_split(tp)]
+        rank = self.groups.coords()["tp"]
+        return _SliceOwnedLinear.apply(x, self.gate.weight, sum(sizes[:rank]), sizes[rank])
 
     def _load_hf(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                  error_msgs):
@@ -130,6 +154,26 @@ class HFMoEBlock(MoE):
     def _own(self, name):
         owner, _, leaf = name.rpartition(".")
         return getattr(self.get_submodule(owner) if owner else self, leaf).detach()
+
+
+class _SliceOwnedLinear(torch.autograd.Function):
+    """x @ w^T for every row of x (x [T, d] the same on the tp ranks, w [E, d]); backward: x's
+    gradient whole, w's from the rows [start, start + length) only (this rank's tp slice)."""
+
+    @staticmethod
+    def forward(ctx, x, w, start, length):
+        ctx.save_for_backward(x, w)
+        ctx.rows = (start, length)
+        return torch.nn.functional.linear(x, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        s, n = ctx.rows
+        gx = grad.matmul(w) if ctx.needs_input_grad[0] else None
+        gw = grad[s:s + n].t().matmul(x[s:s + n]) if ctx.needs_input_grad[1] else None
+        return gx, gw, None, None
 
 
 def _save_hf(module, state_dict, prefix, local_metadata):
@@ -282,7 +326,7 @@ def replace_hf_moe_blocks(model, groups=None, config=None, aux_loss_coef=0.0,
     hybridmoe.aux_loss(model); return_router_logits (default: true for v4's per-expert blocks of
     Mixtral, Qwen2/3-MoE and OLMoE, which return (output, router_logits)) overrides what forward
     returns. groups: the layout (hybridmoe.MoE's groups=); each rank keeps its experts and hidden
-    slice of the block's weights. Other keyword arguments are hybridmoe.MoE options
+    slice of the block's weights, and its tp slice of the shared expert's. Other keyword arguments are hybridmoe.MoE options
     (capacity_factor, z_loss_coef, bias_update_rate, ...); the family's own (top_k, ...) are
     refused.
     """

@@ -1,10 +1,12 @@
 """hybridmoe.load_hf: a Hugging Face checkpoint directory as the state dict of this rank's model
 with replaced MoE blocks (hf_blocks.py): every tensor by its HF name, the MoE blocks' expert
-tensors cut to the experts and hidden slice this rank's layer holds (read from the safetensors
-files through hybridmoe's C++ reader, hf::Checkpoint: only those bytes are read).
+tensors cut to the experts and hidden slice this rank's layer holds, and the shared expert to its
+tp slice (read from the safetensors files through hybridmoe's C++ reader, hf::Checkpoint: only those bytes are read).
 """
 import collections
 import re
+
+import torch
 
 from . import _C
 from .hf_blocks import HFMoEBlock
@@ -28,14 +30,16 @@ class _Source:
         self.sizes = (cfg["d_model"], cfg["num_experts"], cfg["expert_hidden"])
         self.shared = (cfg["shared_expert_hidden"], bool(cfg["shared_expert_gate"]))
 
-    def names(self, layout, local_experts, hidden_range):
+    def names(self, layout, local_experts, hidden_range, shared_range=None):
         d, E, h = self.sizes
         return BlockNames(self.family, layout, d, E, h, local_experts, hidden_range,
-                          shared_hidden=self.shared[0], shared_gate=self.shared[1])
+                          shared_hidden=self.shared[0], shared_gate=self.shared[1],
+                          shared_range=shared_range)
 
 
 def _share_of(source, model, groups, probes):
-    """(local experts, hidden range, layout and prefix of the target names) for one block."""
+    """(local experts, hidden range, shared expert's hidden range, layout and prefix of the
+    target names) for one block."""
     if model is not None:
         # Mixtral's block is block_sparse_moe in v4 and mlp in v5: the model's name is taken.
         prefixes = [source.prefix] + [source.prefix.rsplit(".", 1)[0] + "." + alt
@@ -58,15 +62,26 @@ def _share_of(source, model, groups, probes):
             raise ValueError(f"load_hf: {source.prefix}: the model's block has d_model, experts, "
                              f"hidden {o['d_model']}, {o['num_experts']}, {o['d_hidden']}; the "
                              f"checkpoint {d}, {E}, {h}")
-        return block.local_experts, block.hidden_range, block.layout, prefix
+        if (o["shared_expert_hidden"] or 0) != source.shared[0]:
+            raise ValueError(f"load_hf: {source.prefix}: the model's block has a shared expert of "
+                             f"width {o['shared_expert_hidden'] or 0}; the checkpoint "
+                             f"{source.shared[0]}")
+        return (block.local_experts, block.hidden_range, block.shared_hidden_range, block.layout,
+                prefix)
     d, E, h = source.sizes
+    hs = source.shared[0]
     if groups is None:
-        return list(range(E)), (0, h), source.layout, source.prefix
-    if source.sizes not in probes:  # the layer's own knowledge of its share under `groups`
-        probe = MoE(d, E, d_hidden=h, groups=groups)
-        probes[source.sizes] = (probe.local_experts, probe.hidden_range)
-    local, hidden = probes[source.sizes]
-    return local, hidden, source.layout, source.prefix
+        return list(range(E)), (0, h), (0, hs), source.layout, source.prefix
+    key = (E, h, hs)
+    if key not in probes:
+        # The layer's own knowledge of its share under `groups`, from a probe of width
+        # d_model = 1 (the share does not depend on it; its weights are small and thrown away,
+        # and its init's random draws are not the program's).
+        with torch.random.fork_rng(devices=[]):
+            probe = MoE(1, E, top_k=1, d_hidden=h, shared_expert_hidden=hs, groups=groups)
+        probes[key] = (probe.local_experts, probe.hidden_range, probe.shared_hidden_range)
+    local, hidden, shared = probes[key]
+    return local, hidden, shared, source.layout, source.prefix
 
 
 def _dense_shapes(model):
@@ -106,7 +121,8 @@ def load_hf(dir, model=None, groups=None, allow_unused=None):
 
     The MoE blocks (those config.json places, under model.layers.N.mlp, or .block_sparse_moe for
     transformers v4's Mixtral) keep, of their routed experts, the experts and hidden slice this
-    rank's layer holds (MoE.local_experts, MoE.hidden_range), and only those bytes are read:
+    rank's layer holds (MoE.local_experts, MoE.hidden_range), and of the shared expert its tp
+    slice (MoE.shared_hidden_range); only those bytes are read:
     - model: the model whose blocks replace_hf_moe_blocks swapped (at the checkpoint's names);
       each block's share and expert layout are used (a per-expert checkpoint can fill a fused
       block and the reverse), and every other tensor must match the model's state dict: names
@@ -114,6 +130,8 @@ def load_hf(dir, model=None, groups=None, allow_unused=None):
       checkpoint lacks, and other shapes are errors naming them.
     - no model: the share of a hybridmoe.MoE of the block's sizes under `groups` (one process:
       everything), in the checkpoint's layout.
+    Distributed: each rank calls it with its own model (or groups) and gets its own share; the
+    router and the dense tensors are whole on every rank. No communication.
     Each block's tensors are checked against config.json: a missing, extra or misshapen expert,
     gate or shared-expert tensor is an error naming it (ValueError, all of them at once).
     """
@@ -125,7 +143,7 @@ def load_hf(dir, model=None, groups=None, allow_unused=None):
     expected_state = _dense_shapes(model) if model is not None else None
     for layer in cfg["moe_layers"]:
         source = _Source(ckpt, cfg, layer)
-        local, hidden, layout, target = _share_of(source, model, groups, probes)
+        local, hidden, shared, layout, target = _share_of(source, model, groups, probes)
         full = source.names(source.layout, range(cfg["num_experts"]), (0, source.sizes[2]))
         expected = {source.prefix + "." + p.name for p in full.pieces()}
         under = {n for n in names if n.startswith(source.prefix + ".")}
@@ -135,7 +153,7 @@ def load_hf(dir, model=None, groups=None, allow_unused=None):
         for n in sorted(expected - under):
             errors.append(f"{n} is missing")
         used |= under
-        share = source.names(source.layout, local, hidden)
+        share = source.names(source.layout, local, hidden, shared)
         hf = {}
         for p in share.pieces():
             name = source.prefix + "." + p.name
@@ -146,7 +164,7 @@ def load_hf(dir, model=None, groups=None, allow_unused=None):
         if len(hf) != len(share.pieces()):
             continue
         if layout != source.layout:  # into the model's expert layout
-            hf = source.names(layout, local, hidden).to_hf(share.to_hybridmoe(hf))
+            hf = source.names(layout, local, hidden, shared).to_hf(share.to_hybridmoe(hf))
         for k, v in hf.items():
             state[target + "." + k] = v
     for n in names:

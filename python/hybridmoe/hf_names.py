@@ -17,7 +17,10 @@ hybridmoe's experts compute x @ w1 with w1 [E, d, h]: w1[e] = gate_proj(e).weigh
 w2[e] = down^T ([h, d]). A layer that holds some experts (local_experts, global ids in local order)
 and a slice (start, length) of the hidden width holds the matching pieces: per-expert names for its
 experts only, with their hidden rows (gate, up) or columns (down); fused tensors of its experts,
-gate_up_proj [L, 2 * length, d] (the gate slice, then the up slice).
+gate_up_proj [L, 2 * length, d] (the gate slice, then the up slice). The shared expert is split
+over tp like a dense MLP: a layer holding the slice (start, length) of its width hs
+(MoE.shared_hidden_range) holds those rows of its gate and up projections and those columns of its
+down projection.
 """
 import torch
 
@@ -37,10 +40,11 @@ class Piece:
 class BlockNames:
     """The HF names of one block of `family` in `layout` ("per-expert" or "fused") for a layer
     with d_model, num_experts E, expert hidden h, the given local experts and hidden slice, and a
-    shared expert of width shared_hidden (0: none)."""
+    shared expert of width shared_hidden (0: none) of which it holds the slice shared_range
+    (start, length; None: all of it)."""
 
     def __init__(self, family, layout, d_model, num_experts, hidden, local_experts, hidden_range,
-                 shared_hidden=0, shared_gate=False):
+                 shared_hidden=0, shared_gate=False, shared_range=None):
         if family not in FAMILIES:
             raise ValueError(f"hf: unknown family {family!r}, expected one of {FAMILIES}")
         if layout not in ("per-expert", "fused"):
@@ -51,6 +55,7 @@ class BlockNames:
         self.local = list(local_experts)
         self.start, self.length = hidden_range
         self.shared_hidden, self.shared_gate = shared_hidden, shared_gate
+        self.shared_range = tuple(shared_range) if shared_range is not None else (0, shared_hidden)
         self.projections = ("w1", "w3", "w2") if family == "mixtral" else (
             "gate_proj", "up_proj", "down_proj")
 
@@ -79,9 +84,11 @@ class BlockNames:
                              lambda t: t[idx, :, s:s + n]))
         if self.shared_hidden:
             sp, hs = SHARED_PREFIX[self.family], self.shared_hidden
-            for p, shape in (("gate_proj", (hs, d)), ("up_proj", (hs, d)),
-                             ("down_proj", (d, hs))):
-                out.append(Piece(f"{sp}.{p}.weight", shape, shape, lambda t: t))
+            ss, sn = self.shared_range
+            for p in ("gate_proj", "up_proj"):
+                out.append(Piece(f"{sp}.{p}.weight", (hs, d), (sn, d), lambda t: t[ss:ss + sn]))
+            out.append(Piece(f"{sp}.down_proj.weight", (d, hs), (d, sn),
+                             lambda t: t[:, ss:ss + sn]))
         if self.shared_gate:
             out.append(Piece("shared_expert_gate.weight", (1, d), (1, d), lambda t: t))
         return out

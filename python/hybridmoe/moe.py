@@ -128,6 +128,12 @@ class MoE(torch.nn.Module):
         """(start, length): the slice of every expert's hidden width this module holds."""
         return tuple(self._layer.hidden_range)
 
+    @property
+    def shared_hidden_range(self):
+        """(start, length): the slice of the shared expert's hidden width this module holds (its
+        tp slice; all of it in one process or with tp = 1; (0, 0) without a shared expert)."""
+        return tuple(self._layer.shared_hidden_range)
+
     def gradient_groups(self):
         """{parameter name: group kind ("stage", "edp", "dp", ...) or None}: over which group of
         the layout each parameter's gradient is summed (None: not synchronized)."""

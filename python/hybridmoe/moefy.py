@@ -135,7 +135,8 @@ def _recognise(name, module, activation):
 
 @torch.no_grad()
 def _upcycle(moe, dense):
-    """Every local expert of `moe` (its hidden slice) = the dense MLP's weights and biases."""
+    """Every local expert of `moe` (its hidden slice) = the dense MLP's weights and biases (the
+    output bias where this rank holds it: the first hidden slice, as the layer adds it once)."""
     start, length = moe.hidden_range
     experts = moe.experts
 
@@ -147,7 +148,8 @@ def _upcycle(moe, dense):
     if dense.fc3 is not None:
         fill(experts.w3, dense.fc3.weight.t()[:, start:start + length])
     if hasattr(experts, "b1"):
-        for lin, bias, sliced in ((dense.fc1, experts.b1, True), (dense.fc2, experts.b2, False),
+        for lin, bias, sliced in ((dense.fc1, experts.b1, True),
+                                  (dense.fc2, getattr(experts, "b2", None), False),
                                   (dense.fc3, getattr(experts, "b3", None), True)):
             if bias is None:
                 continue

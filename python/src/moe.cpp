@@ -294,6 +294,16 @@ void bind_moe(py::module_& m) {
             return std::make_pair(p.hidden_slice(g ? g->stage.rank : 0) * h, h);
           },
           "(start, length): the slice of each expert's hidden width this rank holds.")
+      .def_property_readonly(
+          "shared_hidden_range",
+          [](Layer& l) {
+            const int64_t h = l.layer->options.shared_expert_hidden();
+            const int64_t tp = l.layer->shared_expert_tp();
+            const int64_t rank = tp > 1 ? l.layer->groups()->tp.rank : 0;
+            return std::make_pair(rank * (h / tp), h / tp);
+          },
+          "(start, length): the slice of the shared expert's hidden width this rank holds "
+          "(its tp slice; (0, 0) without a shared expert).")
       .def(
           "gradient_groups",
           [](Layer& l) {

@@ -11,7 +11,11 @@
 # normalized (+1e-20) if norm_topk_prob, times routed_scaling_factor, plus ungated shared experts.
 # One deliberate difference: HF computes the softmax / sigmoid router in float32; here everything
 # runs in the input dtype (float64 in the tests), the precision hybridmoe's router uses for float64.
-# Also a tiny decoder stack (a residual per block) with `config`, as HF models carry.
+# Also a tiny decoder stack (a residual per block) with `config`, as HF models carry, HF's top level
+# around it (CausalLM), and a checkpoint directory writer (config.json and safetensors files, by
+# hybridmoe's writer). Sizes can be overridden by HF's config keys (e.g. num_experts=4), in the
+# modules and in config.json alike.
+import json
 import types
 
 import torch
@@ -193,6 +197,10 @@ class DeepseekV3MoE(nn.Module):
 BLOCKS = {"mixtral": MixtralSparseMoeBlock, "qwen2_moe": Qwen2MoeSparseMoeBlock,
           "qwen3_moe": Qwen3MoeSparseMoeBlock, "olmoe": OlmoeSparseMoeBlock,
           "deepseek_v3": DeepseekV3MoE}
+# HF's config key of the number of routed experts.
+EXPERTS_KEY = {"mixtral": "num_local_experts", "qwen2_moe": "num_experts",
+               "qwen3_moe": "num_experts", "olmoe": "num_experts",
+               "deepseek_v3": "n_routed_experts"}
 # Where the block sits in a decoder layer (v4 Mixtral: block_sparse_moe).
 ATTRIBUTE = {"mixtral": "block_sparse_moe"}
 
@@ -232,6 +240,8 @@ class Model(nn.Module):
 
     def __init__(self, family, fused=False, layers=2, **overrides):
         super().__init__()
+        if EXPERTS_KEY[family] in overrides:
+            overrides.setdefault("num_experts_per_block", overrides[EXPERTS_KEY[family]])
         self.config = types.SimpleNamespace(**{**vars(CONFIGS[family]), **overrides})
         self.layers = nn.ModuleList([Layer(family, self.config, fused) for _ in range(layers)])
         with torch.no_grad():
@@ -247,3 +257,60 @@ class Model(nn.Module):
             x, lg = layer(x)
             logits.append(lg)
         return x, logits
+
+
+# config.json of each family's checkpoint (sizes as CONFIGS; attention sizes the reader needs).
+CONFIG_JSON = {
+    "mixtral": dict(model_type="mixtral", intermediate_size=6, num_local_experts=4,
+                    num_experts_per_tok=2),
+    "qwen2_moe": dict(model_type="qwen2_moe", intermediate_size=16, moe_intermediate_size=5,
+                      shared_expert_intermediate_size=7, num_experts=5, num_experts_per_tok=3),
+    "qwen3_moe": dict(model_type="qwen3_moe", intermediate_size=16, moe_intermediate_size=5,
+                      num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, head_dim=4),
+    "olmoe": dict(model_type="olmoe", intermediate_size=4, num_experts=4, num_experts_per_tok=2),
+    "deepseek_v3": dict(model_type="deepseek_v3", intermediate_size=16, moe_intermediate_size=4,
+                        n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3, n_group=4,
+                        topk_group=2, routed_scaling_factor=2.5, first_k_dense_replace=0,
+                        q_lora_rank=4, kv_lora_rank=4, qk_nope_head_dim=4, qk_rope_head_dim=2,
+                        v_head_dim=4),
+}
+
+
+class CausalLM(nn.Module):
+    """HF's top level: model.embed_tokens, model.layers.N.<block>, lm_head; config on top."""
+
+    def __init__(self, family, fused, seed=0, **overrides):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.model = Model(family, fused, **overrides)
+        self.model.embed_tokens = nn.Embedding(16, 8)
+        self.lm_head = nn.Linear(8, 16, bias=False)
+        self.config = self.model.config
+        self.double()
+
+    def forward(self, x):
+        return self.lm_head(self.model(x)[0])
+
+
+def write_checkpoint(path, family, tensors, shards=1, **overrides):
+    """A checkpoint directory: config.json (the family's, with `overrides`) and the tensors in
+    `shards` files."""
+    import hybridmoe  # the writer; hf_modules itself needs only torch
+
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+               vocab_size=16, **{**CONFIG_JSON[family], **overrides})
+    (path / "config.json").write_text(json.dumps(cfg))
+    items = list(tensors.items())
+    if shards == 1:
+        hybridmoe._C._safetensors_save(str(path / "model.safetensors"), items)
+        return path
+    weight_map = {}
+    for s in range(shards):
+        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = items[s::shards]
+        hybridmoe._C._safetensors_save(str(path / file), part)
+        weight_map.update({name: file for name, _ in part})
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path

@@ -5,12 +5,10 @@
 # load_state_dict so that the model computes the HF model's output; a layer holding some experts
 # and a slice of the hidden width gets exactly those pieces; missing, extra and misshapen tensors
 # are errors naming them.
-import copy
 import json
 
 import pytest
 import torch
-from torch import nn
 
 import hf_modules
 import hybridmoe
@@ -18,57 +16,7 @@ import hybridmoe
 TOL = dict(rtol=1e-12, atol=1e-12)
 FAMILIES = sorted(hf_modules.BLOCKS)
 
-CONFIG_JSON = {
-    "mixtral": dict(model_type="mixtral", intermediate_size=6, num_local_experts=4,
-                    num_experts_per_tok=2),
-    "qwen2_moe": dict(model_type="qwen2_moe", intermediate_size=16, moe_intermediate_size=5,
-                      shared_expert_intermediate_size=7, num_experts=5, num_experts_per_tok=3),
-    "qwen3_moe": dict(model_type="qwen3_moe", intermediate_size=16, moe_intermediate_size=5,
-                      num_experts=6, num_experts_per_tok=2, norm_topk_prob=True, head_dim=4),
-    "olmoe": dict(model_type="olmoe", intermediate_size=4, num_experts=4, num_experts_per_tok=2),
-    "deepseek_v3": dict(model_type="deepseek_v3", intermediate_size=16, moe_intermediate_size=4,
-                        n_routed_experts=8, n_shared_experts=2, num_experts_per_tok=3, n_group=4,
-                        topk_group=2, routed_scaling_factor=2.5, first_k_dense_replace=0,
-                        q_lora_rank=4, kv_lora_rank=4, qk_nope_head_dim=4, qk_rope_head_dim=2,
-                        v_head_dim=4),
-}
-
-
-class CausalLM(nn.Module):
-    """HF's top level: model.embed_tokens, model.layers.N.<block>, lm_head; config on top."""
-
-    def __init__(self, family, fused, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.model = hf_modules.Model(family, fused)
-        self.model.embed_tokens = nn.Embedding(16, 8)
-        self.lm_head = nn.Linear(8, 16, bias=False)
-        self.config = self.model.config
-        self.double()
-
-    def forward(self, x):
-        return self.lm_head(self.model(x)[0])
-
-
-def write(path, family, tensors, shards=1):
-    """A checkpoint directory: config.json and the tensors in `shards` files."""
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-               vocab_size=16, **CONFIG_JSON[family])
-    (path / "config.json").write_text(json.dumps(cfg))
-    items = list(tensors.items())
-    if shards == 1:
-        hybridmoe._C._safetensors_save(str(path / "model.safetensors"), items)
-        return path
-    weight_map = {}
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = items[s::shards]
-        hybridmoe._C._safetensors_save(str(path / file), part)
-        weight_map.update({name: file for name, _ in part})
-    (path / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return path
+CausalLM, write = hf_modules.CausalLM, hf_modules.write_checkpoint
 
 
 @pytest.mark.parametrize("shards", [1, 3], ids=["single", "sharded"])
@@ -194,6 +142,13 @@ def test_missing_extra_and_misshapen_tensors_are_named(tmp_path):
     plain = CausalLM("mixtral", False)
     assert "no replaced MoE block at model.layers.0.block_sparse_moe" in error(
         lambda: hybridmoe.load_hf(write(tmp_path / "f", "mixtral", good), model=plain))
+    # A model whose shared expert is narrower than the checkpoint's.
+    narrow = CausalLM("qwen2_moe", False, shared_expert_intermediate_size=6)
+    hybridmoe.replace_hf_moe_blocks(narrow)
+    qwen = CausalLM("qwen2_moe", False).state_dict()
+    assert "model.layers.0.mlp: the model's block has a shared expert of width 6; the " \
+           "checkpoint 7" in error(
+               lambda: hybridmoe.load_hf(write(tmp_path / "h", "qwen2_moe", qwen), model=narrow))
 
 
 def test_reader_errors_arrive_with_the_cpp_message(tmp_path):
