@@ -248,6 +248,17 @@ struct Layer {
     if (layer->is_distributed()) {
       for (auto& kv : layer->gather_full_expert_parameters())
         out["experts." + kv.first] = kv.second;
+      // The experts' output bias lives on etp rank 0 only (fixed layout): every etp rank gets
+      // its copy.
+      const ParallelGroups& g = *layer->groups();
+      if (!layer->is_adaptive() && g.etp.size() > 1 && layer->options.bias()) {
+        auto it = out.find("experts.b2");
+        const auto& w1 = out.at("experts.w1");
+        std::vector<torch::Tensor> b2 = {
+            it != out.end() ? it->second : torch::empty({w1.size(0), w1.size(1)}, w1.options())};
+        dist::broadcast_(b2, 0, g.etp);
+        out["experts.b2"] = b2[0];
+      }
       if (layer->shared_expert) {
         MoE full(one_process(layer->options));
         full->to(tensors.begin()->second.scalar_type());

@@ -150,6 +150,12 @@ def rank_main(rank, world):
     ep2 = hybridmoe.ParallelGroups.from_torch(ep=2)
     out["init_ep2"] = full_state(build(ep2))
     out["init_one"] = full_state(build(None))
+    # Biases under etp = 2 (b2 lives on etp rank 0): full_state_dict on every rank.
+    tp2 = hybridmoe.ParallelGroups.from_torch(tp=2, ep=2, etp=2)
+    for name, g in (("etp2", tp2), ("one", None)):
+        torch.manual_seed(7)
+        moe = hybridmoe.MoE(8, 4, d_hidden=6, activation="gelu", bias=True, groups=g).double()
+        out[f"bias_{name}"] = moe.full_state_dict()
 
     # 3. Training under ep = 2 on 4 ranks.
     out["gdp"] = train(ep2, "gdp")
@@ -238,6 +244,14 @@ def test_a_seed_gives_the_same_weights_under_every_layout(ranks):
         assert out["init_ep2"].keys() == out["init_one"].keys()
         for name, t in out["init_one"].items():
             assert torch.equal(out["init_ep2"][name], t), name
+
+
+def test_full_state_dict_gathers_every_tensor_on_every_rank(ranks):
+    for rank, out in enumerate(ranks):
+        assert out["bias_etp2"].keys() == out["bias_one"].keys(), rank
+        assert "experts.b2" in out["bias_etp2"]
+        for name, t in out["bias_one"].items():
+            assert torch.equal(out["bias_etp2"][name], t), (rank, name)
 
 
 @pytest.mark.parametrize("mode", ["gdp", "ddp", "user_groups"])
