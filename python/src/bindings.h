@@ -7,6 +7,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include "hybridmoe/group_kind.h"
+#include "hybridmoe/moe.h"
 
 namespace hybridmoe::python {
 
@@ -30,6 +31,10 @@ void bind_hf(py::module_& m);
 void bind_parallel(py::module_& m);
 /// The GroupKind named `name` ("tp", "ep", ...); an error listing the kinds otherwise.
 GroupKind group_kind_from(const std::string& name);
+/// MoEOptions from hybridmoe.MoE's keyword arguments by the C++ names (MoEOptions and every
+/// GateOptions field; `gate` is the gate's type); None keeps the C++ default, an unknown name is
+/// an error naming it. moe_options.cpp.
+MoEOptions options_from(const py::dict& kw);
 /// _C._MoELayer, the C++ layer behind hybridmoe.MoE, and _C._reference_moe (tests). moe.cpp.
 void bind_moe(py::module_& m);
 
