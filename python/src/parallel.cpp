@@ -28,13 +28,7 @@ GroupKind group_kind_from(const std::string& name) {
 namespace {
 
 ParallelConfig make_config(int64_t tp, int64_t dp, int64_t pp, int64_t ep, int64_t etp) {
-  ParallelConfig c;
-  c.tp = tp;
-  c.dp = dp;
-  c.pp = pp;
-  c.ep = ep;
-  c.etp = etp;
-  return c;
+  return ParallelConfig{tp, dp, pp, ep, etp};
 }
 
 dist::CoalesceOptions coalesce(int64_t bucket_bytes) {
