@@ -4,8 +4,9 @@ layer, weights and input run entirely in C++ (_C._time_cpp_moe): the binding's o
 
     PYTHONPATH=build/python /usr/bin/python3 bench/python/binding_overhead.py [--repeats N]
 
-Prints JSON: per shape, the median ms of each (runs alternate, one thread unless --threads),
-and overhead_ms / overhead_ratio = Python over C++.
+Prints JSON: per shape, the median ms of each (rounds of --repeats calls alternate between the
+two, each round's C++ call on a layer built for it, its first call left out as warm-up; one
+thread unless --threads), and overhead_ms / overhead_ratio = Python over C++.
 """
 import argparse
 import json
@@ -35,7 +36,8 @@ def python_ms(moe, x, g):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5, help="calls per round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--shapes", default="tiny,small,default")
     args = ap.parse_args()
@@ -47,17 +49,19 @@ def main():
         moe = hybridmoe.MoE(d, experts, top_k=k, d_hidden=h)
         state = {n: t.detach() for n, t in list(moe.named_parameters()) + list(moe.named_buffers())}
         x, g = torch.randn(tokens, d), torch.randn(tokens, d)
+        # Rounds alternate between the two (each a persistent layer called `repeats` times), so
+        # that neither always finds the other's warm caches.
         py_ms, cpp_ms = [], []
-        python_ms(moe, x, g)  # warm-up of both
-        hybridmoe._C._time_cpp_moe(moe.options, state, x, g, 1)
-        for _ in range(args.repeats):
-            py_ms.append(python_ms(moe, x, g))
-            cpp_ms.append(hybridmoe._C._time_cpp_moe(moe.options, state, x, g, 1)[0])
+        python_ms(moe, x, g)  # warm-up
+        for _ in range(args.rounds):
+            py_ms += [python_ms(moe, x, g) for _ in range(args.repeats)]
+            cpp_ms += hybridmoe._C._time_cpp_moe(moe.options, state, x, g, args.repeats + 1)[1:]
         py, cpp = statistics.median(py_ms), statistics.median(cpp_ms)
         results[name] = dict(tokens=tokens, d_model=d, d_hidden=h, experts=experts, top_k=k,
                              python_ms=round(py, 3), cpp_ms=round(cpp, 3),
                              overhead_ms=round(py - cpp, 3), overhead_ratio=round(py / cpp, 4))
-    print(json.dumps(dict(threads=args.threads, repeats=args.repeats, shapes=results), indent=1))
+    print(json.dumps(dict(threads=args.threads, repeats=args.repeats, rounds=args.rounds,
+                          shapes=results), indent=1))
 
 
 if __name__ == "__main__":
