@@ -34,9 +34,10 @@ class MoE(torch.nn.Module):
     `hidden_range` say which), tokens travel to their experts' ranks by an all-to-all over the
     ep group, and the gate is replicated over the stage. Every rank of the stage calls forward
     together. With tp > 1 the input is the same on the tp ranks, each routes its 1/tp slice of
-    the tokens, and output and aux_loss are the whole layer's on every tp rank. The weights start as this rank's shard of the one-process layer with the same
-    seed, so a seed gives the same model under every layout. Gradients: sum each parameter's
-    over its group (`gradient_groups()`; hybridmoe.GroupedDataParallel does it).
+    the tokens, and output and aux_loss are the whole layer's on every tp rank. The weights
+    start as this rank's shard of the one-process layer with the same seed, so a seed gives the
+    same model under every layout. Gradients: sum each parameter's over its group
+    (`gradient_groups()`; hybridmoe.GroupedDataParallel does it).
 
     Example:
         groups = hybridmoe.ParallelGroups.from_torch(ep=2)      # after init_process_group
