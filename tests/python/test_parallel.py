@@ -55,7 +55,8 @@ class TinyLM(torch.nn.Module):
             x, aux = block(x)
             aux_total = aux_total + aux
         logits = self.head(self.norm(x))
-        return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()) + aux_total
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return ce + aux_total
 
 
 def build(groups, **kw):
@@ -133,7 +134,8 @@ def rank_main(rank, world):
     for layout in (dict(ep=2), dict(ep=4), dict(tp=2, ep=2, etp=2), dict(tp=2, ep=2),
                    dict(pp=2, ep=2)):
         g = hybridmoe.ParallelGroups.from_torch(**layout)
-        placements[str(g.config)] = {k: list(g.group(k).ranks) for k in hybridmoe.parallel.GROUP_KINDS}
+        placements[str(g.config)] = {k: list(g.group(k).ranks)
+                                     for k in hybridmoe.parallel.GROUP_KINDS}
     out["placements"] = placements
     # The program's own groups: ep groups {0,1} and {2,3}, edp groups {0,2} and {1,3}.
     ep_groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
