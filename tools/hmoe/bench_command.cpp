@@ -172,6 +172,7 @@ void add_bench_command(CLI::App& app) {
   rec->add_option("--iters", rargs->iters, "Timed steps per variant")->capture_default_str();
   rec->add_option("--warmup", rargs->warmup, "Untimed steps per variant first")
       ->capture_default_str();
+  add_node_flags(rec);
   rec->callback([rargs, rnproc, rlayout] {
     const int code = run_here_or_on_local_ranks(*rnproc, [&] {
       auto world = dist::init();

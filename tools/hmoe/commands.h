@@ -42,9 +42,15 @@ std::vector<std::string> self_command();
 /// Remembers argv for self_command(); called once by main().
 void set_self_command(int argc, char** argv);
 
+/// Adds torchrun's node flags to a subcommand that re-launches itself (--nnodes, --node-rank,
+/// --master-addr, --master-port): its nproc ranks then lie on nnodes nodes, and this process
+/// starts node-rank's nproc / nnodes of them, as `hmoe launch` would. One subcommand runs per
+/// process, so the values live in one place that run_here_or_on_local_ranks reads.
+void add_node_flags(CLI::App* cmd);
+
 /// Runs `worker` in this process when a launcher (torchrun, mpirun, Slurm) started it or when
-/// nproc is 1; otherwise launches this same command line on nproc local ranks (each then runs
-/// the worker). Returns the exit code.
+/// nproc is 1 on one node; otherwise launches this same command line on this node's ranks (each
+/// then runs the worker; nproc over all nodes, see add_node_flags). Returns the exit code.
 int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker);
 
 }  // namespace hybridmoe::cli
