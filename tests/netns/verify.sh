@@ -3,18 +3,19 @@
 # ranks are started by the test hosts themselves with torchrun's variables (RANK, WORLD_SIZE,
 # LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR = node 0, GLOO_SOCKET_IFNAME = the node's
 # interface), so traffic between nodes crosses the veth links. Every layout of up to 2K ranks must
-# pass, and the table must say which groups cross nodes.
-# Usage: verify.sh HMOE WORK_DIR K
+# pass, and the table must say which groups cross nodes. More arguments go to `hmoe verify`.
+# Usage: verify.sh HMOE WORK_DIR K [VERIFY_ARGS...]
 HMOE=$1
 work=$2/netns-verify-2x$3
 k=$3
+shift 3
 . "$(dirname "$0")/hosts.sh"
 hosts_require
 rm -rf "$work" && mkdir -p "$work"
 hosts_up 2
 start=$SECONDS
 hosts_start_ranks "$k" "$work/rank" -- env HMOE_TIMEOUT_S=120 "$HMOE" verify --nproc $((2 * k)) \
-  --layouts all
+  --layouts all "$@"
 hosts_wait $((HOSTS_MAX_S - 20))
 echo "verify over 2 nodes x $k ranks: exit codes ${HOST_RCS[*]}, ${HOST_WAIT_S} s"
 cat "$work/rank.0"
