@@ -17,6 +17,7 @@
 #                                 to LOG.r; sets HOST_PIDS
 #   hosts_launch K LOG -- CMD...  one `hmoe launch --nnodes N --node-rank i ...` per node (LOG.n<i>)
 #   hosts_launch_node I K LOG -- CMD...  the same for node I alone
+#   hosts_run_nodes LOG -- CMD... CMD once per node (LOG.n<i>) with HOSTS_NODE=i
 #   hosts_wait_for_file FILE BOUND_S [LOGS...]  waits for FILE, fails the test after BOUND_S
 #   hosts_wait BOUND_S            waits (at most BOUND_S) for HOST_PIDS; sets HOST_RCS, HOST_WAIT_S
 #   hosts_link_down I / hosts_link_up I     the bridge port of node I (a pulled cable)
@@ -173,6 +174,19 @@ hosts_launch_node() {
     --master-port "$HOSTS_PORT" --nproc-per-node "$k" ${HOSTS_LAUNCH_FLAGS[@]+"${HOSTS_LAUNCH_FLAGS[@]}"} \
     -- "$@" > "$log.n$i" 2>&1 &
   HOST_PIDS+=($!)
+}
+
+# CMD once in every node (LOG.n<i>), with HOSTS_NODE=<i>, MASTER_ADDR, MASTER_PORT and
+# GLOO_SOCKET_IFNAME set; sets HOST_PIDS.
+hosts_run_nodes() {
+  local log=$1 n=${#HOST_NS[@]} i
+  shift 2  # LOG --
+  HOST_PIDS=()
+  for ((i = 0; i < n; i++)); do
+    ip netns exec "${HOST_NS[i]}" env HOSTS_NODE="$i" MASTER_ADDR="$MASTER_ADDR" \
+      MASTER_PORT="$HOSTS_PORT" GLOO_SOCKET_IFNAME="${HOST_IF[i]}" "$@" > "$log.n$i" 2>&1 &
+    HOST_PIDS+=($!)
+  done
 }
 
 # Waits (at most BOUND_S) until file $1 exists; fails the test otherwise.
