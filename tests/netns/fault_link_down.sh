@@ -3,25 +3,15 @@
 # of `hmoe train` over 2 nodes x 2 ranks: both nodes' launchers exit non-zero within the collective
 # timeout (HMOE_TIMEOUT_S) plus the launcher's grace, each naming the failing group, operation
 # and the unreachable peer; the last complete checkpoint passes `hmoe checkpoint verify`; with the
-# link back, --resume continues from it to the end. Prints the time from the fault to the end.
+# link back, --resume continues from it. Prints the time from the fault to the end.
 # Usage: fault_link_down.sh HMOE WORK_DIR
 HMOE=$1
-work=$2/netns-fault-link-down
-timeout_s=15
 . "$(dirname "$0")/hosts.sh"
 . "$(dirname "$0")/train_common.sh"
-hosts_require
-rm -rf "$work" && mkdir -p "$work"
-hosts_up 2
-HOSTS_LAUNCH_FLAGS=(--timeout "$timeout_s")
-run="$work/run"
-hosts_launch 2 "$work/launch" -- "$HMOE" train "${TRAIN_FLAGS[@]}" --steps 1000 \
-  --checkpoint-every 2 --out "$run"
-hosts_wait_for_file "$run/checkpoints/step_000004" 120 "$work"/launch.*
+netns_begin netns-fault-link-down "$2" 15
+train_until_checkpoint
 hosts_link_down 1
-fault=$SECONDS
-hosts_wait $((timeout_s * 2 + 30))
-took=$((SECONDS - fault))
+wait_after_fault
 cat "$work"/launch.n0 "$work"/launch.n1 | grep -v '^\[rank [0-9]*\] *step' | tail -n 30
 echo "link down: launchers exited ${HOST_RCS[*]} after ${took} s (timeout ${timeout_s} s)"
 for i in 0 1; do
@@ -30,11 +20,7 @@ for i in 0 1; do
   grep -q "^\[launch\] rank [0-9]* failed (root cause): .*hybridmoe::dist::[a-z_]* on group '[a-z]*' .*unreachable" \
     "$work/launch.n$i" || hosts_fail "node $i: no error naming group, operation and peer" "$work/launch.n$i"
 done
-((took <= timeout_s + 15)) || hosts_fail "the ranks took ${took} s to end (timeout ${timeout_s} s)"
-"$HMOE" checkpoint verify "$run" > "$work/verify.log" 2>&1 ||
-  hosts_fail "the last checkpoint does not pass verify" "$work/verify.log"
-cat "$work/verify.log"
-last=$(grep -o 'step_[0-9]*' "$work/verify.log" | tail -n 1)
+checkpoint_intact
 # The link back: resume from the last complete checkpoint and run two more steps.
 hosts_link_up 1
 step=$((10#${last#step_}))

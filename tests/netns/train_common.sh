@@ -20,3 +20,42 @@ same_losses() {
   echo "losses of $1:"; echo "$a"; echo "losses of $2:"; echo "$b"
   return 1
 }
+
+# The start of a test over 2 nodes: its work directory $work (= $2/NAME, emptied), the test hosts,
+# and launches with the collective timeout TIMEOUT_S ($timeout_s). Usage: netns_begin NAME
+# WORK_ROOT TIMEOUT_S
+netns_begin() {
+  work=$2/$1
+  timeout_s=$3
+  hosts_require
+  rm -rf "$work" && mkdir -p "$work"
+  hosts_up 2
+  HOSTS_LAUNCH_FLAGS=(--timeout "$timeout_s")
+}
+
+# `hmoe train` over 2 nodes x 2 ranks (1000 steps, a checkpoint every 2) into $run, returning once
+# the checkpoint of step 4 exists: a run in the middle of training.
+train_until_checkpoint() {
+  run="$work/run"
+  hosts_launch 2 "$work/launch" -- "$HMOE" train "${TRAIN_FLAGS[@]}" --steps 1000 \
+    --checkpoint-every 2 --out "$run"
+  hosts_wait_for_file "$run/checkpoints/step_000004" 120 "$work"/launch.*
+}
+
+# Waits for the launchers after a fault (at most twice the timeout + 30 s); $took: seconds since
+# the fault, which must be within the timeout + 15 s (the launcher's grace, the peer probe, load).
+wait_after_fault() {
+  local fault=$SECONDS
+  hosts_wait $((timeout_s * 2 + 30))
+  took=$((SECONDS - fault))
+  ((took <= timeout_s + 15)) || hosts_fail "the ranks took ${took} s to end (timeout ${timeout_s} s)" \
+    "$work"/*.n*
+}
+
+# The run's checkpoints pass `hmoe checkpoint verify`; $last: the one --resume would take.
+checkpoint_intact() {
+  "$HMOE" checkpoint verify "$run" > "$work/verify.log" 2>&1 ||
+    hosts_fail "the last checkpoint does not pass verify" "$work/verify.log"
+  cat "$work/verify.log"
+  last=$(grep -o 'step_[0-9]*' "$work/verify.log" | tail -n 1)
+}

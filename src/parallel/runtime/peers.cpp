@@ -65,14 +65,14 @@ std::string interface_address(const std::string& name) {
   return v4.empty() ? v6 : v4;
 }
 
+}  // namespace
+
 std::string ranks_text(const std::vector<int64_t>& ranks) {
   std::ostringstream s;
-  s << (ranks.size() == 1 ? "world rank " : "world ranks ");
+  s << (ranks.size() == 1 ? "rank " : "ranks ");
   for (size_t i = 0; i < ranks.size(); ++i) s << (i ? "," : "") << ranks[i];
   return s.str();
 }
-
-}  // namespace
 
 std::string local_address_towards(const std::string& host, int64_t port) {
   addrinfo hints{};
@@ -211,9 +211,9 @@ std::string peer_diagnosis(const Group& group, const std::string& error) {
     const std::vector<int64_t>& ranks = remote[host];
     if (!why.empty() && why != std::strerror(ECONNREFUSED)) {
       add(member_hosts.count(host) ? members : others,
-          ranks_text(ranks) + " at " + host + " (" + why + ")");
+          "world " + ranks_text(ranks) + " at " + host + " (" + why + ")");
     } else if (member_hosts.count(host) && error.find(host) != std::string::npos) {
-      add(named, "peer " + host + " is " + ranks_text(ranks));
+      add(named, "peer " + host + " is world " + ranks_text(ranks));
     }
   }
   if (members.tellp() > 0) return ", unreachable peer: " + members.str();

@@ -11,6 +11,9 @@
 
 namespace hybridmoe::dist::detail {
 
+/// "rank 2" or "ranks 2,3".
+std::string ranks_text(const std::vector<int64_t>& ranks);
+
 /// This host's address on the route to host:port (a UDP socket's connect() picks the route and
 /// sends nothing); "" if host does not resolve or no route leads there.
 std::string local_address_towards(const std::string& host, int64_t port);

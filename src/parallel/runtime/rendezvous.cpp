@@ -22,13 +22,6 @@ std::string seconds_text(std::chrono::milliseconds t) {
   return s.str();
 }
 
-std::string ranks_text(const std::vector<int64_t>& ranks) {
-  std::ostringstream s;
-  s << (ranks.size() == 1 ? "rank " : "ranks ");
-  for (size_t i = 0; i < ranks.size(); ++i) s << (i ? "," : "") << ranks[i];
-  return s.str();
-}
-
 }  // namespace
 
 StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout) {
@@ -89,7 +82,7 @@ StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout) {
         for (int64_t r = 0; r < info.world_size; ++r) {
           if (!store->check({arrived_key(r)})) missing.push_back(r);
         }
-        missing_text = ranks_text(missing);
+        missing_text = detail::ranks_text(missing);
         if (info.rank == 0) {
           store->set(missing_key, std::vector<uint8_t>(missing_text.begin(), missing_text.end()));
           const auto linger = Clock::now() + std::chrono::seconds(2);
