@@ -99,6 +99,21 @@ std::string describe(const Group& g) {
   return out.str();
 }
 
+namespace {
+struct GroupHolder : torch::CustomClassHolder {
+  explicit GroupHolder(Group g) : group(std::move(g)) {}
+  Group group;
+};
+}  // namespace
+
+c10::IValue pack(const Group& g) {
+  return c10::IValue::make_capsule(c10::make_intrusive<GroupHolder>(g));
+}
+
+const Group& unpack(const c10::IValue& v) {
+  return static_cast<GroupHolder*>(v.toCapsule().get())->group;
+}
+
 std::string error_text(const std::exception& e) {
   if (const auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
   return e.what();
