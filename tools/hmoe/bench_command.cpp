@@ -38,6 +38,7 @@ ParallelConfig parse_layout_arg(const std::string& text, int64_t world) {
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks; each prints one JSON line");
   bench->require_subcommand(1);
+  add_bench_a2a_command(bench);
 
   auto args = std::make_shared<bench::LayerBenchArgs>();
   auto* layer = bench->add_subcommand("layer",

@@ -14,6 +14,8 @@
 namespace hybridmoe::cli {
 
 void add_bench_command(CLI::App& app);
+/// `bench a2a` under the `bench` subcommand (bench_a2a_command.cpp).
+void add_bench_a2a_command(CLI::App* bench);
 void add_launch_command(CLI::App&);
 void add_verify_command(CLI::App& app);
 void add_train_command(CLI::App&);
