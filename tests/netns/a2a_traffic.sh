@@ -13,12 +13,12 @@ command -v tc > /dev/null || hosts_skip "tc (iproute2) is missing"
 netns_begin netns-a2a-traffic "$2" 60
 hosts_rate_limit 0 1gbit || hosts_fail "tc tbf failed"
 hosts_rate_limit 1 1gbit || hosts_fail "tc tbf failed"
-iters=3
+iters=2
 tx_bytes() { echo $(($(hosts_iface_tx 0) + $(hosts_iface_tx 1))); }
 hosts_iface_tx() { hosts_exec "$1" cat "/sys/class/net/${HOST_IF[$1]}/statistics/tx_bytes"; }
 for algo in flat hierarchical; do
   before=$(tx_bytes)
-  hosts_launch 4 "$work/$algo" -- "$HMOE" bench a2a --rows 4096 --d 256 --iters $iters \
+  hosts_launch 4 "$work/$algo" -- "$HMOE" bench a2a --rows 2048 --d 256 --iters $iters \
     --algorithms "$algo"
   hosts_wait 150
   for i in 0 1; do
