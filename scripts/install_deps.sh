@@ -11,6 +11,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libfmt-dev
   libgtest-dev
   clang-format           # make format-check
+  iproute2 nftables      # tests/netns: namespaces as nodes (ip, tc) and the lossy-link fault (nft)
 )
 if [[ "${1:-}" == "--python" ]]; then
   packages+=(python3-torch python3-dev pybind11-dev python3-pytest)

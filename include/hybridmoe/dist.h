@@ -39,14 +39,20 @@ struct EnvInfo {
   int64_t rank = 0;
   int64_t world_size = 1;
   int64_t local_rank = 0;
-  int64_t local_world_size = 1;
+  int64_t local_world_size = 1;  ///< ranks on this node
+  int64_t node_rank = 0;         ///< this node's index (ranks node_rank * local_world_size + ...)
   std::string master_addr = "127.0.0.1";
   int64_t master_port = kDefaultMasterPort;
 };
 
 /// Reads the launcher variables from `env` (a pure function, for tests). Precedence: torchrun
-/// (RANK + WORLD_SIZE), then OpenMPI (OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE), then Slurm
-/// (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE); none means one process.
+/// (RANK + WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK or NODE_RANK), then OpenMPI
+/// (OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE), then Slurm (SLURM_PROCID, SLURM_NTASKS,
+/// SLURM_LOCALID, SLURM_NTASKS_PER_NODE or the first count of SLURM_TASKS_PER_NODE, SLURM_NODEID);
+/// none means one process. Without a local world size every rank is on one node; without a node
+/// index it is rank / local_world_size. Ranks are taken to fill nodes in order (node i holds ranks
+/// i * local_world_size ...), which every supported launcher does by default; a world that is not
+/// a whole number of nodes, or a node rank that disagrees with that order, is refused.
 /// MASTER_ADDR / MASTER_PORT come from env or default to 127.0.0.1:29500.
 ///
 /// Example:
@@ -242,13 +248,19 @@ compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t r
 ///   opts.command = {"./build/hmoe", "verify"};
 ///   int code = launch_local(opts).exit_code;
 struct LaunchOptions {
-  int64_t nproc = 1;
+  int64_t nproc = 1;  ///< ranks on this node (torchrun's --nproc-per-node)
+  /// Nodes of the run and this node's index: this node starts ranks node_rank * nproc ... of a
+  /// world of nnodes * nproc (torchrun's --nnodes, --node-rank).
+  int64_t nnodes = 1;
+  int64_t node_rank = 0;
+  /// The rendezvous host (rank 0's node); every node must name the same.
+  std::string master_addr = "127.0.0.1";
   std::vector<std::string> command;  ///< program and arguments (the program is looked up in PATH)
   /// Collective timeout passed to the ranks as HMOE_TIMEOUT_S; <= 0 leaves the variable alone.
   double timeout_s = 0.0;
   /// Wall-clock limit of the whole run in seconds (every rank is ended when it passes); <= 0: none.
   double max_time_s = 0.0;
-  /// Rendezvous port; 0 picks a free one.
+  /// Rendezvous port; 0 picks a free one on a single node, kDefaultMasterPort across nodes.
   int64_t master_port = 0;
   /// Extra variables for every rank (override the inherited ones).
   EnvMap extra_env;
@@ -269,7 +281,7 @@ struct LaunchOptions {
 
 /// One rank of a local run that ended abnormally (a non-zero exit code or a signal).
 struct RankFailure {
-  int64_t rank = -1;
+  int64_t rank = -1;               ///< world rank
   int code = 0;                    ///< exit code, 128 + signal if a signal ended it
   int signal = 0;                  ///< the signal that ended it; 0 if it exited
   bool root_cause = false;         ///< the first rank to fail (not ended by the launcher)
@@ -281,8 +293,8 @@ struct RankFailure {
 struct LaunchResult {
   /// 0, the first failing rank's code (128 + signal if killed), or 124 if max_time_s ran out.
   int exit_code = 0;
-  int64_t failed_rank = -1;           ///< the first rank that failed; -1 if none
-  std::vector<int> rank_codes;        ///< each rank's code, same convention
+  int64_t failed_rank = -1;           ///< the first (world) rank that failed; -1 if none
+  std::vector<int> rank_codes;        ///< each local rank's code, same convention
   bool timed_out = false;             ///< max_time_s was reached
   std::vector<RankFailure> failures;  ///< the ranks that failed, in the order they ended
 };
@@ -298,10 +310,11 @@ std::string describe_failure(const RankFailure& failure, int64_t root_rank, doub
 std::string signal_name(int signal);
 
 /// Starts nproc copies of options.command with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
-/// MASTER_ADDR=127.0.0.1 and MASTER_PORT set (and OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1 unless
-/// already set), relays their output line by line, and waits for all of them. If any rank failed,
-/// it then prints (as the launcher, rank -1 on stderr) one line per failed rank in the order
-/// they ended (describe_failure): the first is the root cause, the others consequences.
+/// GROUP_RANK and NODE_RANK (the node's index), MASTER_ADDR and MASTER_PORT set (and
+/// OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1 unless already set), relays their output line by line,
+/// and waits for all of them. If any rank failed, it then prints (as the launcher, rank -1 on
+/// stderr) one line per failed rank in the order they ended (describe_failure): the first is the
+/// root cause, the others consequences.
 LaunchResult launch_local(const LaunchOptions& options);
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -70,6 +70,22 @@ std::vector<int64_t> group_ranks(const ParallelConfig& config, GroupKind kind, i
 /// Every group of `kind` (a partition of the world), ordered by first rank.
 std::vector<std::vector<int64_t>> all_group_ranks(const ParallelConfig& config, GroupKind kind);
 
+/// Whether world ranks `ranks` lie on more than one node, nodes holding `ranks_per_node`
+/// consecutive ranks each (node of rank r = r / ranks_per_node).
+bool crosses_nodes(const std::vector<int64_t>& ranks, int64_t ranks_per_node);
+
+/// The kinds of `config` (in all_group_kinds() order, the world left out) with at least one group
+/// that crosses nodes of `ranks_per_node` ranks. Megatron's rank order keeps tp and etp groups
+/// inside a node whenever tp divides ranks_per_node.
+///
+/// Example:
+///   kinds_crossing_nodes({2, 2, 1, 2, 1}, 2)  // {kStage, kDp, kEdp}
+std::vector<GroupKind> kinds_crossing_nodes(const ParallelConfig& config, int64_t ranks_per_node);
+
+/// "2 nodes x 2 ranks; crossing nodes: stage dp edp" (or "...: none", or "1 node" when
+/// config's world fits in one node), for `hmoe verify` and `hmoe plan`.
+std::string node_crossing_text(const ParallelConfig& config, int64_t ranks_per_node);
+
 /// The process groups of one rank for a config.
 ///
 /// Example:
@@ -80,6 +96,9 @@ std::vector<std::vector<int64_t>> all_group_ranks(const ParallelConfig& config, 
 struct ParallelGroups {
   ParallelConfig config;
   int64_t world_rank = 0;
+  /// Ranks of one node (nodes hold consecutive world ranks): the launcher's local world size for
+  /// build(config, world), else the world size (one node).
+  int64_t ranks_per_node = 1;
   dist::Group world, stage, tp, dp, pp, ep, edp, etp, slice;
 
   const dist::Group& get(GroupKind kind) const;

@@ -107,8 +107,7 @@ double collective_time(Collective kind, int64_t g, double bytes, const LinkFit& 
 bool spans_nodes(const ParallelConfig& config, GroupKind kind, int64_t ranks_per_node) {
   if (ranks_per_node <= 0) return false;
   for (const auto& group : all_group_ranks(config, kind))
-    for (int64_t r : group)
-      if (r / ranks_per_node != group.front() / ranks_per_node) return true;
+    if (crosses_nodes(group, ranks_per_node)) return true;
   return false;
 }
 

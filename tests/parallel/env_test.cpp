@@ -190,6 +190,31 @@ TEST(Launcher, SetsVariablesAndRelaysLines) {
   }
 }
 
+// Node 1 of 2 nodes x 2 ranks: world ranks 2 and 3, the node's index, the given master, and
+// output and failures under world ranks.
+TEST(Launcher, NodeOfSeveral) {
+  Captured cap;
+  auto o = shell(2,
+                 "echo \"$RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $GROUP_RANK $NODE_RANK "
+                 "$MASTER_ADDR $MASTER_PORT\"; [ \"$RANK\" = 3 ] && exit 5; exit 0",
+                 &cap);
+  o.nnodes = 2;
+  o.node_rank = 1;
+  o.master_addr = "10.1.2.3";
+  o.kill_on_failure = false;  // rank 2 ends on its own
+  const dist::LaunchResult r = dist::launch_local(o);
+  EXPECT_EQ(r.exit_code, 5);
+  EXPECT_EQ(r.failed_rank, 3);
+  EXPECT_EQ(r.rank_codes, (std::vector<int>{0, 5}));
+  ASSERT_EQ(r.failures.size(), 1u);
+  EXPECT_EQ(r.failures[0].rank, 3);
+  EXPECT_TRUE(r.failures[0].root_cause);
+  EXPECT_EQ(cap.out[2], (std::vector<std::string>{"2 4 0 2 1 1 10.1.2.3 29500"}));
+  EXPECT_EQ(cap.out[3], (std::vector<std::string>{"3 4 1 2 1 1 10.1.2.3 29500"}));
+  o.node_rank = 2;
+  EXPECT_THROW(dist::launch_local(o), c10::Error);
+}
+
 TEST(Launcher, FailureEndsTheOthersAndGivesTheCode) {
   Captured cap;
   auto o = shell(3, "if [ \"$RANK\" = 1 ]; then sleep 0.2; exit 7; fi; exec sleep 30", &cap);

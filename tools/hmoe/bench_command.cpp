@@ -38,6 +38,7 @@ ParallelConfig parse_layout_arg(const std::string& text, int64_t world) {
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks; each prints one JSON line");
   bench->require_subcommand(1);
+  add_bench_a2a_command(bench);
 
   auto args = std::make_shared<bench::LayerBenchArgs>();
   auto* layer = bench->add_subcommand("layer",
@@ -172,6 +173,7 @@ void add_bench_command(CLI::App& app) {
   rec->add_option("--iters", rargs->iters, "Timed steps per variant")->capture_default_str();
   rec->add_option("--warmup", rargs->warmup, "Untimed steps per variant first")
       ->capture_default_str();
+  add_node_flags(rec);
   rec->callback([rargs, rnproc, rlayout] {
     const int code = run_here_or_on_local_ranks(*rnproc, [&] {
       auto world = dist::init();

@@ -58,6 +58,7 @@ void add_checkpoint_command(CLI::App& app) {
   conv->add_option("--zero-stage", a->zero_stage, "Target ZeRO stage (default: the checkpoint's)");
   conv->add_option("--out", a->out, "Output directory (its checkpoints/ receives the result)")
       ->required();
+  add_node_flags(conv);
   conv->callback([a] {
     const TrainConfig target = target_config(*a);
     const int code = run_here_or_on_local_ranks(target.nproc, [&] {

@@ -14,6 +14,8 @@
 namespace hybridmoe::cli {
 
 void add_bench_command(CLI::App& app);
+/// `bench a2a` under the `bench` subcommand (bench_a2a_command.cpp).
+void add_bench_a2a_command(CLI::App* bench);
 void add_launch_command(CLI::App&);
 void add_verify_command(CLI::App& app);
 void add_train_command(CLI::App&);
@@ -42,9 +44,15 @@ std::vector<std::string> self_command();
 /// Remembers argv for self_command(); called once by main().
 void set_self_command(int argc, char** argv);
 
+/// Adds torchrun's node flags to a subcommand that re-launches itself (--nnodes, --node-rank,
+/// --master-addr, --master-port): its nproc ranks then lie on nnodes nodes, and this process
+/// starts node-rank's nproc / nnodes of them, as `hmoe launch` would. One subcommand runs per
+/// process, so the values live in one place that run_here_or_on_local_ranks reads.
+void add_node_flags(CLI::App* cmd);
+
 /// Runs `worker` in this process when a launcher (torchrun, mpirun, Slurm) started it or when
-/// nproc is 1; otherwise launches this same command line on nproc local ranks (each then runs
-/// the worker). Returns the exit code.
+/// nproc is 1 on one node; otherwise launches this same command line on this node's ranks (each
+/// then runs the worker; nproc over all nodes, see add_node_flags). Returns the exit code.
 int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker);
 
 }  // namespace hybridmoe::cli

@@ -173,6 +173,7 @@ void add_hf_commands(CLI::App& app) {
   conv->add_option("--dtype", a->dtype,
                    "--from-hf: the checkpoint's dtype (float32 | float64); --to-hf: the tensors' "
                    "dtype on disk (default: the imported model's, else the run's)");
+  add_node_flags(conv);
   conv->callback([a, conv] {
     const bool from = !a->from_hf.empty(), to = !a->to_hf.empty();
     TORCH_CHECK(from != to, "convert: expected exactly one of --from-hf and --to-hf");

@@ -3,6 +3,7 @@
 // N local ranks first; --measure K runs the top K layouts the trainer can run and prints predicted
 // against measured step time and their rank correlation. Without a launcher's environment and
 // with --probe or --measure on nproc > 1 it re-launches itself on nproc local ranks.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -14,6 +15,7 @@
 
 #include "hmoe/commands.h"
 #include "hybridmoe/dist.h"
+#include "hybridmoe/parallel.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/train.h"
 
@@ -117,12 +119,31 @@ nlohmann::json layout_json(const plan::Layout& l) {
           {"micro_batches", l.micro_batches}};
 }
 
+// Which groups of the table's layouts cross nodes (nothing on one node), one line per layout.
+void print_node_crossings(const std::vector<plan::Estimate>& ranking, int64_t rows,
+                          const plan::ClusterSpec& cluster) {
+  if (cluster.ranks_per_node <= 0 || cluster.ranks_per_node >= cluster.world) return;
+  std::printf("groups crossing nodes (%lld ranks per node):\n",
+              static_cast<long long>(cluster.ranks_per_node));
+  std::vector<ParallelConfig> seen;
+  for (size_t i = 0; i < ranking.size() && (rows <= 0 || static_cast<int64_t>(i) < rows); ++i) {
+    const ParallelConfig& par = ranking[i].layout.par;
+    if (std::find(seen.begin(), seen.end(), par) != seen.end()) continue;
+    seen.push_back(par);
+    std::printf("  %-22s %s\n", par.to_string().c_str(),
+                node_crossing_text(par, cluster.ranks_per_node).c_str());
+  }
+}
+
 int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
   const bool lead = world == nullptr || world->rank() == 0;
   const plan::ModelSpec model = plan::ModelSpec::from_train_config(c);
   plan::ClusterSpec cluster;
   cluster.world = world ? world->size() : c.nproc;
+  // --ranks-per-node, else the launcher's count of ranks on a node when several nodes take part.
   cluster.ranks_per_node = a.ranks_per_node;
+  if (cluster.ranks_per_node == 0 && world && world->env().local_world_size < world->size())
+    cluster.ranks_per_node = world->env().local_world_size;
   cluster.mem_per_rank_mb = a.mem_mb;
   plan::MachineSpec machine =
       (a.probe && world) ? plan::probe_machine(*world) : plan::MachineSpec();
@@ -144,6 +165,7 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
       std::cout << machine_summary(machine) << "\n"
                 << ranking.size() << " layouts on " << cluster.world << " ranks (predicted):\n"
                 << plan::to_table(ranking, a.top);
+      print_node_crossings(ranking, a.top, cluster);
     }
     return 0;
   }
@@ -279,6 +301,7 @@ void add_plan_command(CLI::App& app) {
     a->model[k] = "";
     cmd->add_option(f, a->model[k], "model key (default " + get_config_value(defaults, k) + ")");
   }
+  add_node_flags(cmd);
   cmd->callback([a, cmd] {
     TrainConfig c = model_config(*a, cmd);
     const bool needs_ranks = a->probe || a->measure > 0;

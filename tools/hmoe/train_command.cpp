@@ -98,16 +98,8 @@ void announce_auto_layout(const plan::AutoLayout& a, const std::string& source) 
   std::fflush(stdout);
 }
 
-int run(const TrainConfig& c) {
-  const bool in_launcher =
-      std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
-  if (!in_launcher && c.nproc > 1) {
-    dist::LaunchOptions lo;
-    lo.nproc = c.nproc;
-    lo.command = self_command();
-    lo.plain_lead_stdout = true;
-    return dist::launch_local(lo).exit_code;
-  }
+// One rank of the run.
+int run_rank(const TrainConfig& c) {
   auto world = dist::init();
   if (world->size() > 1) at::set_num_threads(1);
   TrainConfig config = c;
@@ -134,6 +126,11 @@ int run(const TrainConfig& c) {
   return 0;
 }
 
+// This process is a rank (a launcher started it, or nproc is 1), or it launches this node's ranks.
+int run(const TrainConfig& c) {
+  return run_here_or_on_local_ranks(c.nproc, [&] { return run_rank(c); });
+}
+
 }  // namespace
 
 void add_train_command(CLI::App& app) {
@@ -156,6 +153,7 @@ void add_train_command(CLI::App& app) {
                       k.help + " (default " + get_config_value(defaults, k.name) + ")");
     }
   }
+  add_node_flags(cmd);
   cmd->callback([a, cmd] {
     // Everything is checked here, before any rank starts.
     TrainConfig c = effective_config(*a, cmd);

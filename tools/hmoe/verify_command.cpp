@@ -14,6 +14,7 @@
 #include "hmoe/commands.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/dist.h"
+#include "hybridmoe/parallel.h"
 #include "hybridmoe/train.h"
 #include "hybridmoe/verify.h"
 
@@ -22,6 +23,15 @@ namespace hybridmoe::cli {
 namespace {
 
 std::vector<std::string> g_self;
+
+// The node flags of the running subcommand (add_node_flags).
+struct NodeFlags {
+  int64_t nnodes = 1;
+  int64_t node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 0;
+};
+NodeFlags g_nodes;
 
 struct VerifyArgs {
   int64_t nproc = 1;
@@ -111,6 +121,7 @@ int run_worker(const VerifyArgs& a) {
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
   const bool lead = world->rank() == 0;
+  const int64_t per_node = world->env().local_world_size;  // nodes hold consecutive ranks
   nlohmann::json rows = nlohmann::json::array();
   bool all_pass = true;
   int64_t run_id = 0;
@@ -189,14 +200,19 @@ int run_worker(const VerifyArgs& a) {
                           {"zero", row.zero_stage},
                           {"loss_rel_err", row.loss_rel_err},
                           {"param_rel_err", row.param_rel_err},
-                          {"pass", row.pass}});
+                          {"pass", row.pass},
+                          {"nodes", node_crossing_text(layout, per_node)}});
+          // Across nodes, each row says which of the layout's groups cross them.
+          const std::string nodes = layout.world_size() > per_node
+                                        ? "  (" + node_crossing_text(layout, per_node) + ")"
+                                        : "";
           if (!a.json)
-            std::printf("%-22s %-16s %12.3e %12.3e  %s\n",
+            std::printf("%-22s %-16s %12.3e %12.3e  %s%s\n",
                         (layout.to_string() + (row.schedule.empty() ? "" : " " + row.schedule) +
                          r_text(run))
                             .c_str(),
                         row.gate.c_str(), row.loss_rel_err, row.param_rel_err,
-                        row.pass ? "pass" : "FAIL");
+                        row.pass ? "pass" : "FAIL", nodes.c_str());
           std::fflush(stdout);
         }
   if (lead && a.json) std::cout << nlohmann::json{{"layouts", rows}}.dump() << std::endl;
@@ -219,12 +235,36 @@ void set_self_command(int argc, char** argv) {
   if (n > 0) g_self[0] = std::string(buf, n);
 }
 
+void add_node_flags(CLI::App* cmd) {
+  NodeFlags& n = g_nodes;
+  cmd->add_option("--nnodes", n.nnodes, "Nodes that the --nproc ranks lie on")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--node-rank", n.node_rank, "This node's index in [0, nnodes)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--master-addr", n.master_addr, "Address of node 0 (rendezvous)")
+      ->capture_default_str();
+  cmd->add_option("--master-port", n.master_port,
+                  "Rendezvous port; 0: a free one on one node, 29500 across nodes")
+      ->capture_default_str();
+}
+
 int run_here_or_on_local_ranks(int64_t nproc, const std::function<int()>& worker) {
   const bool in_launcher =
       std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK") || std::getenv("SLURM_PROCID");
-  if (in_launcher || nproc <= 1) return worker();
+  const NodeFlags& n = g_nodes;
+  if (in_launcher || (nproc <= 1 && n.nnodes == 1)) return worker();
+  TORCH_CHECK(nproc % n.nnodes == 0, "--nproc ", nproc, " should be a multiple of --nnodes ",
+              n.nnodes, " (every node runs the same number of ranks)");
+  TORCH_CHECK(n.node_rank < n.nnodes, "--node-rank should be in [0, ", n.nnodes, "), got ",
+              n.node_rank);
   dist::LaunchOptions lo;
-  lo.nproc = nproc;
+  lo.nproc = nproc / n.nnodes;
+  lo.nnodes = n.nnodes;
+  lo.node_rank = n.node_rank;
+  lo.master_addr = n.master_addr;
+  lo.master_port = n.master_port;
   lo.command = self_command();
   lo.plain_lead_stdout = true;
   return dist::launch_local(lo).exit_code;
@@ -273,6 +313,7 @@ void add_verify_command(CLI::App& app) {
                   "(runs the GPT, or the --model family, on every layout)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON line");
+  add_node_flags(cmd);
   cmd->callback([a] {
     const int code = run_here_or_on_local_ranks(a->nproc, [&] { return run_worker(*a); });
     if (code != 0) throw CLI::RuntimeError(code);

@@ -36,17 +36,8 @@ int64_t bytes_of(const torch::Tensor& t) {
   return t.numel() * static_cast<int64_t>(t.element_size());
 }
 
-/// The group travels through autograd's saved_data as a capsule.
-struct GroupHolder : torch::CustomClassHolder {
-  explicit GroupHolder(Group g) : group(std::move(g)) {}
-  Group group;
-};
-c10::IValue pack(const Group& g) {
-  return c10::IValue::make_capsule(c10::make_intrusive<GroupHolder>(g));
-}
-const Group& unpack(const c10::IValue& v) {
-  return static_cast<GroupHolder*>(v.toCapsule().get())->group;
-}
+using detail::pack;
+using detail::unpack;
 
 // ---- raw operations (no autograd) -------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/detail/comm_tape.h"
+#include "parallel/runtime/peers.h"
 
 namespace hybridmoe::dist {
 
@@ -69,9 +70,11 @@ torch::Tensor PendingWork::wait() {
   } catch (const std::exception& e) {
     const double elapsed = std::chrono::duration<double>(Clock::now() - s.start).count();
     const bool timed_out = elapsed * 1000.0 >= 0.99 * static_cast<double>(s.group.timeout.count());
+    const std::string why = detail::error_text(e);
     TORCH_CHECK(false, "hybridmoe::dist::", op, " on ", detail::describe(s.group),
                 s.spec.peer.empty() ? "" : " with ", s.spec.peer, " failed after ", elapsed,
-                " s (timeout ", s.group.timeout.count() / 1000.0, " s): ", detail::error_text(e),
+                " s (timeout ", s.group.timeout.count() / 1000.0, " s)",
+                detail::peer_diagnosis(s.group, why), ": ", why,
                 timed_out ? " -- a member did not take part in time (it hung, died, or called a "
                             "different collective; HMOE_TIMEOUT_S sets the timeout)"
                           : "");
@@ -94,6 +97,21 @@ std::string describe(const Group& g) {
   for (size_t i = 0; i < g.ranks.size(); ++i) out << (i ? "," : "") << g.ranks[i];
   out << "], this process is group rank " << g.rank << " of " << g.size() << ")";
   return out.str();
+}
+
+namespace {
+struct GroupHolder : torch::CustomClassHolder {
+  explicit GroupHolder(Group g) : group(std::move(g)) {}
+  Group group;
+};
+}  // namespace
+
+c10::IValue pack(const Group& g) {
+  return c10::IValue::make_capsule(c10::make_intrusive<GroupHolder>(g));
+}
+
+const Group& unpack(const c10::IValue& v) {
+  return static_cast<GroupHolder*>(v.toCapsule().get())->group;
 }
 
 std::string error_text(const std::exception& e) {
@@ -122,8 +140,10 @@ PendingWork start_work(const WorkSpec& spec, const Group& group, torch::Tensor r
   try {
     s->work = launch(*group.pg_for(s->result));
   } catch (const std::exception& e) {
+    const std::string why = error_text(e);
     TORCH_CHECK(false, "hybridmoe::dist::", spec.op, " on ", describe(group),
-                spec.peer.empty() ? "" : " with ", spec.peer, " failed to start: ", error_text(e));
+                spec.peer.empty() ? "" : " with ", spec.peer, " failed to start",
+                peer_diagnosis(group, why), ": ", why);
   }
   s->keep = std::move(keep);
   return PendingWork(std::move(s));

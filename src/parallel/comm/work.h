@@ -19,6 +19,10 @@ namespace hybridmoe::dist::detail {
 /// "group 'dp' (world ranks [0,2], this process is group rank 1 of 2)".
 std::string describe(const Group& g);
 
+/// A group as an IValue, so that it rides through autograd's saved_data (a capsule), and back.
+c10::IValue pack(const Group& g);
+const Group& unpack(const c10::IValue& v);
+
 /// The message of an exception, without a c10 backtrace.
 std::string error_text(const std::exception& e);
 

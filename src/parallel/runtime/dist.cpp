@@ -19,6 +19,8 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include "parallel/runtime/peers.h"
+
 extern char** environ;
 
 namespace hybridmoe::dist {
@@ -91,6 +93,7 @@ std::string to_string(LaunchEnv env) {
 
 EnvInfo parse_env(const EnvMap& env) {
   EnvInfo info;
+  info.node_rank = -1;  // unless a launcher names it: from the rank (below)
   // 1. Which launcher: torchrun's variables win, then OpenMPI's, then Slurm's.
   if (lookup(env, "RANK") && lookup(env, "WORLD_SIZE")) {
     info.source = LaunchEnv::kTorchrun;
@@ -98,6 +101,7 @@ EnvInfo parse_env(const EnvMap& env) {
     info.world_size = parse_int("WORLD_SIZE", *lookup(env, "WORLD_SIZE"));
     info.local_rank = int_or(env, "LOCAL_RANK", info.rank);
     info.local_world_size = int_or(env, "LOCAL_WORLD_SIZE", info.world_size);
+    info.node_rank = int_or(env, "GROUP_RANK", int_or(env, "NODE_RANK", -1));
   } else if (lookup(env, "OMPI_COMM_WORLD_RANK") && lookup(env, "OMPI_COMM_WORLD_SIZE")) {
     info.source = LaunchEnv::kOpenMPI;
     info.rank = int_or(env, "OMPI_COMM_WORLD_RANK", 0);
@@ -113,6 +117,7 @@ EnvInfo parse_env(const EnvMap& env) {
     info.local_rank = int_or(env, "SLURM_LOCALID", info.rank);
     info.local_world_size =
         int_or(env, "SLURM_NTASKS_PER_NODE", int_or(env, "SLURM_TASKS_PER_NODE", info.world_size));
+    info.node_rank = int_or(env, "SLURM_NODEID", -1);
   }
   // 2. Rendezvous address: the same variables for every launcher.
   if (auto addr = lookup(env, "MASTER_ADDR")) info.master_addr = *addr;
@@ -123,9 +128,31 @@ EnvInfo parse_env(const EnvMap& env) {
   TORCH_CHECK(info.rank >= 0 && info.rank < info.world_size, "rank should be in [0, ",
               info.world_size, "), got ", info.rank, " (from ", to_string(info.source),
               " variables)");
-  TORCH_CHECK(info.local_rank >= 0, "local rank should be >= 0, got ", info.local_rank);
   TORCH_CHECK(info.master_port > 0 && info.master_port < 65536,
               "MASTER_PORT should be in [1, 65535], got ", info.master_port);
+  TORCH_CHECK(info.local_world_size >= 1 && info.world_size % info.local_world_size == 0,
+              "ranks per node (local world size) should be >= 1 and divide the world size ",
+              info.world_size, ", got ", info.local_world_size, " (from ", to_string(info.source),
+              " variables)");
+  // Without a count of ranks per node the whole world is one node of unknown order (a launcher
+  // that sets LOCAL_RANK alone): the local rank is kept, the node layout is not checked.
+  if (info.local_world_size == info.world_size) {
+    TORCH_CHECK(info.local_rank >= 0, "local rank should be >= 0, got ", info.local_rank);
+    info.node_rank = 0;
+    return info;
+  }
+  TORCH_CHECK(info.local_rank >= 0 && info.local_rank < info.local_world_size,
+              "local rank should be in [0, ", info.local_world_size, "), got ", info.local_rank,
+              " (from ", to_string(info.source), " variables)");
+  // Nodes hold consecutive ranks (see parse_env in dist.h).
+  const int64_t node_of_rank = info.rank / info.local_world_size;
+  if (info.node_rank < 0) info.node_rank = node_of_rank;
+  TORCH_CHECK(
+      info.node_rank == node_of_rank && info.rank % info.local_world_size == info.local_rank,
+      "rank ", info.rank, " should be local rank ", info.rank % info.local_world_size, " of node ",
+      node_of_rank, " (nodes of ", info.local_world_size, " consecutive ranks), but the ",
+      to_string(info.source), " variables say local rank ", info.local_rank, " of node ",
+      info.node_rank);
   return info;
 }
 
@@ -321,6 +348,7 @@ std::shared_ptr<World> init(const InitOptions& options) {
     store = c10::make_intrusive<c10d::HashStore>();
   } else {
     store = rendezvous(info, timeout);
+    detail::publish_hosts(*store, info, gloo_device);  // for errors naming unreachable peers
   }
   // 4. The world group.
   return std::make_shared<World>(std::move(info), std::move(store), timeout, use_cuda,

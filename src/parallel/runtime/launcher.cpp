@@ -1,7 +1,8 @@
-// launcher.cpp — the built-in local launcher (`hmoe launch`, multi-rank tests): starts N ranks of a
-// command with torchrun's variables, relays their output line by line with a rank prefix, ends
-// the others when one fails, and reports how each ended: one summary line per failed rank (exit
-// code or signal, last error line, root cause or consequence).
+// launcher.cpp — the built-in launcher (`hmoe launch`, multi-rank tests): starts this node's N
+// ranks of a command with torchrun's variables (one node, or node R of several), relays their
+// output line by line with a rank prefix, ends the others when one fails, and reports how each
+// ended: one summary line per failed rank (exit code or signal, last error line, root cause or
+// consequence).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -63,13 +64,16 @@ void default_line_sink(int64_t rank, bool is_stderr, const std::string& line,
 }
 
 /// The environment of one rank as "KEY=VALUE" strings.
-std::vector<std::string> rank_environment(const LaunchOptions& o, int64_t rank, int64_t port) {
+std::vector<std::string> rank_environment(const LaunchOptions& o, int64_t local_rank,
+                                          int64_t port) {
   EnvMap env = process_env();
-  env["RANK"] = std::to_string(rank);
-  env["WORLD_SIZE"] = std::to_string(o.nproc);
-  env["LOCAL_RANK"] = std::to_string(rank);
+  env["RANK"] = std::to_string(o.node_rank * o.nproc + local_rank);
+  env["WORLD_SIZE"] = std::to_string(o.nnodes * o.nproc);
+  env["LOCAL_RANK"] = std::to_string(local_rank);
   env["LOCAL_WORLD_SIZE"] = std::to_string(o.nproc);
-  env["MASTER_ADDR"] = "127.0.0.1";
+  env["GROUP_RANK"] = std::to_string(o.node_rank);
+  env["NODE_RANK"] = std::to_string(o.node_rank);
+  env["MASTER_ADDR"] = o.master_addr;
   env["MASTER_PORT"] = std::to_string(port);
   for (const char* key : {"OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}) {
     if (env.find(key) == env.end() || env[key].empty()) env[key] = "1";
@@ -143,9 +147,18 @@ int64_t find_free_port() {
 
 LaunchResult launch_local(const LaunchOptions& o) {
   TORCH_CHECK(o.nproc >= 1, "launch_local: nproc should be >= 1, got ", o.nproc);
+  TORCH_CHECK(o.nnodes >= 1, "launch_local: nnodes should be >= 1, got ", o.nnodes);
+  TORCH_CHECK(o.node_rank >= 0 && o.node_rank < o.nnodes,
+              "launch_local: node rank should be in [0, ", o.nnodes, "), got ", o.node_rank);
+  TORCH_CHECK(!o.master_addr.empty(), "launch_local: a master address is required");
   TORCH_CHECK(!o.command.empty(), "launch_local: a command to run is required");
-  const int64_t port = o.master_port > 0 ? o.master_port : find_free_port();
-  auto sink = [&](int64_t rank, bool is_stderr, const std::string& line) {
+  // A free port is only known on this host: several nodes must agree on one beforehand.
+  const int64_t port = o.master_port > 0 ? o.master_port
+                       : o.nnodes > 1    ? kDefaultMasterPort
+                                         : find_free_port();
+  const int64_t first_rank = o.node_rank * o.nproc;  // world rank of local rank 0
+  auto sink = [&](int64_t local, bool is_stderr, const std::string& line) {
+    const int64_t rank = local < 0 ? local : first_rank + local;
     if (o.on_line) {
       o.on_line(rank, is_stderr, line);
     } else {
@@ -277,7 +290,7 @@ LaunchResult launch_local(const LaunchOptions& o) {
     for (int64_t r : reaped) {
       end_order.push_back(r);
       if (ranks[r].code != 0 && result.failed_rank < 0 && !result.timed_out) {
-        result.failed_rank = r;
+        result.failed_rank = first_rank + r;
         result.exit_code = ranks[r].code;
         if (o.kill_on_failure) end_others();
       }
@@ -317,10 +330,10 @@ LaunchResult launch_local(const LaunchOptions& o) {
   for (int64_t r : end_order) {
     if (ranks[r].code == 0) continue;
     RankFailure f;
-    f.rank = r;
+    f.rank = first_rank + r;
     f.code = ranks[r].code;
     f.signal = ranks[r].signal;
-    f.root_cause = r == result.failed_rank;
+    f.root_cause = f.rank == result.failed_rank;
     // Ended by the launcher's signal; a rank that was signalled but had already exited (or
     // exited on its own after handling the signal) failed after the root cause.
     f.ended_by_launcher = ranks[r].signalled && ranks[r].signal != 0;

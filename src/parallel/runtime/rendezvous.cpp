@@ -2,21 +2,14 @@
 // wait (with a deadline) for rank 0's store server to accept connections, every rank then marks
 // itself arrived in the store and waits for the others. Errors name the ranks that never
 // arrived, the master address and port, and the timeout.
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <sstream>
 #include <thread>
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "hybridmoe/dist.h"
+#include "parallel/runtime/peers.h"
 
 namespace hybridmoe::dist {
 namespace {
@@ -27,53 +20,6 @@ std::string seconds_text(std::chrono::milliseconds t) {
   std::ostringstream s;
   s << static_cast<double>(t.count()) / 1000.0 << " s";
   return s.str();
-}
-
-std::string ranks_text(const std::vector<int64_t>& ranks) {
-  std::ostringstream s;
-  s << (ranks.size() == 1 ? "rank " : "ranks ");
-  for (size_t i = 0; i < ranks.size(); ++i) s << (i ? "," : "") << ranks[i];
-  return s.str();
-}
-
-/// One connection attempt to host:port, bounded by `deadline`; "" on success, else why not.
-std::string try_connect(const std::string& host, int64_t port, Clock::time_point deadline) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  const int gai = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found);
-  if (gai != 0) return std::string("cannot resolve the address: ") + ::gai_strerror(gai);
-  std::string why = "no address";
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    const int fd =
-        ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) {
-      why = std::strerror(errno);
-      continue;
-    }
-    int err = ::connect(fd, a->ai_addr, a->ai_addrlen) == 0 ? 0 : errno;
-    if (err == EINPROGRESS) {
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-      pollfd p{fd, POLLOUT, 0};
-      const int ready = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 1)));
-      socklen_t len = sizeof(err);
-      if (ready <= 0) {
-        err = ETIMEDOUT;
-      } else if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
-        err = errno;
-      }
-    }
-    ::close(fd);
-    if (err == 0) {
-      ::freeaddrinfo(found);
-      return "";
-    }
-    why = std::strerror(err);
-  }
-  ::freeaddrinfo(found);
-  return why;
 }
 
 }  // namespace
@@ -89,7 +35,7 @@ StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout) {
   if (info.rank != 0) {
     std::string why;
     while (true) {
-      why = try_connect(info.master_addr, info.master_port, deadline);
+      why = detail::try_connect(info.master_addr, info.master_port, deadline);
       if (why.empty() || Clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -136,7 +82,7 @@ StorePtr rendezvous(const EnvInfo& info, std::chrono::milliseconds timeout) {
         for (int64_t r = 0; r < info.world_size; ++r) {
           if (!store->check({arrived_key(r)})) missing.push_back(r);
         }
-        missing_text = ranks_text(missing);
+        missing_text = detail::ranks_text(missing);
         if (info.rank == 0) {
           store->set(missing_key, std::vector<uint8_t>(missing_text.begin(), missing_text.end()));
           const auto linger = Clock::now() + std::chrono::seconds(2);

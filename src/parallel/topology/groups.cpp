@@ -168,6 +168,45 @@ std::vector<std::vector<int64_t>> all_group_ranks(const ParallelConfig& c, Group
   return out;
 }
 
+// ---- nodes ------------------------------------------------------------------------------------
+
+bool crosses_nodes(const std::vector<int64_t>& ranks, int64_t ranks_per_node) {
+  TORCH_CHECK(ranks_per_node >= 1, "crosses_nodes: ranks per node should be >= 1, got ",
+              ranks_per_node);
+  for (int64_t r : ranks) {
+    if (r / ranks_per_node != ranks.front() / ranks_per_node) return true;
+  }
+  return false;
+}
+
+std::vector<GroupKind> kinds_crossing_nodes(const ParallelConfig& config, int64_t ranks_per_node) {
+  std::vector<GroupKind> out;
+  for (GroupKind kind : all_group_kinds()) {
+    if (kind == GroupKind::kWorld) continue;
+    for (const auto& ranks : all_group_ranks(config, kind)) {
+      if (crosses_nodes(ranks, ranks_per_node)) {
+        out.push_back(kind);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+std::string node_crossing_text(const ParallelConfig& config, int64_t ranks_per_node) {
+  TORCH_CHECK(ranks_per_node >= 1, "node_crossing_text: ranks per node should be >= 1, got ",
+              ranks_per_node);
+  const int64_t world = config.world_size();
+  if (world <= ranks_per_node) return "1 node";
+  std::ostringstream out;
+  out << (world + ranks_per_node - 1) / ranks_per_node << " nodes x " << ranks_per_node
+      << " ranks; crossing nodes:";
+  const auto kinds = kinds_crossing_nodes(config, ranks_per_node);
+  for (GroupKind kind : kinds) out << " " << to_string(kind);
+  if (kinds.empty()) out << " none";
+  return out.str();
+}
+
 // ---- ParallelGroups ---------------------------------------------------------------------------
 
 const dist::Group& ParallelGroups::get(GroupKind kind) const {
@@ -200,7 +239,9 @@ dist::Group& ParallelGroups::get(GroupKind kind) {
 
 ParallelGroups ParallelGroups::build(const ParallelConfig& config, dist::World& world) {
   const std::string tag = "b" + std::to_string(world.next_generation("parallel_groups"));
-  return build(config, world.group(), world.store(), world.uses_cuda(), tag);
+  ParallelGroups out = build(config, world.group(), world.store(), world.uses_cuda(), tag);
+  out.ranks_per_node = world.env().local_world_size;
+  return out;
 }
 
 ParallelGroups ParallelGroups::build(const ParallelConfig& config, const dist::Group& world_group,
@@ -214,6 +255,7 @@ ParallelGroups ParallelGroups::build(const ParallelConfig& config, const dist::G
   ParallelGroups out;
   out.config = config;
   out.world_rank = world_group.ranks[world_group.rank];
+  out.ranks_per_node = world_size;
   out.world = world_group;
   // Every rank builds its group of each kind in the order of all_group_kinds(); groups of a kind
   // partition the world, so members of one group build it at the same step (no deadlock).
@@ -248,6 +290,7 @@ ParallelGroups ParallelGroups::assemble(const ParallelConfig& config,
   ParallelGroups out;
   out.config = config;
   out.world_rank = world_group.ranks[world_group.rank];
+  out.ranks_per_node = world_group.size();
   for (GroupKind kind : all_group_kinds()) {
     const auto ranks = group_ranks(config, kind, out.world_rank);
     dist::Group& g = out.get(kind);
