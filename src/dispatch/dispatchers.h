@@ -6,6 +6,8 @@
 //                          expert-major reordering, and with etp > 1 an all-gather of the rows
 //                          over etp (reduce-scatter of the partial outputs back).
 //   AllToAllDispatcher     the fixed layout: slices over tp, experts over ep (and etp).
+//   ReplicatingDispatcher  the fixed layout with hot experts' weights gathered to every ep rank
+//                          and their rows computed where they were routed (replicate.h).
 //   AdaptiveDispatcher     Tutel's adaptive layout: the call's degree r over the stage.
 //   OverlapDispatcher      wraps an ExchangingDispatcher: the same prepare / finish, with the
 //                          exchange and the experts pipelined in D chunks (overlap.h).
@@ -18,6 +20,7 @@
 #include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/replicate.h"
 
 namespace hybridmoe::detail {
 
@@ -80,8 +83,28 @@ class AllToAllDispatcher : public ExchangingDispatcher {
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
 
- private:
+ protected:
   int64_t num_experts_;
+};
+
+/// The fixed layout with hot-expert replication (replicate.h): prepare / finish are
+/// AllToAllDispatcher's (unused here), dispatch and combine split each call's rows between the
+/// all-to-all and this rank's replicas of the policy's experts.
+class ReplicatingDispatcher : public AllToAllDispatcher {
+ public:
+  ReplicatingDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
+                        std::shared_ptr<GroupedExpertsImpl> grouped);
+  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                          const MoECallOptions& call) override;
+  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+
+ private:
+  /// [this rank's experts; the replicated experts, all-gathered from their owners] per tensor.
+  ExpertWeights with_replicas(const std::vector<int64_t>& replicated, int64_t first_local);
+
+  ReplicateOptions replicate_;
+  std::shared_ptr<GroupedExpertsImpl> grouped_;
+  int64_t d_model_, hidden_;
 };
 
 class AdaptiveDispatcher : public ExchangingDispatcher {

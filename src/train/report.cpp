@@ -54,7 +54,12 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
     f << (first ? "" : ", ") << json_string(task) << ": " << acc;
     first = false;
   }
-  f << "},\n  \"dropped_tokens\": " << data.dropped << ",\n  \"expert_load\": [";
+  const auto& im = data.imbalance;
+  const double n = static_cast<double>(std::max<int64_t>(1, im.steps));
+  f << "},\n  \"dropped_tokens\": " << data.dropped
+    << ",\n  \"imbalance\": {\"steps\": " << im.steps << ", \"expert_mean\": " << im.expert_sum / n
+    << ", \"expert_max\": " << im.expert_max << ", \"rank_mean\": " << im.rank_sum / n
+    << ", \"rank_max\": " << im.rank_max << "},\n  \"expert_load\": [";
   for (size_t i = 0; i < data.layer_load.size(); ++i)
     f << (i ? ", " : "") << json_numbers(data.layer_load[i]);
   f << "],\n  \"config\": {";
@@ -66,6 +71,43 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
     first = false;
   }
   f << "}\n}\n";
+}
+
+namespace {
+
+// max / mean of the values (0 when their mean is not positive).
+double max_over_mean(const double* v, size_t n) {
+  double sum = 0.0, most = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += v[i], most = std::max(most, v[i]);
+  return n > 0 && sum > 0 ? most / (sum / static_cast<double>(n)) : 0.0;
+}
+
+}  // namespace
+
+StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
+                             const std::vector<double>& rank_rows) {
+  TORCH_CHECK(static_cast<int64_t>(load.size()) == layers * E, "step_imbalance: ", load.size(),
+              " loads for ", layers, " layers of ", E, " experts");
+  StepImbalance s;
+  for (int64_t l = 0; l < layers; ++l)
+    s.expert = std::max(s.expert, max_over_mean(load.data() + l * E, static_cast<size_t>(E)));
+  s.rank = max_over_mean(rank_rows.data(), rank_rows.size());
+  return s;
+}
+
+std::string imbalance_json(const StepImbalance& s) {
+  std::ostringstream o;
+  o.precision(6);
+  o << "\"imbalance\": {\"expert\": " << s.expert << ", \"rank\": " << s.rank << "}";
+  return o.str();
+}
+
+void Imbalance::add(const StepImbalance& s) {
+  ++steps;
+  expert_sum += s.expert;
+  rank_sum += s.rank;
+  expert_max = std::max(expert_max, s.expert);
+  rank_max = std::max(rank_max, s.rank);
 }
 
 namespace {

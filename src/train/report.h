@@ -10,6 +10,24 @@
 namespace hybridmoe::detail {
 
 /// What the report draws besides the result.
+/// Routing imbalance: max / mean tokens per expert (the worst MoE layer) and per rank (the rows
+/// each rank's experts computed); 1 is balanced, 0 means no tokens.
+struct StepImbalance {
+  double expert = 0.0, rank = 0.0;
+};
+/// The imbalance of one step. load: [layers * E] tokens per (layer, expert), summed over ranks;
+/// rank_rows: [world size] rows each rank's experts computed.
+StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
+                             const std::vector<double>& rank_rows);
+/// `"imbalance": {"expert": x, "rank": y}` for a metrics line.
+std::string imbalance_json(const StepImbalance& s);
+/// A run's imbalance: the mean and the worst over its steps.
+struct Imbalance {
+  int64_t steps = 0;
+  double expert_sum = 0.0, rank_sum = 0.0, expert_max = 0.0, rank_max = 0.0;
+  void add(const StepImbalance& s);
+};
+
 struct ReportData {
   std::vector<std::pair<int64_t, double>> loss_curve;  ///< (step, loss)
   /// Expert load fractions per MoE layer (rows) and expert (columns), over the whole run.
@@ -17,6 +35,7 @@ struct ReportData {
   /// Expert load fractions per task, per MoE layer: task → layer → expert.
   std::map<std::string, std::vector<std::vector<double>>> task_load;
   int64_t dropped = 0;
+  Imbalance imbalance;
 };
 
 /// JSON text of a string.
