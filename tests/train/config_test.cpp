@@ -110,7 +110,7 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
 }
 
 // `replicate`: off, auto or N, on layouts that can replicate (ep > 1, etp = 1, fixed experts, no
-// overlap, no recompute), refused by name otherwise; it reaches the MoE layers' options.
+// overlap), refused by name otherwise; it reaches the MoE layers' options.
 TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
   auto with = [](std::function<void(TrainConfig&)> f) {
     TrainConfig c;
@@ -124,10 +124,6 @@ TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
            [](TrainConfig& c) {
              c.replicate = "auto";
              c.ep = 1;
-           },
-           [](TrainConfig& c) {
-             c.replicate = "auto";
-             c.recompute = Recompute::kMoE;
            },
            [](TrainConfig& c) {
              c.replicate = "1";

@@ -116,9 +116,8 @@ int run_worker(const VerifyArgs& a) {
       parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
   // Replication runs on layouts with ep > 1 and etp = 1: "all" keeps those.
   if (o.replicate.mode() != ReplicateMode::kOff && a.layouts == "all")
-    layouts.erase(std::remove_if(
-                      layouts.begin(), layouts.end(),
-                      [](const ParallelConfig& c) { return c.ep == 1 || c.etp != 1; }),
+    layouts.erase(std::remove_if(layouts.begin(), layouts.end(),
+                                 [](const ParallelConfig& c) { return c.ep == 1 || c.etp != 1; }),
                   layouts.end());
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
