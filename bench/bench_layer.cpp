@@ -81,6 +81,11 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
     (out.output.sum() + out.aux_loss).backward();
   };
   const double fwd_ms = median_ms(a.warmup, a.iters, fwd);
+  // The process's peak resident memory after the layer's own forward and backward, before the
+  // padded baseline (whose [E, C, d] buffers grow with the skew) runs: dropless memory follows
+  // the rows routed.
+  fwd_bwd();
+  const double layer_peak_rss_mb = peak_rss_mb();
 
   // 2. Expert FLOPs of forward + backward (backward = 2x forward) over the rows actually kept.
   const double n_proj = act == Activation::kSwiGLU ? 3.0 : 2.0;
@@ -173,6 +178,7 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
     j["naive_fwd_bwd_ms"] = naive_ms;
     j["speedup_vs_naive"] = naive_ms / fwd_bwd_ms;
   }
+  j["peak_rss_mb_layer"] = layer_peak_rss_mb;
   j["peak_rss_mb"] = peak_rss_mb();
   return j;
 }
