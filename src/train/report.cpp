@@ -59,7 +59,8 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
   f << "},\n  \"dropped_tokens\": " << data.dropped
     << ",\n  \"imbalance\": {\"steps\": " << im.steps << ", \"expert_mean\": " << im.expert_sum / n
     << ", \"expert_max\": " << im.expert_max << ", \"rank_mean\": " << im.rank_sum / n
-    << ", \"rank_max\": " << im.rank_max << "},\n  \"expert_load\": [";
+    << ", \"rank_max\": " << im.rank_max
+    << ", \"exchange_wait_max_ms_mean\": " << im.wait_max_ms_sum / n << "},\n  \"expert_load\": [";
   for (size_t i = 0; i < data.layer_load.size(); ++i)
     f << (i ? ", " : "") << json_numbers(data.layer_load[i]);
   f << "],\n  \"config\": {";
@@ -85,20 +86,27 @@ double max_over_mean(const double* v, size_t n) {
 }  // namespace
 
 StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
-                             const std::vector<double>& rank_rows) {
+                             const std::vector<double>& rank_rows,
+                             const std::vector<double>& rank_wait_s) {
   TORCH_CHECK(static_cast<int64_t>(load.size()) == layers * E, "step_imbalance: ", load.size(),
               " loads for ", layers, " layers of ", E, " experts");
   StepImbalance s;
   for (int64_t l = 0; l < layers; ++l)
     s.expert = std::max(s.expert, max_over_mean(load.data() + l * E, static_cast<size_t>(E)));
   s.rank = max_over_mean(rank_rows.data(), rank_rows.size());
+  for (double w : rank_wait_s) {
+    s.wait_max_ms = std::max(s.wait_max_ms, 1e3 * w);
+    s.wait_mean_ms += 1e3 * w / static_cast<double>(rank_wait_s.size());
+  }
   return s;
 }
 
 std::string imbalance_json(const StepImbalance& s) {
   std::ostringstream o;
   o.precision(6);
-  o << "\"imbalance\": {\"expert\": " << s.expert << ", \"rank\": " << s.rank << "}";
+  o << "\"imbalance\": {\"expert\": " << s.expert << ", \"rank\": " << s.rank
+    << ", \"exchange_wait_ms\": {\"max\": " << s.wait_max_ms << ", \"mean\": " << s.wait_mean_ms
+    << "}}";
   return o.str();
 }
 
@@ -108,6 +116,7 @@ void Imbalance::add(const StepImbalance& s) {
   rank_sum += s.rank;
   expert_max = std::max(expert_max, s.expert);
   rank_max = std::max(rank_max, s.rank);
+  wait_max_ms_sum += s.wait_max_ms;
 }
 
 namespace {

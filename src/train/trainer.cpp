@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
 #include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
@@ -259,7 +260,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     // would take, so the figures are the same bits as summing on the host.
     auto acc = torch::zeros({2 + L * E}, pipe.activation_options.dtype(torch::kFloat64));
     double dropped_step = 0;
-    double rows_step = 0;                          // rows this rank's experts computed
+    double rows_step = 0;  // rows this rank's experts computed
+    const double wait_before = dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds;
     std::vector<std::vector<int64_t>> replicated;  // per MoE layer of this stage: the last choice
     // This dp rank's rows of every micro-batch; the stages run them through the pipeline (one
     // stage without pp), each micro-batch's loss scaled by 1 / micro (gradient accumulation).
@@ -291,6 +293,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       return f;
     });
     const auto host = acc.cpu();
+    const double wait_step =
+        dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds - wait_before;
     const double* sums = host.data_ptr<double>();
     const double ce_sum = sums[0], aux_sum = sums[1];
     std::vector<double> load(sums + 2, sums + 2 + L * E);
@@ -303,8 +307,9 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
     shares.insert(shares.end(), load.begin(), load.end());
     // Each rank's expert rows in its own slot: the sum gathers them.
-    std::vector<double> rank_rows(W, 0.0);
+    std::vector<double> rank_rows(2 * W, 0.0);  // then each rank's seconds blocked in exchanges
     rank_rows[world.rank()] = rows_step;
+    rank_rows[W + world.rank()] = wait_step;
     shares.insert(shares.end(), rank_rows.begin(), rank_rows.end());
     auto total = dist::sum_over_ranks(shares, groups->world);
     const double loss = total[0], aux = total[1];
@@ -345,7 +350,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     dropped_run += total[2 + L * E];
     const auto imbalance = detail::step_imbalance(
         std::vector<double>(total.begin() + 2, total.begin() + 2 + L * E), L, E,
-        std::vector<double>(total.begin() + 3 + L * E, total.begin() + 3 + L * E + W));
+        std::vector<double>(total.begin() + 3 + L * E, total.begin() + 3 + L * E + W),
+        std::vector<double>(total.begin() + 3 + L * E + W, total.begin() + 3 + L * E + 2 * W));
     imbalance_run.add(imbalance);
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r_trial) {
