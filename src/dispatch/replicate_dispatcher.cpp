@@ -21,7 +21,9 @@ struct ReplicaHandle : DispatchHandle {
   ExchangePlan xp;
   std::vector<int64_t> slice_rows;
   int64_t exchanged_rows = 0;  ///< rows received by the all-to-all: the first rows of y
-  torch::Tensor to_route;      ///< [A]: row of [returned; kept] of each expert-sorted row
+  /// [A]: row of [returned; kept] of each expert-sorted row; undefined when nothing is
+  /// replicated (the returned rows are in expert-sorted order already).
+  torch::Tensor to_route;
 };
 
 // The tensors of an expert's weights that are defined, in a fixed order.
@@ -131,16 +133,21 @@ DispatchedRows ReplicatingDispatcher::dispatch(const torch::Tensor& mine,
     for (int64_t l = 0; l < L; ++l)
       recv_counts[j * L + l] = is_rep[me * L + l] ? 0 : counts[j][me * L + l];
   auto rows = permute(mine, h->plan);
-  const auto opts = torch::dtype(torch::kInt64).device(rows.device());
-  auto sent_t = torch::tensor(sent, opts), kept_t = torch::tensor(kept, opts);
   h->xp = make_exchange_plan(send_counts, recv_counts, P);
-  auto received = exchange_tokens(gather_rows(rows, sent_t), h->xp, ep);
-  h->exchanged_rows = received.size(0);
-  auto order = torch::cat({sent_t, kept_t});
-  h->to_route = torch::empty_like(order).index_put_({order}, torch::arange(order.numel(), opts));
-  // 3. [received rows of the local experts; kept rows of each replicated expert], with
-  //    [own weights; the replicas' weights].
-  d.rows = torch::cat({received, gather_rows(rows, kept_t)});
+  if (d.replicated.empty()) {  // every row travels, in expert-sorted order
+    d.rows = exchange_tokens(rows, h->xp, ep);
+    h->exchanged_rows = d.rows.size(0);
+  } else {
+    const auto opts = torch::dtype(torch::kInt64).device(rows.device());
+    auto sent_t = torch::tensor(sent, opts), kept_t = torch::tensor(kept, opts);
+    auto received = exchange_tokens(gather_rows(rows, sent_t), h->xp, ep);
+    h->exchanged_rows = received.size(0);
+    auto order = torch::cat({sent_t, kept_t});
+    h->to_route = torch::empty_like(order).index_put_({order}, torch::arange(order.numel(), opts));
+    // 3. [received rows of the local experts; kept rows of each replicated expert], with
+    //    [own weights; the replicas' weights].
+    d.rows = torch::cat({received, gather_rows(rows, kept_t)});
+  }
   d.counts = h->xp.local_counts;
   d.counts.insert(d.counts.end(), kept_counts.begin(), kept_counts.end());
   d.weights = with_replicas(d.replicated, me * L);
@@ -152,8 +159,11 @@ DispatchedRows ReplicatingDispatcher::dispatch(const torch::Tensor& mine,
 torch::Tensor ReplicatingDispatcher::combine(const torch::Tensor& y, DispatchedRows& d) {
   auto& h = static_cast<ReplicaHandle&>(*d.handle);
   auto returned = exchange_back(y.narrow(0, 0, h.exchanged_rows), h.xp, groups_->ep);
-  auto kept = y.narrow(0, h.exchanged_rows, y.size(0) - h.exchanged_rows);
-  auto sorted = gather_rows(torch::cat({returned, kept}), h.to_route);
+  torch::Tensor sorted = returned;
+  if (h.to_route.defined()) {
+    auto kept = y.narrow(0, h.exchanged_rows, y.size(0) - h.exchanged_rows);
+    sorted = gather_rows(torch::cat({returned, kept}), h.to_route);
+  }
   return gather_slices(unpermute(sorted, h.plan), h.slice_rows);
 }
 
