@@ -159,8 +159,10 @@ std::string loss_svg(const std::vector<std::pair<int64_t, double>>& curve) {
 }
 
 // Rows × experts heatmap; each cell is the load fraction (scaled so an even split is mid-blue).
+// Columns are named column_prefix + index ("e0", ... for experts; "r0", ... for ranks).
 std::string heatmap_svg(const std::vector<std::string>& row_names,
-                        const std::vector<std::vector<double>>& rows) {
+                        const std::vector<std::vector<double>>& rows,
+                        const char* column_prefix = "e") {
   if (rows.empty()) return "<p>No MoE layers.</p>";
   const size_t E = rows[0].size();
   const double cell = 44, left = 120, top = 24;
@@ -169,7 +171,8 @@ std::string heatmap_svg(const std::vector<std::string>& row_names,
   s << "<svg width='" << left + cell * E + 10 << "' height='" << top + cell * rows.size() + 10
     << "' xmlns='http://www.w3.org/2000/svg'>";
   for (size_t e = 0; e < E; ++e)
-    s << "<text x='" << left + cell * e + 10 << "' y='16' font-size='11'>e" << e << "</text>";
+    s << "<text x='" << left + cell * e + 10 << "' y='16' font-size='11'>" << column_prefix << e
+      << "</text>";
   for (size_t i = 0; i < rows.size(); ++i) {
     s << "<text x='4' y='" << top + cell * i + cell / 2 + 4 << "' font-size='11'>" << row_names[i]
       << "</text>";
@@ -214,6 +217,16 @@ void write_report(const std::string& out, const TrainConfig& config, const Train
     names.push_back("MoE layer " + std::to_string(i));
   f << "<h2>Expert load per layer (fraction of assignments, whole run)</h2>"
     << heatmap_svg(names, data.layer_load);
+  if (!data.rank_rows.empty() && data.imbalance.steps > 0) {
+    const auto& im = data.imbalance;
+    const double n = static_cast<double>(im.steps);
+    f << "<h2>Expert rows per rank (fraction computed by each rank, whole run)</h2>"
+      << heatmap_svg({"expert rows"}, {data.rank_rows}, "r")
+      << "<p>max / mean tokens per expert (worst layer): mean " << im.expert_sum / n << ", worst "
+      << im.expert_max << "; per rank: mean " << im.rank_sum / n << ", worst " << im.rank_max
+      << "; slowest rank blocked in the token exchange: " << im.wait_max_ms_sum / n
+      << " ms per step</p>";
+  }
   if (!data.task_load.empty()) {
     f << "<h2>Expert load per layer and task (held-out samples)</h2>";
     std::vector<std::string> rows_names;

@@ -42,6 +42,8 @@ struct ReportData {
   std::map<std::string, std::vector<std::vector<double>>> task_load;
   int64_t dropped = 0;
   Imbalance imbalance;
+  /// The fraction of the run's expert rows each rank computed (world size entries).
+  std::vector<double> rank_rows;
 };
 
 /// JSON text of a string.

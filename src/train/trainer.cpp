@@ -224,6 +224,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   // experts computed), per step; the run's mean and worst go to summary.json.
   const int64_t W = world.size();
   detail::Imbalance imbalance_run;
+  std::vector<double> rank_rows_run(W, 0.0);
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
   // Adaptive r = auto: every adaptive_recheck_every steps, one step with each valid r is timed
   // (the mean over ranks, so every rank decides alike), then the fastest is kept.
@@ -353,6 +354,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
         std::vector<double>(total.begin() + 3 + L * E, total.begin() + 3 + L * E + W),
         std::vector<double>(total.begin() + 3 + L * E + W, total.begin() + 3 + L * E + 2 * W));
     imbalance_run.add(imbalance);
+    for (int64_t r = 0; r < W; ++r) rank_rows_run[r] += total[3 + L * E + r];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r_trial) {
       r_ms.push_back(dist::sum_over_ranks(dt, groups->world) / static_cast<double>(world.size()) *
@@ -458,6 +460,9 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     data.layer_load = fractions(load_run, L, E);
     data.dropped = static_cast<int64_t>(dropped_run);
     data.imbalance = imbalance_run;
+    double rows_all = 0.0;
+    for (double v : rank_rows_run) rows_all += v;
+    for (double v : rank_rows_run) data.rank_rows.push_back(rows_all > 0 ? v / rows_all : 0.0);
     detail::write_summary(cfg.out, cfg, result, data);
     detail::write_report(cfg.out, cfg, result, data);
   }
