@@ -110,8 +110,8 @@ struct MoEOptions {
   /// Hot-expert replication (FasterMoE's shadowing, replicate.h): each call, the policy's experts
   /// have their weights all-gathered from their owner to every ep rank and their rows computed
   /// where they were routed (no all-to-all for them); their gradients are reduce-scattered back
-  /// to the owner. Off by default. Needs the fixed layout with ep > 1, etp = 1, the built-in
-  /// grouped experts and a2a_overlap_degree 1 (refused otherwise, naming the setting).
+  /// to the owner. Off by default. Needs the fixed layout with ep > 1, etp = 1 and the built-in
+  /// grouped experts (refused otherwise, naming the setting); any a2a_overlap_degree.
   TORCH_ARG(ReplicateOptions, replicate) = ReplicateOptions();
 
  private:

@@ -233,7 +233,7 @@ LayoutMode parse_layout_mode(const std::string& text);
     "adaptive_r = auto: re-time every N steps")                                                    \
   X(int64_t, a2a_overlap_degree, "a2a_overlap_degree", 1, "layout",                                \
     "chunks of the expert all-to-all overlapped (1: off)")                                         \
-  /* replicate.h: needs ep > 1, etp = 1, the fixed experts and no overlap */                      \
+  /* replicate.h: needs ep > 1, etp = 1 and the fixed experts (any overlap degree) */            \
   X(std::string, replicate, "replicate", "off", "layout",                                          \
     "hot-expert replication: off, auto (FasterMoE's cost rule) or N (the N hottest)")              \
   /* ---- memory ---- */                                                                           \

@@ -21,14 +21,11 @@ std::unique_ptr<TokenDispatcher> make_token_dispatcher(
     const MoEOptions& options, const ExpertPlacement& placement,
     std::shared_ptr<const ParallelGroups> groups, std::shared_ptr<GroupedExpertsImpl> grouped) {
   const bool replicate = options.replicate().mode() != ReplicateMode::kOff;
-  TORCH_CHECK(!replicate || (groups && options.expert_layout() == ExpertLayout::kFixed &&
-                             options.a2a_overlap_degree() == 1),
+  TORCH_CHECK(!replicate || (groups && options.expert_layout() == ExpertLayout::kFixed),
               "MoE: replicate=", to_string(options.replicate()),
-              " needs a distributed layer with the fixed expert layout and a2a_overlap_degree 1, "
-              "got ",
+              " needs a distributed layer with the fixed expert layout, got ",
               groups ? "" : "a single process, ",
-              "expert_layout=", to_string(options.expert_layout()),
-              " a2a_overlap_degree=", options.a2a_overlap_degree(), " (use replicate=off)");
+              "expert_layout=", to_string(options.expert_layout()), " (use replicate=off)");
   if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
   std::unique_ptr<detail::ExchangingDispatcher> d;
   if (replicate) {
@@ -194,9 +191,11 @@ DispatchedRows OverlapDispatcher::dispatch(const torch::Tensor& mine, const Rout
   d.counts = h->x.send_counts;
   // The experts run on what the chunks bring (with etp > 1: before the etp gather).
   if (h->x.exchanges())
-    d.computed_rows = std::accumulate(h->x.recv_counts.begin(), h->x.recv_counts.end(), int64_t{0});
+    d.computed_rows = h->x.kept_rows +
+                      std::accumulate(h->x.recv_counts.begin(), h->x.recv_counts.end(), int64_t{0});
   d.weights = h->x.weights;
   d.activation = activation_;
+  d.replicated = h->x.replicated;
   d.handle = h;
   return d;
 }

@@ -3,7 +3,8 @@
 // whose all-to-all is slow, so that auto replicates) equals the single-process grouped reference on
 // the same global batch — output, aux loss, input, gate and expert gradients within 1e-12
 // (float64) — on 2, 4 and 8 ranks (ep over the whole stage, with tp slices, and with edp > 1),
-// with balanced routing and with a skew where every token's first choice is expert 0. The choice
+// with balanced routing and with a skew where every token's first choice is expert 0, and under
+// the chunked overlap (a2a_overlap_degree 2). The choice
 // of the N hottest is checked against the reference's counts; every ep rank makes the same
 // choice. Dynamic capacity (capacity_factor < 0) is checked under every layout too.
 #include <gtest/gtest.h>
@@ -117,6 +118,9 @@ void run_layout(RankContext& ctx, const ParallelConfig& layout, double cf = 0.0)
   for (bool skew : {false, true})
     for (const auto& r : settings()) run_case(groups, skew, r, cf);
   run_case(groups, true, settings()[0], cf, /*top_k=*/1);  // one expert gets every token
+  // The chunked overlap: the travelling rows in 2 chunks, the kept rows after them.
+  for (const auto& r : {settings()[1], slow_exchange()})
+    run_case(groups, true, r, cf, 2, ExpertLayout::kFixed, /*overlap=*/2);
 }
 
 TEST(Replicate, EqualsOneProcessOnTwoRanks) {
@@ -173,9 +177,6 @@ TEST(Replicate, RefusesLayoutsItCannotRun) {
                                      "is not supported with etp=2"));
     auto ep = std::make_shared<ParallelGroups>(
         ParallelGroups::build(ParallelConfig{1, 4, 1, 4, 1}, ctx.world));
-    EXPECT_TRUE(
-        testing::throws_with([&] { MoE(MoEOptions(4, 4).replicate(r).a2a_overlap_degree(2), ep); },
-                             "a2a_overlap_degree=2"));
     auto stage = std::make_shared<ParallelGroups>(
         ParallelGroups::build(ParallelConfig{1, 4, 1, 1, 1}, ctx.world));
     EXPECT_TRUE(testing::throws_with(

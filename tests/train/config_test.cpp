@@ -109,8 +109,8 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
   EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
 }
 
-// `replicate`: off, auto or N, on layouts that can replicate (ep > 1, etp = 1, fixed experts, no
-// overlap), refused by name otherwise; it reaches the MoE layers' options.
+// `replicate`: off, auto or N, on layouts that can replicate (ep > 1, etp = 1, the fixed experts),
+// refused by name otherwise; it reaches the MoE layers' options.
 TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
   auto with = [](std::function<void(TrainConfig&)> f) {
     TrainConfig c;
@@ -127,7 +127,7 @@ TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
            },
            [](TrainConfig& c) {
              c.replicate = "1";
-             c.a2a_overlap_degree = 2;
+             c.etp = 2;
            }}) {
     const auto why = with(bad);
     EXPECT_NE(why.find("`replicate`"), std::string::npos) << why;
