@@ -1,5 +1,6 @@
 // bench_layer.cpp — see bench_layer.h.
 #include "bench_layer.h"
+#include "bench_skew.h"
 
 #include <thread>
 #include <tuple>
@@ -41,6 +42,7 @@ nlohmann::json layer_args_json(const LayerBenchArgs& a) {
           {"gate", a.gate},
           {"activation", a.activation},
           {"capacity_factor", a.capacity_factor},
+          {"skew", a.skew},
           {"iters", a.iters}};
 }
 
@@ -53,27 +55,37 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   const auto dtype = parse_dtype(a.dtype);
   const auto act = parse_activation(a.activation);
 
-  auto opts = MoEOptions(a.d_model, a.experts)
-                  .d_hidden(a.d_hidden)
-                  .top_k(a.top_k)
-                  .activation(act)
-                  .capacity_factor(a.capacity_factor)
-                  .gate_type(a.gate);
+  auto opts = with_skew(MoEOptions(a.d_model, a.experts)
+                            .d_hidden(a.d_hidden)
+                            .top_k(a.top_k)
+                            .activation(act)
+                            .capacity_factor(a.capacity_factor)
+                            .gate_type(a.gate),
+                        a.skew);
   MoE moe(opts);
   moe->to(dtype);
   auto x = torch::randn({a.tokens, a.d_model}, torch::dtype(dtype)).requires_grad_(true);
+  set_zipf_bias(*moe, a.skew, x.detach());
 
   // 1. The MoE layer: forward only, then forward + backward.
   int64_t rows = 0;
+  std::vector<double> per_expert;
   auto fwd = [&] {
     torch::NoGradGuard ng;
-    rows = moe->forward(x).stats.tokens_per_expert.sum().item<int64_t>();
+    auto counts = moe->forward(x).stats.tokens_per_expert.to(torch::kFloat64).contiguous();
+    rows = static_cast<int64_t>(counts.sum().item<double>());
+    per_expert.assign(counts.data_ptr<double>(), counts.data_ptr<double>() + counts.numel());
   };
   auto fwd_bwd = [&] {
     auto out = moe->forward(x);
     (out.output.sum() + out.aux_loss).backward();
   };
   const double fwd_ms = median_ms(a.warmup, a.iters, fwd);
+  // The process's peak resident memory after the layer's own forward and backward, before the
+  // padded baseline (whose [E, C, d] buffers grow with the skew) runs: dropless memory follows
+  // the rows routed.
+  fwd_bwd();
+  const double layer_peak_rss_mb = peak_rss_mb();
 
   // 2. Expert FLOPs of forward + backward (backward = 2x forward) over the rows actually kept.
   const double n_proj = act == Activation::kSwiGLU ? 3.0 : 2.0;
@@ -129,6 +141,8 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   j["bench"] = "layer";
   j["threads"] = threads;
   j["rows"] = rows;
+  j["rows_per_expert"] = per_expert;
+  j["expert_imbalance"] = max_over_mean(per_expert);  // max / mean rows per expert
   j["fwd_ms"] = fwd_ms;
   j["fwd_bwd_ms"] = fwd_bwd_ms;
   j["dense_fwd_bwd_ms"] = dense_ms;
@@ -164,6 +178,7 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
     j["naive_fwd_bwd_ms"] = naive_ms;
     j["speedup_vs_naive"] = naive_ms / fwd_bwd_ms;
   }
+  j["peak_rss_mb_layer"] = layer_peak_rss_mb;
   j["peak_rss_mb"] = peak_rss_mb();
   return j;
 }

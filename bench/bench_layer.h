@@ -33,6 +33,8 @@ struct LayerBenchArgs {
   int threads = 0;  ///< 0: all cores
   bool skip_naive = false;
   uint64_t seed = 0;
+  /// Zipf(alpha) expert popularity through a fixed router bias (bench_skew.h); 0: none.
+  double skew = 0.0;
 };
 
 /// The shape and settings of a run, as the fields every layer benchmark record starts with.

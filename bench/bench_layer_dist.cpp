@@ -4,10 +4,12 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <tuple>
 
 #include <torch/torch.h>
 
 #include "bench_common.h"
+#include "bench_skew.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
 #include "hybridmoe/moe.h"
@@ -19,7 +21,7 @@ namespace {
 struct Variant {
   Variant(std::function<void()> s) : step(std::move(s)) {}  // implicit: {lambda} builds one
   std::function<void()> step;
-  std::vector<double> ms, comm_ms, a2a_ms;
+  std::vector<double> ms, comm_ms, a2a_ms, bytes;
 };
 
 // Times the variants interleaved (one step of each in turn, `iters` rounds after `warmup`), each
@@ -31,8 +33,9 @@ void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
     for (auto& v : variants) v.step();
   auto totals = [] {
     const auto stats = dist::comm_stats();
-    return std::make_pair(dist::total_of(stats).seconds,
-                          dist::total_of(stats, dist::is_token_exchange).seconds);
+    const auto all = dist::total_of(stats);
+    return std::make_tuple(all.seconds, dist::total_of(stats, dist::is_token_exchange).seconds,
+                           static_cast<double>(all.bytes_sent));
   };
   for (int i = 0; i < iters; ++i)
     for (auto& v : variants) {
@@ -43,8 +46,9 @@ void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
       const auto t1 = std::chrono::steady_clock::now();
       const auto after = totals();
       v.ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-      v.comm_ms.push_back(1e3 * (after.first - before.first));
-      v.a2a_ms.push_back(1e3 * (after.second - before.second));
+      v.comm_ms.push_back(1e3 * (std::get<0>(after) - std::get<0>(before)));
+      v.a2a_ms.push_back(1e3 * (std::get<1>(after) - std::get<1>(before)));
+      v.bytes.push_back(std::get<2>(after) - std::get<2>(before));
     }
 }
 
@@ -121,6 +125,88 @@ nlohmann::json adaptive_sweep(const LayerBenchArgs& a, const MoEOptions& opts, M
           {"runs", rows}};
 }
 
+// Each rank's rows per expert ([E]) gathered over the group: [P][E].
+std::vector<std::vector<int64_t>> counts_over(const torch::Tensor& per_expert,
+                                              const dist::Group& group) {
+  auto c = per_expert.to(torch::kInt64).cpu().contiguous();
+  return dist::all_gather_counts(
+      std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel()), group);
+}
+
+// What a routed step shows of the imbalance: max / mean rows per expert (all ranks' tokens) and
+// per rank (the rows each rank's experts computed).
+nlohmann::json imbalance(const MoEOutput& out, const dist::Group& group) {
+  std::vector<double> per_expert(out.stats.tokens_per_expert.numel(), 0.0), per_rank;
+  for (const auto& row : counts_over(out.stats.tokens_per_expert, group))
+    for (size_t e = 0; e < row.size(); ++e) per_expert[e] += static_cast<double>(row[e]);
+  for (auto n : dist::all_gather_counts(out.stats.expert_rows, group))
+    per_rank.push_back(static_cast<double>(n));
+  return {{"expert_max_over_mean", max_over_mean(per_expert)},
+          {"rank_max_over_mean", max_over_mean(per_rank)},
+          {"slowest_rank_expert_rows", *std::max_element(per_rank.begin(), per_rank.end())},
+          {"rows_per_expert", per_expert}};
+}
+
+// The replication sweep: the layout with each replicate setting, timed interleaved.
+nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
+                               const std::shared_ptr<ParallelGroups>& groups,
+                               const torch::Tensor& x, const DistLayerBenchOptions& sweeps) {
+  std::vector<MoE> layers;
+  std::vector<Variant> variants;
+  std::vector<MoEOutput> last(sweeps.replicate.size());
+  for (const auto& setting : sweeps.replicate) {
+    auto r = parse_replicate(setting).figures(sweeps.figures);
+    layers.emplace_back(MoEOptions(opts).replicate(r), groups);
+    layers.back()->load_shard_from(full);
+    layers.back()->to(x.scalar_type());
+  }
+  for (size_t i = 0; i < layers.size(); ++i)
+    variants.push_back({[&layers, &last, &x, i] {
+      auto out = layers[i]->forward(x);
+      (out.output.sum() + out.aux_loss).backward();
+      last[i] = out;
+    }});
+  time_interleaved(variants, a.warmup, a.iters, groups->world);
+  // The cost model on the counts of the last step (the same routing for every setting).
+  const auto counts = counts_over(last[0].stats.tokens_per_expert, groups->ep);
+  ReplicateShape shape;
+  shape.d_model = opts.d_model();
+  shape.hidden = opts.hidden();
+  shape.matmuls = opts.activation() == Activation::kSwiGLU ? 3 : 2;
+  for (auto& kv : layers[0]->experts->named_parameters())
+    shape.expert_params += kv.value().numel() / layers[0]->num_local_experts();
+  shape.element_bytes = static_cast<int64_t>(x.element_size());
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < variants.size(); ++i) {
+    auto row = summarize(variants[i], groups->world);
+    row["replicate"] = sweeps.replicate[i];
+    row["bytes_per_step"] =
+        gather_value(median(variants[i].bytes), groups->world).sum().item<double>();
+    row["replicated"] = last[i].stats.replicated;
+    row["imbalance"] = imbalance(last[i], groups->world);
+    row["model_ms"] = 1e3 * replicate_cost(counts, last[i].stats.replicated, shape, sweeps.figures);
+    rows.push_back(row);
+  }
+  nlohmann::json j = {{"figures",
+                       {{"gemm_flops", sweeps.figures.gemm_flops()},
+                        {"a2a_bytes_per_s", sweeps.figures.a2a_bytes_per_s()},
+                        {"gather_bytes_per_s", sweeps.figures.gather_bytes_per_s()}}},
+                      {"runs", rows}};
+  // The cost model's view of the same counts on a cluster that is not at hand.
+  if (sweeps.cluster) {
+    const auto& c = *sweeps.cluster;
+    const auto chosen =
+        choose_replicated(counts, ReplicateOptions().mode(ReplicateMode::kAuto).figures(c), shape);
+    j["cluster_prediction"] = {{"gemm_flops", c.gemm_flops()},
+                               {"a2a_bytes_per_s", c.a2a_bytes_per_s()},
+                               {"gather_bytes_per_s", c.gather_bytes_per_s()},
+                               {"off_ms", 1e3 * replicate_cost(counts, {}, shape, c)},
+                               {"auto_ms", 1e3 * replicate_cost(counts, chosen, shape, c)},
+                               {"auto_replicated", chosen}};
+  }
+  return j;
+}
+
 }  // namespace
 
 nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const ParallelConfig& layout,
@@ -134,22 +220,26 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   at::set_num_threads(a.threads > 0 ? a.threads : 1);
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, world));
   const auto dtype = a.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
-  auto opts = MoEOptions(a.d_model, a.experts)
-                  .d_hidden(a.d_hidden)
-                  .top_k(a.top_k)
-                  .activation(parse_activation(a.activation))
-                  .capacity_factor(a.capacity_factor)
-                  .gate_type(a.gate);
+  auto opts = with_skew(MoEOptions(a.d_model, a.experts)
+                            .d_hidden(a.d_hidden)
+                            .top_k(a.top_k)
+                            .activation(parse_activation(a.activation))
+                            .capacity_factor(a.capacity_factor)
+                            .gate_type(a.gate),
+                        a.skew);
   torch::manual_seed(a.seed);
   MoE full(opts);
+  const int64_t local_tokens = a.tokens / layout.dp;
+  auto x = torch::randn({local_tokens, a.d_model}, torch::dtype(dtype)).requires_grad_(true);
+  set_zipf_bias(*full, a.skew, x.detach());
   MoE moe(opts, groups);
   moe->load_shard_from(*full);
   moe->to(dtype);
-  const int64_t local_tokens = a.tokens / layout.dp;
-  auto x = torch::randn({local_tokens, a.d_model}, torch::dtype(dtype)).requires_grad_(true);
+  MoEOutput last;
   auto step = [&] {
     auto out = moe->forward(x);
     (out.output.sum() + out.aux_loss).backward();
+    last = out;
   };
   // 1. Distributed steps: time per step and the collectives inside it.
   for (int i = 0; i < a.warmup; ++i) step();
@@ -209,6 +299,13 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
       j["overlap"] = {{"skipped", "a2a_overlap_degree needs ep > 1"}};
   }
   if (sweeps.adaptive) j["adaptive"] = adaptive_sweep(a, opts, *full, layout, world, x);
+  j["imbalance"] = imbalance(last, groups->world);
+  if (!sweeps.replicate.empty()) {
+    if (layout.ep > 1 && layout.etp == 1)
+      j["replicate"] = replicate_sweep(a, opts, *full, groups, x, sweeps);
+    else
+      j["replicate"] = {{"skipped", "replication needs ep > 1 and etp = 1"}};
+  }
   j["peak_rss_mb_rank0"] = peak_rss_mb();
   return j;
 }

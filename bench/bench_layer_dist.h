@@ -1,9 +1,11 @@
 // bench_layer_dist.h — `hmoe bench layer --nproc N --layout tp,dp,ep,etp`: the distributed MoE
 // layer on N local ranks at a global shape, with the time in each collective and the bytes moved
 // per step, beside the single-process time of the same global step; sweeps over the overlap
-// degree D (a2a_overlap_degree) and over the adaptive layout's degree r.
+// degree D (a2a_overlap_degree), over the adaptive layout's degree r and over hot-expert
+// replication (off / auto / N), with a skewed router (--skew) to make the imbalance visible.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +13,7 @@
 #include "bench_layer.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/parallel.h"
+#include "hybridmoe/replicate.h"
 
 namespace hybridmoe::bench {
 
@@ -22,6 +25,13 @@ struct DistLayerBenchOptions {
   std::vector<int64_t> overlap_degrees = {1, 2, 4};
   /// Also time the adaptive expert layout on the layout's tp × dp (ep = etp = 1) at every valid r.
   bool adaptive = true;
+  /// Hot-expert replication settings ("off", "auto", N) timed against each other on the layout
+  /// (ep > 1, etp = 1; empty: none). Each reports step time, the slowest rank's expert rows, the
+  /// bytes moved, the choice, and the cost model's time for the choice with `figures` and with
+  /// `cluster` (when given: a cluster that is not at hand, e.g. --cluster-flops/--cluster-bw).
+  std::vector<std::string> replicate;
+  ReplicateFigures figures;
+  c10::optional<ReplicateFigures> cluster;
 };
 
 /// Runs on every rank of `world` (collective); the record is complete on rank 0.

@@ -53,6 +53,13 @@ struct DispatchedRows {
   Activation activation = Activation::kGelu;  ///< the grouped MLP's, with `weights`
   /// [E] int64: the assignments this rank routed to each global expert (statistics).
   torch::Tensor routed_per_expert;
+  /// The experts replicated for this call, ascending (replicate.h; empty without replication):
+  /// their rows are the last ones, after the L local experts', with `weights` holding them.
+  std::vector<int64_t> replicated;
+  /// Rows the experts compute on this rank when that is not rows.size(0): the chunked overlap
+  /// exchanges inside run_experts (with etp > 1 it counts the rows before the etp gather);
+  /// -1: rows.size(0).
+  int64_t computed_rows = -1;
   std::shared_ptr<DispatchHandle> handle;
 };
 
@@ -77,11 +84,11 @@ class TokenDispatcher {
 };
 
 /// The dispatcher of a layer with these options: local without groups; with groups the
-/// adaptive or the all-to-all one by options.expert_layout(), wrapped in the chunked overlap
-/// when options.a2a_overlap_degree() > 1. `grouped` (the layer's grouped experts, or null with
-/// user expert modules) gives the overlap its weights.
-/// `placement`: the layer's (placement.h), which the adaptive dispatcher takes its S, local
-/// experts and valid r from.
+/// adaptive or the all-to-all one by options.expert_layout() (the replicating one when
+/// options.replicate() is not off: refused where it cannot run, naming the setting), wrapped in the
+/// chunked overlap when options.a2a_overlap_degree() > 1. `grouped` (the layer's grouped experts,
+/// or null with user expert modules) gives the overlap its weights. `placement`: the layer's
+/// (placement.h), which the adaptive dispatcher takes its S, local experts and valid r from.
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const MoEOptions& options,
                                                        const ExpertPlacement& placement,
                                                        std::shared_ptr<const ParallelGroups> groups,

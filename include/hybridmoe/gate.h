@@ -41,9 +41,12 @@ struct GateOptions {
   TORCH_ARG(std::string, type) = "topk";
   /// Experts per token (k).
   TORCH_ARG(int64_t, top_k) = 2;
-  /// Capacity factor in training; <= 0 means dropless. The capacity follows capacity_formula.
+  /// Capacity factor in training; 0 means dropless; < 0 is Tutel's dynamic capacity, the
+  /// largest per-expert count bounded by the capacity of |factor| (routed_capacity). The
+  /// capacity follows capacity_formula.
   TORCH_ARG(double, capacity_factor) = 0.0;
-  /// Capacity factor in evaluation; unset means "same as capacity_factor".
+  /// Capacity factor in evaluation (0 dropless, < 0 dynamic); unset means "same as
+  /// capacity_factor".
   TORCH_ARG(c10::optional<double>, eval_capacity_factor) = c10::nullopt;
   /// Lower bound of the capacity when capacity is in use.
   TORCH_ARG(int64_t, min_capacity) = 0;
@@ -194,6 +197,11 @@ struct RoutingStats {
   /// Every choice of the tokens this process routed (its slice in a distributed layer): expert,
   /// combine weight, slot, kept or dropped. See RoutingTable.
   RoutingTable choices;
+  /// Rows this rank's experts computed in the call (after any exchange and replication): the
+  /// load a skewed routing puts on this rank. -1 where the layer did not say.
+  int64_t expert_rows = -1;
+  /// The experts replicated for the call (replicate.h), ascending; empty without replication.
+  std::vector<int64_t> replicated;
 };
 
 /// Base class of every gate. A gate owns its router parameters and maps tokens to assignments.
@@ -261,6 +269,21 @@ std::vector<std::string> known_gate_names();
 int64_t compute_capacity(int64_t tokens, int64_t experts, int64_t top_k, double factor,
                          int64_t min_capacity,
                          CapacityFormula formula = CapacityFormula::kCeilKTOverE);
+
+/// The capacity of one routing group's [T, k] choices under a non-zero factor. factor > 0:
+/// compute_capacity(T, E, top_k, factor, ...). factor < 0 (Tutel's dynamic capacity):
+/// min(the largest number of choices any expert received in this group, which drops nothing,
+/// compute_capacity(T, E, top_k, |factor|, ...)), so a balanced group drops nothing and a skewed
+/// one is bounded. expert_index: [T, k] int64, num_experts marks an unrouted choice (not
+/// counted). The bound alone decides what is dropped (a count above the capacity is above the
+/// bound), so a negative factor keeps exactly what |factor| keeps; the capacity, a padded
+/// buffer's size, shrinks to what the group needs. A group is one process's tokens: a
+/// distributed layer's groups are its ranks' slices (MoEImpl::forward_grouped), each with its
+/// own capacity, as with a positive factor.
+/// Example: expert_index {{0}, {0}, {1}} (E = 4, k = 1): factor -2 → min(2, ceil(2 * 3 / 4)) = 2.
+int64_t routed_capacity(const torch::Tensor& expert_index, int64_t num_experts, int64_t top_k,
+                        double factor, int64_t min_capacity,
+                        CapacityFormula formula = CapacityFormula::kCeilKTOverE);
 
 /// How capacity_slots orders and drops: the rules' drop policy and slot order, and with
 /// batch_prioritized the [T] scores (descending) that order the tokens.

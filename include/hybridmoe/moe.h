@@ -15,6 +15,7 @@
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/placement.h"
+#include "hybridmoe/replicate.h"
 
 namespace hybridmoe {
 
@@ -38,7 +39,7 @@ struct MoEOptions {
     return *this;
   }
   int64_t top_k() const { return gate_.top_k(); }
-  /// <= 0 means dropless.
+  /// 0 means dropless; < 0 Tutel's dynamic capacity (GateOptions::capacity_factor).
   MoEOptions& capacity_factor(double f) {
     gate_.capacity_factor(f);
     forwarded_ |= kForwardedCapacityFactor;
@@ -106,6 +107,12 @@ struct MoEOptions {
   /// while the experts compute (forward and backward). 1 = off; r = 0 has no token exchange to
   /// chunk. Results are those of D = 1. See overlap.h.
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
+  /// Hot-expert replication (FasterMoE's shadowing, replicate.h): each call, the policy's experts
+  /// have their weights all-gathered from their owner to every ep rank and their rows computed
+  /// where they were routed (no all-to-all for them); their gradients are reduce-scattered back
+  /// to the owner. Off by default. Needs the fixed layout with ep > 1, etp = 1 and the built-in
+  /// grouped experts (refused otherwise, naming the setting); any a2a_overlap_degree.
+  TORCH_ARG(ReplicateOptions, replicate) = ReplicateOptions();
 
  private:
   static constexpr unsigned kForwardedTopK = 1u, kForwardedCapacityFactor = 2u,

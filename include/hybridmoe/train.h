@@ -155,7 +155,7 @@ LayoutMode parse_layout_mode(const std::string& text);
   X(std::string, convention, "convention", "none", "moe",                                          \
     "routing convention of a peer: none, deepspeed, tutel, megatron, gshard")                      \
   X(double, capacity_factor, "capacity_factor", 0.0, "moe",                                        \
-    "expert capacity factor (<= 0: dropless)")                                                     \
+    "expert capacity factor (0: dropless; < 0: dynamic, the largest count bounded by |f|)")        \
   X(double, aux_loss_coef, "aux_loss_coef", 0.01, "moe", "balance loss coefficient")               \
   X(double, z_loss_coef, "z_loss_coef", 0.001, "moe", "router z-loss coefficient")                 \
   /* the model families' routing: options of the topk gate (gate.h), refused by the others */      \
@@ -233,6 +233,9 @@ LayoutMode parse_layout_mode(const std::string& text);
     "adaptive_r = auto: re-time every N steps")                                                    \
   X(int64_t, a2a_overlap_degree, "a2a_overlap_degree", 1, "layout",                                \
     "chunks of the expert all-to-all overlapped (1: off)")                                         \
+  /* replicate.h: needs ep > 1, etp = 1 and the fixed experts (any overlap degree) */            \
+  X(std::string, replicate, "replicate", "off", "layout",                                          \
+    "hot-expert replication: off, auto (FasterMoE's cost rule) or N (the N hottest)")              \
   /* ---- memory ---- */                                                                           \
   X(int64_t, zero_stage, "zero_stage", 0, "memory",                                                \
     "0: replicated optimizer; 1: ZeRO-1 sharded state")                                            \

@@ -165,7 +165,10 @@ MoEOutput MoEImpl::forward_with(const torch::Tensor& x, const MoECallOptions& ca
   auto y = dispatcher_->run_experts(d, *experts);
   // 4. Combine: back to token order, weighted by the router, re-assembled over the slices.
   auto out = dispatcher_->combine(y, d);
-  return finish(out, x, routing, dispatcher_->aux_scale(), d.routed_per_expert);
+  auto result = finish(out, x, routing, dispatcher_->aux_scale(), d.routed_per_expert);
+  result.stats.expert_rows = d.computed_rows >= 0 ? d.computed_rows : d.rows.size(0);
+  result.stats.replicated = std::move(d.replicated);
+  return result;
 }
 
 MoEOutput MoEImpl::forward_grouped(const torch::Tensor& x,

@@ -20,9 +20,17 @@ torch::Tensor TokenDispatcher::run_experts(DispatchedRows& d, ExpertsBase& exper
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(
     const MoEOptions& options, const ExpertPlacement& placement,
     std::shared_ptr<const ParallelGroups> groups, std::shared_ptr<GroupedExpertsImpl> grouped) {
+  const bool replicate = options.replicate().mode() != ReplicateMode::kOff;
+  TORCH_CHECK(!replicate || (groups && options.expert_layout() == ExpertLayout::kFixed),
+              "MoE: replicate=", to_string(options.replicate()),
+              " needs a distributed layer with the fixed expert layout, got ",
+              groups ? "" : "a single process, ",
+              "expert_layout=", to_string(options.expert_layout()), " (use replicate=off)");
   if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
   std::unique_ptr<detail::ExchangingDispatcher> d;
-  if (options.expert_layout() == ExpertLayout::kAdaptive) {
+  if (replicate) {
+    d = std::make_unique<detail::ReplicatingDispatcher>(options, groups, grouped);
+  } else if (options.expert_layout() == ExpertLayout::kAdaptive) {
     d = std::make_unique<detail::AdaptiveDispatcher>(options, placement, groups, grouped);
   } else {
     d = std::make_unique<detail::AllToAllDispatcher>(options, groups);
@@ -181,8 +189,13 @@ DispatchedRows OverlapDispatcher::dispatch(const torch::Tensor& mine, const Rout
   // Rows that stay on this rank (no exchange to overlap) are the experts' rows already.
   d.rows = h->x.send_rows;
   d.counts = h->x.send_counts;
+  // The experts run on what the chunks bring (with etp > 1: before the etp gather).
+  if (h->x.exchanges())
+    d.computed_rows = h->x.kept_rows +
+                      std::accumulate(h->x.recv_counts.begin(), h->x.recv_counts.end(), int64_t{0});
   d.weights = h->x.weights;
   d.activation = activation_;
+  d.replicated = h->x.replicated;
   d.handle = h;
   return d;
 }

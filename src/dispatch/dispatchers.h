@@ -6,6 +6,8 @@
 //                          expert-major reordering, and with etp > 1 an all-gather of the rows
 //                          over etp (reduce-scatter of the partial outputs back).
 //   AllToAllDispatcher     the fixed layout: slices over tp, experts over ep (and etp).
+//   ReplicatingDispatcher  the fixed layout with hot experts' weights gathered to every ep rank
+//                          and their rows computed where they were routed (replicate.h).
 //   AdaptiveDispatcher     Tutel's adaptive layout: the call's degree r over the stage.
 //   OverlapDispatcher      wraps an ExchangingDispatcher: the same prepare / finish, with the
 //                          exchange and the experts pipelined in D chunks (overlap.h).
@@ -18,6 +20,7 @@
 #include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/moe.h"
+#include "hybridmoe/replicate.h"
 
 namespace hybridmoe::detail {
 
@@ -45,6 +48,8 @@ struct TokenExchange {
   ExpertWeights weights;                      // the call's weights (w1 undefined: the module's)
   Activation activation = Activation::kGelu;  // the grouped MLP's, with `weights`
   std::shared_ptr<DispatchHandle> finish;     // what finish() needs (the subclass's)
+  std::vector<int64_t> replicated;            // experts replicated for the call (replicate.h)
+  int64_t kept_rows = 0;                      // rows that stay for them (computed in finish())
   bool exchanges() const { return group.size() > 1; }
 };
 
@@ -80,8 +85,36 @@ class AllToAllDispatcher : public ExchangingDispatcher {
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
 
- private:
+ protected:
   int64_t num_experts_;
+};
+
+/// The fixed layout with hot-expert replication (replicate.h): prepare() splits each call's
+/// rows between the all-to-all and this rank's replicas of the policy's experts (and gathers
+/// their weights); dispatch() / combine() run both parts in one grouped GEMM, finish() runs the
+/// kept part under the chunked overlap.
+class ReplicatingDispatcher : public AllToAllDispatcher {
+ public:
+  ReplicatingDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
+                        std::shared_ptr<GroupedExpertsImpl> grouped);
+  TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
+                        const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
+  torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
+  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
+                          const MoECallOptions& call) override;
+  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+
+ private:
+  /// The replicated experts' weights, all-gathered from their owners ([R, ...] per tensor).
+  ExpertWeights gather_replicas(const std::vector<int64_t>& replicated, int64_t first_local);
+  /// [returned rows; kept rows' outputs] back to route order, unpermuted and re-assembled over
+  /// the slices. returned: [A_sent, d]; kept_out: [A_kept, d] (undefined when none).
+  torch::Tensor to_tokens(const torch::Tensor& returned, const torch::Tensor& kept_out,
+                          DispatchHandle& handle);
+
+  ReplicateOptions replicate_;
+  std::shared_ptr<GroupedExpertsImpl> grouped_;
+  int64_t d_model_, hidden_;
 };
 
 class AdaptiveDispatcher : public ExchangingDispatcher {

@@ -171,8 +171,8 @@ std::string config_json(ModelFamily family, const GPTOptions& o, torch::ScalarTy
   same("n_group", g.n_group(), back.gate().n_group());
   same("topk_group", g.topk_group(), back.gate().topk_group());
   same("routed_scaling_factor", g.routed_scaling_factor(), back.gate().routed_scaling_factor());
-  same("capacity_factor", g.capacity_factor() > 0 ? g.capacity_factor() : 0.0,
-       back.gate().capacity_factor() > 0 ? back.gate().capacity_factor() : 0.0);
+  // A negative factor is the dynamic capacity, which no config.json expresses.
+  same("capacity_factor", g.capacity_factor(), back.gate().capacity_factor());
   std::ostringstream list;
   for (const auto& d : differ) list << "\n  " << d;
   TORCH_CHECK(differ.empty(), "hf: a ", to_string(family),

@@ -72,12 +72,14 @@ MoEOptions GPTOptions::moe_options() const {
   m.shared_expert_hidden(shared_expert_hidden_).shared_expert_gate(shared_expert_gate_);
   m.gate(gate_);
   m.expert_layout(expert_layout_).adaptive_r(adaptive_r_).a2a_overlap_degree(a2a_overlap_degree_);
+  m.replicate(replicate_);
   return m;
 }
 
 GPTOptions GPTOptions::single_process() const {
   GPTOptions o = *this;
   o.expert_layout(ExpertLayout::kFixed).adaptive_r(1).a2a_overlap_degree(1);
+  o.replicate(ReplicateOptions());
   return o;
 }
 

@@ -38,7 +38,8 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .d_hidden(options.d_hidden())
       .expert_layout(options.expert_layout())
       .adaptive_r(options.adaptive_r())
-      .a2a_overlap_degree(options.a2a_overlap_degree());
+      .a2a_overlap_degree(options.a2a_overlap_degree())
+      .replicate(options.replicate());
   if (upcycle) {
     TORCH_CHECK(options.expert_layout() == ExpertLayout::kFixed,
                 "moefy: upcycling copies the MLP into experts of the fixed layout; expected "
@@ -77,7 +78,8 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .expert_hidden(mo.d_hidden())
       .expert_layout(mo.expert_layout())
       .adaptive_r(mo.adaptive_r())
-      .a2a_overlap_degree(mo.a2a_overlap_degree());
+      .a2a_overlap_degree(mo.a2a_overlap_degree())
+      .replicate(mo.replicate());
 }
 
 }  // namespace hybridmoe

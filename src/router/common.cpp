@@ -31,6 +31,23 @@ int64_t compute_capacity(int64_t tokens, int64_t experts, int64_t top_k, double 
   return std::max(min_capacity, cap);
 }
 
+int64_t routed_capacity(const torch::Tensor& expert_index, int64_t num_experts, int64_t top_k,
+                        double factor, int64_t min_capacity, CapacityFormula formula) {
+  TORCH_CHECK(factor != 0 && !std::isnan(factor),
+              "routed_capacity: capacity_factor must be > 0 (fixed) or < 0 (dynamic), got ",
+              factor);
+  TORCH_CHECK(expert_index.dim() == 2, "routed_capacity: expert_index must be [T, k], got ",
+              expert_index.sizes());
+  const int64_t T = expert_index.size(0);
+  if (factor > 0) return compute_capacity(T, num_experts, top_k, factor, min_capacity, formula);
+  const int64_t bound = compute_capacity(T, num_experts, top_k, -factor, min_capacity, formula);
+  // The largest count of routed choices (index num_experts: unrouted, its own bin, left out).
+  auto counts = torch::bincount(expert_index.reshape({-1}).cpu(), {}, num_experts + 1);
+  const int64_t largest =
+      num_experts > 0 ? counts.narrow(0, 0, num_experts).max().item<int64_t>() : 0;
+  return std::min(largest, bound);
+}
+
 namespace {
 
 // Rank of each element of `sorted_experts` within its expert's run. sorted_experts: [n] int64

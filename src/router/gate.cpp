@@ -37,6 +37,7 @@ GateImpl::GateImpl(int64_t d_model, int64_t num_experts, GateOptions options)
               options_.aux_loss_coef());
   TORCH_CHECK(options_.z_loss_coef() >= 0, "gate: z_loss_coef must be >= 0, got ",
               options_.z_loss_coef());
+  TORCH_CHECK(!std::isnan(options_.capacity_factor()), "gate: capacity_factor must be a number");
   TORCH_CHECK(
       !options_.eval_capacity_factor().has_value() || !std::isnan(*options_.eval_capacity_factor()),
       "gate: eval_capacity_factor must be a number");

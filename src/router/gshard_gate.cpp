@@ -69,9 +69,9 @@ RouterOutput GShardGateImpl::route(const torch::Tensor& x) {
   //    the routing rules say: slot order, drop policy, batch priority, capacity formula).
   torch::Tensor keep, position;
   const double factor = active_capacity_factor();
-  if (factor > 0) {
+  if (factor != 0) {
     out.capacity =
-        compute_capacity(T, E, 2, factor, options_.min_capacity(), rules_.capacity_formula);
+        routed_capacity(choice, E, 2, factor, options_.min_capacity(), rules_.capacity_formula);
     std::tie(keep, position) =
         capacity_slots(choice, gates, E, out.capacity, detail::slot_rules_of(rules_, probs));
   } else {

@@ -40,7 +40,7 @@ inline void capacity_and_flatten(const GateImpl& gate, const torch::Tensor& expe
                                  const torch::Tensor& weight, int64_t k_for_capacity,
                                  RouterOutput& out, const RoutingRules& rules,
                                  const torch::Tensor& probs) {
-  const int64_t T = expert_index.size(0), E = gate.num_experts();
+  const int64_t E = gate.num_experts();
   const double factor = gate.active_capacity_factor();
   const auto routed = expert_index.lt(E);
   const bool after = rules.weight_normalization == WeightNormalization::kAfterCapacity;
@@ -50,9 +50,9 @@ inline void capacity_and_flatten(const GateImpl& gate, const torch::Tensor& expe
     auto w = after ? renormalize_kept(weight, keep) : weight;
     return scale == 1.0 ? w : w * scale;
   };
-  if (factor > 0) {
-    out.capacity = compute_capacity(T, E, k_for_capacity, factor, gate.options().min_capacity(),
-                                    rules.capacity_formula);
+  if (factor != 0) {
+    out.capacity = routed_capacity(expert_index, E, k_for_capacity, factor,
+                                   gate.options().min_capacity(), rules.capacity_formula);
     auto [keep, position] =
         capacity_slots(expert_index, weight, E, out.capacity, slot_rules_of(rules, probs));
     flatten_assignments(expert_index, final_weight(keep), keep, out, position, E);

@@ -57,9 +57,9 @@ RouterOutput SwitchGateImpl::route(const torch::Tensor& x) {
   //    tokens take their slots in token order (DeepSpeed: locations1 = cumsum(mask1) - 1 after
   //    the selection).
   const double factor = active_capacity_factor();
-  if (factor > 0 && train && options_.random_token_selection()) {
+  if (factor != 0 && train && options_.random_token_selection()) {
     out.capacity =
-        compute_capacity(T, E, 1, factor, options_.min_capacity(), rules_.capacity_formula);
+        routed_capacity(top_i, E, 1, factor, options_.min_capacity(), rules_.capacity_formula);
     last_rts_scores = sample_uniform({T}, probs.options());
     auto [keep, position] =
         capacity_slots(top_i, last_rts_scores.unsqueeze(1), E, out.capacity,

@@ -215,6 +215,18 @@ std::string check_config(const TrainConfig& c) {
        "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) +
            " overlaps the expert all-to-all: it needs `ep` > 1 or the adaptive expert layout");
   need(c.adaptive_recheck_every >= 1, "config key `adaptive_recheck_every` must be >= 1");
+  bool replicate_ok = true;
+  try {
+    parse_replicate(c.replicate);
+  } catch (const c10::Error&) {
+    replicate_ok = false;
+  }
+  need(replicate_ok, "config key `replicate` = \"" + c.replicate +
+                         "\": expected off, auto or a positive number of experts");
+  need(c.replicate == "off" || (c.ep > 1 && c.etp == 1 && c.expert_layout == ExpertLayout::kFixed),
+       "config key `replicate` = \"" + c.replicate +
+           "\" replicates hot experts over the ep ranks: it needs `ep` > 1, `etp` = 1 and "
+           "`expert_layout` = \"fixed\"");
   const std::string r_text = c.adaptive_r.to_string();
   const bool auto_r = c.adaptive_r.kind() == AdaptiveR::Kind::kAuto;
   if (c.expert_layout == ExpertLayout::kAdaptive) {

@@ -54,7 +54,13 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
     f << (first ? "" : ", ") << json_string(task) << ": " << acc;
     first = false;
   }
-  f << "},\n  \"dropped_tokens\": " << data.dropped << ",\n  \"expert_load\": [";
+  const auto& im = data.imbalance;
+  const double n = static_cast<double>(std::max<int64_t>(1, im.steps));
+  f << "},\n  \"dropped_tokens\": " << data.dropped
+    << ",\n  \"imbalance\": {\"steps\": " << im.steps << ", \"expert_mean\": " << im.expert_sum / n
+    << ", \"expert_max\": " << im.expert_max << ", \"rank_mean\": " << im.rank_sum / n
+    << ", \"rank_max\": " << im.rank_max
+    << ", \"exchange_wait_max_ms_mean\": " << im.wait_max_ms_sum / n << "},\n  \"expert_load\": [";
   for (size_t i = 0; i < data.layer_load.size(); ++i)
     f << (i ? ", " : "") << json_numbers(data.layer_load[i]);
   f << "],\n  \"config\": {";
@@ -66,6 +72,51 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
     first = false;
   }
   f << "}\n}\n";
+}
+
+namespace {
+
+// max / mean of the values (0 when their mean is not positive).
+double max_over_mean(const double* v, size_t n) {
+  double sum = 0.0, most = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += v[i], most = std::max(most, v[i]);
+  return n > 0 && sum > 0 ? most / (sum / static_cast<double>(n)) : 0.0;
+}
+
+}  // namespace
+
+StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
+                             const std::vector<double>& rank_rows,
+                             const std::vector<double>& rank_wait_s) {
+  TORCH_CHECK(static_cast<int64_t>(load.size()) == layers * E, "step_imbalance: ", load.size(),
+              " loads for ", layers, " layers of ", E, " experts");
+  StepImbalance s;
+  for (int64_t l = 0; l < layers; ++l)
+    s.expert = std::max(s.expert, max_over_mean(load.data() + l * E, static_cast<size_t>(E)));
+  s.rank = max_over_mean(rank_rows.data(), rank_rows.size());
+  for (double w : rank_wait_s) {
+    s.wait_max_ms = std::max(s.wait_max_ms, 1e3 * w);
+    s.wait_mean_ms += 1e3 * w / static_cast<double>(rank_wait_s.size());
+  }
+  return s;
+}
+
+std::string imbalance_json(const StepImbalance& s) {
+  std::ostringstream o;
+  o.precision(6);
+  o << "\"imbalance\": {\"expert\": " << s.expert << ", \"rank\": " << s.rank
+    << ", \"exchange_wait_ms\": {\"max\": " << s.wait_max_ms << ", \"mean\": " << s.wait_mean_ms
+    << "}}";
+  return o.str();
+}
+
+void Imbalance::add(const StepImbalance& s) {
+  ++steps;
+  expert_sum += s.expert;
+  rank_sum += s.rank;
+  expert_max = std::max(expert_max, s.expert);
+  rank_max = std::max(rank_max, s.rank);
+  wait_max_ms_sum += s.wait_max_ms;
 }
 
 namespace {
@@ -108,8 +159,10 @@ std::string loss_svg(const std::vector<std::pair<int64_t, double>>& curve) {
 }
 
 // Rows × experts heatmap; each cell is the load fraction (scaled so an even split is mid-blue).
+// Columns are named column_prefix + index ("e0", ... for experts; "r0", ... for ranks).
 std::string heatmap_svg(const std::vector<std::string>& row_names,
-                        const std::vector<std::vector<double>>& rows) {
+                        const std::vector<std::vector<double>>& rows,
+                        const char* column_prefix = "e") {
   if (rows.empty()) return "<p>No MoE layers.</p>";
   const size_t E = rows[0].size();
   const double cell = 44, left = 120, top = 24;
@@ -118,7 +171,8 @@ std::string heatmap_svg(const std::vector<std::string>& row_names,
   s << "<svg width='" << left + cell * E + 10 << "' height='" << top + cell * rows.size() + 10
     << "' xmlns='http://www.w3.org/2000/svg'>";
   for (size_t e = 0; e < E; ++e)
-    s << "<text x='" << left + cell * e + 10 << "' y='16' font-size='11'>e" << e << "</text>";
+    s << "<text x='" << left + cell * e + 10 << "' y='16' font-size='11'>" << column_prefix << e
+      << "</text>";
   for (size_t i = 0; i < rows.size(); ++i) {
     s << "<text x='4' y='" << top + cell * i + cell / 2 + 4 << "' font-size='11'>" << row_names[i]
       << "</text>";
@@ -163,6 +217,16 @@ void write_report(const std::string& out, const TrainConfig& config, const Train
     names.push_back("MoE layer " + std::to_string(i));
   f << "<h2>Expert load per layer (fraction of assignments, whole run)</h2>"
     << heatmap_svg(names, data.layer_load);
+  if (!data.rank_rows.empty() && data.imbalance.steps > 0) {
+    const auto& im = data.imbalance;
+    const double n = static_cast<double>(im.steps);
+    f << "<h2>Expert rows per rank (fraction computed by each rank, whole run)</h2>"
+      << heatmap_svg({"expert rows"}, {data.rank_rows}, "r")
+      << "<p>max / mean tokens per expert (worst layer): mean " << im.expert_sum / n << ", worst "
+      << im.expert_max << "; per rank: mean " << im.rank_sum / n << ", worst " << im.rank_max
+      << "; slowest rank blocked in the token exchange: " << im.wait_max_ms_sum / n
+      << " ms per step</p>";
+  }
   if (!data.task_load.empty()) {
     f << "<h2>Expert load per layer and task (held-out samples)</h2>";
     std::vector<std::string> rows_names;

@@ -10,6 +10,30 @@
 namespace hybridmoe::detail {
 
 /// What the report draws besides the result.
+/// Routing imbalance: max / mean tokens per expert (the worst MoE layer) and per rank (the rows
+/// each rank's experts computed); 1 is balanced, 0 means no tokens.
+/// And the time the ranks spent blocked in the token exchange (waiting, mostly, for the slowest
+/// rank to send): the slowest rank's and the mean, in milliseconds.
+struct StepImbalance {
+  double expert = 0.0, rank = 0.0;
+  double wait_max_ms = 0.0, wait_mean_ms = 0.0;
+};
+/// The imbalance of one step. load: [layers * E] tokens per (layer, expert), summed over ranks;
+/// rank_rows: [world size] rows each rank's experts computed; rank_wait_s: [world size] seconds
+/// each rank was blocked in the token exchange.
+StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
+                             const std::vector<double>& rank_rows,
+                             const std::vector<double>& rank_wait_s);
+/// `"imbalance": {"expert": x, "rank": y, "exchange_wait_ms": {"max": a, "mean": b}}`.
+std::string imbalance_json(const StepImbalance& s);
+/// A run's imbalance: the mean and the worst over its steps.
+struct Imbalance {
+  int64_t steps = 0;
+  double expert_sum = 0.0, rank_sum = 0.0, expert_max = 0.0, rank_max = 0.0;
+  double wait_max_ms_sum = 0.0;  ///< the slowest rank's exchange wait, summed over steps
+  void add(const StepImbalance& s);
+};
+
 struct ReportData {
   std::vector<std::pair<int64_t, double>> loss_curve;  ///< (step, loss)
   /// Expert load fractions per MoE layer (rows) and expert (columns), over the whole run.
@@ -17,6 +41,9 @@ struct ReportData {
   /// Expert load fractions per task, per MoE layer: task → layer → expert.
   std::map<std::string, std::vector<std::vector<double>>> task_load;
   int64_t dropped = 0;
+  Imbalance imbalance;
+  /// The fraction of the run's expert rows each rank computed (world size entries).
+  std::vector<double> rank_rows;
 };
 
 /// JSON text of a string.

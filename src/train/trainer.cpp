@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
 #include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
@@ -219,6 +220,11 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   pipe.activation_options = model->parameters().front().options();
   std::vector<double> load_run(L * E, 0.0);
   double dropped_run = 0;
+  // Imbalance: max / mean tokens per expert (every MoE layer) and per rank (the rows each rank's
+  // experts computed), per step; the run's mean and worst go to summary.json.
+  const int64_t W = world.size();
+  detail::Imbalance imbalance_run;
+  std::vector<double> rank_rows_run(W, 0.0);
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
   // Adaptive r = auto: every adaptive_recheck_every steps, one step with each valid r is timed
   // (the mean over ranks, so every rank decides alike), then the fastest is kept.
@@ -255,6 +261,9 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     // would take, so the figures are the same bits as summing on the host.
     auto acc = torch::zeros({2 + L * E}, pipe.activation_options.dtype(torch::kFloat64));
     double dropped_step = 0;
+    double rows_step = 0;  // rows this rank's experts computed
+    const double wait_before = dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds;
+    std::vector<std::vector<int64_t>> replicated;  // per MoE layer of this stage: the last choice
     // This dp rank's rows of every micro-batch; the stages run them through the pipeline (one
     // stage without pp), each micro-batch's loss scaled by 1 / micro (gradient accumulation).
     std::vector<torch::Tensor> xs, ys;
@@ -278,10 +287,15 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
         acc.narrow(0, 2 + (L0 + static_cast<int64_t>(l)) * E, E)
             .add_(out.moe_stats[l].tokens_per_expert.to(torch::kFloat64));
         dropped_step += static_cast<double>(out.moe_stats[l].tokens_dropped);
+        rows_step += static_cast<double>(std::max<int64_t>(0, out.moe_stats[l].expert_rows));
       }
+      replicated.resize(out.moe_stats.size());
+      for (size_t l = 0; l < out.moe_stats.size(); ++l) replicated[l] = out.moe_stats[l].replicated;
       return f;
     });
     const auto host = acc.cpu();
+    const double wait_step =
+        dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds - wait_before;
     const double* sums = host.data_ptr<double>();
     const double ce_sum = sums[0], aux_sum = sums[1];
     std::vector<double> load(sums + 2, sums + 2 + L * E);
@@ -293,6 +307,11 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     // expert load, so checking the loss costs nothing extra; the norm is global already).
     std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
     shares.insert(shares.end(), load.begin(), load.end());
+    // Each rank's expert rows in its own slot: the sum gathers them.
+    std::vector<double> rank_rows(2 * W, 0.0);  // then each rank's seconds blocked in exchanges
+    rank_rows[world.rank()] = rows_step;
+    rank_rows[W + world.rank()] = wait_step;
+    shares.insert(shares.end(), rank_rows.begin(), rank_rows.end());
     auto total = dist::sum_over_ranks(shares, groups->world);
     const double loss = total[0], aux = total[1];
     // A NaN or infinite loss or gradient norm: the update is skipped (every rank sees the same
@@ -330,6 +349,12 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     }
     for (int64_t i = 0; i < L * E; ++i) load_run[i] += total[2 + i];
     dropped_run += total[2 + L * E];
+    const auto imbalance = detail::step_imbalance(
+        std::vector<double>(total.begin() + 2, total.begin() + 2 + L * E), L, E,
+        std::vector<double>(total.begin() + 3 + L * E, total.begin() + 3 + L * E + W),
+        std::vector<double>(total.begin() + 3 + L * E + W, total.begin() + 3 + L * E + 2 * W));
+    imbalance_run.add(imbalance);
+    for (int64_t r = 0; r < W; ++r) rank_rows_run[r] += total[3 + L * E + r];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     if (r_trial) {
       r_ms.push_back(dist::sum_over_ranks(dt, groups->world) / static_cast<double>(world.size()) *
@@ -363,6 +388,18 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
               << std::setprecision(8) << ", \"aux_loss\": " << aux << ", \"lr\": " << lr
               << ", \"grad_norm\": " << norm << ", \"tokens_per_s\": " << tps;
       if (current_r) metrics << ", \"adaptive_r\": " << *current_r;
+      if (L > 0) metrics << ", " << detail::imbalance_json(imbalance);
+      if (std::any_of(replicated.begin(), replicated.end(),
+                      [](const std::vector<int64_t>& r) { return !r.empty(); })) {
+        metrics << ", \"replicated\": [";  // rank 0's stage, per MoE layer
+        for (size_t l = 0; l < replicated.size(); ++l) {
+          metrics << (l ? ", " : "") << "[";
+          for (size_t i = 0; i < replicated[l].size(); ++i)
+            metrics << (i ? ", " : "") << replicated[l][i];
+          metrics << "]";
+        }
+        metrics << "]";
+      }
       const bool stats = step % cfg.stats_every == 0 || step == last;
       if (stats && L > 0) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
@@ -383,7 +420,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       if (cfg.progress && tty) {
         std::fprintf(stderr, "\r%s   %s", bar, step == last ? "\n" : "");
       } else if (cfg.progress && (step % cfg.log_every == 0 || step == last || step == start + 1)) {
-        std::printf("%s | aux %.4f lr %.2e |g| %.3f\n", bar, aux, lr, norm);
+        std::printf("%s | aux %.4f lr %.2e |g| %.3f | imbalance expert %.2f rank %.2f\n", bar, aux,
+                    lr, norm, imbalance.expert, imbalance.rank);
       }
       if (stats && L > 0 && cfg.progress) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
@@ -421,6 +459,10 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     data.loss_curve = curve;
     data.layer_load = fractions(load_run, L, E);
     data.dropped = static_cast<int64_t>(dropped_run);
+    data.imbalance = imbalance_run;
+    double rows_all = 0.0;
+    for (double v : rank_rows_run) rows_all += v;
+    for (double v : rank_rows_run) data.rank_rows.push_back(rows_all > 0 ? v / rows_all : 0.0);
     detail::write_summary(cfg.out, cfg, result, data);
     detail::write_report(cfg.out, cfg, result, data);
   }

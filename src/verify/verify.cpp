@@ -26,7 +26,7 @@ std::string GateSpec::to_string() const {
   s << name;
   if (convention != Convention::kNone) s << "+" << hybridmoe::to_string(convention);
   if (top_k > 0) s << ":" << top_k;
-  if (capacity_factor > 0) s << "@" << capacity_factor;
+  if (capacity_factor != 0) s << "@" << capacity_factor;
   return s.str();
 }
 
@@ -76,8 +76,10 @@ GateSpec GateSpec::parse(const std::string& text) {
     }
     TORCH_CHECK(!f_text.empty() && used == f_text.size(), "gate spec: the capacity factor of \"",
                 text, "\" is not a number");
-    TORCH_CHECK(spec.capacity_factor > 0, "gate spec: capacity factor must be > 0 in \"", text,
-                "\"");
+    TORCH_CHECK(spec.capacity_factor != 0,
+                "gate spec: capacity factor must be > 0 (fixed) or < 0 "
+                "(dynamic: Tutel's largest per-expert count, bounded) in \"",
+                text, "\"");
   }
   return spec;
 }
@@ -137,6 +139,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   if (layout.pp > 1 || o.model || o.recompute != Recompute::kNone)
     return verify_gpt_layout(world, layout, gate, o, run_id);
   VerifyRow row;
+  row.replicate = to_string(o.replicate);
   row.layout = layout;
   row.gate = gate.to_string();
   row.expert_layout = o.expert_layout;
@@ -165,6 +168,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     mo.expert_layout(ExpertLayout::kAdaptive)
         .adaptive_r(every_step ? degrees[0] : o.adaptive_r.value());
   }
+  mo.replicate(o.replicate);
   VerifyNet ref(ref_mo, nullptr);
   ref->to(o.dtype);
   VerifyNet net(mo, groups);

@@ -74,6 +74,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   VerifyRow row;
   row.layout = layout;
   row.gate = gate.to_string();
+  row.replicate = to_string(o.replicate);
   row.model = o.model ? to_string(*o.model) : "gpt";
   if (o.recompute != Recompute::kNone)
     row.model += std::string("+recompute_") + recompute_name(o.recompute);
@@ -95,7 +96,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   torch::manual_seed(o.seed);
   GPT ref(opts);
   ref->to(o.dtype);
-  GPT net(opts, groups);
+  GPT net(GPTOptions(opts).replicate(o.replicate), groups);  // the reference replicates nothing
   net->to(o.dtype);
   net->load_shard_from(*ref);
   net->set_recompute(o.recompute);

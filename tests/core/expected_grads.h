@@ -32,6 +32,31 @@ inline torch::OrderedDict<std::string, torch::Tensor> expert_grad_shard(
   return grads_mine->experts->named_parameters();
 }
 
+/// A single-process layer (float64, from `seed`) and this rank's shard of it.
+struct FullAndShard {
+  MoE full{nullptr}, mine{nullptr};
+};
+/// With `skew` every token of positive input picks expert 0 first (the gate's weight zero but
+/// row 0, all 5) and expert 1 second (the tie among the others goes to the lower index).
+inline FullAndShard full_and_shard(const MoEOptions& full_options, const MoEOptions& shard_options,
+                                   std::shared_ptr<const ParallelGroups> groups, bool skew,
+                                   uint64_t seed) {
+  torch::manual_seed(seed);
+  FullAndShard out;
+  out.full = MoE(full_options);
+  out.full->to(torch::kFloat64);
+  if (skew) {
+    torch::NoGradGuard ng;
+    auto w = out.full->gate->named_parameters()["weight"];
+    w.zero_();
+    w[0].fill_(5.0);
+  }
+  out.mine = MoE(shard_options, std::move(groups));
+  out.mine->to(torch::kFloat64);
+  out.mine->load_shard_from(*out.full);
+  return out;
+}
+
 /// The global batch of a distributed layer test: dp rank r holds tokens_per_dp[r] tokens, each
 /// block split evenly over tp into the slices the single-process reference routes as GShard
 /// groups (forward_grouped).

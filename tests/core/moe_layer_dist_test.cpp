@@ -85,18 +85,7 @@ void run_case(RankContext& ctx, const Case& c) {
   auto shard_opts = opts;
   shard_opts.expert_layout(c.expert_layout);
   // 1. The full layer, its shard, the global batch.
-  torch::manual_seed(99);
-  MoE full(opts);
-  full->to(torch::kFloat64);
-  if (c.skew) {
-    torch::NoGradGuard ng;
-    auto w = full->gate->named_parameters()["weight"];
-    w.zero_();
-    w[0].fill_(5.0);
-  }
-  MoE mine(shard_opts, groups);
-  mine->to(torch::kFloat64);
-  mine->load_shard_from(*full);
+  auto [full, mine] = testing::full_and_shard(opts, shard_opts, groups, c.skew, 99);
   const std::string what = L.to_string() + (c.skew ? " skew" : "") +
                            (c.shared == Shared::kGated     ? " gated shared"
                             : c.shared == Shared::kUngated ? " shared"

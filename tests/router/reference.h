@@ -122,6 +122,23 @@ struct Choice {
   bool kept = false;
 };
 
+/// The capacity of one group's choices under factor f, by loops: f > 0: capacity_of; f < 0
+/// (dynamic): the smaller of the largest number of routed choices any expert received and
+/// capacity_of(|f|); f == 0: -1 (dropless).
+inline int64_t capacity_for(const std::vector<std::vector<Choice>>& choices, int64_t E, int64_t k,
+                            double f, int64_t min_capacity) {
+  const auto T = static_cast<int64_t>(choices.size());
+  if (f == 0) return -1;
+  if (f > 0) return capacity_of(T, E, k, f, min_capacity);
+  std::vector<int64_t> count(E, 0);
+  for (const auto& token : choices)
+    for (const auto& c : token)
+      if (c.expert >= 0) ++count[c.expert];
+  int64_t largest = 0;
+  for (auto n : count) largest = std::max(largest, n);
+  return std::min(largest, capacity_of(T, E, k, -f, min_capacity));
+}
+
 /// Assigns capacity slots to choices[t][slot]. Priority order: slot-major, then token. kPosition:
 /// slots in that order; kProbs: by score descending, ties in that order. capacity < 0: keep all.
 inline void assign_slots(std::vector<std::vector<Choice>>& choices, int64_t E, int64_t capacity,

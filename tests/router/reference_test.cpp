@@ -12,6 +12,7 @@ namespace {
 using testing::assign_slots;
 using testing::assign_slots_in_order;
 using testing::balance_loss;
+using testing::capacity_for;
 using testing::capacity_of;
 using testing::cases;
 using testing::Choice;
@@ -34,18 +35,18 @@ constexpr int64_t kD = kCaseWidth;
 constexpr double kTol = 1e-12;
 constexpr double kZ = 1e-3;  // z_loss_coef used everywhere, so the "z" term is reported
 
-// Capacity modes swept: (capacity_factor, min_capacity, policy); factor 0 = dropless.
+// Capacity modes swept: (capacity_factor, min_capacity, policy); factor 0 = dropless, < 0 =
+// dynamic (the largest per-expert count, bounded by the capacity of |factor|).
 struct CapMode {
   double factor;
   int64_t min_capacity;
   DropPolicy policy;
 };
 std::vector<CapMode> cap_modes() {
-  return {{0.0, 0, DropPolicy::kPosition},
-          {1.0, 0, DropPolicy::kPosition},
-          {0.75, 0, DropPolicy::kProbs},
-          {0.5, 0, DropPolicy::kPosition},
-          {0.25, 3, DropPolicy::kProbs}};
+  return {{0.0, 0, DropPolicy::kPosition}, {1.0, 0, DropPolicy::kPosition},
+          {0.75, 0, DropPolicy::kProbs},   {0.5, 0, DropPolicy::kPosition},
+          {0.25, 3, DropPolicy::kProbs},   {-1.0, 0, DropPolicy::kPosition},
+          {-0.5, 0, DropPolicy::kProbs},   {-4.0, 0, DropPolicy::kPosition}};
 }
 
 template <typename G>
@@ -86,8 +87,7 @@ RefOut ref_topk(const Mat& L, int64_t k, const GateOptions& o, const std::vector
       ch[t].push_back({chosen[t][j], wj, wj});
     }
   }
-  if (o.capacity_factor() > 0)
-    out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
+  out.capacity = capacity_for(ch, E, k, o.capacity_factor(), o.min_capacity());
   assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["balance"] = balance_loss(P, chosen);
@@ -115,8 +115,7 @@ RefOut ref_gshard(const Mat& L, const GateOptions& o, const Mat& gumbel,
     first[t] = {e1};
     ch[t] = {{e1, p1, p1}, {e2, p2, p2}};
   }
-  if (o.capacity_factor() > 0)
-    out.capacity = capacity_of(T, E, 2, o.capacity_factor(), o.min_capacity());
+  out.capacity = capacity_for(ch, E, 2, o.capacity_factor(), o.min_capacity());
   assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   for (auto& c : ch) {  // renormalize the kept weights
     double s = 0;
@@ -145,8 +144,7 @@ RefOut ref_switch(Mat x, const Mat& W, const GateOptions& o, const Mat& jitter,
     top[t] = {e};
     ch[t] = {{e, P[t][e], rts.empty() ? P[t][e] : rts[t]}};
   }
-  if (o.capacity_factor() > 0)
-    out.capacity = capacity_of(T, E, 1, o.capacity_factor(), o.min_capacity());
+  out.capacity = capacity_for(ch, E, 1, o.capacity_factor(), o.min_capacity());
   // RTS (DeepSpeed's top1gating with use_rts): the highest random scores are kept and the kept
   // tokens take their slots in token order (locations1 = cumsum(mask1) - 1).
   if (rts.empty())
@@ -202,8 +200,7 @@ RefOut ref_noisy(const Mat& x, const Mat& W, const Mat& Wn, const GateOptions& o
       load[e] += 0.5 * std::erfc(-z / std::sqrt(2.0));
     }
   }
-  if (o.capacity_factor() > 0)
-    out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
+  out.capacity = capacity_for(ch, E, k, o.capacity_factor(), o.min_capacity());
   assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["importance"] = cv2(importance);
@@ -252,8 +249,7 @@ RefOut ref_sinkhorn(const Mat& L, const GateOptions& o, int64_t* iters, double* 
   std::vector<std::vector<Choice>> ch(T);
   for (int64_t t = 0; t < T; ++t)
     for (auto e : topk_indices(S[t], k)) ch[t].push_back({e, P[t][e], P[t][e]});
-  if (o.capacity_factor() > 0)
-    out.capacity = capacity_of(T, E, k, o.capacity_factor(), o.min_capacity());
+  out.capacity = capacity_for(ch, E, k, o.capacity_factor(), o.min_capacity());
   assign_slots(ch, E, out.capacity, o.drop_policy().value_or(DropPolicy::kPosition));
   list_choices(ch, out);
   out.terms["z"] = z_loss(L);
@@ -364,7 +360,7 @@ TEST(GateReference, Switch) {
           Mat jit = g->last_jitter.defined() ? to_mat(g->last_jitter) : Mat();
           auto rts =
               g->last_rts_scores.defined() ? to_vec(g->last_rts_scores) : std::vector<double>();
-          EXPECT_EQ(!rts.empty(), noise == 2 && m.factor > 0);
+          EXPECT_EQ(!rts.empty(), noise == 2 && m.factor != 0);
           auto want = ref_switch(to_mat(c.x), to_mat(c.w), o, jit, rts);
           expect_matches(r, want, kTol, c.label + " noise " + std::to_string(noise));
         }
@@ -429,6 +425,43 @@ TEST(GateReference, EvalCapacityFactorIsUsedInEval) {
   EXPECT_EQ(g->route(c.x).capacity, 16);
   g->eval();
   EXPECT_EQ(g->route(c.x).capacity, 32);
+}
+
+// Dynamic capacity (factor < 0): a balanced group gets the largest count (nothing dropped, a
+// smaller capacity than |factor|'s), a skewed group the bound, and in both cases the kept choices
+// are those of the positive factor |factor|.
+TEST(GateReference, DynamicCapacityIsTheLargestCountBounded) {
+  const int64_t T = 16, E = 4;
+  // Balanced: token t's choices are experts t % 4 and (t + 1) % 4, so every expert gets 8.
+  auto w = torch::zeros({E, kD}, torch::kFloat64);
+  auto x = torch::zeros({T, kD}, torch::kFloat64);
+  for (int64_t e = 0; e < E; ++e) w[e][e] = 1.0;
+  for (int64_t t = 0; t < T; ++t) x[t][t % E] = 2.0, x[t][(t + 1) % E] = 1.0;
+  auto g = double_gate<TopKGateImpl>(w, GateOptions().top_k(2).capacity_factor(-2.0));
+  auto balanced = g->route(x);
+  EXPECT_EQ(balanced.capacity, 8);  // ceil(2 * 2 * 16 / 4) = 16 bounds it
+  EXPECT_EQ(balanced.dropped, 0);
+  // Skewed: every token's first choice is expert 0 (16 choices), its second expert 1.
+  auto skew = torch::zeros({T, kD}, torch::kFloat64);
+  for (int64_t t = 0; t < T; ++t) skew[t][0] = 2.0, skew[t][1] = 1.0;
+  for (double f : {1.0, 0.5}) {
+    auto dyn = double_gate<TopKGateImpl>(w, GateOptions().top_k(2).capacity_factor(-f));
+    auto fixed = double_gate<TopKGateImpl>(w, GateOptions().top_k(2).capacity_factor(f));
+    auto a = dyn->route(skew), b = fixed->route(skew);
+    EXPECT_EQ(a.capacity, capacity_of(T, E, 2, f, 0)) << f;
+    EXPECT_TRUE(torch::equal(a.token_index, b.token_index)) << f;
+    EXPECT_TRUE(torch::equal(a.expert_index, b.expert_index)) << f;
+    EXPECT_TRUE(torch::equal(a.position, b.position)) << f;
+    EXPECT_EQ(a.dropped, b.dropped) << f;
+    EXPECT_GT(a.dropped, 0) << f;
+  }
+  // A gate that cannot bound by counts refuses a negative factor by name.
+  try {
+    ExpertChoiceGateImpl(kD, E, GateOptions().capacity_factor(-1.0));
+    ADD_FAILURE() << "expert_choice accepted capacity_factor -1";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("capacity_factor must be > 0"), std::string::npos);
+  }
 }
 
 }  // namespace

@@ -109,6 +109,38 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
   EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
 }
 
+// `replicate`: off, auto or N, on layouts that can replicate (ep > 1, etp = 1, the fixed experts),
+// refused by name otherwise; it reaches the MoE layers' options.
+TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
+  auto with = [](std::function<void(TrainConfig&)> f) {
+    TrainConfig c;
+    f(c);
+    return check_config(c);
+  };
+  EXPECT_EQ(with([](TrainConfig& c) { c.replicate = "auto"; }), "");
+  EXPECT_EQ(with([](TrainConfig& c) { c.replicate = "2"; }), "");
+  for (const auto& bad : std::vector<std::function<void(TrainConfig&)>>{
+           [](TrainConfig& c) { c.replicate = "often"; }, [](TrainConfig& c) { c.replicate = "0"; },
+           [](TrainConfig& c) {
+             c.replicate = "auto";
+             c.ep = 1;
+           },
+           [](TrainConfig& c) {
+             c.replicate = "1";
+             c.etp = 2;
+           }}) {
+    const auto why = with(bad);
+    EXPECT_NE(why.find("`replicate`"), std::string::npos) << why;
+  }
+  TrainConfig c;
+  c.replicate = "3";
+  const auto r = c.model_options().moe_options().replicate();
+  EXPECT_EQ(r.mode(), ReplicateMode::kHottest);
+  EXPECT_EQ(r.hottest(), 3);
+  EXPECT_EQ(c.model_options().single_process().moe_options().replicate().mode(),
+            ReplicateMode::kOff);
+}
+
 TEST(TrainConfig, TomlRoundTripAndTables) {
   TrainConfig c;
   apply_toml_text(c,

@@ -74,7 +74,14 @@ void add_bench_command(CLI::App& app) {
   layer->add_option("--gate", args->gate, "Gate name")->capture_default_str();
   layer->add_option("--activation", args->activation, "gelu | relu | swiglu")
       ->capture_default_str();
-  layer->add_option("--capacity-factor", args->capacity_factor, "<= 0: dropless")
+  layer
+      ->add_option("--capacity-factor", args->capacity_factor,
+                   "0: dropless; < 0: dynamic (the largest per-expert count, bounded by |f|)")
+      ->capture_default_str();
+  layer
+      ->add_option("--skew", args->skew,
+                   "Zipf(ALPHA) expert popularity through a fixed router bias (topk gate); 0: "
+                   "none")
       ->capture_default_str();
   layer->add_option("--iters", args->iters, "Timed iterations (median reported)")
       ->capture_default_str();
@@ -102,35 +109,68 @@ void add_bench_command(CLI::App& app) {
       ->add_option("--adaptive", sweeps->adaptive,
                    "With --nproc > 1: also time the adaptive expert layout at every valid r")
       ->capture_default_str();
-  layer->callback([args, nproc, layout, sweeps, degrees, sizes] {
-    const bench::LayerShape preset = bench::layer_shape(args->shape);
-    for (const auto& f : sizes)
-      if (f.option->count() == 0) *f.value = preset.*(f.preset);
-    const bool in_launcher = std::getenv("RANK") != nullptr;
-    if (*nproc <= 1 && !in_launcher) {
-      std::cout << bench::run_layer_bench(*args).dump() << std::endl;
-      return;
-    }
-    if (!in_launcher) {  // re-launch this command on nproc local ranks
-      dist::LaunchOptions lo;
-      lo.nproc = *nproc;
-      lo.command = self_command();
-      lo.plain_lead_stdout = true;
-      const int code = dist::launch_local(lo).exit_code;
-      if (code != 0) throw CLI::RuntimeError(code);
-      return;
-    }
-    auto world = dist::init();
-    const ParallelConfig c = parse_layout_arg(*layout, world->size());
-    sweeps->overlap_degrees.clear();
-    std::stringstream ds(*degrees);
-    std::string item;
-    while (std::getline(ds, item, ','))
-      if (!item.empty()) sweeps->overlap_degrees.push_back(std::stoll(item));
-    auto j = bench::run_layer_bench_distributed(*args, c, *world, *sweeps);
-    if (world->rank() == 0) std::cout << j.dump() << std::endl;
-    world->finalize();
-  });
+  auto replicate = std::make_shared<std::string>("");
+  layer->add_option("--replicate", *replicate,
+                    "With --nproc > 1 (ep > 1, etp = 1): hot-expert replication settings timed "
+                    "against each other, e.g. off,auto,2");
+  auto cluster_flops = std::make_shared<double>(0.0), cluster_bw = std::make_shared<double>(0.0);
+  layer->add_option("--cluster-flops", *cluster_flops,
+                    "With --replicate: also the cost model's prediction for a cluster of this "
+                    "GEMM FLOP/s per rank (with --cluster-bw)");
+  layer->add_option("--cluster-bw", *cluster_bw,
+                    "With --replicate: the cluster's all-to-all and all-gather bytes/s per rank "
+                    "(latency 10 us)");
+  layer->callback(
+      [args, nproc, layout, sweeps, degrees, sizes, replicate, cluster_flops, cluster_bw] {
+        const bench::LayerShape preset = bench::layer_shape(args->shape);
+        for (const auto& f : sizes)
+          if (f.option->count() == 0) *f.value = preset.*(f.preset);
+        const bool in_launcher = std::getenv("RANK") != nullptr;
+        if (*nproc <= 1 && !in_launcher && !replicate->empty())
+          throw CLI::ValidationError("--replicate",
+                                     "replicates experts over ep ranks: needs --nproc > 1");
+        if (*nproc <= 1 && !in_launcher) {
+          std::cout << bench::run_layer_bench(*args).dump() << std::endl;
+          return;
+        }
+        if (!in_launcher) {  // re-launch this command on nproc local ranks
+          dist::LaunchOptions lo;
+          lo.nproc = *nproc;
+          lo.command = self_command();
+          lo.plain_lead_stdout = true;
+          const int code = dist::launch_local(lo).exit_code;
+          if (code != 0) throw CLI::RuntimeError(code);
+          return;
+        }
+        auto world = dist::init();
+        const ParallelConfig c = parse_layout_arg(*layout, world->size());
+        sweeps->overlap_degrees.clear();
+        std::stringstream ds(*degrees);
+        std::string item;
+        while (std::getline(ds, item, ','))
+          if (!item.empty()) sweeps->overlap_degrees.push_back(std::stoll(item));
+        std::stringstream rs(*replicate);
+        sweeps->replicate.clear();
+        while (std::getline(rs, item, ','))
+          if (!item.empty()) {
+            parse_replicate(item);  // an unknown setting is an error naming it
+            sweeps->replicate.push_back(item);
+          }
+        if (*cluster_flops > 0 || *cluster_bw > 0) {
+          if (*cluster_flops <= 0 || *cluster_bw <= 0)
+            throw CLI::ValidationError("--cluster-flops",
+                                       "needs both --cluster-flops and --cluster-bw");
+          sweeps->cluster = ReplicateFigures()
+                                .gemm_flops(*cluster_flops)
+                                .a2a_bytes_per_s(*cluster_bw)
+                                .gather_bytes_per_s(*cluster_bw)
+                                .a2a_latency_s(1e-5)
+                                .gather_latency_s(1e-5);
+        }
+        auto j = bench::run_layer_bench_distributed(*args, c, *world, *sweeps);
+        if (world->rank() == 0) std::cout << j.dump() << std::endl;
+        world->finalize();
+      });
 
   // `hmoe bench optimizer`: the ZeroAdamW step's peak extra memory and time, tiled vs untiled.
   auto oargs = std::make_shared<bench::OptimizerBenchArgs>();

@@ -42,6 +42,7 @@ struct VerifyArgs {
   std::string adaptive_r;  ///< "": fixed experts; "all", "every-step" or an r
   std::string model;       ///< "": the MoE layer (GPT for pp > 1); else a model family
   std::string recompute = "none";
+  std::string replicate = "off";  ///< hot-expert replication of the layout's MoE: off, auto or N
   bool json = false;
   VerifyOptions options;
 };
@@ -116,8 +117,18 @@ int run_worker(const VerifyArgs& a) {
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "--recompute: ", e.what_without_backtrace());
   }
+  try {
+    o.replicate = parse_replicate(a.replicate);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "--replicate: ", e.what_without_backtrace());
+  }
   auto layouts =
       parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
+  // Replication runs on layouts with ep > 1 and etp = 1: "all" keeps those.
+  if (o.replicate.mode() != ReplicateMode::kOff && a.layouts == "all")
+    layouts.erase(std::remove_if(layouts.begin(), layouts.end(),
+                                 [](const ParallelConfig& c) { return c.ep == 1 || c.etp != 1; }),
+                  layouts.end());
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
   const bool lead = world->rank() == 0;
@@ -198,6 +209,7 @@ int run_worker(const VerifyArgs& a) {
                           {"micro_batches", row.micro_batches},
                           {"adaptive_r", r_json({row.expert_layout, row.adaptive_r})},
                           {"zero", row.zero_stage},
+                          {"replicate", row.replicate},
                           {"loss_rel_err", row.loss_rel_err},
                           {"param_rel_err", row.param_rel_err},
                           {"pass", row.pass},
@@ -311,6 +323,10 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--recompute", a->recompute,
                   "The layout's model recomputes activations in backward: none, block or moe "
                   "(runs the GPT, or the --model family, on every layout)")
+      ->capture_default_str();
+  cmd->add_option("--replicate", a->replicate,
+                  "Hot-expert replication of the layout's MoE layer: off, auto or N (the N "
+                  "hottest); with \"all\" layouts, those with ep > 1 and etp = 1")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON line");
   add_node_flags(cmd);

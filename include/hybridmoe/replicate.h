@@ -1,0 +1,86 @@
+// replicate.h — hot-expert replication (FasterMoE's shadowing, PPoPP'22), a decision of the token
+// dispatcher: each step, from the per-expert counts of every ep rank, a policy picks experts whose
+// weights are all-gathered from their owner to every ep rank, so that the tokens routed to them
+// are computed on their source rank and skip the all-to-all. The policy: off, the N hottest
+// experts (tests, benches), or auto — FasterMoE's greedy rule: take the next hottest expert while
+// the modelled step time (the most loaded rank's expert compute + the token all-to-all + the
+// weight all-gather and its gradient reduce-scatter) decreases, with a machine's figures (the
+// planner's MachineSpec, plan.h). This header is c10d-free (the MoE options hold these).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+namespace hybridmoe {
+
+namespace plan {
+struct MachineSpec;  // plan.h
+}
+
+/// Which experts a step replicates.
+enum class ReplicateMode {
+  kOff,      ///< none: every row goes to its expert's owner
+  kHottest,  ///< the N most loaded experts (ReplicateOptions::hottest; ties: lower index)
+  kAuto,     ///< FasterMoE's greedy rule on the cost model (replicate_cost)
+};
+
+/// The figures of the replication cost model: one rank's GEMM FLOP/s and the token all-to-all's
+/// and the weight all-gather's latency (seconds per ring step) and bandwidth (bytes per second).
+/// The defaults are MachineSpec's (this project's CPU machines); figures_of takes a probe's or a
+/// cluster's.
+struct ReplicateFigures {
+  TORCH_ARG(double, gemm_flops) = 3e10;
+  TORCH_ARG(double, a2a_latency_s) = 300e-6;
+  TORCH_ARG(double, a2a_bytes_per_s) = 0.5e9;
+  TORCH_ARG(double, gather_latency_s) = 600e-6;
+  TORCH_ARG(double, gather_bytes_per_s) = 0.3e9;
+};
+
+/// The figures of a machine: its GEMM FLOP/s and its intra-node (or inter-node) all-to-all and
+/// all-gather links. Example: figures_of(probe_machine(...), /*inter_node=*/false).
+ReplicateFigures figures_of(const plan::MachineSpec& machine, bool inter_node);
+
+/// MoEOptions::replicate. Example: ReplicateOptions().mode(ReplicateMode::kHottest).hottest(2);
+/// parse_replicate("auto"), parse_replicate("2"), parse_replicate("off").
+struct ReplicateOptions {
+  TORCH_ARG(ReplicateMode, mode) = ReplicateMode::kOff;
+  /// kHottest: how many experts (1 ..= num_experts).
+  TORCH_ARG(int64_t, hottest) = 0;
+  /// kAuto: the machine the cost rule models.
+  TORCH_ARG(ReplicateFigures, figures) = ReplicateFigures();
+};
+
+/// "off", "auto" or a positive integer N (the N hottest); anything else is an error naming it.
+ReplicateOptions parse_replicate(const std::string& text);
+/// "off", "auto" or N.
+std::string to_string(const ReplicateOptions& options);
+
+/// What the cost model needs of the layer: expert sizes and the element size in bytes.
+struct ReplicateShape {
+  int64_t d_model = 0, hidden = 0;
+  int64_t expert_params = 0;  ///< parameters of one expert (all its tensors)
+  int64_t matmuls = 2;        ///< GEMMs per row in the forward (3 with a gated activation)
+  int64_t element_bytes = 4;
+};
+
+/// The modelled time (seconds) of one forward and backward of the experts and their exchanges
+/// when `replicated` (sorted expert indices) are replicated. counts[j][e]: rows ep rank j routes
+/// to expert e; expert e lives on rank e / (E / P). Time = 3 x (the most loaded rank's expert
+/// GEMMs) + 4 all-to-alls (dispatch and combine, forward and backward; the busiest rank's send
+/// or receive bytes) + with any replica 2 ring all-gathers of the replicated weights (forward)
+/// and their gradients' reduce-scatter (backward).
+double replicate_cost(const std::vector<std::vector<int64_t>>& counts,
+                      const std::vector<int64_t>& replicated, const ReplicateShape& shape,
+                      const ReplicateFigures& figures);
+
+/// The experts the policy replicates this step, sorted ascending; the same on every rank given
+/// the same counts ([P][E] as in replicate_cost). kAuto: experts by descending total count
+/// (ties: lower index), each added while replicate_cost decreases.
+std::vector<int64_t> choose_replicated(const std::vector<std::vector<int64_t>>& counts,
+                                       const ReplicateOptions& options,
+                                       const ReplicateShape& shape);
+
+}  // namespace hybridmoe

@@ -1,0 +1,132 @@
+// replicate_test.cpp — the replication policy (replicate.h) on the host: parsing of "off" / "auto"
+// / N, the cost model against hand-computed times, the N hottest (ties to the lower index), and
+// FasterMoE's greedy rule: a prefix of the experts by heat, never worse than no replication, and
+// stopping where the next hottest expert no longer lowers the modelled time.
+#include <gtest/gtest.h>
+
+#include "hybridmoe/plan.h"
+#include "hybridmoe/replicate.h"
+#include "support/compare.h"
+
+namespace hybridmoe {
+namespace {
+
+TEST(ReplicatePolicy, ParsesOffAutoAndCounts) {
+  EXPECT_EQ(parse_replicate("off").mode(), ReplicateMode::kOff);
+  EXPECT_EQ(parse_replicate("auto").mode(), ReplicateMode::kAuto);
+  auto two = parse_replicate("2");
+  EXPECT_EQ(two.mode(), ReplicateMode::kHottest);
+  EXPECT_EQ(two.hottest(), 2);
+  for (const char* s : {"off", "auto", "3"}) EXPECT_EQ(to_string(parse_replicate(s)), s);
+  for (const char* bad : {"", "0", "-1", "2x", "on"})
+    EXPECT_TRUE(testing::throws_with([&] { parse_replicate(bad); },
+                                     "replicate: expected \"off\", \"auto\" or a positive number"))
+        << bad;
+}
+
+TEST(ReplicatePolicy, FiguresComeFromTheMachine) {
+  plan::MachineSpec m;
+  m.gemm_flops = 7e14;
+  m.inter[static_cast<int>(plan::Collective::kAllToAll)] = plan::LinkFit{1e-5, 2.5e10};
+  m.inter[static_cast<int>(plan::Collective::kAllGather)] = plan::LinkFit{2e-5, 3.5e10};
+  auto f = figures_of(m, /*inter_node=*/true);
+  EXPECT_EQ(f.gemm_flops(), 7e14);
+  EXPECT_EQ(f.a2a_latency_s(), 1e-5);
+  EXPECT_EQ(f.a2a_bytes_per_s(), 2.5e10);
+  EXPECT_EQ(f.gather_latency_s(), 2e-5);
+  EXPECT_EQ(f.gather_bytes_per_s(), 3.5e10);
+  auto intra = figures_of(m, /*inter_node=*/false);
+  EXPECT_EQ(intra.a2a_bytes_per_s(), m.intra[0].bytes_per_s);
+}
+
+ReplicateShape small_shape() {
+  ReplicateShape s;
+  s.d_model = 2;
+  s.hidden = 3;
+  s.expert_params = 10;
+  s.matmuls = 2;
+  s.element_bytes = 8;
+  return s;
+}
+
+ReplicateFigures small_figures() {
+  return ReplicateFigures()
+      .gemm_flops(1e3)
+      .a2a_latency_s(0.1)
+      .a2a_bytes_per_s(100)
+      .gather_latency_s(0.2)
+      .gather_bytes_per_s(1000);
+}
+
+// Two ranks, one expert each; rank 0 routes 6 rows to expert 0 and 2 to expert 1, rank 1 routes 4
+// to expert 0. A row costs 2 * 2 * 3 * 2 * 3 = 72 FLOPs (forward and backward), 16 bytes.
+TEST(ReplicatePolicy, CostModelMatchesHandComputedTimes) {
+  const std::vector<std::vector<int64_t>> counts = {{6, 2}, {4, 0}};
+  // Off: rank 0 computes 10 rows (0.72 s); the busiest side of the exchange moves 4 rows, 64 bytes:
+  // 4 all-to-alls of 0.1 + 0.64 s.
+  EXPECT_NEAR(replicate_cost(counts, {}, small_shape(), small_figures()), 0.72 + 2.96, 1e-12);
+  // Expert 0 replicated: rank 1 computes its 4 rows and expert 1's 2 (0.432 s); only rank 0's 2
+  // rows travel (4 x (0.1 + 0.32)); the 80 weight bytes: 2 x (0.2 + 0.5 * 80 / 1000).
+  EXPECT_NEAR(replicate_cost(counts, {0}, small_shape(), small_figures()), 0.432 + 1.68 + 0.48,
+              1e-12);
+}
+
+TEST(ReplicatePolicy, HottestTakesTheMostLoadedTiesToTheLowerIndex) {
+  const std::vector<std::vector<int64_t>> counts = {{1, 5, 0, 3}, {2, 0, 3, 0}};  // 3 5 3 3
+  auto two = ReplicateOptions().mode(ReplicateMode::kHottest).hottest(2);
+  EXPECT_EQ(choose_replicated(counts, two, small_shape()), (std::vector<int64_t>{0, 1}));
+  auto all = ReplicateOptions().mode(ReplicateMode::kHottest).hottest(9);
+  EXPECT_EQ(choose_replicated(counts, all, small_shape()), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_TRUE(choose_replicated(counts, ReplicateOptions(), small_shape()).empty());
+}
+
+TEST(ReplicatePolicy, AutoIsTheGreedyPrefixThatLowersTheModelledTime) {
+  const std::vector<std::vector<std::vector<int64_t>>> loads = {
+      {{6, 2}, {4, 0}},
+      {{40, 1, 1, 1}, {38, 2, 0, 1}},
+      {{5, 5, 5, 5}, {5, 5, 5, 5}},
+      {{100, 0, 0, 0, 0, 0, 0, 0},
+       {90, 3, 0, 0, 0, 0, 0, 2},
+       {0, 0, 0, 0, 7, 0, 0, 0},
+       {80, 0, 9, 0, 0, 0, 0, 0}},
+  };
+  for (double gather_bw : {1e1, 1e3, 1e6}) {
+    auto opts = ReplicateOptions()
+                    .mode(ReplicateMode::kAuto)
+                    .figures(small_figures().gather_bytes_per_s(gather_bw));
+    for (const auto& counts : loads) {
+      const auto chosen = choose_replicated(counts, opts, small_shape());
+      // The heat order (total count descending, ties lower index), by loops.
+      const auto E = static_cast<int64_t>(counts[0].size());
+      std::vector<std::pair<int64_t, int64_t>> heat;
+      for (int64_t e = 0; e < E; ++e) {
+        int64_t n = 0;
+        for (const auto& row : counts) n += row[e];
+        heat.push_back({-n, e});
+      }
+      std::sort(heat.begin(), heat.end());
+      std::vector<int64_t> prefix;
+      for (size_t i = 0; i < chosen.size(); ++i) prefix.push_back(heat[i].second);
+      std::sort(prefix.begin(), prefix.end());
+      EXPECT_EQ(chosen, prefix) << gather_bw;
+      const double t = replicate_cost(counts, chosen, small_shape(), opts.figures());
+      EXPECT_LE(t, replicate_cost(counts, {}, small_shape(), opts.figures()));
+      if (static_cast<int64_t>(chosen.size()) < E) {
+        auto next = chosen;
+        next.push_back(heat[chosen.size()].second);
+        std::sort(next.begin(), next.end());
+        EXPECT_GE(replicate_cost(counts, next, small_shape(), opts.figures()), t) << gather_bw;
+      }
+    }
+  }
+  // The skewed load with free weight gathers replicates expert 0 at least.
+  auto free_gather = ReplicateOptions()
+                         .mode(ReplicateMode::kAuto)
+                         .figures(small_figures().gather_latency_s(0).gather_bytes_per_s(1e18));
+  auto chosen = choose_replicated(loads[1], free_gather, small_shape());
+  ASSERT_FALSE(chosen.empty());
+  EXPECT_EQ(chosen[0], 0);
+}
+
+}  // namespace
+}  // namespace hybridmoe
