@@ -70,6 +70,7 @@ py::tuple named_tensors(MoEImpl& layer) {
 // that only concern the exchange between ranks.
 MoEOptions one_process(MoEOptions options) {
   options.a2a_overlap_degree(1);
+  options.replicate(ReplicateOptions());
   return options;
 }
 

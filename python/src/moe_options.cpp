@@ -6,6 +6,7 @@
 #include "hybridmoe/experts.h"
 #include "hybridmoe/gate.h"
 #include "hybridmoe/placement.h"
+#include "hybridmoe/replicate.h"
 #include "hybridmoe/routing_rules.h"
 
 namespace hybridmoe::python {
@@ -40,6 +41,8 @@ MoEOptions options_from(const py::dict& kw) {
       o.adaptive_r(i64());
     else if (k == "a2a_overlap_degree")
       o.a2a_overlap_degree(i64());
+    else if (k == "replicate")  // "off", "auto", or N (an int or its text)
+      o.replicate(parse_replicate(py::isinstance<py::int_>(v) ? std::to_string(i64()) : str()));
     // The gate's (GateOptions, same names; `gate` is its type).
     else if (k == "gate")
       g.type(str());
