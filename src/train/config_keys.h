@@ -1,5 +1,5 @@
 // config_keys.h — internal to the trainer's configuration: the key table made from
-// HMOE_TRAIN_CONFIG_KEYS (train.h), each key with how to read and write it as text, for the TOML
+// HMOE_TRAIN_CONFIG_KEYS (train_config_keys.h), each key with how to read and write it as text, for the TOML
 // reader and the checks in config.cpp.
 #pragma once
 
