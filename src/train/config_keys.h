@@ -1,6 +1,6 @@
 // config_keys.h — internal to the trainer's configuration: the key table made from
-// HMOE_TRAIN_CONFIG_KEYS (train_config_keys.h), each key with how to read and write it as text, for the TOML
-// reader and the checks in config.cpp.
+// HMOE_TRAIN_CONFIG_KEYS (train_config_keys.h), each key with how to read and write it as text, for
+// the TOML reader and the checks in config.cpp.
 #pragma once
 
 #include <functional>
