@@ -74,17 +74,18 @@ class ParallelGroups:
         config = _C.ParallelConfig(tp=tp, dp=dp, pp=pp, ep=ep, etp=etp)
         config.validate(world)
         me = dist.get_rank()
+        # Every rank creates every group, in the same order (dist.new_group is collective), and
+        # keeps those that hold it.
         made = {}  # member tuple -> (torch group, its CUDA twin or None)
-        for kind in GROUP_KINDS:
-            for ranks in _C._all_group_ranks(config, kind):
-                key = tuple(ranks)
-                if (len(key) > 1 or kind == "world") and key not in made:
-                    made[key] = _new_group(list(key), world)
         given, torch_groups = {}, {}
         for kind in GROUP_KINDS:
             for ranks in _C._all_group_ranks(config, kind):
                 key = tuple(ranks)
-                if me in key and key in made:
+                if len(key) == 1 and kind != "world":
+                    continue  # a group of one: assemble makes it
+                if key not in made:
+                    made[key] = _new_group(list(key), world)
+                if me in key:
                     pg, cuda_pg = made[key]
                     torch_groups[kind] = cuda_pg if cuda_pg is not None else pg
                     given[kind] = _C.Group(pg, list(key), name=kind, cuda_process_group=cuda_pg,

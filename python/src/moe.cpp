@@ -74,6 +74,36 @@ MoEOptions one_process(MoEOptions options) {
   return options;
 }
 
+// The dtype of a layer's tensors: that of the first floating-point one (buffers such as counters
+// may be integral).
+torch::ScalarType floating_dtype(const TensorMap& tensors) {
+  for (const auto& kv : tensors)
+    if (torch::isFloatingType(kv.second.scalar_type())) return kv.second.scalar_type();
+  C10_THROW_ERROR(Error, "MoE: expected a floating-point tensor among the layer's tensors");
+}
+
+// A one-process layer that owns copies of `tensors` (every parameter and buffer, by name and
+// shape, in `dtype`); an unknown, missing or misshapen tensor is an error naming it and `who`.
+MoE layer_holding(const MoEOptions& options, const TensorMap& tensors, torch::ScalarType dtype,
+                  const char* who) {
+  torch::NoGradGuard no_grad;
+  MoE layer(options);
+  layer->to(dtype);
+  auto slots = layer->named_parameters();
+  for (const auto& kv : layer->named_buffers()) slots.insert(kv.key(), kv.value());
+  for (const auto& kv : tensors)
+    TORCH_CHECK(slots.contains(kv.first), who, ": unknown tensor \"", kv.first, "\"");
+  for (auto& kv : slots) {
+    auto it = tensors.find(kv.key());
+    TORCH_CHECK(it != tensors.end(), who, ": missing tensor \"", kv.key(), "\" (shape ",
+                kv.value().sizes(), ")");
+    TORCH_CHECK(it->second.sizes() == kv.value().sizes(), who, ": tensor \"", kv.key(),
+                "\" should have shape ", kv.value().sizes(), ", got ", it->second.sizes());
+    kv.value().copy_(it->second);
+  }
+  return layer;
+}
+
 // One layer per Python module, its weights bound from Python at each call: single-process, or
 // distributed over a layout's groups. A distributed layer starts as this rank's shard of a
 // single-process layer initialised with the same options (MoE::load_shard_from), so that a seed
@@ -107,29 +137,13 @@ struct Layer {
   // all of them) into `tensors` (this module's, bound into the layer).
   void load_full(const TensorMap& tensors, const TensorMap& full_tensors) {
     torch::NoGradGuard no_grad;
-    MoE full(one_process(layer->options));
-    full->to(tensors.begin()->second.scalar_type());
-    auto slots = full->named_parameters();
-    for (const auto& kv : full->named_buffers()) slots.insert(kv.key(), kv.value());
-    for (const auto& kv : full_tensors)
-      TORCH_CHECK(slots.contains(kv.first), "MoE.load_full_state_dict: unknown tensor \"", kv.first,
-                  "\"");
-    for (auto& kv : slots) {
-      auto it = full_tensors.find(kv.key());
-      TORCH_CHECK(it != full_tensors.end(), "MoE.load_full_state_dict: missing tensor \"", kv.key(),
-                  "\" (shape ", kv.value().sizes(), ")");
-      TORCH_CHECK(it->second.sizes() == kv.value().sizes(), "MoE.load_full_state_dict: tensor \"",
-                  kv.key(), "\" should have shape ", kv.value().sizes(), ", got ",
-                  it->second.sizes());
-      kv.value().copy_(it->second);
-    }
+    MoE full = layer_holding(one_process(layer->options), full_tensors, floating_dtype(tensors),
+                             "MoE.load_full_state_dict");
     bind_moe_tensors(*layer, tensors);
     if (layer->is_distributed()) {
       layer->load_shard_from(*full);
     } else {
-      for (auto& kv : layer->named_parameters())
-        kv.value().copy_(full->named_parameters()[kv.key()]);
-      for (auto& kv : layer->named_buffers()) kv.value().copy_(full->named_buffers()[kv.key()]);
+      for (const auto& kv : tensors) kv.second.copy_(full_tensors.at(kv.first));
     }
   }
 
@@ -156,7 +170,7 @@ struct Layer {
       }
       if (layer->shared_expert) {
         MoE full(one_process(layer->options));
-        full->to(tensors.begin()->second.scalar_type());
+        full->to(floating_dtype(tensors));
         layer->gather_full_shared_expert(*full);
         for (const auto& kv : full->named_parameters())
           if (kv.key().rfind("shared_", 0) == 0) out[kv.key()] = kv.value().detach().clone();
@@ -299,13 +313,8 @@ void bind_moe(py::module_& m) {
         // The binding-overhead yardstick: a C++ MoE owning its tensors (loaded from `state`),
         // forward + backward `repeats` times entirely in C++; the wall time of each, in ms.
         TORCH_CHECK(repeats > 0, "repeats should be positive, got ", repeats);
-        MoE layer(options_from(kw));
-        TensorMap given = tensor_map(state);
-        {
-          torch::NoGradGuard no_grad;
-          for (auto& kv : layer->named_parameters()) kv.value().copy_(given.at(kv.key()));
-          for (auto& kv : layer->named_buffers()) kv.value().copy_(given.at(kv.key()));
-        }
+        const TensorMap given = tensor_map(state);
+        MoE layer = layer_holding(options_from(kw), given, floating_dtype(given), "_time_cpp_moe");
         std::vector<double> ms;
         py::gil_scoped_release no_gil;
         layer->train(true);
@@ -329,19 +338,8 @@ void bind_moe(py::module_& m) {
          const torch::Tensor& grad_output, bool training) {
         // A C++ MoE owning its tensors, loaded from `state` in the state's dtype, run and
         // differentiated in C++: (output, aux_loss, stats, {name: grad}).
-        MoE layer(options_from(kw));
-        TensorMap given = tensor_map(state);
-        {
-          torch::NoGradGuard no_grad;
-          for (const auto& kv : given) {
-            if (torch::isFloatingType(kv.second.scalar_type())) {
-              layer->to(kv.second.scalar_type());
-              break;
-            }
-          }
-          for (auto& kv : layer->named_parameters()) kv.value().copy_(given.at(kv.key()));
-          for (auto& kv : layer->named_buffers()) kv.value().copy_(given.at(kv.key()));
-        }
+        const TensorMap given = tensor_map(state);
+        MoE layer = layer_holding(options_from(kw), given, floating_dtype(given), "_reference_moe");
         MoEOutput out;
         {
           // The autograd engine runs without the GIL.
