@@ -61,4 +61,11 @@ inline double peak_rss_mb() {
   return static_cast<double>(ru.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
 }
 
+/// Minor page faults of this process so far (pages first touched: fresh buffers cost one each).
+inline int64_t minor_faults() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_minflt);
+}
+
 }  // namespace hybridmoe::bench

@@ -84,7 +84,10 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
   // The process's peak resident memory after the layer's own forward and backward, before the
   // padded baseline (whose [E, C, d] buffers grow with the skew) runs: dropless memory follows
   // the rows routed.
+  // Its minor page faults per step, over the same call (a fresh large buffer faults once per page).
+  const int64_t faults_before = minor_faults();
   fwd_bwd();
+  const int64_t layer_minor_faults = minor_faults() - faults_before;
   const double layer_peak_rss_mb = peak_rss_mb();
 
   // 2. Expert FLOPs of forward + backward (backward = 2x forward) over the rows actually kept.
@@ -179,6 +182,7 @@ nlohmann::json run_layer_bench(const LayerBenchArgs& a) {
     j["speedup_vs_naive"] = naive_ms / fwd_bwd_ms;
   }
   j["peak_rss_mb_layer"] = layer_peak_rss_mb;
+  j["minor_faults_per_step"] = layer_minor_faults;
   j["peak_rss_mb"] = peak_rss_mb();
   return j;
 }

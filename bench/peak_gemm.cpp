@@ -1,50 +1,30 @@
 // peak_gemm.cpp — see peak_gemm.h. OpenBLAS keeps one global thread count of its own (the Debian
-// pthread build: its own pool, not LibTorch's OpenMP one), so the per-core candidate sets it to 1
-// through openblas_set_num_threads, looked up at run time (absent with another BLAS), and puts the
-// value it found back afterwards, with LibTorch's intra-op thread count likewise.
+// pthread build: its own pool, not LibTorch's OpenMP one), so the per-core candidate makes it 1
+// (kernels/cpu/blas_threads.h; not measurable with another BLAS) and puts the value it found back
+// afterwards, with LibTorch's intra-op thread count likewise.
 #include "peak_gemm.h"
-
-#include <dlfcn.h>
 
 #include <exception>
 #include <thread>
 #include <vector>
 
 #include "bench_common.h"
+#include "kernels/cpu/blas_threads.h"
 
 namespace hybridmoe::bench {
 
 namespace {
 
-using SetThreadsFn = void (*)(int);
-using GetThreadsFn = int (*)();
-
-// BLAS and intra-op threads at 1 for this object's lifetime, the earlier counts restored after.
-class SingleThreadedBlas {
+// LibTorch's intra-op threads at 1 for this object's lifetime, the earlier count restored after.
+class SingleIntraOpThread {
  public:
-  SingleThreadedBlas()
-      : set_(reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))),
-        get_(reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"))),
-        intra_op_(at::get_num_threads()) {
-    if (!available()) return;
-    blas_ = get_();
-    set_(1);
-    at::set_num_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (!available()) return;
-    set_(blas_);
-    at::set_num_threads(intra_op_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-  bool available() const { return set_ != nullptr && get_ != nullptr; }
+  SingleIntraOpThread() : previous_(at::get_num_threads()) { at::set_num_threads(1); }
+  ~SingleIntraOpThread() { at::set_num_threads(previous_); }
+  SingleIntraOpThread(const SingleIntraOpThread&) = delete;
+  SingleIntraOpThread& operator=(const SingleIntraOpThread&) = delete;
 
  private:
-  SetThreadsFn set_;
-  GetThreadsFn get_;
-  int intra_op_;
-  int blas_ = 1;
+  int previous_;
 };
 
 double gflops(int64_t m, int64_t k, int64_t n, double ms) {
@@ -68,9 +48,10 @@ PeakGemm measure_peak_gemm(int64_t m, int64_t k, int64_t n, torch::ScalarType dt
   p.multithread_gflops = gflops(m, k, n, median_ms(warmup, iters, [&] { at::mm_out(c, a, b); }));
 
   // (b) One single-threaded GEMM per thread on its block of A's rows, all at once.
-  SingleThreadedBlas single;
-  p.per_core_measured = single.available();
+  p.per_core_measured = kernels::blas_threads_controllable();
   if (!p.per_core_measured) return p;
+  kernels::SingleThreadedBlas single_blas;
+  SingleIntraOpThread single_intra_op;
   std::vector<torch::Tensor> a_blocks, c_blocks;
   for (int t = 0; t < threads; ++t) {
     const int64_t lo = m * t / threads, hi = m * (t + 1) / threads;

@@ -1,11 +1,22 @@
-// grouped_gemm.cpp — see grouped_gemm.h.
+// grouped_gemm.cpp — see grouped_gemm.h. On the CPU with several intra-op threads, the segments'
+// products run side by side, one single-threaded BLAS call per piece (gemm_schedule.h), instead
+// of one multi-threaded BLAS call per expert: small experts then use every core, and BLAS's own
+// threads never compete with ATen's. Elsewhere (one thread, other devices, inside a parallel
+// region, a BLAS whose threads cannot be set) the segments run one after another.
 #include "grouped_gemm.h"
 
 #include <algorithm>
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
+#include "blas_threads.h"
+#include "gemm_schedule.h"
+
 namespace hybridmoe::kernels {
 
 namespace {
+
 void check_counts(const torch::Tensor& a, const std::vector<int64_t>& counts, const char* what) {
   int64_t total = 0;
   for (auto c : counts) {
@@ -15,6 +26,31 @@ void check_counts(const torch::Tensor& a, const std::vector<int64_t>& counts, co
   TORCH_CHECK(total == a.size(0), what, ": segment sizes sum to ", total, " but there are ",
               a.size(0), " rows");
 }
+
+// Below this many multiply-adds a product is not worth sharing out among threads.
+constexpr int64_t kMinParallelMacs = int64_t{1} << 20;
+
+// How many workers share a product of `macs` multiply-adds on tensor `t`: the intra-op threads on
+// the CPU outside a parallel region where BLAS can be made single-threaded, else 1.
+int64_t workers_for(const torch::Tensor& t, int64_t macs) {
+  if (!t.device().is_cpu() || at::in_parallel_region() || macs < kMinParallelMacs) return 1;
+  const int64_t threads = at::get_num_threads();
+  return threads > 1 && blas_threads_controllable() ? threads : 1;
+}
+
+// Runs fn(worker) for worker in [0, workers) on the intra-op threads, BLAS single-threaded, each
+// thread under the caller's thread-local state (grad mode, dispatch keys), which at::parallel_for
+// does not carry over by itself.
+template <typename Fn>
+void on_workers(int64_t workers, const Fn& fn) {
+  SingleThreadedBlas single;
+  const at::ThreadLocalState caller;
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard same_state(caller);
+    for (int64_t w = begin; w < end; ++w) fn(w);
+  });
+}
+
 }  // namespace
 
 void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vector<int64_t>& counts,
@@ -22,13 +58,11 @@ void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vecto
   check_counts(a, counts, "grouped_mm");
   TORCH_CHECK(b.dim() == 3 && b.size(0) == static_cast<int64_t>(counts.size()),
               "grouped_mm: b must be [", counts.size(), ", ., .], got ", b.sizes());
-  int64_t offset = 0;
-  for (size_t e = 0; e < counts.size(); ++e) {
-    const int64_t n = counts[e];
-    if (n == 0) continue;
-    auto a_e = a.narrow(0, offset, n);
+  // out[rows] (+)= a[rows] @ op(b[e]) (+ bias[e]) for one piece of segment e.
+  auto piece = [&](int64_t e, int64_t row, int64_t n) {
+    auto a_e = a.narrow(0, row, n);
     auto b_e = trans_b ? b[e].t() : b[e];
-    auto out_e = out.narrow(0, offset, n);
+    auto out_e = out.narrow(0, row, n);
     if (accumulate) {
       out_e.addmm_(a_e, b_e);
       if (bias.defined()) out_e.add_(bias[e]);
@@ -37,53 +71,77 @@ void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vecto
     } else {
       at::mm_out(out_e, a_e, b_e);
     }
-    offset += n;
+  };
+  const int64_t workers = workers_for(a, a.size(0) * b.size(1) * b.size(2));
+  if (workers == 1) {
+    int64_t row = 0;
+    for (size_t e = 0; e < counts.size(); ++e) {
+      if (counts[e] > 0) piece(static_cast<int64_t>(e), row, counts[e]);
+      row += counts[e];
+    }
+    return;
   }
+  const auto runs = split_rows(counts, workers);
+  on_workers(workers, [&](int64_t w) {
+    for (const auto& p : runs[w]) piece(p.segment, p.row_begin, p.rows);
+  });
 }
 
 torch::Tensor grouped_mm_tn(const torch::Tensor& a, const torch::Tensor& c,
                             const std::vector<int64_t>& counts) {
   check_counts(a, counts, "grouped_mm_tn");
-  const int64_t E = static_cast<int64_t>(counts.size());
-  auto result = torch::empty({E, a.size(1), c.size(1)}, a.options());
-  int64_t offset = 0;
+  const int64_t E = static_cast<int64_t>(counts.size()), K = a.size(1);
+  auto result = torch::empty({E, K, c.size(1)}, a.options());
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = counts[e];
-    auto r_e = result[e];
-    if (n == 0) {
-      r_e.zero_();
-      continue;
-    }
-    at::mm_out(r_e, a.narrow(0, offset, n).t(), c.narrow(0, offset, n));
-    offset += n;
+    if (counts[e] == 0) result[e].zero_();
   }
+  // result[e][cols] = a[seg_e][:, cols]^T @ c[seg_e] for one piece.
+  auto piece = [&](const SegmentPiece& p) {
+    auto r = result[p.segment].narrow(0, p.col_begin, p.cols);
+    at::mm_out(r, a.narrow(0, p.row_begin, p.rows).narrow(1, p.col_begin, p.cols).t(),
+               c.narrow(0, p.row_begin, p.rows));
+  };
+  const int64_t workers = workers_for(a, a.size(0) * K * c.size(1));
+  const auto work = split_segments(counts, K, workers);
+  if (workers == 1) {
+    for (const auto& p : work[0]) piece(p);
+    return result;
+  }
+  on_workers(workers, [&](int64_t w) {
+    for (const auto& p : work[w]) piece(p);
+  });
   return result;
 }
 
 torch::Tensor segment_sum(const torch::Tensor& c, const std::vector<int64_t>& counts) {
   check_counts(c, counts, "segment_sum");
   TORCH_CHECK(c.dim() == 2, "segment_sum: c must be [A, N], got ", c.sizes());
-  const int64_t E = static_cast<int64_t>(counts.size());
-  auto result = torch::zeros({E, c.size(1)}, c.options());
+  const int64_t E = static_cast<int64_t>(counts.size()), N = c.size(1);
+  auto result = torch::zeros({E, N}, c.options());
+  if (N == 0) return result;
   // Column sums as a matrix-vector product with ones (BLAS gemv): about 10x faster on the CPU
   // than a reduction over the outer dimension of a row-major segment.
   const bool gemv = c.scalar_type() == torch::kFloat || c.scalar_type() == torch::kDouble;
   const int64_t most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
   const auto ones = gemv ? torch::ones({most}, c.options()) : torch::Tensor();
-  int64_t offset = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = counts[e];
-    if (n > 0) {
-      auto r_e = result[e];
-      auto seg = c.narrow(0, offset, n);
-      if (gemv) {
-        at::mv_out(r_e, seg.t(), ones.narrow(0, 0, n));
-      } else {
-        at::sum_out(r_e, seg, {0});
-      }
+  auto piece = [&](const SegmentPiece& p) {
+    auto r = result[p.segment].narrow(0, p.col_begin, p.cols);
+    auto seg = c.narrow(0, p.row_begin, p.rows).narrow(1, p.col_begin, p.cols);
+    if (gemv) {
+      at::mv_out(r, seg.t(), ones.narrow(0, 0, p.rows));
+    } else {
+      at::sum_out(r, seg, {0});
     }
-    offset += n;
+  };
+  const int64_t workers = gemv ? workers_for(c, c.size(0) * N) : 1;
+  const auto work = split_segments(counts, N, workers);
+  if (workers == 1) {
+    for (const auto& p : work[0]) piece(p);
+    return result;
   }
+  on_workers(workers, [&](int64_t w) {
+    for (const auto& p : work[w]) piece(p);
+  });
   return result;
 }
 

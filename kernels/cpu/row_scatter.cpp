@@ -3,7 +3,7 @@
 
 #include <ATen/Parallel.h>
 
-#include "hybridmoe/detail/compat.h"
+#include "counting_sort.h"
 
 namespace hybridmoe::kernels {
 
@@ -26,13 +26,12 @@ torch::Tensor scatter_add_rows_cpu(const torch::Tensor& y_in, const torch::Tenso
   auto weight = weight_in.defined() ? weight_in.to(y.scalar_type()).contiguous() : torch::Tensor();
   auto out = torch::zeros({num_rows, d}, y.options());
   if (A == 0 || num_rows == 0) return out;
-  const int64_t lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < num_rows, "scatter_add_rows_cpu: index values must be in [0, ",
-              num_rows, "), got [", lo, ", ", hi, "]");
-  // 1. Rows by output row: a stable sort keeps ascending i within each output row.
-  auto by_row = compat::stable_argsort(index).contiguous();
+  // 1. Rows by output row: a counting pass keeps ascending i within each output row.
+  auto sorted = counting_argsort(index, num_rows, "scatter_add_rows_cpu:");
+  auto by_row = sorted.order;
   auto starts = torch::zeros({num_rows + 1}, torch::kInt64);
-  starts.narrow(0, 1, num_rows).copy_(torch::bincount(index, {}, num_rows).cumsum(0));
+  int64_t* first = starts.data_ptr<int64_t>();
+  for (int64_t t = 0; t < num_rows; ++t) first[t + 1] = first[t] + sorted.counts[t];
   const int64_t* rows = by_row.data_ptr<int64_t>();
   const int64_t* start = starts.data_ptr<int64_t>();
   // 2. Each output row summed by one thread.

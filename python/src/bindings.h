@@ -35,6 +35,8 @@ GroupKind group_kind_from(const std::string& name);
 /// GateOptions field; `gate` is the gate's type); None keeps the C++ default, an unknown name is
 /// an error naming it. moe_options.cpp.
 MoEOptions options_from(const py::dict& kw);
+/// hybridmoe.configure_cpu and cpu_buffer_cache_stats (cpu_runtime.h). cpu_runtime.cpp.
+void bind_cpu_runtime(py::module_& m);
 /// _C._MoELayer, the C++ layer behind hybridmoe.MoE, and _C._reference_moe (tests). moe.cpp.
 void bind_moe(py::module_& m);
 

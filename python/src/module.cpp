@@ -13,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   python::bind_hf(m);
   python::bind_parallel(m);
   python::bind_moe(m);
+  python::bind_cpu_runtime(m);
 }

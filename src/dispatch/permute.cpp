@@ -1,7 +1,10 @@
 // permute.cpp — the dispatch plan and the two paired row movements:
 // gather_rows (dispatch) and scatter_add_rows (combine), each the other's backward.
+#include <algorithm>
+
 #include "hybridmoe/detail/compat.h"
 #include "hybridmoe/detail/dispatch.h"
+#include "kernels/cpu/counting_sort.h"
 #include "kernels/cpu/row_scatter.h"
 
 namespace hybridmoe {
@@ -108,27 +111,42 @@ DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t 
   TORCH_CHECK(num_experts > 0, "make_plan: num_experts must be positive, got ", num_experts);
   DispatchPlan plan;
   plan.num_tokens = num_tokens;
-  // 1. Stable sort of the assignments by expert: rows of an expert keep the router's order.
-  plan.order = compat::stable_argsort(e);
+  if (kernels::counting_sort_supported(e) && kernels::counting_sort_supported(t)) {
+    // On the CPU: the token range checked, then one counting pass gives the stable order by expert
+    // (rows of an expert keep the router's order) and the counts, with no sort of all entries.
+    if (t.numel() > 0) {
+      const auto tc = t.contiguous();
+      const auto [lo, hi] =
+          std::minmax_element(tc.data_ptr<int64_t>(), tc.data_ptr<int64_t>() + tc.numel());
+      TORCH_CHECK(*lo >= 0 && *hi < num_tokens, "make_plan: token index out of range [0, ",
+                  num_tokens, "): saw [", *lo, ", ", *hi, "]");
+    }
+    auto sorted = kernels::counting_argsort(e, num_experts, "make_plan: expert");
+    plan.order = sorted.order;
+    plan.counts_host = std::move(sorted.counts);
+    plan.counts = torch::tensor(plan.counts_host, torch::kInt64);
+  } else {
+    // 1. Stable sort of the assignments by expert: rows of an expert keep the router's order.
+    plan.order = compat::stable_argsort(e);
+    // 2. Counts (on the device), and with them the index ranges checked below, brought to the
+    //    host in one transfer (one synchronisation on a GPU). The clamp keeps bincount defined
+    //    for an out-of-range index, which the range check then refuses.
+    const bool any = e.numel() > 0;
+    plan.counts = torch::bincount(any ? e.clamp(0, num_experts - 1) : e, {}, num_experts);
+    auto bounds = any ? torch::stack({e.min(), e.max(), t.min(), t.max()}).to(plan.counts.dtype())
+                      : torch::zeros({4}, plan.counts.options());
+    auto host = torch::cat({bounds, plan.counts}).to(torch::kCPU).contiguous();
+    const int64_t* b = host.data_ptr<int64_t>();
+    if (any) {
+      TORCH_CHECK(b[0] >= 0 && b[1] < num_experts, "make_plan: expert index out of range [0, ",
+                  num_experts, "): saw [", b[0], ", ", b[1], "]");
+      TORCH_CHECK(b[2] >= 0 && b[3] < num_tokens, "make_plan: token index out of range [0, ",
+                  num_tokens, "): saw [", b[2], ", ", b[3], "]");
+    }
+    plan.counts_host.assign(b + 4, b + 4 + num_experts);
+  }
   plan.sorted_token = t.index_select(0, plan.order);
   plan.sorted_weight = routing.weight.index_select(0, plan.order);
-  // 2. Counts (on the device), and with them the index ranges checked below, brought to the host
-  //    in one transfer (one synchronisation on a GPU). The clamp keeps bincount defined for an
-  //    out-of-range index, which the range check then refuses.
-  const bool any = e.numel() > 0;
-  plan.counts = torch::bincount(any ? e.clamp(0, num_experts - 1) : e, {}, num_experts);
-  auto bounds = any ? torch::stack({e.min(), e.max(), t.min(), t.max()}).to(plan.counts.dtype())
-                    : torch::zeros({4}, plan.counts.options());
-  auto host = torch::cat({bounds, plan.counts}).to(torch::kCPU).contiguous();
-  const int64_t* b = host.data_ptr<int64_t>();
-  if (any) {
-    TORCH_CHECK(b[0] >= 0 && b[1] < num_experts, "make_plan: expert index out of range [0, ",
-                num_experts, "): saw [", b[0], ", ", b[1], "]");
-    TORCH_CHECK(b[2] >= 0 && b[3] < num_tokens, "make_plan: token index out of range [0, ",
-                num_tokens, "): saw [", b[2], ", ", b[3], "]");
-  }
-  const int64_t* c = b + 4;
-  plan.counts_host.assign(c, c + num_experts);
   plan.offsets_host.assign(num_experts + 1, 0);
   for (int64_t i = 0; i < num_experts; ++i)
     plan.offsets_host[i + 1] = plan.offsets_host[i] + plan.counts_host[i];

@@ -37,8 +37,9 @@ torch::Tensor mlp_forward(const torch::Tensor& x, const ExpertWeights& w,
     g = torch::empty({n, h}, x.options());
     grouped_mm(x, w.w3, counts, false, w.b3, g);
   }
-  // 2. The activation, 3. the second projection: y = hidden w2 + b2.
-  auto hidden = activate(a, g, act);
+  // 2. The activation (SwiGLU's product in place in silu's output), 3. the second projection:
+  //    y = hidden w2 + b2.
+  auto hidden = act == Activation::kSwiGLU ? at::silu(a).mul_(g) : activate(a, g, act);
   auto y = torch::empty({n, d}, x.options());
   grouped_mm(hidden, w.w2, counts, false, w.b2, y);
   if (keep != nullptr) *keep = MlpActivations{a, g, hidden};
@@ -53,11 +54,12 @@ torch::Tensor mlp_backward_input(const torch::Tensor& dy, const torch::Tensor& a
   // 1. Second projection: dhidden = dy w2^T.
   auto dhidden = torch::empty({n, h}, dy.options());
   grouped_mm(dy, w.w2, counts, /*trans_b=*/true, {}, dhidden);
-  // 2. Through the activation (GELU and ReLU in place: dhidden's buffer becomes da, which spares
-  //    a fresh [n, h] buffer and its page faults).
+  // 2. Through the activation, in place where it can be: dhidden's buffer becomes da (sparing a
+  //    fresh [n, h] buffer and its page faults); SwiGLU's dg = dhidden silu(a) takes the one
+  //    buffer it needs (silu's output), then da = silu'(a) (dhidden g) in dhidden's.
   if (act == Activation::kSwiGLU) {
-    *dg = dhidden * torch::silu(a);
-    *da = at::silu_backward(dhidden * g, a);
+    *dg = at::silu(a).mul_(dhidden);
+    *da = at::silu_backward_out(dhidden, dhidden.mul_(g), a);
   } else if (act == Activation::kGelu) {
     *da = at::gelu_backward_out(dhidden, dhidden, a);
   } else {

@@ -153,7 +153,7 @@ TEST(Permute, CombineKernelsMatchTheATenComposition) {
   auto bad = torch::tensor({0, 1, 5}, torch::kInt64);
   EXPECT_TRUE(
       testing::throws_with([&] { kernels::scatter_add_rows_cpu(y, bad, 4, torch::Tensor()); },
-                           "index values must be in [0, 4), got [0, 5]"));
+                           "index out of range [0, 4): saw 5"));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include "hmoe/commands.h"
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/version.h"
 
 int main(int argc, char** argv) {
@@ -20,6 +21,8 @@ int main(int argc, char** argv) {
   hybridmoe::cli::add_checkpoint_command(app);
   hybridmoe::cli::add_hf_commands(app);
   hybridmoe::cli::set_self_command(argc, argv);
+  // Large buffers are reused from step to step instead of mapped afresh (cpu_runtime.h).
+  hybridmoe::install_cpu_buffer_cache();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

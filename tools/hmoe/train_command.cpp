@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "hmoe/commands.h"
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/plan.h"
@@ -101,7 +102,10 @@ void announce_auto_layout(const plan::AutoLayout& a, const std::string& source) 
 // One rank of the run.
 int run_rank(const TrainConfig& c) {
   auto world = dist::init();
-  if (world->size() > 1) at::set_num_threads(1);
+  // One thread pool per rank over this machine's cores (cpu_runtime.h).
+  const CpuThreads threads = configure_cpu_threads(
+      default_intra_op_threads(dist::parse_env(dist::process_env()).local_world_size));
+  if (world->rank() == 0) std::printf("cpu: %s\n", describe(threads).c_str());
   TrainConfig config = c;
   if (config.layout_mode == LayoutMode::kAuto && config.layout_probe) {
     check_config_agreement(config, *world);  // the probe is collective: agree first

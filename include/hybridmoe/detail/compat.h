@@ -23,6 +23,14 @@
   (TORCH_VERSION_MAJOR > (major) ||       \
    (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
+// c10::Allocator::allocate is const up to PyTorch 2.2 and not from 2.3; an allocator declares
+// `c10::DataPtr allocate(size_t n) HMOE_ALLOCATE_CONST override`.
+#if HMOE_TORCH_AT_LEAST(2, 3)
+#define HMOE_ALLOCATE_CONST
+#else
+#define HMOE_ALLOCATE_CONST const
+#endif
+
 namespace hybridmoe::compat {
 
 /// Stable sort along dim 0 (ties keep their input order). Returns the permutation.
