@@ -52,8 +52,13 @@
 // and e * min(a2a, expert compute) * (1 - 1/D) of it is hidden, e the machine's overlap
 // efficiency (the share of an all-to-all that runs hidden behind compute when both are issued
 // together: 1 where communication has its own engine, near 0 where it competes for the cores).
-// Pipeline (1F1B): step = (M + pp - 1) * (t_mb + 2 p2p) + grad sync + optimizer, so the bubble is
-// the fraction (pp - 1) / (M + pp - 1). Optimizer: kOpsPerParamTensor * op_latency per
+// Pipeline (1F1B): step = slots * (t_mb + 2 p2p) + grad sync + optimizer with slots = M + pp - 1,
+// so the bubble is the fraction (pp - 1) / (M + pp - 1), where every node has at least as many
+// cores as ranks. Ranks sharing a node's c < n cores (one thread each; the figures measured with
+// every rank busy): a slot with a busy ranks on a node takes f(a) = min(1, c/n) / min(1, c/a) of
+// an all-busy slot there (ranks idle in the bubble give their cores to the busy ones), slots =
+// the sum over the M + pp - 1 slots of the slowest node's f (pipeline_slots; src/plan/
+// core_sharing.cpp has the reasoning). Optimizer: kOpsPerParamTensor * op_latency per
 // parameter tensor, plus 2 world all-reduces of a few values (loss, norm).
 // Peak memory per rank (MemoryEstimate): params + grads (b each) + AdamW moments (2 b each;
 // ZeRO 1: dense moments / dp, expert moments / edp — ep*etp/tp times larger a shard than dp
@@ -116,6 +121,9 @@ struct MachineSpec {
   double op_latency_s = 25e-6;  ///< fixed cost of one non-GEMM operator call
   /// Share of an all-to-all hidden behind compute issued with it (0..1; see the overlap above).
   double overlap_efficiency = 0.0;
+  /// Cores of one node, which its ranks (one thread each) share; fewer than the ranks of a node
+  /// make a pipeline's fill and drain cheaper (pipeline_slots). The probe: local_cores().
+  int64_t cores = 2;
   /// Per Collective kind: all-to-all, all-gather, all-reduce, reduce-scatter, p2p.
   std::array<LinkFit, kNumCollectives> intra{LinkFit{300e-6, 0.5e9}, LinkFit{600e-6, 0.3e9},
                                              LinkFit{500e-6, 0.45e9}, LinkFit{440e-6, 0.3e9},
@@ -233,6 +241,23 @@ MemoryEstimate memory_estimate(const ModelSpec& model, const Layout& layout);
 Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const MachineSpec& machine,
                   const Layout& layout);
 
+// ---- ranks sharing cores (src/plan/core_sharing.cpp)
+// ---------------------------------------------
+
+/// The cores this process may run on: its affinity mask's count (sched_getaffinity), else
+/// std::thread::hardware_concurrency(), at least 1.
+int64_t local_cores();
+
+/// The time of a slot in which `busy` of a node's `ranks` ranks run, over its time with all of
+/// them running, on `cores` cores: min(1, cores / ranks) / min(1, cores / busy); 0 when busy = 0.
+double core_share_factor(int64_t busy, int64_t ranks, int64_t cores);
+
+/// The pipeline's time in all-busy slots (formula above): M + pp - 1 where every node has at least
+/// as many cores as ranks, down to M where the busy ranks of every fill and drain slot fill their
+/// node's cores. Nodes of `ranks_per_node` consecutive ranks (<= 0: one node), `cores` each.
+double pipeline_slots(const ParallelConfig& par, int64_t micro_batches, int64_t ranks_per_node,
+                      int64_t cores);
+
 // ---- enumeration and ranking -------------------------------------------------------------------
 
 /// What to enumerate.
@@ -286,7 +311,8 @@ std::string apply_layout(TrainConfig& config, const Layout& layout);
 /// 2..world (divisors) and a few message sizes; the overlap efficiency, from an all-to-all over
 /// the world timed alone, GEMMs of about the same time alone, and both issued together:
 /// (t_a2a + t_gemm - t_both) / min(t_a2a, t_gemm), clamped to [0, 1]. The inter-node figures
-/// are set equal to the intra-node ones (one node).
+/// are set equal to the intra-node ones (one node); the cores, local_cores() averaged over the
+/// ranks (rounded).
 MachineSpec probe_machine(dist::World& world);
 
 /// What `layout = "auto"` chose.

@@ -43,6 +43,7 @@ struct PlanArgs {
   double flops = -1, gemm_latency_us = -1, op_latency_us = -1, overlap_efficiency = -1;
   double attention_flops = -1, stream_bw = -1;
   double intra_bw = -1, inter_bw = -1, intra_lat_us = -1, inter_lat_us = -1;
+  int64_t cores = 0;                         // 0: not given
   std::map<std::string, std::string> model;  // key → flag text
 };
 
@@ -88,6 +89,10 @@ void apply_machine_flags(const PlanArgs& a, plan::MachineSpec& m) {
   if (mark(a.inter_bw)) m.set_bandwidth(true, a.inter_bw * 1e9);
   if (mark(a.intra_lat_us)) m.set_latency(false, a.intra_lat_us * 1e-6);
   if (mark(a.inter_lat_us)) m.set_latency(true, a.inter_lat_us * 1e-6);
+  if (a.cores > 0) {
+    m.cores = a.cores;
+    given = true;
+  }
   if (given) m.source = m.source == "probe" ? "probe+flags" : "flags";
 }
 
@@ -97,7 +102,7 @@ std::string machine_summary(const plan::MachineSpec& m) {
   s << "machine (" << m.source << "): GEMM " << m.gemm_flops / 1e9 << " GFLOP/s + "
     << m.gemm_latency_s * 1e6 << " us/call, attention " << m.attention_flops / 1e9
     << " GFLOP/s, streaming " << m.stream_bytes_per_s / 1e9 << " GB/s, op " << m.op_latency_s * 1e6
-    << " us, overlap efficiency " << m.overlap_efficiency;
+    << " us, overlap efficiency " << m.overlap_efficiency << ", " << m.cores << " cores per node";
   for (int c = 0; c < plan::kNumCollectives; ++c) {
     const auto& l = m.intra[c];
     s << "\n  " << plan::to_string(static_cast<plan::Collective>(c)) << ": intra "
@@ -285,6 +290,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--overlap-efficiency", a->overlap_efficiency,
                   "Share of an all-to-all hidden behind compute issued with it (0..1)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--cores", a->cores,
+                  "Cores per node, shared by its ranks (default: 2, or the probe's count)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)")
       ->check(positive);
   cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)")
