@@ -241,8 +241,7 @@ MemoryEstimate memory_estimate(const ModelSpec& model, const Layout& layout);
 Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const MachineSpec& machine,
                   const Layout& layout);
 
-// ---- ranks sharing cores (src/plan/core_sharing.cpp)
-// ---------------------------------------------
+// ---- ranks sharing cores (src/plan/core_sharing.cpp) -------------------------------------------
 
 /// The cores this process may run on: its affinity mask's count (sched_getaffinity), else
 /// std::thread::hardware_concurrency(), at least 1.
@@ -291,6 +290,11 @@ std::string to_json(const std::vector<Estimate>& ranking);
 int64_t json_adaptive_r(const Layout& layout);
 /// The ranking as a text table (the first `rows` rows; <= 0: all).
 std::string to_table(const std::vector<Estimate>& ranking, int64_t rows = 0);
+
+/// The layout a training configuration runs: its tp, dp, pp, ep, etp, zero_stage, expert_layout
+/// with adaptive_r, a2a_overlap_degree and micro_batches (apply_layout's inverse). An error for
+/// adaptive_r auto or every-step, which no one layout describes.
+Layout layout_of(const TrainConfig& config);
 
 /// Sets the layout keys of a training configuration: tp, dp, pp, ep, etp, nproc, micro_batches,
 /// and where the layout departs from their defaults zero_stage, expert_layout with adaptive_r,
@@ -341,6 +345,9 @@ struct MeasureOptions {
   int64_t rounds = 2;   ///< runs of each layout, interleaved; the fastest round counts
   bool spread = false;  ///< false: the top `count` runnable layouts; true: `count` runnable
                         ///< layouts evenly spaced over the runnable ranking (first and last in)
+  /// Also run the base configuration's own layout (layout_of) where the ranking holds it and the
+  /// trainer can run it, in its place by predicted time (an error otherwise).
+  bool include_base = false;
 };
 
 /// Runs layouts of `ranking` that the trainer can run (model keys from `base`; output in a

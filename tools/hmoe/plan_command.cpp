@@ -36,7 +36,7 @@ struct PlanArgs {
   bool json = false, probe = false, all = false, no_adaptive = false;
   int64_t top = 20;
   int64_t measure = 0, measure_steps = 8, measure_rounds = 2;
-  bool spread = false;
+  bool spread = false, measure_config_layout = false;
   std::string zero = "0,1", overlap = "1,2,4";
   int64_t max_micro_batches = 8;
   // Machine figures given as flags (< 0: not given).
@@ -182,6 +182,7 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
   mo.steps = a.measure_steps;
   mo.rounds = a.measure_rounds;
   mo.spread = a.spread;
+  mo.include_base = a.measure_config_layout;
   const auto rows = plan::measure_layouts(c, ranking, mo, *world, &skipped);
   if (!lead) return 0;
   std::vector<double> pred, meas;
@@ -270,6 +271,9 @@ void add_plan_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--spread", a->spread,
                 "--measure: K runnable layouts spread over the ranking instead of the top K");
+  cmd->add_flag("--measure-config-layout", a->measure_config_layout,
+                "--measure: also run the configuration's own layout (hmoe train's default layout "
+                "unless --config sets one)");
   cmd->add_option("--zero", a->zero, "ZeRO stages to consider")->capture_default_str();
   cmd->add_option("--overlap", a->overlap, "a2a overlap degrees to consider")
       ->capture_default_str();
