@@ -243,6 +243,22 @@ CLI::Validator number_above(double floor, bool inclusive) {
       want);
 }
 
+// A flag value that must be a whole number of at least `floor`.
+CLI::Validator integer_at_least(int64_t floor) {
+  const std::string want = "an integer >= " + std::to_string(floor);
+  return CLI::Validator(
+      [floor, want](std::string& text) {
+        try {
+          size_t used = 0;
+          const long long v = std::stoll(text, &used);
+          if (used == text.size() && v >= floor) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "expected " + want + ", got \"" + text + "\"";
+      },
+      want);
+}
+
 }  // namespace
 
 void add_plan_command(CLI::App& app) {
@@ -296,7 +312,7 @@ void add_plan_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   cmd->add_option("--cores", a->cores,
                   "Cores per node, shared by its ranks (default: 2, or the probe's count)")
-      ->check(CLI::PositiveNumber);
+      ->check(integer_at_least(1));
   cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)")
       ->check(positive);
   cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)")
