@@ -52,8 +52,13 @@
 // and e * min(a2a, expert compute) * (1 - 1/D) of it is hidden, e the machine's overlap
 // efficiency (the share of an all-to-all that runs hidden behind compute when both are issued
 // together: 1 where communication has its own engine, near 0 where it competes for the cores).
-// Pipeline (1F1B): step = (M + pp - 1) * (t_mb + 2 p2p) + grad sync + optimizer, so the bubble is
-// the fraction (pp - 1) / (M + pp - 1). Optimizer: kOpsPerParamTensor * op_latency per
+// Pipeline (1F1B): step = slots * (t_mb + 2 p2p) + grad sync + optimizer with slots = M + pp - 1,
+// so the bubble is the fraction (pp - 1) / (M + pp - 1), where every node has at least as many
+// cores as ranks. Ranks sharing a node's c < n cores (one thread each; the figures measured with
+// every rank busy): a slot with a busy ranks on a node takes f(a) = min(1, c/n) / min(1, c/a) of
+// an all-busy slot there (ranks idle in the bubble give their cores to the busy ones), slots =
+// the sum over the M + pp - 1 slots of the slowest node's f (pipeline_slots; src/plan/
+// core_sharing.cpp has the reasoning). Optimizer: kOpsPerParamTensor * op_latency per
 // parameter tensor, plus 2 world all-reduces of a few values (loss, norm).
 // Peak memory per rank (MemoryEstimate): params + grads (b each) + AdamW moments (2 b each;
 // ZeRO 1: dense moments / dp, expert moments / edp — ep*etp/tp times larger a shard than dp
@@ -116,6 +121,9 @@ struct MachineSpec {
   double op_latency_s = 25e-6;  ///< fixed cost of one non-GEMM operator call
   /// Share of an all-to-all hidden behind compute issued with it (0..1; see the overlap above).
   double overlap_efficiency = 0.0;
+  /// Cores of one node, which its ranks (one thread each) share; fewer than the ranks of a node
+  /// make a pipeline's fill and drain cheaper (pipeline_slots). The probe: local_cores().
+  int64_t cores = 2;
   /// Per Collective kind: all-to-all, all-gather, all-reduce, reduce-scatter, p2p.
   std::array<LinkFit, kNumCollectives> intra{LinkFit{300e-6, 0.5e9}, LinkFit{600e-6, 0.3e9},
                                              LinkFit{500e-6, 0.45e9}, LinkFit{440e-6, 0.3e9},
@@ -233,6 +241,22 @@ MemoryEstimate memory_estimate(const ModelSpec& model, const Layout& layout);
 Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const MachineSpec& machine,
                   const Layout& layout);
 
+// ---- ranks sharing cores (src/plan/core_sharing.cpp) -------------------------------------------
+
+/// The cores this process may run on: its affinity mask's count (sched_getaffinity), else
+/// std::thread::hardware_concurrency(), at least 1.
+int64_t local_cores();
+
+/// The time of a slot in which `busy` of a node's `ranks` ranks run, over its time with all of
+/// them running, on `cores` cores: min(1, cores / ranks) / min(1, cores / busy); 0 when busy = 0.
+double core_share_factor(int64_t busy, int64_t ranks, int64_t cores);
+
+/// The pipeline's time in all-busy slots (formula above): M + pp - 1 where every node has at least
+/// as many cores as ranks, down to M where the busy ranks of every fill and drain slot fill their
+/// node's cores. Nodes of `ranks_per_node` consecutive ranks (<= 0: one node), `cores` each.
+double pipeline_slots(const ParallelConfig& par, int64_t micro_batches, int64_t ranks_per_node,
+                      int64_t cores);
+
 // ---- enumeration and ranking -------------------------------------------------------------------
 
 /// What to enumerate.
@@ -267,6 +291,11 @@ int64_t json_adaptive_r(const Layout& layout);
 /// The ranking as a text table (the first `rows` rows; <= 0: all).
 std::string to_table(const std::vector<Estimate>& ranking, int64_t rows = 0);
 
+/// The layout a training configuration runs: its tp, dp, pp, ep, etp, zero_stage, expert_layout
+/// with adaptive_r, a2a_overlap_degree and micro_batches (apply_layout's inverse). An error for
+/// adaptive_r auto or every-step, which no one layout describes.
+Layout layout_of(const TrainConfig& config);
+
 /// Sets the layout keys of a training configuration: tp, dp, pp, ep, etp, nproc, micro_batches,
 /// and where the layout departs from their defaults zero_stage, expert_layout with adaptive_r,
 /// a2a_overlap_degree. Returns "" or why the trainer cannot run this layout (check_config's
@@ -286,7 +315,8 @@ std::string apply_layout(TrainConfig& config, const Layout& layout);
 /// 2..world (divisors) and a few message sizes; the overlap efficiency, from an all-to-all over
 /// the world timed alone, GEMMs of about the same time alone, and both issued together:
 /// (t_a2a + t_gemm - t_both) / min(t_a2a, t_gemm), clamped to [0, 1]. The inter-node figures
-/// are set equal to the intra-node ones (one node).
+/// are set equal to the intra-node ones (one node); the cores, local_cores() averaged over the
+/// ranks (rounded).
 MachineSpec probe_machine(dist::World& world);
 
 /// What `layout = "auto"` chose.
@@ -315,6 +345,9 @@ struct MeasureOptions {
   int64_t rounds = 2;   ///< runs of each layout, interleaved; the fastest round counts
   bool spread = false;  ///< false: the top `count` runnable layouts; true: `count` runnable
                         ///< layouts evenly spaced over the runnable ranking (first and last in)
+  /// Also run the base configuration's own layout (layout_of) where the ranking holds it and the
+  /// trainer can run it, in its place by predicted time (an error otherwise).
+  bool include_base = false;
 };
 
 /// Runs layouts of `ranking` that the trainer can run (model keys from `base`; output in a

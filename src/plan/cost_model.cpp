@@ -229,6 +229,8 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
                   const Layout& l) {
   const std::string why = check_layout(m, l);
   TORCH_CHECK(why.empty(), "estimate: layout ", l.to_string(), " cannot run this model: ", why);
+  TORCH_CHECK(machine.cores >= 1, "estimate: the machine's cores must be >= 1, got ",
+              machine.cores);
   const auto& p = l.par;
   const int64_t rpn = cluster.ranks_per_node;
   const LayerTraffic t = layer_traffic(m, l);
@@ -321,15 +323,16 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
                                  link(Collective::kP2P, spans_nodes(p, GroupKind::kPp, rpn))),
                  2.0);
 
-  // 3. The pipeline: M micro-batches plus pp - 1 fill / drain slots.
+  // 3. The pipeline: M micro-batches plus pp - 1 fill / drain slots, those cheaper where ranks
+  //    idle in them give their share of a node's cores to the busy ones (pipeline_slots).
   const double M = static_cast<double>(l.micro_batches);
   const double slot = compute_mb + comm_mb + p2p_mb;
-  const double slots = M + p.pp - 1;
+  const double slots = pipeline_slots(p, l.micro_batches, rpn, machine.cores);
   for (auto& c : est.collective_s) c *= slots;  // every slot runs the same collectives
   est.compute_s = compute_mb * M;
   est.comm_s = (comm_mb + p2p_mb) * M;
   est.hidden_s = hidden_mb * M;
-  est.bubble_s = slot * (p.pp - 1);
+  est.bubble_s = slot * (slots - M);
 
   // 4. Gradient sync once per step (ZeRO 1: reduce-scatter + all-gather of parameters).
   auto sync = [&](GroupKind kind, int64_t g, double bytes) {

@@ -28,7 +28,7 @@ std::vector<Measurement> measure_layouts(const TrainConfig& base,
   std::vector<TrainConfig> runnable_configs;
   std::vector<std::string> why_not(ranking.size());
   for (size_t i = 0; i < ranking.size(); ++i) {
-    if (!o.spread && static_cast<int64_t>(runnable.size()) == o.count) break;
+    if (!o.spread && !o.include_base && static_cast<int64_t>(runnable.size()) == o.count) break;
     TrainConfig c = base;
     std::string why = apply_layout(c, ranking[i].layout);
     if (why.empty() && c.nproc != world.size())
@@ -53,6 +53,21 @@ std::vector<Measurement> measure_layouts(const TrainConfig& base,
   std::vector<size_t> pick;
   const size_t n = runnable.size(), k = std::min<size_t>(n, static_cast<size_t>(o.count));
   for (size_t j = 0; j < k; ++j) pick.push_back(o.spread && k > 1 ? j * (n - 1) / (k - 1) : j);
+  if (o.include_base) {
+    // The base configuration's layout, in its place among the picks (once).
+    const Layout own = layout_of(base);
+    size_t at = ranking.size();
+    for (size_t i = 0; i < ranking.size() && at == ranking.size(); ++i)
+      if (ranking[i].layout == own) at = i;
+    TORCH_CHECK(at < ranking.size(), "measure_layouts: the configuration's layout ",
+                own.to_string(), " is not in the ranking (not enumerated, or over the memory)");
+    const auto j = std::find(runnable.begin(), runnable.end(), at);
+    TORCH_CHECK(j != runnable.end(), "measure_layouts: the trainer cannot run the configuration's ",
+                "layout ", own.to_string(), ": ", why_not[at]);
+    pick.push_back(static_cast<size_t>(j - runnable.begin()));
+    std::sort(pick.begin(), pick.end());
+    pick.erase(std::unique(pick.begin(), pick.end()), pick.end());
+  }
   std::vector<Measurement> out;
   std::vector<TrainConfig> configs;
   for (size_t j : pick) {

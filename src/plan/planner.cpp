@@ -128,6 +128,21 @@ std::string to_table(const std::vector<Estimate>& ranking, int64_t rows) {
   return s.str();
 }
 
+Layout layout_of(const TrainConfig& c) {
+  Layout l;
+  l.par = ParallelConfig{c.tp, c.dp, c.pp, c.ep, c.etp};
+  l.zero = c.zero_stage;
+  if (c.expert_layout == ExpertLayout::kAdaptive) {
+    TORCH_CHECK(c.adaptive_r.is_value(), "layout_of: adaptive_r = ", c.adaptive_r.to_string(),
+                " is no one layout; expected an integer r");
+    l.expert_layout = ExpertLayout::kAdaptive;
+    l.adaptive_r = c.adaptive_r.value();
+  }
+  l.overlap = c.a2a_overlap_degree;
+  l.micro_batches = c.micro_batches;
+  return l;
+}
+
 std::string apply_layout(TrainConfig& config, const Layout& l) {
   config.tp = l.par.tp;
   config.dp = l.par.dp;

@@ -1,7 +1,7 @@
 // probe.cpp — see plan.h: measures the machine figures of the cost model on the ranks at hand
 // (GEMM throughput and call latency, attention's batched GEMMs, streamed bytes, operator latency,
-// latency and bandwidth of every collective kind by group size, the overlap efficiency) over c10d,
-// and fits them to the model's formulas by least squares.
+// latency and bandwidth of every collective kind by group size, the overlap efficiency, the cores)
+// over c10d, and fits them to the model's formulas by least squares.
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -262,7 +262,8 @@ MachineSpec probe_machine(dist::World& world) {
     }
   }
 
-  // 7. The same figures on every rank: the mean over the ranks.
+  // 7. The same figures on every rank: the mean over the ranks (the cores last).
+  times.push_back(static_cast<double>(local_cores()));
   times = dist::sum_over_ranks(times, wg);
   for (double& t : times) t /= static_cast<double>(W);
 
@@ -297,6 +298,7 @@ MachineSpec probe_machine(dist::World& world) {
     machine.intra[c] = LinkFit{latency, rate_of(s_per_byte)};
   }
   machine.inter = machine.intra;
+  machine.cores = std::max<int64_t>(1, std::llround(times.back()));
   if (W > 1) {
     const double t_exchange = times[overlap_at], t_gemms = times[overlap_at + 1];
     const double t_both = times[overlap_at + 2];

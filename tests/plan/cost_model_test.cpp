@@ -212,11 +212,13 @@ TEST(CostModel, ComputeOfGemmsAttentionAndStreamedBytes) {
 }
 
 TEST(CostModel, PipelineBubbleFraction) {
+  // A core per rank (core_sharing_test.cpp: fewer cores than ranks).
   const plan::ModelSpec m = tiny();
   const plan::ClusterSpec c{4, 0, 0.0};
+  plan::MachineSpec mach;
+  mach.cores = 4;
   for (int64_t M : {1, 2, 4}) {
-    const plan::Estimate e =
-        plan::estimate(m, c, plan::MachineSpec(), make(1, 2, 2, 2, 1, 0, std::nullopt, 1, M));
+    const plan::Estimate e = plan::estimate(m, c, mach, make(1, 2, 2, 2, 1, 0, std::nullopt, 1, M));
     const double pipeline = e.step_s - e.grad_sync_s - e.optimizer_s;
     EXPECT_NEAR(e.bubble_s / pipeline, 1.0 / (M + 1), 1e-12) << "M " << M;
   }

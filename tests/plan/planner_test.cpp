@@ -254,6 +254,26 @@ TEST(Planner, ApplyLayoutSetsTheTrainerKeys) {
   EXPECT_GT(runnable, 0);
 }
 
+TEST(Planner, LayoutOfInvertsApplyLayout) {
+  const TrainConfig base;  // hmoe train's default layout
+  const plan::Layout own = plan::layout_of(base);
+  EXPECT_EQ(own.to_string(),
+            "tp1.dp2.pp2.ep2.etp1.z0.r-.D1.M" + std::to_string(base.micro_batches));
+  const plan::ModelSpec m = plan::ModelSpec::from_train_config(base);
+  int64_t checked = 0;
+  for (const auto& l : plan::enumerate_layouts(m, 4)) {
+    TrainConfig c = base;
+    plan::apply_layout(c, l);
+    EXPECT_EQ(plan::layout_of(c).to_string(), l.to_string());
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+  TrainConfig timed = base;
+  timed.expert_layout = ExpertLayout::kAdaptive;
+  timed.adaptive_r = AdaptiveR::automatic();
+  EXPECT_TRUE(testing::throws_with([&] { plan::layout_of(timed); }, "adaptive_r = auto"));
+}
+
 TEST(Planner, AutoLayoutIsTheFirstRunnableLayoutOfTheRanking) {
   TrainConfig base;  // nproc 4
   base.layout_mode = LayoutMode::kAuto;

@@ -1,6 +1,6 @@
 // probe_dist_test.cpp — the machine probe of the planner (plan.h, src/plan/probe.cpp) on 2 ranks:
-// finite, non-negative figures, a plausible GEMM rate and overlap efficiency, and the same
-// figures on every rank.
+// finite, non-negative figures, a plausible GEMM rate and overlap efficiency, the local cores, and
+// the same figures on every rank.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -23,6 +23,9 @@ TEST(Planner, ProbeGivesTheSameFiguresOnEveryRank) {
     EXPECT_TRUE(m.overlap_efficiency >= 0.0 && m.overlap_efficiency <= 1.0) << m.overlap_efficiency;
     v.push_back(m.overlap_efficiency);
     EXPECT_EQ(m.source, "probe");
+    // Both ranks run on this machine: the cores this process may run on.
+    EXPECT_EQ(m.cores, plan::local_cores());
+    v.push_back(static_cast<double>(m.cores));
     const auto t = torch::tensor(v, torch::kFloat64);
     auto gathered = dist::all_gather_rows(t.unsqueeze(0), ctx.group());
     EXPECT_TRUE(torch::equal(gathered[0], gathered[1]));

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Bad command-line values are refused with a message naming them and a non-zero exit: --nproc 0
-# for plan and verify, an invalid configuration under --print-config (every problem listed),
-# --config given a directory, and generate's NaN temperature or negative --max-new.
+# for plan and verify, plan's --cores below 1 or not a number, an invalid configuration under
+# --print-config (every problem listed), --config given a directory, and generate's NaN
+# temperature or negative --max-new.
 # Usage: cli_refusals.sh HMOE WORK_DIR
 hmoe=$1
 work=$2/cli-refusals-test
@@ -17,6 +18,10 @@ expect_refusal() {  # expect_refusal NEEDLE COMMAND...
 }
 expect_refusal "nproc" "$hmoe" plan --nproc 0
 expect_refusal "nproc" "$hmoe" verify --nproc 0
+expect_refusal "cores: expected an integer >= 1, got \"0\"" "$hmoe" plan --nproc 4 --cores 0
+expect_refusal "cores: expected an integer >= 1, got \"-2\"" "$hmoe" plan --nproc 4 --cores -2
+expect_refusal "cores: expected an integer >= 1, got \"2.5\"" "$hmoe" plan --nproc 4 --cores 2.5
+expect_refusal "cores: expected an integer >= 1, got \"two\"" "$hmoe" plan --nproc 4 --cores two
 expect_refusal "# invalid: config key \`n_heads\` = 3 must divide" "$hmoe" train --print-config --n-heads 3 --lr -1
 out=$("$hmoe" train --print-config --n-heads 3 --lr -1 2>&1)
 [ "$(echo "$out" | grep -c '^# invalid:')" -ge 2 ] || { echo "$out"; fail "--print-config did not list every problem"; }

@@ -36,13 +36,14 @@ struct PlanArgs {
   bool json = false, probe = false, all = false, no_adaptive = false;
   int64_t top = 20;
   int64_t measure = 0, measure_steps = 8, measure_rounds = 2;
-  bool spread = false;
+  bool spread = false, measure_config_layout = false;
   std::string zero = "0,1", overlap = "1,2,4";
   int64_t max_micro_batches = 8;
   // Machine figures given as flags (< 0: not given).
   double flops = -1, gemm_latency_us = -1, op_latency_us = -1, overlap_efficiency = -1;
   double attention_flops = -1, stream_bw = -1;
   double intra_bw = -1, inter_bw = -1, intra_lat_us = -1, inter_lat_us = -1;
+  int64_t cores = 0;                         // 0: not given
   std::map<std::string, std::string> model;  // key → flag text
 };
 
@@ -88,6 +89,10 @@ void apply_machine_flags(const PlanArgs& a, plan::MachineSpec& m) {
   if (mark(a.inter_bw)) m.set_bandwidth(true, a.inter_bw * 1e9);
   if (mark(a.intra_lat_us)) m.set_latency(false, a.intra_lat_us * 1e-6);
   if (mark(a.inter_lat_us)) m.set_latency(true, a.inter_lat_us * 1e-6);
+  if (a.cores > 0) {
+    m.cores = a.cores;
+    given = true;
+  }
   if (given) m.source = m.source == "probe" ? "probe+flags" : "flags";
 }
 
@@ -97,7 +102,7 @@ std::string machine_summary(const plan::MachineSpec& m) {
   s << "machine (" << m.source << "): GEMM " << m.gemm_flops / 1e9 << " GFLOP/s + "
     << m.gemm_latency_s * 1e6 << " us/call, attention " << m.attention_flops / 1e9
     << " GFLOP/s, streaming " << m.stream_bytes_per_s / 1e9 << " GB/s, op " << m.op_latency_s * 1e6
-    << " us, overlap efficiency " << m.overlap_efficiency;
+    << " us, overlap efficiency " << m.overlap_efficiency << ", " << m.cores << " cores per node";
   for (int c = 0; c < plan::kNumCollectives; ++c) {
     const auto& l = m.intra[c];
     s << "\n  " << plan::to_string(static_cast<plan::Collective>(c)) << ": intra "
@@ -177,6 +182,7 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
   mo.steps = a.measure_steps;
   mo.rounds = a.measure_rounds;
   mo.spread = a.spread;
+  mo.include_base = a.measure_config_layout;
   const auto rows = plan::measure_layouts(c, ranking, mo, *world, &skipped);
   if (!lead) return 0;
   std::vector<double> pred, meas;
@@ -237,6 +243,22 @@ CLI::Validator number_above(double floor, bool inclusive) {
       want);
 }
 
+// A flag value that must be a whole number of at least `floor`.
+CLI::Validator integer_at_least(int64_t floor) {
+  const std::string want = "an integer >= " + std::to_string(floor);
+  return CLI::Validator(
+      [floor, want](std::string& text) {
+        try {
+          size_t used = 0;
+          const long long v = std::stoll(text, &used);
+          if (used == text.size() && v >= floor) return std::string();
+        } catch (const std::exception&) {
+        }
+        return "expected " + want + ", got \"" + text + "\"";
+      },
+      want);
+}
+
 }  // namespace
 
 void add_plan_command(CLI::App& app) {
@@ -265,6 +287,9 @@ void add_plan_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--spread", a->spread,
                 "--measure: K runnable layouts spread over the ranking instead of the top K");
+  cmd->add_flag("--measure-config-layout", a->measure_config_layout,
+                "--measure: also run the configuration's own layout (hmoe train's default layout "
+                "unless --config sets one)");
   cmd->add_option("--zero", a->zero, "ZeRO stages to consider")->capture_default_str();
   cmd->add_option("--overlap", a->overlap, "a2a overlap degrees to consider")
       ->capture_default_str();
@@ -285,6 +310,9 @@ void add_plan_command(CLI::App& app) {
   cmd->add_option("--overlap-efficiency", a->overlap_efficiency,
                   "Share of an all-to-all hidden behind compute issued with it (0..1)")
       ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--cores", a->cores,
+                  "Cores per node, shared by its ranks (default: 2, or the probe's count)")
+      ->check(integer_at_least(1));
   cmd->add_option("--intra-bw", a->intra_bw, "Intra-node bandwidth of every collective (GB/s)")
       ->check(positive);
   cmd->add_option("--inter-bw", a->inter_bw, "Inter-node bandwidth of every collective (GB/s)")
