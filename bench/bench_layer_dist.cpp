@@ -153,9 +153,14 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
                                const torch::Tensor& x, const DistLayerBenchOptions& sweeps) {
   std::vector<MoE> layers;
   std::vector<Variant> variants;
-  std::vector<MoEOutput> last(sweeps.replicate.size());
-  for (const auto& setting : sweeps.replicate) {
-    auto r = parse_replicate(setting).figures(sweeps.figures);
+  std::vector<ReplicateOptions> settings;  // each setting with each placement ("off": once)
+  for (const auto& setting : sweeps.replicate)
+    for (auto p : sweeps.placements) {
+      settings.push_back(parse_replicate(setting).figures(sweeps.figures).placement(p));
+      if (settings.back().mode() == ReplicateMode::kOff) break;
+    }
+  std::vector<MoEOutput> last(settings.size());
+  for (const auto& r : settings) {
     layers.emplace_back(MoEOptions(opts).replicate(r), groups);
     layers.back()->load_shard_from(full);
     layers.back()->to(x.scalar_type());
@@ -167,11 +172,18 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
       last[i] = out;
     }});
   time_interleaved(variants, a.warmup, a.iters, groups->world);
-  // The cost model on the counts of the last step (the same routing for every setting).
-  const auto counts = counts_over(last[0].stats.tokens_per_expert, groups->ep);
+  // The cost model on the counts of the last step (the same routing for every setting), each
+  // ep rank's summed over its etp group.
+  auto per_expert = last[0].stats.tokens_per_expert.to(torch::kInt64);
+  if (groups->etp.size() > 1) {
+    torch::NoGradGuard no_grad;
+    per_expert = dist::all_reduce_sum(per_expert, groups->etp);
+  }
+  const auto counts = counts_over(per_expert, groups->ep);
   ReplicateShape shape;
   shape.d_model = opts.d_model();
-  shape.hidden = opts.hidden();
+  shape.hidden = opts.hidden() / groups->etp.size();
+  shape.etp = groups->etp.size();
   shape.matmuls = opts.activation() == Activation::kSwiGLU ? 3 : 2;
   for (auto& kv : layers[0]->experts->named_parameters())
     shape.expert_params += kv.value().numel() / layers[0]->num_local_experts();
@@ -179,12 +191,14 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
   nlohmann::json rows = nlohmann::json::array();
   for (size_t i = 0; i < variants.size(); ++i) {
     auto row = summarize(variants[i], groups->world);
-    row["replicate"] = sweeps.replicate[i];
+    row["replicate"] = to_string(settings[i]);
+    row["placement"] = to_string(settings[i].placement());
     row["bytes_per_step"] =
         gather_value(median(variants[i].bytes), groups->world).sum().item<double>();
     row["replicated"] = last[i].stats.replicated;
     row["imbalance"] = imbalance(last[i], groups->world);
-    row["model_ms"] = 1e3 * replicate_cost(counts, last[i].stats.replicated, shape, sweeps.figures);
+    row["model_ms"] = 1e3 * replicate_cost(counts, last[i].stats.replicated, shape, sweeps.figures,
+                                           settings[i].placement());
     rows.push_back(row);
   }
   nlohmann::json j = {{"figures",
@@ -301,10 +315,10 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
   if (sweeps.adaptive) j["adaptive"] = adaptive_sweep(a, opts, *full, layout, world, x);
   j["imbalance"] = imbalance(last, groups->world);
   if (!sweeps.replicate.empty()) {
-    if (layout.ep > 1 && layout.etp == 1)
+    if (layout.ep > 1)
       j["replicate"] = replicate_sweep(a, opts, *full, groups, x, sweeps);
     else
-      j["replicate"] = {{"skipped", "replication needs ep > 1 and etp = 1"}};
+      j["replicate"] = {{"skipped", "replication needs ep > 1"}};
   }
   j["peak_rss_mb_rank0"] = peak_rss_mb();
   return j;

@@ -26,10 +26,12 @@ struct DistLayerBenchOptions {
   /// Also time the adaptive expert layout on the layout's tp × dp (ep = etp = 1) at every valid r.
   bool adaptive = true;
   /// Hot-expert replication settings ("off", "auto", N) timed against each other on the layout
-  /// (ep > 1, etp = 1; empty: none). Each reports step time, the slowest rank's expert rows, the
-  /// bytes moved, the choice, and the cost model's time for the choice with `figures` and with
-  /// `cluster` (when given: a cluster that is not at hand, e.g. --cluster-flops/--cluster-bw).
+  /// (ep > 1; empty: none), each but "off" with every placement of `placements`. Each reports
+  /// step time, the slowest rank's expert rows, the bytes moved, the choice, and the cost model's
+  /// time for the choice with `figures` and with `cluster` (when given: a cluster that is not at
+  /// hand, e.g. --cluster-flops/--cluster-bw).
   std::vector<std::string> replicate;
+  std::vector<ReplicatePlacement> placements = {ReplicatePlacement::kSource};
   ReplicateFigures figures;
   c10::optional<ReplicateFigures> cluster;
 };

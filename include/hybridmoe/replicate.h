@@ -1,11 +1,13 @@
 // replicate.h — hot-expert replication (FasterMoE's shadowing, PPoPP'22), a decision of the token
 // dispatcher: each step, from the per-expert counts of every ep rank, a policy picks experts whose
-// weights are all-gathered from their owner to every ep rank, so that the tokens routed to them
-// are computed on their source rank and skip the all-to-all. The policy: off, the N hottest
-// experts (tests, benches), or auto — FasterMoE's greedy rule: take the next hottest expert while
-// the modelled step time (the most loaded rank's expert compute + the token all-to-all + the
-// weight all-gather and its gradient reduce-scatter) decreases, with a machine's figures (the
-// planner's MachineSpec, plan.h). This header is c10d-free (the MoE options hold these).
+// weights are all-gathered from their owner to every ep rank (with etp > 1: each etp rank's hidden
+// slice over its ep group), and the tokens routed to them are computed where the placement says:
+// on their source rank (FasterMoE: they skip the all-to-all), or spread evenly over the owner and
+// the replicas. The policy: off, the N hottest experts (tests, benches), or auto — FasterMoE's
+// greedy rule: take the next hottest expert while the modelled step time (the most loaded rank's
+// expert compute + the token all-to-all + the weight all-gather and its gradient reduce-scatter)
+// decreases, with a machine's figures (the planner's MachineSpec, plan.h). This header is
+// c10d-free (the MoE options hold these).
 #pragma once
 
 #include <cstdint>
@@ -26,6 +28,16 @@ enum class ReplicateMode {
   kHottest,  ///< the N most loaded experts (ReplicateOptions::hottest; ties: lower index)
   kAuto,     ///< FasterMoE's greedy rule on the cost model (replicate_cost)
 };
+
+/// Where the rows routed to a replicated expert are computed.
+enum class ReplicatePlacement {
+  kSource,  ///< on the ep rank that routed them (FasterMoE): they skip the all-to-all
+  kSpread,  ///< evenly over the ep ranks (the owner and the replicas; replica_rows)
+};
+
+/// "source" or "spread"; anything else is an error naming it.
+ReplicatePlacement parse_replicate_placement(const std::string& text);
+std::string to_string(ReplicatePlacement placement);
 
 /// The figures of the replication cost model: one rank's GEMM FLOP/s and the token all-to-all's
 /// and the weight all-gather's latency (seconds per ring step) and bandwidth (bytes per second).
@@ -51,30 +63,45 @@ struct ReplicateOptions {
   TORCH_ARG(int64_t, hottest) = 0;
   /// kAuto: the machine the cost rule models.
   TORCH_ARG(ReplicateFigures, figures) = ReplicateFigures();
+  /// Where a replicated expert's rows are computed.
+  TORCH_ARG(ReplicatePlacement, placement) = ReplicatePlacement::kSource;
 };
 
 /// "off", "auto" or a positive integer N (the N hottest); anything else is an error naming it.
 ReplicateOptions parse_replicate(const std::string& text);
-/// "off", "auto" or N.
+/// "off", "auto" or N (the placement is to_string(options.placement())).
 std::string to_string(const ReplicateOptions& options);
+
+/// Rows of one replicated expert that ep rank j sends to ep rank k, [P][P] (a[j][j]: rows j
+/// computes itself), from rows_per_rank[j], the rows rank j routed to it. kSource: the diagonal.
+/// kSpread: rank k computes even_split(total, P)[k] rows; each rank keeps what it can of its own
+/// rows and the surplus goes to the ranks short of their share, both in ascending rank order.
+/// Example: replica_rows({5, 1, 0}, kSpread) = {{2, 1, 2}, {0, 1, 0}, {0, 0, 0}}.
+std::vector<std::vector<int64_t>> replica_rows(const std::vector<int64_t>& rows_per_rank,
+                                               ReplicatePlacement placement);
 
 /// What the cost model needs of the layer: expert sizes and the element size in bytes.
 struct ReplicateShape {
-  int64_t d_model = 0, hidden = 0;
-  int64_t expert_params = 0;  ///< parameters of one expert (all its tensors)
+  int64_t d_model = 0;
+  int64_t hidden = 0;         ///< of one rank's slice of an expert (the hidden width / etp)
+  int64_t expert_params = 0;  ///< parameters of one rank's slice of an expert (all its tensors)
+  int64_t etp = 1;            ///< ranks an expert's hidden width is split over
   int64_t matmuls = 2;        ///< GEMMs per row in the forward (3 with a gated activation)
   int64_t element_bytes = 4;
 };
 
 /// The modelled time (seconds) of one forward and backward of the experts and their exchanges
-/// when `replicated` (sorted expert indices) are replicated. counts[j][e]: rows ep rank j routes
-/// to expert e; expert e lives on rank e / (E / P). Time = 3 x (the most loaded rank's expert
-/// GEMMs) + 4 all-to-alls (dispatch and combine, forward and backward; the busiest rank's send
-/// or receive bytes) + with any replica 2 ring all-gathers of the replicated weights (forward)
-/// and their gradients' reduce-scatter (backward).
+/// when `replicated` (sorted expert indices) are replicated, their rows placed by
+/// `placement` (replica_rows). counts[j][e]: rows ep rank j (with etp > 1:
+/// its etp group) routes to expert e; expert e lives on rank e / (E / P). Time = 3 x (the most
+/// loaded rank's expert GEMMs; with etp > 1 each etp rank runs its slice on its group's rows) + 4
+/// all-to-alls (dispatch and combine, forward and backward; the busiest rank's send or receive
+/// bytes, shared by the etp ranks) + with any replica 2 ring all-gathers of the replicated
+/// weights (forward) and their gradients' reduce-scatter (backward).
 double replicate_cost(const std::vector<std::vector<int64_t>>& counts,
                       const std::vector<int64_t>& replicated, const ReplicateShape& shape,
-                      const ReplicateFigures& figures);
+                      const ReplicateFigures& figures,
+                      ReplicatePlacement placement = ReplicatePlacement::kSource);
 
 /// The experts the policy replicates this step, sorted ascending; the same on every rank given
 /// the same counts ([P][E] as in replicate_cost). kAuto: experts by descending total count

@@ -9,7 +9,7 @@
 /// be added in one place and forgotten in another. X(type, member, key, default, group, help):
 /// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
 /// Typed keys (ModelFamily, NormType, PositionType, RopeScaling, AttentionType, QKNorm,
-/// Activation, ScoreFunction, ExpertLayout, AdaptiveR, DType, PipelineSchedule, Recompute,
+/// Activation, ScoreFunction, ExpertLayout, AdaptiveR, ReplicatePlacement, DType, PipelineSchedule, Recompute,
 /// LayoutMode, TokenDType) are strings in TOML and on the command line, read and printed by their
 /// own parse / to_string.
 /// `mlp_only_layers` (std::vector<int64_t>, ConfigKind::kIntList) is an array of integers in TOML
@@ -185,9 +185,11 @@
     "adaptive_r = auto: re-time every N steps")                                                    \
   X(int64_t, a2a_overlap_degree, "a2a_overlap_degree", 1, "layout",                                \
     "chunks of the expert all-to-all overlapped (1: off)")                                         \
-  /* replicate.h: needs ep > 1, etp = 1 and the fixed experts (any overlap degree) */            \
+  /* replicate.h: needs ep > 1 and the fixed experts (any etp, any overlap degree) */           \
   X(std::string, replicate, "replicate", "off", "layout",                                          \
     "hot-expert replication: off, auto (FasterMoE's cost rule) or N (the N hottest)")              \
+  X(ReplicatePlacement, replicate_placement, "replicate_placement", ReplicatePlacement::kSource,   \
+    "layout", "replicated experts' rows: source (where routed) or spread (evenly over ep)")      \
   /* ---- memory ---- */                                                                           \
   X(int64_t, zero_stage, "zero_stage", 0, "memory",                                                \
     "0: replicated optimizer; 1: ZeRO-1 sharded state")                                            \

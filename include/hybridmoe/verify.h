@@ -53,8 +53,8 @@ struct VerifyOptions {
   /// GPT and family runs: the layout's model recomputes activations in backward (kBlock or kMoE,
   /// replaying its forward collectives); the reference does not.
   Recompute recompute = Recompute::kNone;
-  /// The layout's MoE layers replicate hot experts (replicate.h); the reference does not. Needs
-  /// ep > 1 and etp = 1 (the layer refuses others, naming the setting).
+  /// The layout's MoE layers replicate hot experts (replicate.h; its placement too); the
+  /// reference does not. Needs ep > 1 (the layer refuses others, naming the setting).
   ReplicateOptions replicate;
 };
 
@@ -101,8 +101,9 @@ struct VerifyRow {
   std::string model = "moe";  ///< "moe" (fc → MoE → fc) or "gpt" (pipeline layouts)
   std::string schedule;       ///< pipeline layouts: "1f1b" or "gpipe"
   int64_t micro_batches = 1;
-  int64_t zero_stage = 0;         ///< the ZeRO stage the layout's optimizer ran with
-  std::string replicate = "off";  ///< VerifyOptions::replicate of the run
+  int64_t zero_stage = 0;                      ///< the ZeRO stage the layout's optimizer ran with
+  std::string replicate = "off";               ///< VerifyOptions::replicate of the run
+  std::string replicate_placement = "source";  ///< and its placement
 };
 
 /// Layouts on `world_size` ranks whose ep divides `experts` and whose etp divides `d_hidden`;

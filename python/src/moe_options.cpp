@@ -16,6 +16,8 @@ MoEOptions options_from(const py::dict& kw) {
               "MoE: d_model and num_experts are required");
   MoEOptions o(py::cast<int64_t>(kw["d_model"]), py::cast<int64_t>(kw["num_experts"]));
   GateOptions& g = o.gate();
+  // Applied after the loop: `replicate` sets the whole ReplicateOptions.
+  c10::optional<ReplicatePlacement> placement;
   for (const auto& item : kw) {
     const auto k = py::cast<std::string>(item.first);
     const py::handle v = item.second;
@@ -43,6 +45,8 @@ MoEOptions options_from(const py::dict& kw) {
       o.a2a_overlap_degree(i64());
     else if (k == "replicate")  // "off", "auto", or N (an int or its text)
       o.replicate(parse_replicate(py::isinstance<py::int_>(v) ? std::to_string(i64()) : str()));
+    else if (k == "replicate_placement")  // "source" or "spread"
+      placement = parse_replicate_placement(str());
     // The gate's (GateOptions, same names; `gate` is its type).
     else if (k == "gate")
       g.type(str());
@@ -111,6 +115,7 @@ MoEOptions options_from(const py::dict& kw) {
     else
       TORCH_CHECK(false, "MoE: unknown option \"", k, "\"");
   }
+  if (placement) o.replicate().placement(*placement);
   return o;
 }
 

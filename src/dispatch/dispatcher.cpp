@@ -132,6 +132,7 @@ DispatchedRows ExchangingDispatcher::dispatch(const torch::Tensor& mine,
   d.counts = std::move(counts);
   d.weights = x.weights;
   d.activation = x.activation;
+  d.replicated = x.replicated;
   d.handle = h;
   return d;
 }
@@ -191,8 +192,7 @@ DispatchedRows OverlapDispatcher::dispatch(const torch::Tensor& mine, const Rout
   d.counts = h->x.send_counts;
   // The experts run on what the chunks bring (with etp > 1: before the etp gather).
   if (h->x.exchanges())
-    d.computed_rows = h->x.kept_rows +
-                      std::accumulate(h->x.recv_counts.begin(), h->x.recv_counts.end(), int64_t{0});
+    d.computed_rows = std::accumulate(h->x.recv_counts.begin(), h->x.recv_counts.end(), int64_t{0});
   d.weights = h->x.weights;
   d.activation = activation_;
   d.replicated = h->x.replicated;

@@ -7,7 +7,8 @@
 //                          over etp (reduce-scatter of the partial outputs back).
 //   AllToAllDispatcher     the fixed layout: slices over tp, experts over ep (and etp).
 //   ReplicatingDispatcher  the fixed layout with hot experts' weights gathered to every ep rank
-//                          and their rows computed where they were routed (replicate.h).
+//                          (each etp rank its slice) as extra local experts, their rows computed
+//                          where the placement says (replicate.h).
 //   AdaptiveDispatcher     Tutel's adaptive layout: the call's degree r over the stage.
 //   OverlapDispatcher      wraps an ExchangingDispatcher: the same prepare / finish, with the
 //                          exchange and the experts pipelined in D chunks (overlap.h).
@@ -49,7 +50,6 @@ struct TokenExchange {
   Activation activation = Activation::kGelu;  // the grouped MLP's, with `weights`
   std::shared_ptr<DispatchHandle> finish;     // what finish() needs (the subclass's)
   std::vector<int64_t> replicated;            // experts replicated for the call (replicate.h)
-  int64_t kept_rows = 0;                      // rows that stay for them (computed in finish())
   bool exchanges() const { return group.size() > 1; }
 };
 
@@ -89,10 +89,11 @@ class AllToAllDispatcher : public ExchangingDispatcher {
   int64_t num_experts_;
 };
 
-/// The fixed layout with hot-expert replication (replicate.h): prepare() splits each call's
-/// rows between the all-to-all and this rank's replicas of the policy's experts (and gathers
-/// their weights); dispatch() / combine() run both parts in one grouped GEMM, finish() runs the
-/// kept part under the chunked overlap.
+/// The fixed layout with hot-expert replication (replicate.h): prepare() makes each rank L + R
+/// experts (its own, then the replicas of the policy's R experts, whose weights it gathers) and
+/// sends each replicated expert's rows to replica slots where the placement says; the exchange,
+/// the etp gather and their mirrors are the base's (or the chunked overlap's); finish() puts the
+/// returned rows back into route order.
 class ReplicatingDispatcher : public AllToAllDispatcher {
  public:
   ReplicatingDispatcher(const MoEOptions& options, std::shared_ptr<const ParallelGroups> groups,
@@ -100,21 +101,15 @@ class ReplicatingDispatcher : public AllToAllDispatcher {
   TokenExchange prepare(const torch::Tensor& mine, const RouterOutput& routing,
                         const MoECallOptions& call, torch::Tensor* routed_per_expert) override;
   torch::Tensor finish(const torch::Tensor& returned, DispatchHandle& handle) override;
-  DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
-                          const MoECallOptions& call) override;
-  torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
 
  private:
-  /// The replicated experts' weights, all-gathered from their owners ([R, ...] per tensor).
+  /// The replicated experts' weights (this rank's etp slice), all-gathered over ep from their
+  /// owners ([R, ...] per tensor).
   ExpertWeights gather_replicas(const std::vector<int64_t>& replicated, int64_t first_local);
-  /// [returned rows; kept rows' outputs] back to route order, unpermuted and re-assembled over
-  /// the slices. returned: [A_sent, d]; kept_out: [A_kept, d] (undefined when none).
-  torch::Tensor to_tokens(const torch::Tensor& returned, const torch::Tensor& kept_out,
-                          DispatchHandle& handle);
 
   ReplicateOptions replicate_;
   std::shared_ptr<GroupedExpertsImpl> grouped_;
-  int64_t d_model_, hidden_;
+  int64_t d_model_;
 };
 
 class AdaptiveDispatcher : public ExchangingDispatcher {

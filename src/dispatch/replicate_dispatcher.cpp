@@ -1,16 +1,19 @@
 // replicate_dispatcher.cpp — the fixed layout's dispatcher with hot-expert replication
-// (FasterMoE's shadowing; replicate.h). Each call, prepare(): every ep rank's per-expert counts
-// are all-gathered (one small collective, which also gives the counts this rank receives), the
-// policy picks the replicated experts (the same on every ep rank: a function of those counts),
-// the rows of replicated experts stay on this rank while the others take the all-to-all, and the
-// replicated experts' weights are all-gathered from their owners (all_gather_rows, whose
-// conjugate reduce-scatters the replicas' gradients back to the owner before any optimizer
-// step). dispatch() then runs the experts once over [the local experts' received rows; the kept
-// rows] with [own weights; gathered weights], and combine() sends the first part back; under the
-// chunked overlap (which exchanges and computes the travelling rows itself) finish() computes the
-// kept rows. Both put the two parts back into route order. ep > 1, etp = 1, the grouped experts.
+// (FasterMoE's shadowing; replicate.h). Each call, prepare():
+//   1. every ep rank's per-expert counts are all-gathered (with etp > 1 summed over the etp group
+//      as well, so that every rank of the ep x etp block sees the same counts), and the policy
+//      picks the replicated experts (the same on every such rank: a function of those counts);
+//   2. each rank becomes L + R experts: its L own, then the R replicas; a replicated expert's rows
+//      go to replica slots where the placement says (replica_rows: their source rank, or spread
+//      evenly over the ep ranks) and its own slot on the owner gets none;
+//   3. the replicated experts' weights are all-gathered over ep from their owners
+//      (all_gather_rows, whose conjugate reduce-scatters the replicas' gradients back to the
+//      owner before any optimizer step); with etp > 1 each etp rank gathers its hidden slice, over
+//      its own ep group (the ranks that hold the same slice).
+// The exchange, the etp gather of the rows and their mirrors are then ExchangingDispatcher's (or
+// the chunked overlap's) over L + R slots per rank with the call's weights [own; replicas];
+// finish() puts the returned rows back into route order. ep > 1, the grouped experts.
 #include "dispatch/dispatchers.h"
-#include "experts/grouped_mlp.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/parallel.h"
 
@@ -20,16 +23,9 @@ namespace {
 
 struct ReplicaHandle : DispatchHandle {
   DispatchPlan plan;
-  ExchangePlan xp;  ///< dispatch()'s exchange (the overlap plans its own)
   std::vector<int64_t> slice_rows;
-  std::vector<int64_t> replicated;
-  int64_t exchanged_rows = 0;  ///< dispatch(): rows received by the all-to-all, the first of y
-  torch::Tensor kept_rows;     ///< [K, d]: this rank's rows of the replicated experts
-  std::vector<int64_t> kept_counts;  ///< [R]: of each replicated expert
-  ExpertWeights replicas;            ///< the replicated experts' weights, gathered
-  Activation activation = Activation::kGelu;
-  /// [A]: row of [returned; kept outputs] of each expert-sorted row; undefined when nothing is
-  /// replicated (the returned rows are in expert-sorted order already).
+  /// [A]: row of send_rows of each expert-sorted row; undefined when nothing is replicated (the
+  /// rows are sent in expert-sorted order).
   torch::Tensor to_route;
 };
 
@@ -41,6 +37,23 @@ std::vector<torch::Tensor*> fields(ExpertWeights& w) {
   return out;
 }
 
+// The policy's counts: [P][E] of the ep group, summed over the etp group (rank j: etp group j).
+std::vector<std::vector<int64_t>> group_counts(const std::vector<std::vector<int64_t>>& ep_counts,
+                                               const dist::Group& etp) {
+  if (etp.size() <= 1) return ep_counts;
+  std::vector<int64_t> flat;
+  for (const auto& row : ep_counts) flat.insert(flat.end(), row.begin(), row.end());
+  const auto all = dist::all_gather_counts(flat, etp);  // [etp][P * E]
+  auto out = ep_counts;
+  const auto E = static_cast<int64_t>(out.empty() ? 0 : out[0].size());
+  for (size_t j = 0; j < out.size(); ++j)
+    for (int64_t e = 0; e < E; ++e) {
+      out[j][e] = 0;
+      for (const auto& q : all) out[j][e] += q[static_cast<int64_t>(j) * E + e];
+    }
+  return out;
+}
+
 }  // namespace
 
 ReplicatingDispatcher::ReplicatingDispatcher(const MoEOptions& options,
@@ -49,14 +62,11 @@ ReplicatingDispatcher::ReplicatingDispatcher(const MoEOptions& options,
     : AllToAllDispatcher(options, std::move(groups)),
       replicate_(options.replicate()),
       grouped_(std::move(grouped)),
-      d_model_(options.d_model()),
-      hidden_(options.hidden()) {
+      d_model_(options.d_model()) {
   const auto& g = *groups_;
   const std::string what = "MoE: replicate=" + to_string(replicate_);
   TORCH_CHECK(g.ep.size() > 1, what,
               " replicates experts over the ep group; it needs ep > 1, got ep=", g.ep.size());
-  TORCH_CHECK(g.etp.size() == 1, what, " is not supported with etp=", g.etp.size(),
-              " yet (use etp=1 or replicate=off)");
   TORCH_CHECK(grouped_, what,
               " gathers the built-in grouped experts' weights; user expert "
               "modules are not supported (use replicate=off)");
@@ -108,106 +118,83 @@ TokenExchange ReplicatingDispatcher::prepare(const torch::Tensor& mine, const Ro
   auto h = std::make_shared<ReplicaHandle>();
   h->slice_rows = slice_rows_;
   h->plan = make_plan(routing, mine.size(0), E);
-  h->activation = grouped_->options.activation();
   *routed_per_expert = h->plan.counts;
-  // 1. Every ep rank's rows per expert: the policy's input and what this rank receives.
+  // 1. Every ep rank's rows per expert (what this rank receives), and the policy's choice.
   const auto counts = dist::all_gather_counts(h->plan.counts_host, ep);  // [P][E]
   auto own = grouped_->weights();
   ReplicateShape shape;
   shape.d_model = d_model_;
-  shape.hidden = hidden_;
-  for (auto* t : fields(own)) shape.expert_params += t->numel() / L;
+  shape.hidden = own.w1.size(2);
+  // The same on every etp rank: b2 (on one of them) counts as d_model when the experts have biases.
+  for (const auto* t : {&own.w1, &own.b1, &own.w2, &own.w3, &own.b3})
+    if (t->defined()) shape.expert_params += t->numel() / L;
+  if (grouped_->options.bias()) shape.expert_params += d_model_;
   shape.matmuls = own.w3.defined() ? 3 : 2;
   shape.element_bytes = static_cast<int64_t>(own.w1.element_size());
-  h->replicated = choose_replicated(counts, replicate_, shape);
-  std::vector<char> is_rep(E, 0);
-  for (auto e : h->replicated) is_rep[e] = 1;
-  // 2. The expert-sorted rows split: replicated experts' stay, the others travel.
+  shape.etp = groups_->etp.size();
   TokenExchange x;
-  x.send_counts.assign(E, 0);
-  x.recv_counts.assign(E, 0);
-  std::vector<int64_t> sent, kept;
+  x.replicated = choose_replicated(group_counts(counts, groups_->etp), replicate_, shape);
+  const auto R = static_cast<int64_t>(x.replicated.size()), Lx = L + R;
+  std::vector<int64_t> slot_of(E, -1);  // replica slot of each replicated expert
+  for (int64_t r = 0; r < R; ++r) slot_of[x.replicated[r]] = L + r;
+  // 2. Each replicated expert's rows: from which ep rank to which ([R][P][P]).
+  std::vector<std::vector<std::vector<int64_t>>> moves;
+  for (auto e : x.replicated) {
+    std::vector<int64_t> routed(P);
+    for (int64_t j = 0; j < P; ++j) routed[j] = counts[j][e];
+    moves.push_back(replica_rows(routed, replicate_.placement()));
+  }
+  // 3. Slots (rank k's expert l at k * Lx + l, its replicas after its own) both ways, and the
+  //    expert-sorted rows in slot order; a replicated expert's rows are taken in order.
+  x.send_counts.assign(P * Lx, 0);
+  x.recv_counts.assign(P * Lx, 0);
+  auto rows = permute(mine, h->plan);
+  std::vector<int64_t> order;
+  order.reserve(static_cast<size_t>(rows.size(0)));
+  std::vector<int64_t> taken(R, 0);
   const auto& off = h->plan.offsets_host;
-  for (int64_t e = 0; e < E; ++e) {
-    auto& to = is_rep[e] ? kept : sent;
-    for (int64_t i = off[e]; i < off[e + 1]; ++i) to.push_back(i);
-    if (is_rep[e]) {
-      h->kept_counts.push_back(h->plan.counts_host[e]);
-    } else {
-      x.send_counts[e] = h->plan.counts_host[e];
+  for (int64_t k = 0; k < P; ++k) {
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t e = k * L + l;
+      if (slot_of[e] < 0) {
+        x.send_counts[k * Lx + l] = counts[me][e];
+        for (int64_t i = off[e]; i < off[e + 1]; ++i) order.push_back(i);
+      }
+      if (slot_of[me * L + l] < 0) x.recv_counts[k * Lx + l] = counts[k][me * L + l];
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t n = moves[r][me][k], first = off[x.replicated[r]] + taken[r];
+      x.send_counts[k * Lx + L + r] = n;
+      for (int64_t i = first; i < first + n; ++i) order.push_back(i);
+      taken[r] += n;
+      x.recv_counts[k * Lx + L + r] = moves[r][k][me];
     }
   }
-  for (int64_t j = 0; j < P; ++j)
-    for (int64_t l = 0; l < L; ++l)
-      x.recv_counts[j * L + l] = is_rep[me * L + l] ? 0 : counts[j][me * L + l];
-  auto rows = permute(mine, h->plan);
   x.group = ep;
   x.etp = groups_->etp;
-  x.activation = h->activation;
-  x.replicated = h->replicated;
-  if (h->replicated.empty()) {  // every row travels, in expert-sorted order
+  x.activation = grouped_->options.activation();
+  if (R == 0) {  // every row travels, in expert-sorted order
     x.send_rows = rows;
   } else {
     const auto opts = torch::dtype(torch::kInt64).device(rows.device());
-    auto sent_t = torch::tensor(sent, opts), kept_t = torch::tensor(kept, opts);
-    x.send_rows = gather_rows(rows, sent_t);
-    h->kept_rows = gather_rows(rows, kept_t);
-    x.kept_rows = h->kept_rows.size(0);
-    auto order = torch::cat({sent_t, kept_t});
-    h->to_route = torch::empty_like(order).index_put_({order}, torch::arange(order.numel(), opts));
-    // 3. The replicas' weights, from their owners.
-    h->replicas = gather_replicas(h->replicated, me * L);
+    auto order_t = torch::tensor(order, opts);
+    x.send_rows = gather_rows(rows, order_t);
+    h->to_route =
+        torch::empty_like(order_t).index_put_({order_t}, torch::arange(order_t.numel(), opts));
+    // 4. The replicas' weights from their owners; the call's experts are [own; replicas].
+    x.weights = gather_replicas(x.replicated, me * L);
+    auto ws = fields(own), rs = fields(x.weights);
+    for (size_t i = 0; i < ws.size(); ++i) *rs[i] = torch::cat({*ws[i], *rs[i]}, 0);
   }
   x.finish = h;
   return x;
 }
 
-DispatchedRows ReplicatingDispatcher::dispatch(const torch::Tensor& mine,
-                                               const RouterOutput& routing,
-                                               const MoECallOptions& call) {
-  DispatchedRows d;
-  auto x = prepare(mine, routing, call, &d.routed_per_expert);
-  auto& h = static_cast<ReplicaHandle&>(*x.finish);
-  h.xp = make_exchange_plan(x.send_counts, x.recv_counts, x.group.size());
-  d.rows = exchange_tokens(x.send_rows, h.xp, x.group);
-  h.exchanged_rows = d.rows.size(0);
-  d.counts = h.xp.local_counts;
-  d.weights = grouped_->weights();
-  if (!h.replicated.empty()) {
-    // [received rows of the local experts; kept rows], [own weights; the replicas' weights]:
-    // one grouped GEMM over both.
-    d.rows = torch::cat({d.rows, h.kept_rows});
-    d.counts.insert(d.counts.end(), h.kept_counts.begin(), h.kept_counts.end());
-    auto ws = fields(d.weights), rs = fields(h.replicas);
-    for (size_t i = 0; i < ws.size(); ++i) *ws[i] = torch::cat({*ws[i], *rs[i]}, 0);
-  }
-  d.activation = h.activation;
-  d.replicated = h.replicated;
-  d.handle = x.finish;
-  return d;
-}
-
-torch::Tensor ReplicatingDispatcher::combine(const torch::Tensor& y, DispatchedRows& d) {
-  auto& h = static_cast<ReplicaHandle&>(*d.handle);
-  auto returned = exchange_back(y.narrow(0, 0, h.exchanged_rows), h.xp, groups_->ep);
-  return to_tokens(returned, y.narrow(0, h.exchanged_rows, y.size(0) - h.exchanged_rows), h);
-}
-
 torch::Tensor ReplicatingDispatcher::finish(const torch::Tensor& returned, DispatchHandle& handle) {
   auto& h = static_cast<ReplicaHandle&>(handle);
-  // The chunked overlap brought back the travelling rows; the kept rows are computed here.
-  torch::Tensor kept_out;
-  if (!h.replicated.empty())
-    kept_out = grouped_mlp(h.kept_rows, h.replicas, h.kept_counts, h.activation);
-  return to_tokens(returned, kept_out, h);
-}
-
-torch::Tensor ReplicatingDispatcher::to_tokens(const torch::Tensor& returned,
-                                               const torch::Tensor& kept_out,
-                                               DispatchHandle& handle) {
-  auto& h = static_cast<ReplicaHandle&>(handle);
+  // returned: [A, d] in send_rows' order → expert-sorted → route order → the slices' tokens.
   torch::Tensor sorted = returned;
-  if (h.to_route.defined()) sorted = gather_rows(torch::cat({returned, kept_out}), h.to_route);
+  if (h.to_route.defined()) sorted = gather_rows(returned, h.to_route);
   return gather_slices(unpermute(sorted, h.plan), h.slice_rows);
 }
 

@@ -1,9 +1,11 @@
-// replicate_policy.cpp — which experts a step replicates (replicate.h): the option's parsing, the
-// cost model of one step's expert compute and exchanges for a set of replicated experts, and
-// the policies (the N hottest; FasterMoE's greedy rule on the cost model). Pure host code.
+// replicate_policy.cpp — which experts a step replicates and where their rows go (replicate.h):
+// the options' parsing, the placement of a replicated expert's rows (replica_rows), the cost model
+// of one step's expert compute and exchanges for a set of replicated experts, and the policies
+// (the N hottest; FasterMoE's greedy rule on the cost model). Pure host code.
 #include <algorithm>
 #include <numeric>
 
+#include "hybridmoe/collectives.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/replicate.h"
 
@@ -49,6 +51,48 @@ std::string to_string(const ReplicateOptions& options) {
   return std::to_string(options.hottest());
 }
 
+ReplicatePlacement parse_replicate_placement(const std::string& text) {
+  if (text == "source") return ReplicatePlacement::kSource;
+  TORCH_CHECK(text == "spread", "replicate placement: expected \"source\" or \"spread\", got \"",
+              text, "\"");
+  return ReplicatePlacement::kSpread;
+}
+
+std::string to_string(ReplicatePlacement placement) {
+  return placement == ReplicatePlacement::kSource ? "source" : "spread";
+}
+
+std::vector<std::vector<int64_t>> replica_rows(const std::vector<int64_t>& rows_per_rank,
+                                               ReplicatePlacement placement) {
+  const auto P = static_cast<int64_t>(rows_per_rank.size());
+  std::vector<std::vector<int64_t>> a(P, std::vector<int64_t>(P, 0));
+  for (int64_t j = 0; j < P; ++j) {
+    TORCH_CHECK(rows_per_rank[j] >= 0, "replica_rows: rank ", j, " has ", rows_per_rank[j],
+                " rows, expected >= 0");
+    a[j][j] = rows_per_rank[j];
+  }
+  if (placement == ReplicatePlacement::kSource) return a;
+  // 1. Each rank's share, and what it keeps of its own rows.
+  const auto share =
+      dist::even_split(std::accumulate(rows_per_rank.begin(), rows_per_rank.end(), int64_t{0}), P);
+  std::vector<int64_t> surplus(P), deficit(P);
+  for (int64_t j = 0; j < P; ++j) {
+    a[j][j] = std::min(rows_per_rank[j], share[j]);
+    surplus[j] = rows_per_rank[j] - a[j][j];
+    deficit[j] = share[j] - a[j][j];
+  }
+  // 2. The surplus rows fill the deficits, both in ascending rank order.
+  for (int64_t j = 0, k = 0; j < P; ++j)
+    while (surplus[j] > 0) {
+      while (deficit[k] == 0) ++k;  // the totals match: a deficit remains while a surplus does
+      const int64_t n = std::min(surplus[j], deficit[k]);
+      a[j][k] += n;
+      surplus[j] -= n;
+      deficit[k] -= n;
+    }
+  return a;
+}
+
 namespace {
 
 // Experts by descending total count, ties to the lower index. counts: [P][E].
@@ -68,28 +112,35 @@ std::vector<int64_t> by_heat(const std::vector<std::vector<int64_t>>& counts) {
 
 double replicate_cost(const std::vector<std::vector<int64_t>>& counts,
                       const std::vector<int64_t>& replicated, const ReplicateShape& shape,
-                      const ReplicateFigures& figures) {
+                      const ReplicateFigures& figures, ReplicatePlacement placement) {
   const auto P = static_cast<int64_t>(counts.size());
   TORCH_CHECK(P >= 1, "replicate_cost: the counts of at least one rank are needed");
   const auto E = static_cast<int64_t>(counts[0].size());
   TORCH_CHECK(E % P == 0, "replicate_cost: ", E, " experts over ", P, " ranks");
   const int64_t L = E / P;
+  TORCH_CHECK(shape.etp >= 1, "replicate_cost: etp must be >= 1, got ", shape.etp);
   std::vector<char> is_rep(E, 0);
   for (auto e : replicated) is_rep.at(e) = 1;
-  // 1. Rows each rank computes, and the bytes it sends and receives in one all-to-all.
+  // 1. Rows each rank computes, and the rows it sends and receives in one all-to-all.
   std::vector<double> rows(P, 0.0), sent(P, 0.0), recv(P, 0.0);
-  for (int64_t j = 0; j < P; ++j)
-    for (int64_t e = 0; e < E; ++e) {
-      const auto n = static_cast<double>(counts[j][e]);
-      const int64_t owner = e / L;
-      if (is_rep[e]) {
-        rows[j] += n;  // computed where it was routed
-        continue;
-      }
-      rows[owner] += n;
-      if (owner != j) sent[j] += n, recv[owner] += n;
+  auto move = [&](int64_t from, int64_t to, double n) {
+    rows[to] += n;
+    if (from != to) sent[from] += n, recv[to] += n;
+  };
+  for (int64_t e = 0; e < E; ++e) {
+    if (!is_rep[e]) {
+      for (int64_t j = 0; j < P; ++j) move(j, e / L, static_cast<double>(counts[j][e]));
+      continue;
     }
-  const double row_bytes = static_cast<double>(shape.d_model * shape.element_bytes);
+    std::vector<int64_t> routed(P);
+    for (int64_t j = 0; j < P; ++j) routed[j] = counts[j][e];
+    const auto a = replica_rows(routed, placement);
+    for (int64_t j = 0; j < P; ++j)
+      for (int64_t k = 0; k < P; ++k) move(j, k, static_cast<double>(a[j][k]));
+  }
+  // The etp ranks of a group share its rows' traffic.
+  const double row_bytes =
+      static_cast<double>(shape.d_model * shape.element_bytes) / static_cast<double>(shape.etp);
   double busiest = 0.0, traffic = 0.0;
   for (int64_t j = 0; j < P; ++j) {
     busiest = std::max(busiest, rows[j]);
@@ -124,12 +175,12 @@ std::vector<int64_t> choose_replicated(const std::vector<std::vector<int64_t>>& 
     chosen.assign(order.begin(), order.begin() + n);
   } else {
     // FasterMoE: the next hottest while the modelled time decreases.
-    double best = replicate_cost(counts, chosen, shape, options.figures());
+    double best = replicate_cost(counts, chosen, shape, options.figures(), options.placement());
     for (auto e : order) {
       auto next = chosen;
       next.push_back(e);
       std::sort(next.begin(), next.end());
-      const double t = replicate_cost(counts, next, shape, options.figures());
+      const double t = replicate_cost(counts, next, shape, options.figures(), options.placement());
       if (!(t < best)) break;
       best = t;
       chosen = std::move(next);

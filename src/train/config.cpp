@@ -223,9 +223,9 @@ std::string check_config(const TrainConfig& c) {
   }
   need(replicate_ok, "config key `replicate` = \"" + c.replicate +
                          "\": expected off, auto or a positive number of experts");
-  need(c.replicate == "off" || (c.ep > 1 && c.etp == 1 && c.expert_layout == ExpertLayout::kFixed),
+  need(c.replicate == "off" || (c.ep > 1 && c.expert_layout == ExpertLayout::kFixed),
        "config key `replicate` = \"" + c.replicate +
-           "\" replicates hot experts over the ep ranks: it needs `ep` > 1, `etp` = 1 and "
+           "\" replicates hot experts over the ep ranks: it needs `ep` > 1 and "
            "`expert_layout` = \"fixed\"");
   const std::string r_text = c.adaptive_r.to_string();
   const bool auto_r = c.adaptive_r.kind() == AdaptiveR::Kind::kAuto;

@@ -34,6 +34,11 @@ struct TextValue<ExpertLayout> {
   static std::string print(ExpertLayout v) { return to_string(v); }
 };
 template <>
+struct TextValue<ReplicatePlacement> {
+  static ReplicatePlacement parse(const std::string& s) { return parse_replicate_placement(s); }
+  static std::string print(ReplicatePlacement v) { return to_string(v); }
+};
+template <>
 struct TextValue<AdaptiveR> {
   static AdaptiveR parse(const std::string& s) { return AdaptiveR::parse(s); }
   static std::string print(const AdaptiveR& v) { return v.to_string(); }

@@ -163,7 +163,7 @@ GPTOptions TrainConfig::model_options() const {
       .expert_layout(expert_layout)
       .adaptive_r(r)
       .a2a_overlap_degree(a2a_overlap_degree)
-      .replicate(parse_replicate(replicate))
+      .replicate(parse_replicate(replicate).placement(replicate_placement))
       .recompute(recompute)
       .recompute_cache_comm(recompute_cache_comm);
 }

@@ -140,6 +140,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     return verify_gpt_layout(world, layout, gate, o, run_id);
   VerifyRow row;
   row.replicate = to_string(o.replicate);
+  row.replicate_placement = to_string(o.replicate.placement());
   row.layout = layout;
   row.gate = gate.to_string();
   row.expert_layout = o.expert_layout;

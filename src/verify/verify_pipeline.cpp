@@ -75,6 +75,7 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   row.layout = layout;
   row.gate = gate.to_string();
   row.replicate = to_string(o.replicate);
+  row.replicate_placement = to_string(o.replicate.placement());
   row.model = o.model ? to_string(*o.model) : "gpt";
   if (o.recompute != Recompute::kNone)
     row.model += std::string("+recompute_") + recompute_name(o.recompute);

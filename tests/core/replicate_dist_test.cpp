@@ -2,9 +2,11 @@
 // distributed layer with replicate = 1, 2, every expert, and auto (the CPU defaults, and a machine
 // whose all-to-all is slow, so that auto replicates) equals the single-process grouped reference on
 // the same global batch — output, aux loss, input, gate and expert gradients within 1e-12
-// (float64) — on 2, 4 and 8 ranks (ep over the whole stage, with tp slices, and with edp > 1),
-// with balanced routing and with a skew where every token's first choice is expert 0, and under
-// the chunked overlap (a2a_overlap_degree 2). The choice
+// (float64) — on 2, 4 and 8 ranks (ep over the whole stage, with tp slices, with edp > 1, and with
+// etp = 2: each etp rank gathers its slice of the replicas), with balanced routing and with a skew
+// where every token's first choice is expert 0 (with top_k 1: its only one), under the chunked
+// overlap (a2a_overlap_degree 2), with the replicas' rows on their source rank and spread evenly
+// over the ep ranks (which rank computes how many rows is checked exactly). The choice
 // of the N hottest is checked against the reference's counts; every ep rank makes the same
 // choice. Dynamic capacity (capacity_factor < 0) is checked under every layout too.
 #include <gtest/gtest.h>
@@ -106,42 +108,87 @@ void run_case(const std::shared_ptr<ParallelGroups>& groups, bool skew,
   }
 }
 
-std::vector<ReplicateOptions> settings() {
-  return {ReplicateOptions().mode(ReplicateMode::kHottest).hottest(1),
-          ReplicateOptions().mode(ReplicateMode::kHottest).hottest(2),
-          ReplicateOptions().mode(ReplicateMode::kHottest).hottest(kE),
-          ReplicateOptions().mode(ReplicateMode::kAuto), slow_exchange()};
+std::vector<ReplicateOptions> settings(ReplicatePlacement p = ReplicatePlacement::kSource) {
+  return {ReplicateOptions().mode(ReplicateMode::kHottest).hottest(1).placement(p),
+          ReplicateOptions().mode(ReplicateMode::kHottest).hottest(2).placement(p),
+          ReplicateOptions().mode(ReplicateMode::kHottest).hottest(kE).placement(p),
+          ReplicateOptions().mode(ReplicateMode::kAuto).placement(p), slow_exchange().placement(p)};
 }
 
-void run_layout(RankContext& ctx, const ParallelConfig& layout, double cf = 0.0) {
+using Placements = std::vector<ReplicatePlacement>;
+const Placements kBoth = {ReplicatePlacement::kSource, ReplicatePlacement::kSpread};
+
+void run_layout(RankContext& ctx, const ParallelConfig& layout, double cf = 0.0,
+                const Placements& placements = {ReplicatePlacement::kSource}) {
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, ctx.world));
-  for (bool skew : {false, true})
-    for (const auto& r : settings()) run_case(groups, skew, r, cf);
-  run_case(groups, true, settings()[0], cf, /*top_k=*/1);  // one expert gets every token
-  // The chunked overlap: the travelling rows in 2 chunks, the kept rows after them.
-  for (const auto& r : {settings()[1], slow_exchange()})
-    run_case(groups, true, r, cf, 2, ExpertLayout::kFixed, /*overlap=*/2);
+  for (auto p : placements) {
+    for (bool skew : {false, true})
+      for (const auto& r : settings(p)) run_case(groups, skew, r, cf);
+    run_case(groups, true, settings(p)[0], cf, /*top_k=*/1);  // one expert gets every token
+    // The chunked overlap: the rows in 2 chunks, the replicas' among them.
+    for (const auto& r : {settings(p)[1], slow_exchange().placement(p)})
+      run_case(groups, true, r, cf, 2, ExpertLayout::kFixed, /*overlap=*/2);
+  }
 }
 
 TEST(Replicate, EqualsOneProcessOnTwoRanks) {
   run_on_ranks(2, [](RankContext& ctx) {
-    run_layout(ctx, {1, 2, 1, 2, 1});
+    run_layout(ctx, {1, 2, 1, 2, 1}, 0.0, kBoth);
     run_layout(ctx, {2, 1, 1, 2, 1}, 1.0);
   });
 }
 
 TEST(Replicate, EqualsOneProcessOnFourRanks) {
   run_on_ranks(4, [](RankContext& ctx) {
-    run_layout(ctx, {1, 4, 1, 4, 1});
-    run_layout(ctx, {2, 2, 1, 4, 1});       // tp slices
-    run_layout(ctx, {1, 4, 1, 2, 1}, 1.0);  // edp = 2, with a capacity
+    run_layout(ctx, {1, 4, 1, 4, 1}, 0.0, kBoth);
+    run_layout(ctx, {2, 2, 1, 4, 1});                                      // tp slices
+    run_layout(ctx, {1, 4, 1, 2, 1}, 1.0, {ReplicatePlacement::kSpread});  // edp = 2, capacity
   });
 }
 
 TEST(Replicate, EqualsOneProcessOnEightRanks) {
   run_on_ranks(8, [](RankContext& ctx) {
     run_layout(ctx, {1, 8, 1, 8, 1});
-    run_layout(ctx, {2, 4, 1, 4, 1});
+    run_layout(ctx, {2, 4, 1, 4, 1}, 0.0, {ReplicatePlacement::kSpread});
+  });
+}
+
+// etp = 2: an expert's hidden width over two ranks; the replicas' slices over each ep group.
+TEST(Replicate, EqualsOneProcessWithEtpOnFourRanks) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    run_layout(ctx, {2, 2, 1, 2, 2}, 0.0, kBoth);  // ep2 x etp2
+    run_layout(ctx, {2, 2, 1, 2, 2}, 1.0);         // with a capacity
+  });
+}
+
+TEST(Replicate, EqualsOneProcessWithEtpOnEightRanks) {
+  run_on_ranks(8, [](RankContext& ctx) {
+    run_layout(ctx, {2, 4, 1, 4, 2}, 0.0, kBoth);                          // ep4 x etp2
+    run_layout(ctx, {2, 4, 1, 2, 2}, 0.0, {ReplicatePlacement::kSpread});  // edp = 2
+  });
+}
+
+// Where the replicas' rows are computed: 4 ranks route 8, 4, 0 and 0 tokens all to expert 3
+// (owned by rank 3). kSource: each rank computes its own; kSpread: 3 rows each.
+TEST(Replicate, PlacementDecidesWhichRankComputesTheRows) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    auto groups = std::make_shared<ParallelGroups>(
+        ParallelGroups::build(ParallelConfig{1, 4, 1, 4, 1}, ctx.world));
+    const std::vector<int64_t> tokens = {8, 4, 0, 0};
+    for (auto p : kBoth) {
+      auto r = ReplicateOptions().mode(ReplicateMode::kHottest).hottest(1).placement(p);
+      MoE moe(MoEOptions(kD, kE).d_hidden(8).top_k(1).replicate(r), groups);
+      {
+        torch::NoGradGuard ng;
+        auto w = moe->gate->named_parameters()["weight"];
+        w.zero_();
+        w[3].fill_(5.0);
+      }
+      auto out = moe(torch::rand({tokens[groups->ep.rank], kD}) + 0.1);
+      EXPECT_EQ(out.stats.replicated, (std::vector<int64_t>{3}));
+      const int64_t expect = p == ReplicatePlacement::kSource ? tokens[groups->ep.rank] : 3;
+      EXPECT_EQ(out.stats.expert_rows, expect) << to_string(p);
+    }
   });
 }
 
@@ -171,10 +218,6 @@ TEST(Replicate, RefusesLayoutsItCannotRun) {
         ParallelGroups::build(ParallelConfig{2, 2, 1, 1, 2}, ctx.world));
     EXPECT_TRUE(testing::throws_with([&] { MoE(MoEOptions(4, 4).replicate(r), no_ep); },
                                      "replicate=auto replicates experts over the ep group"));
-    auto etp = std::make_shared<ParallelGroups>(
-        ParallelGroups::build(ParallelConfig{2, 2, 1, 2, 2}, ctx.world));
-    EXPECT_TRUE(testing::throws_with([&] { MoE(MoEOptions(4, 4).replicate(r), etp); },
-                                     "is not supported with etp=2"));
     auto ep = std::make_shared<ParallelGroups>(
         ParallelGroups::build(ParallelConfig{1, 4, 1, 4, 1}, ctx.world));
     auto stage = std::make_shared<ParallelGroups>(
@@ -202,7 +245,7 @@ TEST(DynamicCapacity, EqualsOneProcessUnderEveryLayout) {
         for (double cf : {-1.0, -0.5}) run_case(groups, skew, ReplicateOptions(), cf);
       if (layout.ep > 1)
         run_case(groups, true, ReplicateOptions(), -1.0, 2, ExpertLayout::kFixed, 2);
-      if (layout.etp == 1 && layout.ep > 1)
+      if (layout.ep > 1)
         run_case(groups, true, ReplicateOptions().mode(ReplicateMode::kHottest).hottest(2), -1.0);
     }
     auto adaptive = std::make_shared<ParallelGroups>(

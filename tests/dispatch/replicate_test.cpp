@@ -1,8 +1,14 @@
 // replicate_test.cpp — the replication policy (replicate.h) on the host: parsing of "off" / "auto"
-// / N, the cost model against hand-computed times, the N hottest (ties to the lower index), and
-// FasterMoE's greedy rule: a prefix of the experts by heat, never worse than no replication, and
-// stopping where the next hottest expert no longer lowers the modelled time.
+// / N and of the placement, the placement of a replicated expert's rows (replica_rows) against
+// its definition, the cost model against hand-computed times (both placements, etp), the N
+// hottest (ties to the lower index), and FasterMoE's greedy rule: a prefix of the experts by heat,
+// never worse than no replication, and stopping where the next hottest expert no longer lowers the
+// modelled time.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
 
 #include "hybridmoe/plan.h"
 #include "hybridmoe/replicate.h"
@@ -22,6 +28,56 @@ TEST(ReplicatePolicy, ParsesOffAutoAndCounts) {
     EXPECT_TRUE(testing::throws_with([&] { parse_replicate(bad); },
                                      "replicate: expected \"off\", \"auto\" or a positive number"))
         << bad;
+}
+
+TEST(ReplicatePolicy, ParsesPlacements) {
+  EXPECT_EQ(parse_replicate_placement("source"), ReplicatePlacement::kSource);
+  EXPECT_EQ(parse_replicate_placement("spread"), ReplicatePlacement::kSpread);
+  for (const char* s : {"source", "spread"}) EXPECT_EQ(to_string(parse_replicate_placement(s)), s);
+  EXPECT_EQ(ReplicateOptions().placement(), ReplicatePlacement::kSource);
+  for (const char* bad : {"", "even", "Source"})
+    EXPECT_TRUE(testing::throws_with([&] { parse_replicate_placement(bad); },
+                                     "expected \"source\" or \"spread\""))
+        << bad;
+}
+
+// replica_rows: kSource keeps every row where it was routed; kSpread gives rank k exactly its even
+// share (the first total % P ranks one more), moves no row a rank could keep, and sends only from
+// ranks over their share to ranks under it — checked on random loads by those definitions, and on
+// the header's example by value.
+TEST(ReplicatePolicy, ReplicaRowsKeepOrSpreadEvenly) {
+  using Rows = std::vector<std::vector<int64_t>>;
+  EXPECT_EQ(replica_rows({5, 1, 0}, ReplicatePlacement::kSpread),
+            (Rows{{2, 1, 2}, {0, 1, 0}, {0, 0, 0}}));
+  std::mt19937 gen(3);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t P = 1 + trial % 6;
+    std::vector<int64_t> routed(P);
+    for (auto& n : routed) n = (gen() % 3 == 0) ? 0 : static_cast<int64_t>(gen() % 12);
+    const int64_t total = std::accumulate(routed.begin(), routed.end(), int64_t{0});
+    const auto src = replica_rows(routed, ReplicatePlacement::kSource);
+    const auto a = replica_rows(routed, ReplicatePlacement::kSpread);
+    for (int64_t j = 0; j < P; ++j) {
+      int64_t sent = 0, got = 0;
+      for (int64_t k = 0; k < P; ++k) {
+        EXPECT_EQ(src[j][k], j == k ? routed[j] : 0);
+        EXPECT_GE(a[j][k], 0);
+        sent += a[j][k];
+        got += a[k][j];
+      }
+      const int64_t share = total / P + (j < total % P ? 1 : 0);
+      EXPECT_EQ(sent, routed[j]) << trial;
+      EXPECT_EQ(got, share) << trial;
+      EXPECT_EQ(a[j][j], std::min(routed[j], share)) << trial;
+      for (int64_t k = 0; k < P; ++k) {
+        const int64_t share_k = total / P + (k < total % P ? 1 : 0);
+        if (k != j && a[j][k] > 0) {
+          EXPECT_GT(routed[j], share) << trial;
+          EXPECT_LT(routed[k], share_k) << trial;
+        }
+      }
+    }
+  }
 }
 
 TEST(ReplicatePolicy, FiguresComeFromTheMachine) {
@@ -69,6 +125,33 @@ TEST(ReplicatePolicy, CostModelMatchesHandComputedTimes) {
   // rows travel (4 x (0.1 + 0.32)); the 80 weight bytes: 2 x (0.2 + 0.5 * 80 / 1000).
   EXPECT_NEAR(replicate_cost(counts, {0}, small_shape(), small_figures()), 0.432 + 1.68 + 0.48,
               1e-12);
+}
+
+// The same load spread: expert 0's 10 rows, 5 per rank, so rank 0 sends 1 of its 6 to rank 1.
+// Rank 1 computes 4 + 1 + expert 1's 2 = 7 rows (0.504 s); rank 0 sends 3 rows, 48 bytes
+// (4 x (0.1 + 0.48)); the weights as before (0.48). With etp = 2 (the counts are the etp groups',
+// each etp rank sends half the bytes): off, 4 x (0.1 + 0.32) for the exchange.
+TEST(ReplicatePolicy, CostModelKnowsThePlacementAndEtp) {
+  const std::vector<std::vector<int64_t>> counts = {{6, 2}, {4, 0}};
+  EXPECT_NEAR(
+      replicate_cost(counts, {0}, small_shape(), small_figures(), ReplicatePlacement::kSpread),
+      0.504 + 2.32 + 0.48, 1e-12);
+  auto etp2 = small_shape();
+  etp2.etp = 2;
+  EXPECT_NEAR(replicate_cost(counts, {}, etp2, small_figures()), 0.72 + 1.68, 1e-12);
+  // The greedy rule models the placement it runs: a slow exchange replicates under either, and
+  // a spread choice is costed with the rows it moves.
+  const std::vector<std::vector<int64_t>> skew = {{40, 1, 1, 1}, {38, 2, 0, 1}};
+  for (auto p : {ReplicatePlacement::kSource, ReplicatePlacement::kSpread}) {
+    auto opts = ReplicateOptions()
+                    .mode(ReplicateMode::kAuto)
+                    .placement(p)
+                    .figures(small_figures().gather_latency_s(0).gather_bytes_per_s(1e18));
+    const auto chosen = choose_replicated(skew, opts, small_shape());
+    ASSERT_FALSE(chosen.empty()) << to_string(p);
+    EXPECT_LT(replicate_cost(skew, chosen, small_shape(), opts.figures(), p),
+              replicate_cost(skew, {}, small_shape(), opts.figures(), p));
+  }
 }
 
 TEST(ReplicatePolicy, HottestTakesTheMostLoadedTiesToTheLowerIndex) {

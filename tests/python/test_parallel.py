@@ -169,8 +169,8 @@ def rank_main(rank, world):
                                      layouts=["ep1", "ep2", "ep4", "tp2.ep2.etp2", "tp2.ep4",
                                               "tp4.ep2"],
                                      steps=2)
-    # Tutel's adaptive layout (each rank one expert, r = 0 and 1), hot-expert replication and the
-    # chunked all-to-all overlap.
+    # Tutel's adaptive layout (each rank one expert, r = 0 and 1), hot-expert replication (its
+    # rows where routed, and spread, also with etp = 2) and the chunked all-to-all overlap.
     out["verify_options"] = {
         "adaptive r=0": hybridmoe.verify(
             lambda g: build(g, expert_layout="adaptive", adaptive_r=0), lambda s: batch(s),
@@ -184,6 +184,10 @@ def rank_main(rank, world):
         "replicate auto": hybridmoe.verify(
             lambda g: build(g, **({} if g is None else dict(replicate="auto"))),
             lambda s: batch(s), layouts=["ep4"], steps=2),
+        "replicate 1 spread etp2": hybridmoe.verify(
+            lambda g: build(g, **({} if g is None else
+                                  dict(replicate=1, replicate_placement="spread"))),
+            lambda s: batch(s), layouts=["ep4", "tp2.ep2.etp2"], steps=2),
         "overlap 2": hybridmoe.verify(
             lambda g: build(g, **({} if g is None else dict(a2a_overlap_degree=2))),
             lambda s: batch(s),

@@ -109,8 +109,8 @@ TEST(TrainConfig, NonDividingDegreesAreRefusedByName) {
   EXPECT_NE(with([](TrainConfig& c) { c.gate = "nope"; }).find("`gate`"), std::string::npos);
 }
 
-// `replicate`: off, auto or N, on layouts that can replicate (ep > 1, etp = 1, the fixed experts),
-// refused by name otherwise; it reaches the MoE layers' options.
+// `replicate`: off, auto or N, on layouts that can replicate (ep > 1, the fixed experts, any etp),
+// refused by name otherwise; it and `replicate_placement` reach the MoE layers' options.
 TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
   auto with = [](std::function<void(TrainConfig&)> f) {
     TrainConfig c;
@@ -127,16 +127,29 @@ TEST(TrainConfig, ReplicateIsCheckedAndReachesTheLayers) {
            },
            [](TrainConfig& c) {
              c.replicate = "1";
-             c.etp = 2;
+             c.expert_layout = ExpertLayout::kAdaptive;
            }}) {
     const auto why = with(bad);
     EXPECT_NE(why.find("`replicate`"), std::string::npos) << why;
   }
+  EXPECT_EQ(with([](TrainConfig& c) {
+              c.replicate = "1";
+              c.nproc = 8;
+              c.tp = 2;
+              c.etp = 2;
+            }),
+            "");
   TrainConfig c;
   c.replicate = "3";
+  EXPECT_EQ(c.model_options().moe_options().replicate().placement(), ReplicatePlacement::kSource);
+  set_config_value(c, "replicate_placement", "spread");
   const auto r = c.model_options().moe_options().replicate();
   EXPECT_EQ(r.mode(), ReplicateMode::kHottest);
   EXPECT_EQ(r.hottest(), 3);
+  EXPECT_EQ(r.placement(), ReplicatePlacement::kSpread);
+  EXPECT_EQ(get_config_value(c, "replicate_placement"), "spread");
+  const auto e = error_of([&] { set_config_value(c, "replicate_placement", "nearby"); });
+  EXPECT_NE(e.find("expected \"source\" or \"spread\", got \"nearby\""), std::string::npos) << e;
   EXPECT_EQ(c.model_options().single_process().moe_options().replicate().mode(),
             ReplicateMode::kOff);
 }

@@ -111,8 +111,25 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   auto replicate = std::make_shared<std::string>("");
   layer->add_option("--replicate", *replicate,
-                    "With --nproc > 1 (ep > 1, etp = 1): hot-expert replication settings timed "
+                    "With --nproc > 1 (ep > 1): hot-expert replication settings timed "
                     "against each other, e.g. off,auto,2");
+  layer->add_option_function<std::string>(
+      "--replicate-placement",
+      [sweeps](const std::string& text) {
+        sweeps->placements.clear();
+        std::stringstream ps(text);
+        std::string item;
+        try {
+          while (std::getline(ps, item, ','))
+            if (!item.empty()) sweeps->placements.push_back(parse_replicate_placement(item));
+        } catch (const c10::Error& e) {
+          throw CLI::ValidationError("--replicate-placement", e.what_without_backtrace());
+        }
+        if (sweeps->placements.empty())
+          throw CLI::ValidationError("--replicate-placement", "needs source, spread or both");
+      },
+      "With --replicate: where replicated experts' rows are computed, each timed: source (where "
+      "routed, FasterMoE; the default), spread (evenly over ep), or source,spread");
   auto cluster_flops = std::make_shared<double>(0.0), cluster_bw = std::make_shared<double>(0.0);
   layer->add_option("--cluster-flops", *cluster_flops,
                     "With --replicate: also the cost model's prediction for a cluster of this "

@@ -43,6 +43,7 @@ struct VerifyArgs {
   std::string model;       ///< "": the MoE layer (GPT for pp > 1); else a model family
   std::string recompute = "none";
   std::string replicate = "off";  ///< hot-expert replication of the layout's MoE: off, auto or N
+  std::string replicate_placement = "source";  ///< where replicated experts' rows run
   bool json = false;
   VerifyOptions options;
 };
@@ -122,12 +123,17 @@ int run_worker(const VerifyArgs& a) {
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "--replicate: ", e.what_without_backtrace());
   }
+  try {
+    o.replicate.placement(parse_replicate_placement(a.replicate_placement));
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "--replicate-placement: ", e.what_without_backtrace());
+  }
   auto layouts =
       parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
-  // Replication runs on layouts with ep > 1 and etp = 1: "all" keeps those.
+  // Replication runs on layouts with ep > 1 (any etp): "all" keeps those.
   if (o.replicate.mode() != ReplicateMode::kOff && a.layouts == "all")
     layouts.erase(std::remove_if(layouts.begin(), layouts.end(),
-                                 [](const ParallelConfig& c) { return c.ep == 1 || c.etp != 1; }),
+                                 [](const ParallelConfig& c) { return c.ep == 1; }),
                   layouts.end());
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
@@ -210,6 +216,7 @@ int run_worker(const VerifyArgs& a) {
                           {"adaptive_r", r_json({row.expert_layout, row.adaptive_r})},
                           {"zero", row.zero_stage},
                           {"replicate", row.replicate},
+                          {"replicate_placement", row.replicate_placement},
                           {"loss_rel_err", row.loss_rel_err},
                           {"param_rel_err", row.param_rel_err},
                           {"pass", row.pass},
@@ -326,7 +333,11 @@ void add_verify_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--replicate", a->replicate,
                   "Hot-expert replication of the layout's MoE layer: off, auto or N (the N "
-                  "hottest); with \"all\" layouts, those with ep > 1 and etp = 1")
+                  "hottest); with \"all\" layouts, those with ep > 1")
+      ->capture_default_str();
+  cmd->add_option("--replicate-placement", a->replicate_placement,
+                  "Where replicated experts' rows are computed: source (the rank that routed "
+                  "them, FasterMoE) or spread (evenly over the ep ranks)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON line");
   add_node_flags(cmd);
