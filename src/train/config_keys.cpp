@@ -34,6 +34,11 @@ struct TextValue<ExpertLayout> {
   static std::string print(ExpertLayout v) { return to_string(v); }
 };
 template <>
+struct TextValue<A2AAlgorithm> {
+  static A2AAlgorithm parse(const std::string& s) { return parse_a2a_algorithm(s); }
+  static std::string print(A2AAlgorithm v) { return to_string(v); }
+};
+template <>
 struct TextValue<AdaptiveR> {
   static AdaptiveR parse(const std::string& s) { return AdaptiveR::parse(s); }
   static std::string print(const AdaptiveR& v) { return v.to_string(); }
