@@ -63,7 +63,7 @@ std::unique_ptr<TokenDispatcher> make_token_dispatcher(
     d = std::make_unique<detail::ReplicatingDispatcher>(options, groups, grouped);
   } else if (options.expert_layout() == ExpertLayout::kAdaptive) {
     d = std::make_unique<detail::AdaptiveDispatcher>(options, placement, groups, grouped);
-    // 1. The adaptive exchange runs over the stage, the fixed layout's over ep.
+    // The adaptive exchange runs over the stage, the fixed layout's over ep.
     d->use_a2a_algorithm(exchange_algorithm(options.a2a_algorithm(), groups->stage.ranks,
                                             groups->ranks_per_node, groups->stage.name));
   } else {
