@@ -12,6 +12,7 @@
 #include "bench_skew.h"
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
+#include "hybridmoe/detail/hierarchical_all_to_all.h"
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe::bench {
@@ -22,6 +23,7 @@ struct Variant {
   Variant(std::function<void()> s) : step(std::move(s)) {}  // implicit: {lambda} builds one
   std::function<void()> step;
   std::vector<double> ms, comm_ms, a2a_ms, bytes;
+  std::vector<double> cross_bytes, cross_messages;  // the layer's forward exchanges across nodes
 };
 
 // Times the variants interleaved (one step of each in turn, `iters` rounds after `warmup`), each
@@ -34,8 +36,10 @@ void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
   auto totals = [] {
     const auto stats = dist::comm_stats();
     const auto all = dist::total_of(stats);
+    const auto cross = dist::cross_node_traffic_total();
     return std::make_tuple(all.seconds, dist::total_of(stats, dist::is_token_exchange).seconds,
-                           static_cast<double>(all.bytes_sent));
+                           static_cast<double>(all.bytes_sent), static_cast<double>(cross.bytes),
+                           static_cast<double>(cross.messages));
   };
   for (int i = 0; i < iters; ++i)
     for (auto& v : variants) {
@@ -49,6 +53,8 @@ void time_interleaved(std::vector<Variant>& variants, int warmup, int iters,
       v.comm_ms.push_back(1e3 * (std::get<0>(after) - std::get<0>(before)));
       v.a2a_ms.push_back(1e3 * (std::get<1>(after) - std::get<1>(before)));
       v.bytes.push_back(std::get<2>(after) - std::get<2>(before));
+      v.cross_bytes.push_back(std::get<3>(after) - std::get<3>(before));
+      v.cross_messages.push_back(std::get<4>(after) - std::get<4>(before));
     }
 }
 
@@ -89,6 +95,60 @@ nlohmann::json overlap_sweep(const LayerBenchArgs& a, const MoEOptions& opts, Mo
     if (a2a_base > 0)
       row["a2a_hidden_fraction"] = 1.0 - row["a2a_blocked_ms"].get<double>() / a2a_base;
   return rows;
+}
+
+// The all-to-all algorithm sweep: the layout with each MoEOptions::a2a_algorithm, timed
+// interleaved, with the bytes and messages its token exchanges sent across nodes (summed over
+// ranks; counted by the layer in the forward exchanges, which backward repeats in reverse: the
+// same pairs, bytes and messages). Run where the ep group spans nodes with > 1 rank on each;
+// elsewhere both algorithms are the same flat exchange (skipped, saying so). The hierarchical
+// exchange sends point to point: its time is in comm_blocked_ms, not in a2a_blocked_ms (which
+// counts all-to-alls).
+nlohmann::json algorithm_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
+                               const std::shared_ptr<ParallelGroups>& groups,
+                               const torch::Tensor& x) {
+  const auto& ep = groups->ep;
+  bool two_levels = false;
+  try {
+    two_levels = exchange_algorithm(A2AAlgorithm::kHierarchical, ep.ranks, groups->ranks_per_node,
+                                    ep.name) == A2AAlgorithm::kHierarchical;
+  } catch (const c10::Error&) {
+    two_levels = false;  // uneven nodes: the layer refuses kHierarchical; said below
+  }
+  // Every rank must take the same branch: the sweep is collective.
+  if (gather_value(two_levels ? 1.0 : 0.0, groups->world).min().item<double>() < 1.0)
+    return {{"skipped",
+             "the ep group lies in one node, has one rank per node or fills its nodes "
+             "unevenly: the hierarchical exchange does not apply"}};
+  const std::vector<A2AAlgorithm> algorithms = {A2AAlgorithm::kFlat, A2AAlgorithm::kHierarchical};
+  std::vector<MoE> layers;
+  std::vector<Variant> variants;
+  for (auto algorithm : algorithms) {
+    layers.emplace_back(MoEOptions(opts).a2a_algorithm(algorithm), groups);
+    layers.back()->load_shard_from(full);
+    layers.back()->to(x.scalar_type());
+  }
+  for (auto& layer : layers)
+    variants.push_back({[&layer, &x] {
+      auto out = layer->forward(x);
+      (out.output.sum() + out.aux_loss).backward();
+    }});
+  time_interleaved(variants, a.warmup, a.iters, groups->world);
+  nlohmann::json rows = nlohmann::json::array();
+  for (size_t i = 0; i < algorithms.size(); ++i) {
+    auto row = summarize(variants[i], groups->world);
+    const auto sum = [&](const std::vector<double>& v) {
+      return gather_value(median(v), groups->world).sum().item<double>();
+    };
+    row["a2a_algorithm"] = to_string(algorithms[i]);
+    row["cross_node_bytes_forward"] = sum(variants[i].cross_bytes);
+    row["cross_node_messages_forward"] = sum(variants[i].cross_messages);
+    row["cross_node_bytes_per_step"] = 2.0 * sum(variants[i].cross_bytes);
+    row["cross_node_messages_per_step"] = 2.0 * sum(variants[i].cross_messages);
+    row["bytes_per_step"] = sum(variants[i].bytes);
+    rows.push_back(row);
+  }
+  return {{"ranks_per_node", groups->ranks_per_node}, {"runs", rows}};
 }
 
 // The adaptive sweep: the expert layout over the stage (ep = etp = 1), every valid r.
@@ -233,6 +293,7 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
               " must be divisible by dp=", layout.dp);
   at::set_num_threads(a.threads > 0 ? a.threads : 1);
   auto groups = std::make_shared<ParallelGroups>(ParallelGroups::build(layout, world));
+  if (sweeps.ranks_per_node > 0) groups->ranks_per_node = sweeps.ranks_per_node;
   const auto dtype = a.dtype == "float64" ? torch::kFloat64 : torch::kFloat32;
   auto opts = with_skew(MoEOptions(a.d_model, a.experts)
                             .d_hidden(a.d_hidden)
@@ -296,6 +357,8 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
                  {"ep", layout.ep},
                  {"etp", layout.etp}};
   j["ranks"] = world.size();
+  j["ranks_per_node"] = groups->ranks_per_node;
+  j["nodes"] = node_crossing_text(layout, groups->ranks_per_node);
   j["threads_per_rank"] = at::get_num_threads();
   j["fwd_bwd_ms"] = steps.max().item<double>();
   j["a2a_ms"] = a2a.mean().item<double>();
@@ -311,6 +374,12 @@ nlohmann::json run_layer_bench_distributed(const LayerBenchArgs& a, const Parall
       j["overlap"] = overlap_sweep(a, opts, *full, groups, x, sweeps.overlap_degrees);
     else
       j["overlap"] = {{"skipped", "a2a_overlap_degree needs ep > 1"}};
+  }
+  if (sweeps.a2a_algorithms) {
+    if (layout.ep > 1)
+      j["a2a_algorithm"] = algorithm_sweep(a, opts, *full, groups, x);
+    else
+      j["a2a_algorithm"] = {{"skipped", "the token exchange needs ep > 1"}};
   }
   if (sweeps.adaptive) j["adaptive"] = adaptive_sweep(a, opts, *full, layout, world, x);
   j["imbalance"] = imbalance(last, groups->world);

@@ -1,8 +1,10 @@
 // bench_layer_dist.h — `hmoe bench layer --nproc N --layout tp,dp,ep,etp`: the distributed MoE
 // layer on N local ranks at a global shape, with the time in each collective and the bytes moved
 // per step, beside the single-process time of the same global step; sweeps over the overlap
-// degree D (a2a_overlap_degree), over the adaptive layout's degree r and over hot-expert
-// replication (off / auto / N), with a skewed router (--skew) to make the imbalance visible.
+// degree D (a2a_overlap_degree), over the adaptive layout's degree r, over hot-expert
+// replication (off / auto / N) and, where the ep group spans nodes, over the all-to-all algorithm
+// (flat / hierarchical: step time, bytes and messages across nodes), with a skewed router (--skew)
+// to make the imbalance visible.
 #pragma once
 
 #include <string>
@@ -34,6 +36,13 @@ struct DistLayerBenchOptions {
   std::vector<ReplicatePlacement> placements = {ReplicatePlacement::kSource};
   ReplicateFigures figures;
   c10::optional<ReplicateFigures> cluster;
+  /// Ranks per node (nodes: consecutive world ranks) for the layer's groups; 0: the launcher's
+  /// LOCAL_WORLD_SIZE (ParallelGroups::build). One host can play several nodes this way.
+  int64_t ranks_per_node = 0;
+  /// Time a2a_algorithm flat against hierarchical where the layout's ep group spans nodes with
+  /// more than one rank on each (else the record says why not): step time and the bytes and
+  /// messages that cross nodes per step, summed over ranks.
+  bool a2a_algorithms = true;
 };
 
 /// Runs on every rank of `world` (collective); the record is complete on rank 0.

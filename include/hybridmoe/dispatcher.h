@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -31,6 +32,36 @@ namespace hybridmoe {
 struct MoEOptions;
 struct ParallelGroups;
 class GroupedExpertsImpl;
+
+/// How the expert-parallel token exchange of a distributed MoE layer moves its rows (the
+/// dispatch all-to-all, the combine's reverse one, and their backward). Text form (options,
+/// configuration keys, flags): "flat" or "hierarchical".
+///
+/// Example:
+///   parse_a2a_algorithm("hierarchical");  // A2AAlgorithm::kHierarchical
+///   to_string(A2AAlgorithm::kFlat);       // "flat"
+///   parse_a2a_algorithm("2d");            // error: a2a_algorithm: expected one of "flat",
+///                                         // "hierarchical", got "2d"
+enum class A2AAlgorithm {
+  kFlat,          ///< one all-to-all over the group: a message per pair of ranks
+  kHierarchical,  ///< Tutel's 2DH: inside each node, one message per node pair, inside again
+};
+std::string to_string(A2AAlgorithm algorithm);
+/// Parses "flat" or "hierarchical"; anything else is an error naming the text and both names.
+A2AAlgorithm parse_a2a_algorithm(const std::string& text);
+
+/// What MoEOptions::a2a_algorithm = `requested` runs over a token exchange group (its world
+/// `ranks` in group-rank order; `name` for errors) on nodes of ranks_per_node consecutive world
+/// ranks: kHierarchical when requested and the group spans more than one node with more than one
+/// member on each, else kFlat (there both are the same exchange). A requested kHierarchical over
+/// a group whose nodes hold different numbers of its members is refused, naming the setting and
+/// the group.
+///
+/// Example:
+///   exchange_algorithm(A2AAlgorithm::kHierarchical, {0, 1, 2, 3}, 2, "ep");  // kHierarchical
+///   exchange_algorithm(A2AAlgorithm::kHierarchical, {0, 2}, 2, "ep");        // kFlat
+A2AAlgorithm exchange_algorithm(A2AAlgorithm requested, const std::vector<int64_t>& ranks,
+                                int64_t ranks_per_node, const std::string& name);
 
 /// Per-call settings of MoEImpl::forward_with.
 struct MoECallOptions {
@@ -86,7 +117,9 @@ class TokenDispatcher {
 /// The dispatcher of a layer with these options: local without groups; with groups the
 /// adaptive or the all-to-all one by options.expert_layout() (the replicating one when
 /// options.replicate() is not off: refused where it cannot run, naming the setting), wrapped in the
-/// chunked overlap when options.a2a_overlap_degree() > 1. `grouped` (the layer's grouped experts,
+/// chunked overlap when options.a2a_overlap_degree() > 1; its token exchange uses
+/// options.a2a_algorithm() where that exchange crosses nodes (refused where it cannot run, naming
+/// both settings). `grouped` (the layer's grouped experts,
 /// or null with user expert modules) gives the overlap its weights. `placement`: the layer's
 /// (placement.h), which the adaptive dispatcher takes its S, local experts and valid r from.
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(const MoEOptions& options,

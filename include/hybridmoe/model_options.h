@@ -165,6 +165,7 @@ struct GPTOptions {
   TORCH_ARG(int64_t, adaptive_r) = 1;
   TORCH_ARG(int64_t, a2a_overlap_degree) = 1;
   TORCH_ARG(ReplicateOptions, replicate) = ReplicateOptions();
+  TORCH_ARG(A2AAlgorithm, a2a_algorithm) = A2AAlgorithm::kFlat;
   /// Activation recomputation in training: kNone, kBlock (each block keeps only its input) or
   /// kMoE (each MoE layer keeps only its input). See recompute.h.
   TORCH_ARG(Recompute, recompute) = Recompute::kNone;

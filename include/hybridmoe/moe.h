@@ -113,6 +113,18 @@ struct MoEOptions {
   /// to the owner. Off by default. Needs the fixed layout with ep > 1, etp = 1 and the built-in
   /// grouped experts (refused otherwise, naming the setting); any a2a_overlap_degree.
   TORCH_ARG(ReplicateOptions, replicate) = ReplicateOptions();
+  /// How the token exchange moves rows between nodes (nodes: ParallelGroups::ranks_per_node
+  /// consecutive world ranks). kFlat: one all-to-all. kHierarchical (Tutel's 2DH all-to-all,
+  /// hybridmoe/detail/hierarchical_all_to_all.h): rows first move inside each node, then one
+  /// message per node pair crosses, in forward and backward; the results are the flat ones bit
+  /// for bit. It applies to the exchange group (ep in the fixed layout, the stage in the adaptive
+  /// one) when that group spans more than one node with more than one member on each; a group
+  /// inside one node, or with one member per node, runs flat, because there both algorithms are
+  /// the same exchange (the two-level one reduces to its inner or its outer round). Refused,
+  /// naming both settings: a group that spans nodes holding different numbers of its members,
+  /// a2a_overlap_degree > 1 (the chunked exchange is flat), replicate other than off, and a
+  /// single-process layer (no exchange).
+  TORCH_ARG(A2AAlgorithm, a2a_algorithm) = A2AAlgorithm::kFlat;
 
  private:
   static constexpr unsigned kForwardedTopK = 1u, kForwardedCapacityFactor = 2u,

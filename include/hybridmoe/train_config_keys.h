@@ -9,9 +9,9 @@
 /// be added in one place and forgotten in another. X(type, member, key, default, group, help):
 /// the TOML key / flag (--name with '_' written '-') is `key`, the field TrainConfig::member.
 /// Typed keys (ModelFamily, NormType, PositionType, RopeScaling, AttentionType, QKNorm,
-/// Activation, ScoreFunction, ExpertLayout, AdaptiveR, ReplicatePlacement, DType, PipelineSchedule, Recompute,
-/// LayoutMode, TokenDType) are strings in TOML and on the command line, read and printed by their
-/// own parse / to_string.
+/// Activation, ScoreFunction, ExpertLayout, AdaptiveR, ReplicatePlacement, A2AAlgorithm, DType,
+/// PipelineSchedule, Recompute, LayoutMode, TokenDType) are strings in TOML and on the command
+/// line, read and printed by their own parse / to_string.
 /// `mlp_only_layers` (std::vector<int64_t>, ConfigKind::kIntList) is an array of integers in TOML
 /// and "1,3" (or "[1, 3]") on the command line; it prints as "[1, 3]".
 ///
@@ -185,6 +185,10 @@
     "adaptive_r = auto: re-time every N steps")                                                    \
   X(int64_t, a2a_overlap_degree, "a2a_overlap_degree", 1, "layout",                                \
     "chunks of the expert all-to-all overlapped (1: off)")                                         \
+  /* moe.h: hierarchical where the exchange group spans nodes (flat inside one node); */         \
+  /* excludes a2a_overlap_degree > 1 and replicate */                                              \
+  X(A2AAlgorithm, a2a_algorithm, "a2a_algorithm", A2AAlgorithm::kFlat, "layout",                   \
+    "expert all-to-all between nodes: flat or hierarchical (Tutel's 2DH)")                         \
   /* replicate.h: needs ep > 1 and the fixed experts (any etp, any overlap degree) */           \
   X(std::string, replicate, "replicate", "off", "layout",                                          \
     "hot-expert replication: off, auto (FasterMoE's cost rule) or N (the N hottest)")              \

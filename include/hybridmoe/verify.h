@@ -9,6 +9,7 @@
 
 #include <c10/util/Optional.h>
 
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/model_presets.h"
 #include "hybridmoe/parallel.h"
@@ -56,6 +57,12 @@ struct VerifyOptions {
   /// The layout's MoE layers replicate hot experts (replicate.h; its placement too); the
   /// reference does not. Needs ep > 1 (the layer refuses others, naming the setting).
   ReplicateOptions replicate;
+  /// The layout's MoE layers exchange tokens with this algorithm (MoEOptions::a2a_algorithm:
+  /// hierarchical where the exchange group spans nodes); the reference has no exchange.
+  A2AAlgorithm a2a_algorithm = A2AAlgorithm::kFlat;
+  /// Ranks per node of the layout's groups (nodes: consecutive world ranks); 0: the launcher's
+  /// LOCAL_WORLD_SIZE. One host can play several nodes this way.
+  int64_t ranks_per_node = 0;
 };
 
 /// max |a - b| / max(max |b|, 1e-30): the relative error of a against the reference b, in float64
@@ -104,6 +111,9 @@ struct VerifyRow {
   int64_t zero_stage = 0;                      ///< the ZeRO stage the layout's optimizer ran with
   std::string replicate = "off";               ///< VerifyOptions::replicate of the run
   std::string replicate_placement = "source";  ///< and its placement
+  /// The algorithm the layout's token exchange ran (VerifyOptions::a2a_algorithm where the
+  /// exchange group spans nodes with more than one rank on each, else "flat").
+  std::string a2a_algorithm = "flat";
 };
 
 /// Layouts on `world_size` ranks whose ep divides `experts` and whose etp divides `d_hidden`;

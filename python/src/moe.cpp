@@ -71,6 +71,7 @@ py::tuple named_tensors(MoEImpl& layer) {
 MoEOptions one_process(MoEOptions options) {
   options.a2a_overlap_degree(1);
   options.replicate(ReplicateOptions());
+  options.a2a_algorithm(A2AAlgorithm::kFlat);
   return options;
 }
 

@@ -43,6 +43,8 @@ MoEOptions options_from(const py::dict& kw) {
       o.adaptive_r(i64());
     else if (k == "a2a_overlap_degree")
       o.a2a_overlap_degree(i64());
+    else if (k == "a2a_algorithm")  // "flat" or "hierarchical"
+      o.a2a_algorithm(parse_a2a_algorithm(str()));
     else if (k == "replicate")  // "off", "auto", or N (an int or its text)
       o.replicate(parse_replicate(py::isinstance<py::int_>(v) ? std::to_string(i64()) : str()));
     else if (k == "replicate_placement")  // "source" or "spread"

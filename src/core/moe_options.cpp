@@ -1,8 +1,25 @@
 // moe_options.cpp — MoEOptions::gate(): replacing the gate options without silently undoing a
-// setting made through one of MoEOptions' forwarding setters.
+// setting made through one of MoEOptions' forwarding setters; the names of A2AAlgorithm.
+#include "core/enum_names.h"
 #include "hybridmoe/moe.h"
 
 namespace hybridmoe {
+
+namespace {
+
+const detail::EnumNames<A2AAlgorithm> kA2AAlgorithmNames{
+    "a2a_algorithm",
+    {{A2AAlgorithm::kFlat, "flat"}, {A2AAlgorithm::kHierarchical, "hierarchical"}}};
+
+}  // namespace
+
+std::string to_string(A2AAlgorithm algorithm) {
+  return kA2AAlgorithmNames.name_of(algorithm);
+}
+
+A2AAlgorithm parse_a2a_algorithm(const std::string& text) {
+  return kA2AAlgorithmNames.parse(text);
+}
 
 MoEOptions& MoEOptions::gate(const GateOptions& g) {
   if (forwarded_ & kForwardedTopK)

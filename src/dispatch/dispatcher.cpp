@@ -5,6 +5,7 @@
 
 #include "experts/grouped_mlp.h"
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/detail/hierarchical_all_to_all.h"
 #include "hybridmoe/detail/overlap.h"
 #include "hybridmoe/parallel.h"
 
@@ -17,6 +18,23 @@ torch::Tensor TokenDispatcher::run_experts(DispatchedRows& d, ExpertsBase& exper
   return experts.run(d.rows, d.counts);
 }
 
+A2AAlgorithm exchange_algorithm(A2AAlgorithm requested, const std::vector<int64_t>& ranks,
+                                int64_t ranks_per_node, const std::string& name) {
+  if (requested == A2AAlgorithm::kFlat || ranks.size() <= 1) return A2AAlgorithm::kFlat;
+  int64_t per_node = 0;
+  try {
+    per_node = dist::members_per_node(ranks, ranks_per_node, name);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false,
+                "MoE: a2a_algorithm=hierarchical needs the token exchange's group to hold the "
+                "same number of its ranks on every node it spans: ",
+                e.what_without_backtrace());
+  }
+  // One node, or one member per node: the two-level exchange is the flat one.
+  const bool two_levels = per_node > 1 && per_node < static_cast<int64_t>(ranks.size());
+  return two_levels ? A2AAlgorithm::kHierarchical : A2AAlgorithm::kFlat;
+}
+
 std::unique_ptr<TokenDispatcher> make_token_dispatcher(
     const MoEOptions& options, const ExpertPlacement& placement,
     std::shared_ptr<const ParallelGroups> groups, std::shared_ptr<GroupedExpertsImpl> grouped) {
@@ -26,14 +44,32 @@ std::unique_ptr<TokenDispatcher> make_token_dispatcher(
               " needs a distributed layer with the fixed expert layout, got ",
               groups ? "" : "a single process, ",
               "expert_layout=", to_string(options.expert_layout()), " (use replicate=off)");
+  const bool hierarchical = options.a2a_algorithm() == A2AAlgorithm::kHierarchical;
+  TORCH_CHECK(!hierarchical || groups,
+              "MoE: a2a_algorithm=hierarchical routes the expert-parallel all-to-all between "
+              "nodes, which a single-process layer does not have (use flat)");
+  TORCH_CHECK(
+      !hierarchical || options.a2a_overlap_degree() == 1,
+      "MoE: a2a_algorithm=hierarchical with a2a_overlap_degree=", options.a2a_overlap_degree(),
+      ": the chunked overlap pipelines flat all-to-alls; use a2a_overlap_degree=1 or "
+      "a2a_algorithm=flat");
+  TORCH_CHECK(!hierarchical || !replicate,
+              "MoE: a2a_algorithm=hierarchical with replicate=", to_string(options.replicate()),
+              ": the replicating dispatcher exchanges its rows flat; use replicate=off or "
+              "a2a_algorithm=flat");
   if (!groups) return std::make_unique<detail::LocalDispatcher>(options.num_experts());
   std::unique_ptr<detail::ExchangingDispatcher> d;
   if (replicate) {
     d = std::make_unique<detail::ReplicatingDispatcher>(options, groups, grouped);
   } else if (options.expert_layout() == ExpertLayout::kAdaptive) {
     d = std::make_unique<detail::AdaptiveDispatcher>(options, placement, groups, grouped);
+    // The adaptive exchange runs over the stage, the fixed layout's over ep.
+    d->use_a2a_algorithm(exchange_algorithm(options.a2a_algorithm(), groups->stage.ranks,
+                                            groups->ranks_per_node, groups->stage.name));
   } else {
     d = std::make_unique<detail::AllToAllDispatcher>(options, groups);
+    d->use_a2a_algorithm(exchange_algorithm(options.a2a_algorithm(), groups->ep.ranks,
+                                            groups->ranks_per_node, groups->ep.name));
   }
   if (options.a2a_overlap_degree() == 1) return d;
   return std::make_unique<detail::OverlapDispatcher>(std::move(d), grouped, options.activation(),
@@ -112,6 +148,8 @@ DispatchedRows ExchangingDispatcher::dispatch(const torch::Tensor& mine,
   // 1. The token exchange: an all-to-all over the group, then the rows expert-major.
   if (x.exchanges()) {
     h->xp = make_exchange_plan(x.send_counts, x.recv_counts, x.group.size());
+    h->xp.algorithm = a2a_;
+    h->xp.ranks_per_node = groups_->ranks_per_node;
     rows = exchange_tokens(rows, h->xp, x.group);
     counts = h->xp.local_counts;
   }

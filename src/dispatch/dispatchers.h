@@ -69,6 +69,9 @@ class ExchangingDispatcher : public TokenDispatcher {
   DispatchedRows dispatch(const torch::Tensor& mine, const RouterOutput& routing,
                           const MoECallOptions& call) override;
   torch::Tensor combine(const torch::Tensor& y, DispatchedRows& d) override;
+  /// The all-to-all of dispatch() / combine() (flat by default): the factory sets kHierarchical
+  /// after checking that the exchange group fills its nodes evenly (exchange_algorithm()).
+  void use_a2a_algorithm(A2AAlgorithm algorithm) { a2a_ = algorithm; }
 
  protected:
   /// The slices' tokens back into the replicated tokens. y: [T_mine, d] → [T, d].
@@ -76,6 +79,7 @@ class ExchangingDispatcher : public TokenDispatcher {
 
   std::shared_ptr<const ParallelGroups> groups_;
   std::vector<int64_t> slice_rows_;  // of the current call (set by local_tokens)
+  A2AAlgorithm a2a_ = A2AAlgorithm::kFlat;
 };
 
 class AllToAllDispatcher : public ExchangingDispatcher {

@@ -4,6 +4,8 @@
 #include <numeric>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/detail/comm_tape.h"
+#include "hybridmoe/detail/hierarchical_all_to_all.h"
 
 namespace hybridmoe {
 
@@ -160,15 +162,45 @@ ExchangePlan make_exchange_plan(const std::vector<int64_t>& send_counts,
   return xp;
 }
 
+namespace {
+
+// The plan's all-to-all of x: [sum(in), d] → [sum(out), d] (out / in: rows from / to each rank of
+// ep), its cross-node traffic counted when the plan knows the nodes.
+torch::Tensor plan_all_to_all(const torch::Tensor& x, const std::vector<int64_t>& out,
+                              const std::vector<int64_t>& in, const ExchangePlan& xp,
+                              const dist::Group& ep) {
+  if (xp.algorithm == A2AAlgorithm::kHierarchical) {
+    TORCH_CHECK(xp.ranks_per_node > 0,
+                "exchange_tokens: the hierarchical all-to-all needs the plan's ranks per node, "
+                "got ",
+                xp.ranks_per_node);
+    dist::CrossNodeTraffic t;
+    auto y = dist::hierarchical_all_to_all(x, out, in, ep, xp.ranks_per_node, &t);
+    dist::record_cross_node_traffic(t);
+    return y;
+  }
+  // A recomputed forward replaying its all-to-all from the tape (comm_tape.h) sends nothing.
+  const bool replaying = dist::CommTape::active() != nullptr &&
+                         dist::CommTape::active_mode() == dist::CommTape::Mode::kReplay;
+  if (xp.ranks_per_node > 0 && ep.size() > 1 && !replaying) {
+    const int64_t row_bytes = x.size(1) * static_cast<int64_t>(x.element_size());  // x: [A, d]
+    dist::record_cross_node_traffic(
+        dist::flat_cross_node_traffic(in, row_bytes, ep, xp.ranks_per_node));
+  }
+  return dist::all_to_all(x, out, in, ep);
+}
+
+}  // namespace
+
 torch::Tensor exchange_tokens(const torch::Tensor& rows, const ExchangePlan& xp,
                               const dist::Group& ep) {
-  auto received = dist::all_to_all(rows, xp.recv_splits, xp.send_splits, ep);
+  auto received = plan_all_to_all(rows, xp.recv_splits, xp.send_splits, xp, ep);
   return gather_rows(received, xp.to_expert_major.to(received.device()));
 }
 
 torch::Tensor exchange_back(const torch::Tensor& y, const ExchangePlan& xp, const dist::Group& ep) {
   auto source_major = gather_rows(y, xp.from_expert_major.to(y.device()));
-  return dist::all_to_all(source_major, xp.send_splits, xp.recv_splits, ep);
+  return plan_all_to_all(source_major, xp.send_splits, xp.recv_splits, xp, ep);
 }
 
 }  // namespace hybridmoe

@@ -72,14 +72,14 @@ MoEOptions GPTOptions::moe_options() const {
   m.shared_expert_hidden(shared_expert_hidden_).shared_expert_gate(shared_expert_gate_);
   m.gate(gate_);
   m.expert_layout(expert_layout_).adaptive_r(adaptive_r_).a2a_overlap_degree(a2a_overlap_degree_);
-  m.replicate(replicate_);
+  m.replicate(replicate_).a2a_algorithm(a2a_algorithm_);
   return m;
 }
 
 GPTOptions GPTOptions::single_process() const {
   GPTOptions o = *this;
   o.expert_layout(ExpertLayout::kFixed).adaptive_r(1).a2a_overlap_degree(1);
-  o.replicate(ReplicateOptions());
+  o.replicate(ReplicateOptions()).a2a_algorithm(A2AAlgorithm::kFlat);
   return o;
 }
 

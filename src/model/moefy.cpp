@@ -39,7 +39,8 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .expert_layout(options.expert_layout())
       .adaptive_r(options.adaptive_r())
       .a2a_overlap_degree(options.a2a_overlap_degree())
-      .replicate(options.replicate());
+      .replicate(options.replicate())
+      .a2a_algorithm(options.a2a_algorithm());
   if (upcycle) {
     TORCH_CHECK(options.expert_layout() == ExpertLayout::kFixed,
                 "moefy: upcycling copies the MLP into experts of the fixed layout; expected "
@@ -79,7 +80,8 @@ void moefy(GPTImpl& model, MoEOptions options, bool upcycle, int64_t every) {
       .expert_layout(mo.expert_layout())
       .adaptive_r(mo.adaptive_r())
       .a2a_overlap_degree(mo.a2a_overlap_degree())
-      .replicate(mo.replicate());
+      .replicate(mo.replicate())
+      .a2a_algorithm(mo.a2a_algorithm());
 }
 
 }  // namespace hybridmoe

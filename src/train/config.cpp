@@ -214,6 +214,13 @@ std::string check_config(const TrainConfig& c) {
   need(c.a2a_overlap_degree == 1 || c.ep > 1 || c.expert_layout == ExpertLayout::kAdaptive,
        "config key `a2a_overlap_degree` = " + s(c.a2a_overlap_degree) +
            " overlaps the expert all-to-all: it needs `ep` > 1 or the adaptive expert layout");
+  need(c.a2a_algorithm == A2AAlgorithm::kFlat || c.a2a_overlap_degree == 1,
+       "config keys `a2a_algorithm` = \"hierarchical\" and `a2a_overlap_degree` = " +
+           s(c.a2a_overlap_degree) +
+           " exclude each other: the chunked overlap pipelines flat all-to-alls");
+  need(c.a2a_algorithm == A2AAlgorithm::kFlat || c.replicate == "off",
+       "config keys `a2a_algorithm` = \"hierarchical\" and `replicate` = \"" + c.replicate +
+           "\" exclude each other: the replicating dispatcher exchanges its rows flat");
   need(c.adaptive_recheck_every >= 1, "config key `adaptive_recheck_every` must be >= 1");
   bool replicate_ok = true;
   try {

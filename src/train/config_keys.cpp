@@ -39,6 +39,11 @@ struct TextValue<ReplicatePlacement> {
   static std::string print(ReplicatePlacement v) { return to_string(v); }
 };
 template <>
+struct TextValue<A2AAlgorithm> {
+  static A2AAlgorithm parse(const std::string& s) { return parse_a2a_algorithm(s); }
+  static std::string print(A2AAlgorithm v) { return to_string(v); }
+};
+template <>
 struct TextValue<AdaptiveR> {
   static AdaptiveR parse(const std::string& s) { return AdaptiveR::parse(s); }
   static std::string print(const AdaptiveR& v) { return v.to_string(); }

@@ -164,6 +164,7 @@ GPTOptions TrainConfig::model_options() const {
       .adaptive_r(r)
       .a2a_overlap_degree(a2a_overlap_degree)
       .replicate(parse_replicate(replicate).placement(replicate_placement))
+      .a2a_algorithm(a2a_algorithm)
       .recompute(recompute)
       .recompute_cache_comm(recompute_cache_comm);
 }

@@ -145,8 +145,9 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
   row.gate = gate.to_string();
   row.expert_layout = o.expert_layout;
   row.adaptive_r = o.adaptive_r;
-  auto groups = detail::verify_groups(world, layout, run_id);
+  auto groups = detail::verify_groups(world, layout, run_id, o.ranks_per_node);
   if (!groups) return row;
+  row.a2a_algorithm = detail::verify_a2a_algorithm(o, *groups);
   const double tol = detail::verify_tolerance(o);
 
   // 1. The reference and the layout's model, from the same initial weights.
@@ -169,7 +170,7 @@ VerifyRow verify_layout(dist::World& world, const ParallelConfig& layout, const 
     mo.expert_layout(ExpertLayout::kAdaptive)
         .adaptive_r(every_step ? degrees[0] : o.adaptive_r.value());
   }
-  mo.replicate(o.replicate);
+  mo.replicate(o.replicate).a2a_algorithm(o.a2a_algorithm);
   VerifyNet ref(ref_mo, nullptr);
   ref->to(o.dtype);
   VerifyNet net(mo, groups);

@@ -86,8 +86,9 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
     TORCH_CHECK(o.d_model % kVerifyHeads == 0, "verify: d_model=", o.d_model,
                 " must be divisible by the GPT's ", kVerifyHeads, " heads");
   }
-  auto groups = detail::verify_groups(world, layout, run_id);
+  auto groups = detail::verify_groups(world, layout, run_id, o.ranks_per_node);
   if (!groups) return row;
+  row.a2a_algorithm = detail::verify_a2a_algorithm(o, *groups);
   const double tol = detail::verify_tolerance(o);
   const int64_t M = o.micro_batches > 0 ? o.micro_batches : layout.pp + 1;
   row.micro_batches = M;
@@ -97,7 +98,8 @@ VerifyRow verify_gpt_layout(dist::World& world, const ParallelConfig& layout, co
   torch::manual_seed(o.seed);
   GPT ref(opts);
   ref->to(o.dtype);
-  GPT net(GPTOptions(opts).replicate(o.replicate), groups);  // the reference replicates nothing
+  // The reference replicates nothing and exchanges nothing.
+  GPT net(GPTOptions(opts).replicate(o.replicate).a2a_algorithm(o.a2a_algorithm), groups);
   net->to(o.dtype);
   net->load_shard_from(*ref);
   net->set_recompute(o.recompute);

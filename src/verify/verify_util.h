@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/grouped_dp.h"
 #include "hybridmoe/verify.h"
 #include "hybridmoe/zero.h"
@@ -13,9 +14,11 @@
 namespace hybridmoe::detail {
 
 /// The groups of a layout on the first layout.world_size() ranks of `world` (null on the other
-/// ranks, which take no further part). Collective over the world.
+/// ranks, which take no further part), on the world's nodes of ranks_per_node ranks (0: the
+/// launcher's LOCAL_WORLD_SIZE). Collective over the world.
 inline std::shared_ptr<ParallelGroups> verify_groups(dist::World& world,
-                                                     const ParallelConfig& layout, int64_t run_id) {
+                                                     const ParallelConfig& layout, int64_t run_id,
+                                                     int64_t ranks_per_node) {
   const int64_t w = layout.world_size();
   layout.validate(w);
   TORCH_CHECK(w <= world.size(), "verify: layout ", layout.to_string(), " needs ", w,
@@ -25,8 +28,18 @@ inline std::shared_ptr<ParallelGroups> verify_groups(dist::World& world,
   const std::string tag = "verify" + std::to_string(run_id);
   auto sub = world.new_group(tag, members);
   if (!sub.is_member()) return nullptr;
-  return std::make_shared<ParallelGroups>(
+  auto groups = std::make_shared<ParallelGroups>(
       ParallelGroups::build(layout, sub, world.store(), false, tag));
+  // The layout's ranks are the world's first ones: its nodes are the world's.
+  groups->ranks_per_node = ranks_per_node > 0 ? ranks_per_node : world.env().local_world_size;
+  return groups;
+}
+
+/// The token exchange algorithm the layout's MoE runs with options.a2a_algorithm (over ep, or
+/// over the stage with the adaptive expert layout), for the row.
+inline std::string verify_a2a_algorithm(const VerifyOptions& o, const ParallelGroups& g) {
+  const auto& group = o.expert_layout == ExpertLayout::kAdaptive ? g.stage : g.ep;
+  return to_string(exchange_algorithm(o.a2a_algorithm, group.ranks, g.ranks_per_node, group.name));
 }
 
 /// The relative tolerance of a proof: options.tolerance, or 1e-9 (float64) / 1e-4 (float32).

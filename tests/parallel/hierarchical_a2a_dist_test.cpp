@@ -3,10 +3,12 @@
 // host can play several nodes): forward results and input gradients equal bit for bit in float64
 // for uneven splits, zero splits and an exchange that sends nothing; the cross-node traffic
 // equals what the split matrix says (rows of each node pair in one message); nodes holding
-// different numbers of members are refused.
+// different numbers of members are refused; a recomputed forward replays the taped result.
 #include <gtest/gtest.h>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/comm_stats.h"
+#include "hybridmoe/detail/comm_tape.h"
 #include "hybridmoe/detail/hierarchical_all_to_all.h"
 #include "support/multirank.h"
 
@@ -83,6 +85,48 @@ TEST(HierarchicalAllToAll, EqualsFlatBitForBit) {
       one_sender[3] = {2, 0, 1, 5};  // only rank 3 sends, nothing to rank 1
       check_against_flat(ctx, one_sender, per_node);
     }
+  });
+}
+
+TEST(HierarchicalAllToAll, RecomputeReplaysTheTapedResult) {
+  run_on_ranks(4, [](RankContext& ctx) {
+    const dist::Group& g = ctx.group();
+    const Matrix m = uneven(4);
+    const int64_t me = g.rank;
+    std::vector<int64_t> in(4), out(4);
+    for (int64_t k = 0; k < 4; ++k) {
+      in[k] = m[me][k];
+      out[k] = m[k][me];
+    }
+    int64_t rows = 0;
+    for (int64_t v : in) rows += v;
+    auto x = torch::arange(rows * 2, torch::kFloat64).view({rows, 2}) + 100.0 * me;
+    // 1. The first forward records its result on the tape.
+    dist::CommTape tape;
+    torch::Tensor recorded;
+    {
+      dist::CommTapeScope record(&tape, dist::CommTape::Mode::kRecord);
+      recorded = dist::hierarchical_all_to_all(x, out, in, g, 2);
+    }
+    EXPECT_EQ(tape.size(), 1);
+    // 2. The recomputed forward takes it from the tape and sends nothing.
+    auto x2 = x.clone().requires_grad_(true);
+    dist::reset_comm_stats();
+    torch::Tensor replayed;
+    {
+      dist::CommTapeScope replay(&tape, dist::CommTape::Mode::kReplay);
+      replayed = dist::hierarchical_all_to_all(x2, out, in, g, 2);
+    }
+    EXPECT_EQ(dist::comm_stats()["p2p_send"].calls, 0);
+    EXPECT_EQ(tape.remaining(), 0);
+    EXPECT_TRUE(torch::equal(replayed, recorded));
+    // 3. Its backward is still the real conjugate exchange: the flat one's gradient.
+    auto x3 = x.clone().requires_grad_(true);
+    auto flat = dist::all_to_all(x3, out, in, g);
+    auto grad = torch::cos(torch::arange(flat.numel(), torch::kFloat64)).view(flat.sizes());
+    flat.backward(grad);
+    replayed.backward(grad);
+    EXPECT_TRUE(torch::equal(x2.grad(), x3.grad()));
   });
 }
 

@@ -133,6 +133,13 @@ def test_bad_arguments_raise_the_cpp_message():
     assert raised(lambda: hybridmoe.MoE(8, 4, activation="tanh")) == (
         'activation: expected one of gelu, relu, swiglu; got "tanh"')
     assert 'unknown option "colour"' in raised(lambda: hybridmoe.MoE(8, 4, colour=1))
+    # a2a_algorithm: its names, and one process has no exchange to route between nodes.
+    assert 'a2a_algorithm: expected one of "flat", "hierarchical", got "tree"' in raised(
+        lambda: hybridmoe.MoE(8, 4, a2a_algorithm="tree"))
+    assert ("a2a_algorithm=hierarchical routes the expert-parallel all-to-all between nodes, "
+            "which a single-process layer does not have") in raised(
+        lambda: hybridmoe.MoE(8, 4, a2a_algorithm="hierarchical"))
+    hybridmoe.MoE(8, 4, a2a_algorithm="flat")
     moe = hybridmoe.MoE(8, 4, d_hidden=4)
     assert raised(lambda: moe(torch.randn(3, 7))) == (
         "MoE: input width must be d_model=8, got 7 (shape [3, 7])")

@@ -109,6 +109,18 @@ void add_bench_command(CLI::App& app) {
       ->add_option("--adaptive", sweeps->adaptive,
                    "With --nproc > 1: also time the adaptive expert layout at every valid r")
       ->capture_default_str();
+  layer
+      ->add_option("--a2a-algorithms", sweeps->a2a_algorithms,
+                   "With --nproc > 1: time a2a_algorithm flat and hierarchical where the ep group "
+                   "spans nodes (step time, bytes and messages across nodes)")
+      ->capture_default_str();
+  layer
+      ->add_option("--ranks-per-node", sweeps->ranks_per_node,
+                   "Ranks per node of the layer's groups (0: the launcher's LOCAL_WORLD_SIZE); "
+                   "one host can play several nodes")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  add_node_flags(layer);
   auto replicate = std::make_shared<std::string>("");
   layer->add_option("--replicate", *replicate,
                     "With --nproc > 1 (ep > 1): hot-expert replication settings timed "
@@ -150,43 +162,40 @@ void add_bench_command(CLI::App& app) {
           std::cout << bench::run_layer_bench(*args).dump() << std::endl;
           return;
         }
-        if (!in_launcher) {  // re-launch this command on nproc local ranks
-          dist::LaunchOptions lo;
-          lo.nproc = *nproc;
-          lo.command = self_command();
-          lo.plain_lead_stdout = true;
-          const int code = dist::launch_local(lo).exit_code;
-          if (code != 0) throw CLI::RuntimeError(code);
-          return;
-        }
-        auto world = dist::init();
-        const ParallelConfig c = parse_layout_arg(*layout, world->size());
-        sweeps->overlap_degrees.clear();
-        std::stringstream ds(*degrees);
-        std::string item;
-        while (std::getline(ds, item, ','))
-          if (!item.empty()) sweeps->overlap_degrees.push_back(std::stoll(item));
-        std::stringstream rs(*replicate);
-        sweeps->replicate.clear();
-        while (std::getline(rs, item, ','))
-          if (!item.empty()) {
-            parse_replicate(item);  // an unknown setting is an error naming it
-            sweeps->replicate.push_back(item);
+        // Under a launcher: this rank's part; else re-launch this command on this node's ranks
+        // (node flags).
+        const int code = run_here_or_on_local_ranks(*nproc, [&] {
+          auto world = dist::init();
+          const ParallelConfig c = parse_layout_arg(*layout, world->size());
+          sweeps->overlap_degrees.clear();
+          std::stringstream ds(*degrees);
+          std::string item;
+          while (std::getline(ds, item, ','))
+            if (!item.empty()) sweeps->overlap_degrees.push_back(std::stoll(item));
+          std::stringstream rs(*replicate);
+          sweeps->replicate.clear();
+          while (std::getline(rs, item, ','))
+            if (!item.empty()) {
+              parse_replicate(item);  // an unknown setting is an error naming it
+              sweeps->replicate.push_back(item);
+            }
+          if (*cluster_flops > 0 || *cluster_bw > 0) {
+            if (*cluster_flops <= 0 || *cluster_bw <= 0)
+              throw CLI::ValidationError("--cluster-flops",
+                                         "needs both --cluster-flops and --cluster-bw");
+            sweeps->cluster = ReplicateFigures()
+                                  .gemm_flops(*cluster_flops)
+                                  .a2a_bytes_per_s(*cluster_bw)
+                                  .gather_bytes_per_s(*cluster_bw)
+                                  .a2a_latency_s(1e-5)
+                                  .gather_latency_s(1e-5);
           }
-        if (*cluster_flops > 0 || *cluster_bw > 0) {
-          if (*cluster_flops <= 0 || *cluster_bw <= 0)
-            throw CLI::ValidationError("--cluster-flops",
-                                       "needs both --cluster-flops and --cluster-bw");
-          sweeps->cluster = ReplicateFigures()
-                                .gemm_flops(*cluster_flops)
-                                .a2a_bytes_per_s(*cluster_bw)
-                                .gather_bytes_per_s(*cluster_bw)
-                                .a2a_latency_s(1e-5)
-                                .gather_latency_s(1e-5);
-        }
-        auto j = bench::run_layer_bench_distributed(*args, c, *world, *sweeps);
-        if (world->rank() == 0) std::cout << j.dump() << std::endl;
-        world->finalize();
+          auto j = bench::run_layer_bench_distributed(*args, c, *world, *sweeps);
+          if (world->rank() == 0) std::cout << j.dump() << std::endl;
+          world->finalize();
+          return 0;
+        });
+        if (code != 0) throw CLI::RuntimeError(code);
       });
 
   // `hmoe bench optimizer`: the ZeroAdamW step's peak extra memory and time, tiled vs untiled.

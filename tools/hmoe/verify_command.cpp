@@ -44,6 +44,7 @@ struct VerifyArgs {
   std::string recompute = "none";
   std::string replicate = "off";  ///< hot-expert replication of the layout's MoE: off, auto or N
   std::string replicate_placement = "source";  ///< where replicated experts' rows run
+  std::string a2a_algorithm = "flat";  ///< the layout's token exchange: flat or hierarchical
   bool json = false;
   VerifyOptions options;
 };
@@ -128,8 +129,31 @@ int run_worker(const VerifyArgs& a) {
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "--replicate-placement: ", e.what_without_backtrace());
   }
+  try {
+    o.a2a_algorithm = parse_a2a_algorithm(a.a2a_algorithm);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "--a2a-algorithm: ", e.what_without_backtrace());
+  }
+  const int64_t per_node =  // nodes hold consecutive ranks
+      o.ranks_per_node > 0 ? o.ranks_per_node : world->env().local_world_size;
   auto layouts =
       parse_layouts(a.layouts, world->size(), o.experts, o.d_hidden, o.model.has_value());
+  // The hierarchical exchange needs its group to fill its nodes evenly: "all" keeps those
+  // layouts (a listed layout that does not is refused by the layer, naming the group).
+  if (o.a2a_algorithm == A2AAlgorithm::kHierarchical && a.layouts == "all")
+    layouts.erase(std::remove_if(
+                      layouts.begin(), layouts.end(),
+                      [&](const ParallelConfig& c) {
+                        const auto kind = a.adaptive_r.empty() ? GroupKind::kEp : GroupKind::kStage;
+                        try {
+                          for (const auto& g : all_group_ranks(c, kind))
+                            exchange_algorithm(o.a2a_algorithm, g, per_node, to_string(kind));
+                        } catch (const c10::Error&) {
+                          return true;
+                        }
+                        return false;
+                      }),
+                  layouts.end());
   // Replication runs on layouts with ep > 1 (any etp): "all" keeps those.
   if (o.replicate.mode() != ReplicateMode::kOff && a.layouts == "all")
     layouts.erase(std::remove_if(layouts.begin(), layouts.end(),
@@ -138,7 +162,6 @@ int run_worker(const VerifyArgs& a) {
   std::vector<GateSpec> gates;
   for (const auto& g : split_list(a.gates, ',')) gates.push_back(GateSpec::parse(g));
   const bool lead = world->rank() == 0;
-  const int64_t per_node = world->env().local_world_size;  // nodes hold consecutive ranks
   nlohmann::json rows = nlohmann::json::array();
   bool all_pass = true;
   int64_t run_id = 0;
@@ -217,14 +240,18 @@ int run_worker(const VerifyArgs& a) {
                           {"zero", row.zero_stage},
                           {"replicate", row.replicate},
                           {"replicate_placement", row.replicate_placement},
+                          {"a2a_algorithm", row.a2a_algorithm},
                           {"loss_rel_err", row.loss_rel_err},
                           {"param_rel_err", row.param_rel_err},
                           {"pass", row.pass},
                           {"nodes", node_crossing_text(layout, per_node)}});
           // Across nodes, each row says which of the layout's groups cross them.
-          const std::string nodes = layout.world_size() > per_node
-                                        ? "  (" + node_crossing_text(layout, per_node) + ")"
-                                        : "";
+          // With --a2a-algorithm hierarchical, the exchange each layout ran.
+          const bool asked = o.a2a_algorithm == A2AAlgorithm::kHierarchical;
+          const std::string nodes =
+              (layout.world_size() > per_node ? "  (" + node_crossing_text(layout, per_node) + ")"
+                                              : "") +
+              (asked ? " a2a=" + row.a2a_algorithm : "");
           if (!a.json)
             std::printf("%-22s %-16s %12.3e %12.3e  %s%s\n",
                         (layout.to_string() + (row.schedule.empty() ? "" : " " + row.schedule) +
@@ -338,6 +365,16 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--replicate-placement", a->replicate_placement,
                   "Where replicated experts' rows are computed: source (the rank that routed "
                   "them, FasterMoE) or spread (evenly over the ep ranks)")
+      ->capture_default_str();
+  cmd->add_option("--a2a-algorithm", a->a2a_algorithm,
+                  "Token exchange of the layout's MoE: flat or hierarchical (Tutel's 2DH, where "
+                  "the exchange group spans nodes; with \"all\" layouts, those whose group fills "
+                  "its nodes evenly)")
+      ->capture_default_str();
+  cmd->add_option("--ranks-per-node", a->options.ranks_per_node,
+                  "Ranks per node of the layouts' groups (0: the launcher's LOCAL_WORLD_SIZE); one "
+                  "host can play several nodes")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON line");
   add_node_flags(cmd);

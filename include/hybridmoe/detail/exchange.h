@@ -4,7 +4,8 @@
 //             ↔ gather_from_slices (blocks → replicated tokens; backward keeps this rank's block)
 //             — FastMoE's slice group, TED's duplicate token dropping;
 //   experts:  exchange_tokens (expert-parallel all-to-all, then rows reordered expert-major)
-//             ↔ exchange_back (the inverse reorder, then the reverse all-to-all).
+//             ↔ exchange_back (the inverse reorder, then the reverse all-to-all); the all-to-all
+//             flat or two-level (Tutel's 2DH, hierarchical_all_to_all.h) by the plan's algorithm.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <torch/torch.h>
 
 #include "hybridmoe/detail/dispatch.h"
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/dist.h"
 
 namespace hybridmoe {
@@ -50,6 +52,13 @@ struct ExchangePlan {
   std::vector<int64_t> local_counts;  ///< [L] rows per local expert after the exchange
   torch::Tensor to_expert_major;      ///< [R] int64: received row of each expert-major row
   torch::Tensor from_expert_major;    ///< [R] int64: the inverse permutation
+  /// How exchange_tokens / exchange_back move the rows: kHierarchical needs the group to fill
+  /// its nodes evenly (hierarchical_all_to_all.h). The plan makers leave it kFlat; the
+  /// dispatcher sets what MoEOptions::a2a_algorithm makes of its group.
+  A2AAlgorithm algorithm = A2AAlgorithm::kFlat;
+  /// Ranks per node (consecutive world ranks); > 0: each exchange adds its cross-node traffic
+  /// to dist::record_cross_node_traffic (needed by kHierarchical). 0: nodes unknown, not counted.
+  int64_t ranks_per_node = 0;
 };
 
 /// Builds the exchange of a plan over all E = P * L experts (rank j holds experts
@@ -62,8 +71,8 @@ ExchangePlan make_exchange_plan(const DispatchPlan& plan, const dist::Group& ep)
 ExchangePlan make_exchange_plan(const std::vector<int64_t>& send_counts,
                                 const std::vector<int64_t>& recv_counts, int64_t P);
 
-/// All-to-all of expert-sorted rows to the experts' ranks, then reordered expert-major.
-/// rows: [A, d] → [R, d] with R = sum(local_counts).
+/// All-to-all of expert-sorted rows to the experts' ranks (xp.algorithm's), then reordered
+/// expert-major. rows: [A, d] → [R, d] with R = sum(local_counts).
 torch::Tensor exchange_tokens(const torch::Tensor& rows, const ExchangePlan& xp,
                               const dist::Group& ep);
 

@@ -4,8 +4,10 @@
 #include "hybridmoe/detail/hierarchical_all_to_all.h"
 
 #include <functional>
+#include <mutex>
 #include <numeric>
 
+#include "hybridmoe/detail/comm_tape.h"
 #include "parallel/comm/work.h"
 
 namespace hybridmoe::dist {
@@ -16,6 +18,17 @@ using torch::autograd::variable_list;
 
 // Tags of the three rounds (each pair of ranks matches its messages by tag, in order).
 constexpr int64_t kCountsTag = 2201, kIntraTag = 2202, kCrossTag = 2203;
+// The name of the forward result on a recompute tape.
+constexpr const char* kTapeOp = "hierarchical_all_to_all";
+
+std::mutex& traffic_mutex() {
+  static std::mutex m;
+  return m;
+}
+CrossNodeTraffic& traffic_total() {
+  static CrossNodeTraffic t;
+  return t;
+}
 
 /// The group's members in blocks of G per node: N blocks; this rank is local index l of block n.
 struct NodeShape {
@@ -26,22 +39,9 @@ struct NodeShape {
 NodeShape node_shape(const Group& g, int64_t ranks_per_node) {
   TORCH_CHECK(g.is_member(), "hierarchical_all_to_all: this process is not a member of group '",
               g.name, "'");
-  TORCH_CHECK(ranks_per_node >= 1, "hierarchical_all_to_all: ranks per node should be >= 1, got ",
-              ranks_per_node);
   const int64_t P = g.size();
-  auto node_of = [&](int64_t k) { return g.ranks[k] / ranks_per_node; };
   NodeShape s;
-  s.G = 0;
-  while (s.G < P && node_of(s.G) == node_of(0)) ++s.G;
-  TORCH_CHECK(P % s.G == 0, "hierarchical_all_to_all: group '", g.name, "' of ", P, " members has ",
-              s.G, " on its first node (nodes of ", ranks_per_node,
-              " world ranks); every node should hold the same number of them");
-  for (int64_t k = 0; k < P; ++k) {
-    TORCH_CHECK(node_of(k) == node_of(k / s.G * s.G), "hierarchical_all_to_all: group '", g.name,
-                "' should fill its nodes (of ", ranks_per_node,
-                " world ranks) in group-rank order, ", s.G, " members each, but member ", k,
-                " (world rank ", g.ranks[k], ") is on node ", node_of(k));
-  }
+  s.G = members_per_node(g.ranks, ranks_per_node, g.name);
   s.N = P / s.G;
   s.n = g.rank / s.G;
   s.l = g.rank % s.G;
@@ -149,7 +149,13 @@ struct HierarchicalAllToAllFn : torch::autograd::Function<HierarchicalAllToAllFn
     ctx->saved_data["in"] = input_splits;
     ctx->saved_data["group"] = detail::pack(g);
     ctx->saved_data["per_node"] = ranks_per_node;
-    return exchange(x, output_splits, input_splits, g, node_shape(g, ranks_per_node), traffic);
+    // A recomputed forward takes the recorded result (no messages); the first one records it.
+    dist::CommTape* tape = dist::CommTape::active();
+    if (tape != nullptr && dist::CommTape::active_mode() == dist::CommTape::Mode::kReplay)
+      return tape->replay(kTapeOp);
+    auto y = exchange(x, output_splits, input_splits, g, node_shape(g, ranks_per_node), traffic);
+    if (tape != nullptr) tape->record(kTapeOp, y);
+    return y;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     // The conjugate: every row's gradient goes back the way the row came.
@@ -163,6 +169,27 @@ struct HierarchicalAllToAllFn : torch::autograd::Function<HierarchicalAllToAllFn
 };
 
 }  // namespace
+
+int64_t members_per_node(const std::vector<int64_t>& ranks, int64_t ranks_per_node,
+                         const std::string& name) {
+  TORCH_CHECK(ranks_per_node >= 1, "hierarchical_all_to_all: ranks per node should be >= 1, got ",
+              ranks_per_node);
+  TORCH_CHECK(!ranks.empty(), "hierarchical_all_to_all: group '", name, "' has no members");
+  const int64_t P = static_cast<int64_t>(ranks.size());
+  auto node_of = [&](int64_t k) { return ranks[k] / ranks_per_node; };
+  int64_t G = 0;
+  while (G < P && node_of(G) == node_of(0)) ++G;
+  TORCH_CHECK(P % G == 0, "hierarchical_all_to_all: group '", name, "' of ", P, " members has ", G,
+              " on its first node (nodes of ", ranks_per_node,
+              " world ranks); every node should hold the same number of them");
+  for (int64_t k = 0; k < P; ++k) {
+    TORCH_CHECK(node_of(k) == node_of(k / G * G), "hierarchical_all_to_all: group '", name,
+                "' should fill its nodes (of ", ranks_per_node,
+                " world ranks) in group-rank order, ", G, " members each, but member ", k,
+                " (world rank ", ranks[k], ") is on node ", node_of(k));
+  }
+  return G;
+}
 
 torch::Tensor hierarchical_all_to_all(const torch::Tensor& x,
                                       const std::vector<int64_t>& output_splits,
@@ -199,6 +226,17 @@ CrossNodeTraffic flat_cross_node_traffic(const std::vector<int64_t>& input_split
     t.messages += 1;
   }
   return t;
+}
+
+void record_cross_node_traffic(const CrossNodeTraffic& t) {
+  std::lock_guard<std::mutex> lock(traffic_mutex());
+  traffic_total().bytes += t.bytes;
+  traffic_total().messages += t.messages;
+}
+
+CrossNodeTraffic cross_node_traffic_total() {
+  std::lock_guard<std::mutex> lock(traffic_mutex());
+  return traffic_total();
 }
 
 }  // namespace hybridmoe::dist
