@@ -65,22 +65,38 @@ nlohmann::json summarize(const Variant& v, const dist::Group& world) {
           {"a2a_blocked_ms", gather_value(median(v.a2a_ms), world).mean().item<double>()}};
 }
 
-// The overlap sweep: the layout with a2a_overlap_degree D for each D.
-nlohmann::json overlap_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
-                             const std::shared_ptr<ParallelGroups>& groups, const torch::Tensor& x,
-                             const std::vector<int64_t>& degrees) {
+// One layer per option set, each loaded with its shard of `full`'s weights, in x's dtype.
+std::vector<MoE> shard_layers(const std::vector<MoEOptions>& options, MoEImpl& full,
+                              const std::shared_ptr<ParallelGroups>& groups,
+                              const torch::Tensor& x) {
   std::vector<MoE> layers;
-  std::vector<Variant> variants;
-  for (int64_t D : degrees) {
-    layers.emplace_back(MoEOptions(opts).a2a_overlap_degree(D), groups);
+  for (const auto& o : options) {
+    layers.emplace_back(o, groups);
     layers.back()->load_shard_from(full);
     layers.back()->to(x.scalar_type());
   }
+  return layers;
+}
+
+// A forward + backward step of each layer on x (the layers must outlive the variants).
+std::vector<Variant> fwd_bwd_variants(std::vector<MoE>& layers, const torch::Tensor& x) {
+  std::vector<Variant> variants;
   for (auto& layer : layers)
     variants.push_back({[&layer, &x] {
       auto out = layer->forward(x);
       (out.output.sum() + out.aux_loss).backward();
     }});
+  return variants;
+}
+
+// The overlap sweep: the layout with a2a_overlap_degree D for each D.
+nlohmann::json overlap_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
+                             const std::shared_ptr<ParallelGroups>& groups, const torch::Tensor& x,
+                             const std::vector<int64_t>& degrees) {
+  std::vector<MoEOptions> options;
+  for (int64_t D : degrees) options.push_back(MoEOptions(opts).a2a_overlap_degree(D));
+  auto layers = shard_layers(options, full, groups, x);
+  auto variants = fwd_bwd_variants(layers, x);
   time_interleaved(variants, a.warmup, a.iters, groups->world);
   nlohmann::json rows = nlohmann::json::array();
   double a2a_base = -1.0;
@@ -121,18 +137,10 @@ nlohmann::json algorithm_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
              "the ep group lies in one node, has one rank per node or fills its nodes "
              "unevenly: the hierarchical exchange does not apply"}};
   const std::vector<A2AAlgorithm> algorithms = {A2AAlgorithm::kFlat, A2AAlgorithm::kHierarchical};
-  std::vector<MoE> layers;
-  std::vector<Variant> variants;
-  for (auto algorithm : algorithms) {
-    layers.emplace_back(MoEOptions(opts).a2a_algorithm(algorithm), groups);
-    layers.back()->load_shard_from(full);
-    layers.back()->to(x.scalar_type());
-  }
-  for (auto& layer : layers)
-    variants.push_back({[&layer, &x] {
-      auto out = layer->forward(x);
-      (out.output.sum() + out.aux_loss).backward();
-    }});
+  std::vector<MoEOptions> options;
+  for (auto algorithm : algorithms) options.push_back(MoEOptions(opts).a2a_algorithm(algorithm));
+  auto layers = shard_layers(options, full, groups, x);
+  auto variants = fwd_bwd_variants(layers, x);
   time_interleaved(variants, a.warmup, a.iters, groups->world);
   nlohmann::json rows = nlohmann::json::array();
   for (size_t i = 0; i < algorithms.size(); ++i) {
@@ -211,8 +219,6 @@ nlohmann::json imbalance(const MoEOutput& out, const dist::Group& group) {
 nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, MoEImpl& full,
                                const std::shared_ptr<ParallelGroups>& groups,
                                const torch::Tensor& x, const DistLayerBenchOptions& sweeps) {
-  std::vector<MoE> layers;
-  std::vector<Variant> variants;
   std::vector<ReplicateOptions> settings;  // each setting with each placement ("off": once)
   for (const auto& setting : sweeps.replicate)
     for (auto p : sweeps.placements) {
@@ -220,11 +226,10 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
       if (settings.back().mode() == ReplicateMode::kOff) break;
     }
   std::vector<MoEOutput> last(settings.size());
-  for (const auto& r : settings) {
-    layers.emplace_back(MoEOptions(opts).replicate(r), groups);
-    layers.back()->load_shard_from(full);
-    layers.back()->to(x.scalar_type());
-  }
+  std::vector<MoEOptions> options;
+  for (const auto& r : settings) options.push_back(MoEOptions(opts).replicate(r));
+  auto layers = shard_layers(options, full, groups, x);
+  std::vector<Variant> variants;
   for (size_t i = 0; i < layers.size(); ++i)
     variants.push_back({[&layers, &last, &x, i] {
       auto out = layers[i]->forward(x);

@@ -51,6 +51,21 @@ void on_workers(int64_t workers, const Fn& fn) {
   });
 }
 
+// Runs piece(p) for every piece of split_segments(counts, cols, workers), on the calling thread
+// when there is one worker.
+template <typename Piece>
+void on_segment_pieces(const std::vector<int64_t>& counts, int64_t cols, int64_t workers,
+                       const Piece& piece) {
+  const auto work = split_segments(counts, cols, workers);
+  if (workers == 1) {
+    for (const auto& p : work[0]) piece(p);
+    return;
+  }
+  on_workers(workers, [&](int64_t w) {
+    for (const auto& p : work[w]) piece(p);
+  });
+}
+
 }  // namespace
 
 void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vector<int64_t>& counts,
@@ -101,15 +116,7 @@ torch::Tensor grouped_mm_tn(const torch::Tensor& a, const torch::Tensor& c,
     at::mm_out(r, a.narrow(0, p.row_begin, p.rows).narrow(1, p.col_begin, p.cols).t(),
                c.narrow(0, p.row_begin, p.rows));
   };
-  const int64_t workers = workers_for(a, a.size(0) * K * c.size(1));
-  const auto work = split_segments(counts, K, workers);
-  if (workers == 1) {
-    for (const auto& p : work[0]) piece(p);
-    return result;
-  }
-  on_workers(workers, [&](int64_t w) {
-    for (const auto& p : work[w]) piece(p);
-  });
+  on_segment_pieces(counts, K, workers_for(a, a.size(0) * K * c.size(1)), piece);
   return result;
 }
 
@@ -133,15 +140,7 @@ torch::Tensor segment_sum(const torch::Tensor& c, const std::vector<int64_t>& co
       at::sum_out(r, seg, {0});
     }
   };
-  const int64_t workers = gemv ? workers_for(c, c.size(0) * N) : 1;
-  const auto work = split_segments(counts, N, workers);
-  if (workers == 1) {
-    for (const auto& p : work[0]) piece(p);
-    return result;
-  }
-  on_workers(workers, [&](int64_t w) {
-    for (const auto& p : work[w]) piece(p);
-  });
+  on_segment_pieces(counts, N, gemv ? workers_for(c, c.size(0) * N) : 1, piece);
   return result;
 }
 

@@ -10,28 +10,13 @@
 #include <vector>
 
 #include "hybridmoe/plan.h"
+#include "plan/tiny_model.h"
 #include "support/compare.h"
 
 namespace hybridmoe {
 namespace {
 
-// The cost model's tiny model (cost_model_test.cpp): 2 blocks (block 1 MoE), d 8, 2 heads, MLP
-// 32, experts 4 x 16, top-2, 8 sequences of 4 tokens.
-plan::ModelSpec tiny() {
-  plan::ModelSpec m;
-  m.n_layers = 2;
-  m.d_model = 8;
-  m.n_heads = 2;
-  m.d_mlp = 32;
-  m.expert_hidden = 16;
-  m.num_experts = 4;
-  m.top_k = 2;
-  m.moe_every = 2;
-  m.seq_len = 4;
-  m.batch_size = 8;
-  m.context = 4;
-  return m;
-}
+using testing::tiny_model;
 
 plan::MachineSpec with_cores(int64_t cores) {
   plan::MachineSpec m;
@@ -108,7 +93,7 @@ TEST(CoreSharing, SharedCoresPipelineSlotsByHand) {
 }
 
 TEST(CoreSharing, CoresAtLeastRanksPredictAsBefore) {
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   for (int64_t world : {4, 8}) {
     for (const auto& l : plan::enumerate_layouts(m, world)) {
       for (int64_t rpn : {int64_t{0}, int64_t{2}}) {
@@ -129,7 +114,7 @@ TEST(CoreSharing, CoresAtLeastRanksPredictAsBefore) {
 TEST(CoreSharing, SharedCoresChargeNoBubbleWhenAStageFillsThem) {
   // 4 ranks on 2 cores, pp 2 of 2 ranks: the same compute, communication and gradient sync as
   // with 4 cores, but the pp - 1 bubble slots cost nothing.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   for (int64_t M : {1, 2, 4}) {
     plan::Layout l;
@@ -151,7 +136,7 @@ TEST(CoreSharing, SharedCoresChargeNoBubbleWhenAStageFillsThem) {
 
 TEST(CoreSharing, LayoutsWithoutPipelineIgnoreTheCores) {
   // pp 1: every rank is busy in every slot, at the speed the figures were measured at.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   int64_t checked = 0;
   for (const auto& l : plan::enumerate_layouts(m, 4)) {

@@ -8,29 +8,12 @@
 #include <vector>
 
 #include "hybridmoe/plan.h"
+#include "plan/tiny_model.h"
 
 namespace hybridmoe {
 namespace {
 
-// A tiny model whose numbers are easy by hand: 2 blocks (block 1 is MoE), d 8, 2 heads, MLP 32,
-// experts 4 x width 16, top-2, 8 sequences of 4 tokens, float32.
-plan::ModelSpec tiny() {
-  plan::ModelSpec m;
-  m.n_layers = 2;
-  m.d_model = 8;
-  m.n_heads = 2;
-  m.d_mlp = 32;
-  m.expert_hidden = 16;
-  m.num_experts = 4;
-  m.top_k = 2;
-  m.moe_every = 2;
-  m.seq_len = 4;
-  m.batch_size = 8;
-  m.context = 4;
-  m.vocab = 256;
-  m.dtype_bytes = 4;
-  return m;
-}
+using testing::tiny_model;
 
 // r set: the adaptive expert layout at degree r; unset: the fixed experts.
 plan::Layout make(int64_t tp, int64_t dp, int64_t pp, int64_t ep, int64_t etp, int64_t zero = 0,
@@ -70,7 +53,7 @@ TEST(CostModel, CollectiveTimesFollowTheRingFormulas) {
 
 TEST(CostModel, BytesPerCollectiveOfAFixedLayout) {
   // tp2 dp2 ep2 etp1: T = 8 / 2 * 4 = 16 tokens per dp rank, Ts = 8 per tp slice.
-  const plan::LayerTraffic t = plan::layer_traffic(tiny(), make(2, 2, 1, 2, 1));
+  const plan::LayerTraffic t = plan::layer_traffic(tiny_model(), make(2, 2, 1, 2, 1));
   EXPECT_EQ(t.tokens, 16);
   EXPECT_EQ(t.slice_tokens, 8);
   EXPECT_DOUBLE_EQ(t.tp_all_reduce, 16 * 8 * 4);  // T d b = 512
@@ -89,12 +72,12 @@ TEST(CostModel, BytesPerCollectiveOfAFixedLayout) {
 
 TEST(CostModel, BytesOfExpertTensorParallelAndPipeline) {
   // etp = tp = 2: rows of the etp group gathered (etp Ts k d b) and experts split in width.
-  const plan::LayerTraffic e = plan::layer_traffic(tiny(), make(2, 2, 1, 2, 2));
+  const plan::LayerTraffic e = plan::layer_traffic(tiny_model(), make(2, 2, 1, 2, 2));
   EXPECT_DOUBLE_EQ(e.etp_rows, 2 * 8 * 2 * 8 * 4);
   EXPECT_DOUBLE_EQ(e.expert_grads, 2 * 280 / 2 * 4);
   // pp = 2 with 2 micro-batches: T = 8 / (2 * 2) * 4 = 8; one block per stage (the MoE one).
   const plan::LayerTraffic p =
-      plan::layer_traffic(tiny(), make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 2));
+      plan::layer_traffic(tiny_model(), make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 2));
   EXPECT_EQ(p.tokens, 8);
   EXPECT_DOUBLE_EQ(p.p2p, 8 * 8 * 4);
   EXPECT_DOUBLE_EQ(p.a2a, 8 * 2 * 8 * 4);
@@ -104,7 +87,7 @@ TEST(CostModel, BytesOfExpertTensorParallelAndPipeline) {
 
 TEST(CostModel, BytesOfAdaptiveR) {
   // 8 ranks, 4 experts: S = 2 (storage: 1/2 of an expert per rank); T = Ts = 8 / 8 * 4 = 4.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   EXPECT_EQ(expert_placement(ExpertLayout::kAdaptive, /*stage_size=*/8, m.num_experts).shards, 2);
   const plan::LayerTraffic r2 = plan::layer_traffic(m, make(1, 8, 1, 1, 1, 0, 2));
   EXPECT_DOUBLE_EQ(r2.a2a, 4 * 2 * 8 * 4 * 2);  // every token to r = 2 ranks
@@ -127,7 +110,7 @@ TEST(CostModel, BytesOfAdaptiveR) {
 TEST(CostModel, GradientSyncBytesWithZeroZeroAndOne) {
   // tp1 dp4 ep1: no tp or token collectives; dense 2*320 + 552 + 2096 = 3288 floats = 13152 B,
   // gate 128 B over the stage, experts 4 * 280 * 4 = 4480 B over edp = 4.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   const plan::MachineSpec bytes = bytes_machine();
   const plan::Estimate z0 = plan::estimate(m, c, bytes, make(1, 4, 1, 1, 1, 0));
@@ -146,7 +129,7 @@ TEST(CostModel, GradientSyncBytesWithZeroZeroAndOne) {
 
 TEST(CostModel, MemoryPerRank) {
   // tp2 dp2 ep2 etp1 (edp 2). Dense + gate 2736 + 32 floats, experts 2 * 280 floats.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::MemoryEstimate z0 = plan::memory_estimate(m, make(2, 2, 1, 2, 1, 0));
   const plan::MemoryEstimate z1 = plan::memory_estimate(m, make(2, 2, 1, 2, 1, 1));
   EXPECT_DOUBLE_EQ(z0.dense_params, 2768 * 4);
@@ -165,7 +148,7 @@ TEST(CostModel, MemoryPerRank) {
 TEST(CostModel, ZeroOneExpertShardIsEpTimesLargerThanADpShard) {
   // tp1 dp4: with ep = 4 the experts are not replicated (edp 1), so ZeRO 1 keeps the whole expert
   // moments on each rank: ep times the shard that sharding over dp would give.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   for (int64_t ep : {1, 2, 4}) {
     const plan::MemoryEstimate mem = plan::memory_estimate(m, make(1, 4, 1, ep, 1, 1));
     EXPECT_DOUBLE_EQ(mem.expert_params, 4 / ep * 280 * 4);
@@ -174,7 +157,7 @@ TEST(CostModel, ZeroOneExpertShardIsEpTimesLargerThanADpShard) {
 }
 
 TEST(CostModel, PipelineActivationsHoldInFlightMicroBatches) {
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   // pp = 2, 1 block per stage (the MoE one at stage 1, the slowest is counted with 1 MoE block).
   const plan::MemoryEstimate m2 =
       plan::memory_estimate(m, make(1, 2, 2, 2, 1, 0, std::nullopt, 1, 2));
@@ -198,7 +181,7 @@ TEST(CostModel, ComputeOfGemmsAttentionAndStreamedBytes) {
   //   streamed bytes: tokens 2*16*8*8*4 = 8192, scores 2*4*2*2*16*4 = 2048, dense hidden
   //     2*8*32*4 = 2048, MoE 16*(2*16 + 6*8)*4 = 5120, logits 3*8*256*4 = 24576: 41984.
   //   GEMM calls 2*4 + 2 + (1 + 2) + 1 = 14, ops 2*24 + 40 = 88.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   plan::MachineSpec mach;
   mach.gemm_flops = 1e3;
   mach.attention_flops = 1e2;
@@ -213,7 +196,7 @@ TEST(CostModel, ComputeOfGemmsAttentionAndStreamedBytes) {
 
 TEST(CostModel, PipelineBubbleFraction) {
   // A core per rank (core_sharing_test.cpp: fewer cores than ranks).
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   plan::MachineSpec mach;
   mach.cores = 4;
@@ -227,7 +210,7 @@ TEST(CostModel, PipelineBubbleFraction) {
 TEST(CostModel, OverlapHidesPartOfTheAllToAll) {
   // Latency 0: splitting into D chunks costs nothing and hides e * min(a2a, experts) * (1 - 1/D)
   // for the machine's overlap efficiency e (clamped to [0, 1]).
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   plan::MachineSpec mach;
   mach.set_latency(false, 0.0);
@@ -252,7 +235,7 @@ TEST(CostModel, OverlapHidesPartOfTheAllToAll) {
 TEST(CostModel, WithoutOverlapEfficiencyChunksOnlyAddLatency) {
   // e = 0 (communication competes with compute for the cores): D chunks hide nothing and pay the
   // all-to-all latency D times, so D > 1 is slower by exactly the extra latency terms.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   const plan::ClusterSpec c{4, 0, 0.0};
   plan::MachineSpec mach;
   mach.overlap_efficiency = 0.0;
@@ -273,7 +256,7 @@ TEST(CostModel, GroupsSpanNodesByRankOrder) {
   EXPECT_FALSE(plan::spans_nodes(c, GroupKind::kDp, 4));
   EXPECT_FALSE(plan::spans_nodes(c, GroupKind::kDp, 0));
   // The same layout costs more when its dp group leaves the node.
-  const plan::ModelSpec m = tiny();
+  const plan::ModelSpec m = tiny_model();
   plan::MachineSpec mach;
   mach.set_bandwidth(true, 1e6);
   const plan::Estimate one =
