@@ -35,8 +35,7 @@ std::string describe(const CpuThreads& threads);
 /// Large CPU buffers kept for reuse: blocks of at least `min_bytes` freed by tensors are held
 /// (up to `max_cached_bytes` in all) and handed to the next request of up to 1.25x their size,
 /// so a training step that allocates the same large activations every step stops paying for a
-/// fresh mapping and a page fault per 4 KiB page each time; blocks of 2 MiB and more are backed
-/// by transparent huge pages where the kernel allows (madvise). Installed as LibTorch's CPU
+/// fresh mapping and a page fault per 4 KiB page each time. Installed as LibTorch's CPU
 /// allocator for the rest of the process; tensors allocated before keep their own deleter.
 /// Idempotent (a second call only changes the limits). Refuses min_bytes < 4096 or
 /// max_cached_bytes < 0.

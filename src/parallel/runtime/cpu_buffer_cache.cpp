@@ -1,8 +1,6 @@
 // cpu_buffer_cache.cpp — the reusing CPU allocator of cpu_runtime.h: large blocks freed by tensors
 // are kept in a size-ordered free list and handed out again, small ones go to LibTorch's default
 // allocator. The cache object is never destroyed (tensors may be freed during static destruction).
-#include <sys/mman.h>
-
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -20,7 +18,6 @@ namespace hybridmoe {
 
 namespace {
 
-constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kAlignment = 64;  // LibTorch's CPU alignment
 
 class BufferCache final : public c10::Allocator {
@@ -55,7 +52,7 @@ class BufferCache final : public c10::Allocator {
   }
 
  private:
-  // A held block of [n, 1.25 n] bytes, else a fresh one (2 MiB-aligned huge pages if large).
+  // A held block of [n, 1.25 n] bytes, else a fresh one.
   void* take(size_t n) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = free_.lower_bound(n);
@@ -68,13 +65,13 @@ class BufferCache final : public c10::Allocator {
       return ptr;
     }
     ++fresh_;
-    const bool huge = n >= kHugePage;
-    const size_t bytes = huge ? (n + kHugePage - 1) / kHugePage * kHugePage : n;
+    // No huge pages: MADV_HUGEPAGE made 4 ranks sharing 2 cores 30 % slower (probably the kernel
+    // compacting memory at the fault, as THP defrag is "madvise" here) and gained nothing alone.
+    const size_t bytes = n;
     void* ptr = nullptr;
-    const int err = posix_memalign(&ptr, huge ? kHugePage : kAlignment, bytes);
+    const int err = posix_memalign(&ptr, kAlignment, bytes);
     TORCH_CHECK(err == 0 && ptr != nullptr, "CPU buffer cache: could not allocate ", bytes,
                 " bytes (", cached_, " bytes held for reuse)");
-    if (huge) madvise(ptr, bytes, MADV_HUGEPAGE);  // a hint: ignored where THP is off
     live_.emplace(ptr, bytes);
     return ptr;
   }
