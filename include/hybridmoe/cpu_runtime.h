@@ -24,6 +24,10 @@ struct CpuThreads {
 /// force after. Refuses a count < 1, naming it.
 CpuThreads configure_cpu_threads(int intra_op_threads, int blas_threads_when_single = 0);
 
+/// The cores this process may run on: its affinity mask's count (sched_getaffinity), else
+/// std::thread::hardware_concurrency(), at least 1.
+int64_t usable_cores();
+
 /// The intra-op threads a rank should use when `local_ranks` ranks share this machine: the value
 /// of OMP_NUM_THREADS where the user set it, else the cores this process may run on (its CPU
 /// affinity) divided among the local ranks, at least 1. local_ranks: >= 1.

@@ -243,8 +243,8 @@ Estimate estimate(const ModelSpec& model, const ClusterSpec& cluster, const Mach
 
 // ---- ranks sharing cores (src/plan/core_sharing.cpp) -------------------------------------------
 
-/// The cores this process may run on: its affinity mask's count (sched_getaffinity), else
-/// std::thread::hardware_concurrency(), at least 1.
+/// The cores this process may run on (cpu_runtime.h's usable_cores(): the affinity mask's count,
+/// else std::thread::hardware_concurrency(), at least 1).
 int64_t local_cores();
 
 /// The time of a slot in which `busy` of a node's `ranks` ranks run, over its time with all of

@@ -23,8 +23,9 @@ CountingOrder counting_argsort(const torch::Tensor& keys_in, int64_t bins, const
     ++result.counts[k[i]];
   }
   // 2. Each bin's first slot, then every key placed in index order.
-  std::vector<int64_t> next(bins, 0);
-  for (int64_t b = 1; b < bins; ++b) next[b] = next[b - 1] + result.counts[b - 1];
+  result.offsets.assign(bins + 1, 0);
+  for (int64_t b = 0; b < bins; ++b) result.offsets[b + 1] = result.offsets[b] + result.counts[b];
+  std::vector<int64_t> next(result.offsets.begin(), result.offsets.end() - 1);
   result.order = torch::empty({n}, torch::kInt64);
   int64_t* o = result.order.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) o[next[k[i]]++] = i;

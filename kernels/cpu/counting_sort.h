@@ -12,10 +12,12 @@ namespace hybridmoe::kernels {
 /// Whether counting_argsort runs these keys (a 1-D int64 CPU tensor).
 bool counting_sort_supported(const torch::Tensor& keys);
 
-/// The stable ascending order of `keys` and how many keys fall in each bin.
+/// The stable ascending order of `keys`, how many keys fall in each bin, and where each bin's
+/// keys start in the order.
 struct CountingOrder {
-  torch::Tensor order;          // [n] int64: keys[order] ascending, equal keys in index order
-  std::vector<int64_t> counts;  // [bins]
+  torch::Tensor order;           // [n] int64: keys[order] ascending, equal keys in index order
+  std::vector<int64_t> counts;   // [bins]
+  std::vector<int64_t> offsets;  // [bins + 1]: bin b holds order[offsets[b] .. offsets[b + 1])
 };
 
 /// keys: [n] int64 in [0, bins); a key outside is refused: "<what> index out of range [0, bins):

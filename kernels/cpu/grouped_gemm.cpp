@@ -51,17 +51,15 @@ void on_workers(int64_t workers, const Fn& fn) {
   });
 }
 
-// Runs piece(p) for every piece of split_segments(counts, cols, workers), on the calling thread
-// when there is one worker.
-template <typename Piece>
-void on_segment_pieces(const std::vector<int64_t>& counts, int64_t cols, int64_t workers,
-                       const Piece& piece) {
-  const auto work = split_segments(counts, cols, workers);
-  if (workers == 1) {
+// Runs piece(p) for every piece of a schedule (split_rows or split_segments: one list per
+// worker), on the calling thread when there is one worker.
+template <typename Pieces, typename Fn>
+void run_pieces(const std::vector<Pieces>& work, const Fn& piece) {
+  if (work.size() == 1) {
     for (const auto& p : work[0]) piece(p);
     return;
   }
-  on_workers(workers, [&](int64_t w) {
+  on_workers(static_cast<int64_t>(work.size()), [&](int64_t w) {
     for (const auto& p : work[w]) piece(p);
   });
 }
@@ -74,10 +72,11 @@ void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vecto
   TORCH_CHECK(b.dim() == 3 && b.size(0) == static_cast<int64_t>(counts.size()),
               "grouped_mm: b must be [", counts.size(), ", ., .], got ", b.sizes());
   // out[rows] (+)= a[rows] @ op(b[e]) (+ bias[e]) for one piece of segment e.
-  auto piece = [&](int64_t e, int64_t row, int64_t n) {
-    auto a_e = a.narrow(0, row, n);
+  auto piece = [&](const RowPiece& p) {
+    const int64_t e = p.segment;
+    auto a_e = a.narrow(0, p.row_begin, p.rows);
     auto b_e = trans_b ? b[e].t() : b[e];
-    auto out_e = out.narrow(0, row, n);
+    auto out_e = out.narrow(0, p.row_begin, p.rows);
     if (accumulate) {
       out_e.addmm_(a_e, b_e);
       if (bias.defined()) out_e.add_(bias[e]);
@@ -87,19 +86,7 @@ void grouped_mm(const torch::Tensor& a, const torch::Tensor& b, const std::vecto
       at::mm_out(out_e, a_e, b_e);
     }
   };
-  const int64_t workers = workers_for(a, a.size(0) * b.size(1) * b.size(2));
-  if (workers == 1) {
-    int64_t row = 0;
-    for (size_t e = 0; e < counts.size(); ++e) {
-      if (counts[e] > 0) piece(static_cast<int64_t>(e), row, counts[e]);
-      row += counts[e];
-    }
-    return;
-  }
-  const auto runs = split_rows(counts, workers);
-  on_workers(workers, [&](int64_t w) {
-    for (const auto& p : runs[w]) piece(p.segment, p.row_begin, p.rows);
-  });
+  run_pieces(split_rows(counts, workers_for(a, a.size(0) * b.size(1) * b.size(2))), piece);
 }
 
 torch::Tensor grouped_mm_tn(const torch::Tensor& a, const torch::Tensor& c,
@@ -116,7 +103,7 @@ torch::Tensor grouped_mm_tn(const torch::Tensor& a, const torch::Tensor& c,
     at::mm_out(r, a.narrow(0, p.row_begin, p.rows).narrow(1, p.col_begin, p.cols).t(),
                c.narrow(0, p.row_begin, p.rows));
   };
-  on_segment_pieces(counts, K, workers_for(a, a.size(0) * K * c.size(1)), piece);
+  run_pieces(split_segments(counts, K, workers_for(a, a.size(0) * K * c.size(1))), piece);
   return result;
 }
 
@@ -140,7 +127,7 @@ torch::Tensor segment_sum(const torch::Tensor& c, const std::vector<int64_t>& co
       at::sum_out(r, seg, {0});
     }
   };
-  on_segment_pieces(counts, N, gemv ? workers_for(c, c.size(0) * N) : 1, piece);
+  run_pieces(split_segments(counts, N, gemv ? workers_for(c, c.size(0) * N) : 1), piece);
   return result;
 }
 

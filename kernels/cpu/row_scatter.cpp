@@ -27,13 +27,9 @@ torch::Tensor scatter_add_rows_cpu(const torch::Tensor& y_in, const torch::Tenso
   auto out = torch::zeros({num_rows, d}, y.options());
   if (A == 0 || num_rows == 0) return out;
   // 1. Rows by output row: a counting pass keeps ascending i within each output row.
-  auto sorted = counting_argsort(index, num_rows, "scatter_add_rows_cpu:");
-  auto by_row = sorted.order;
-  auto starts = torch::zeros({num_rows + 1}, torch::kInt64);
-  int64_t* first = starts.data_ptr<int64_t>();
-  for (int64_t t = 0; t < num_rows; ++t) first[t + 1] = first[t] + sorted.counts[t];
-  const int64_t* rows = by_row.data_ptr<int64_t>();
-  const int64_t* start = starts.data_ptr<int64_t>();
+  const auto sorted = counting_argsort(index, num_rows, "scatter_add_rows_cpu:");
+  const int64_t* rows = sorted.order.data_ptr<int64_t>();
+  const int64_t* start = sorted.offsets.data();
   // 2. Each output row summed by one thread.
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "scatter_add_rows_cpu", [&] {
     const scalar_t* src = y.data_ptr<scalar_t>();

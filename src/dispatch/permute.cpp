@@ -124,6 +124,7 @@ DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t 
     auto sorted = kernels::counting_argsort(e, num_experts, "make_plan: expert");
     plan.order = sorted.order;
     plan.counts_host = std::move(sorted.counts);
+    plan.offsets_host = std::move(sorted.offsets);
     plan.counts = torch::tensor(plan.counts_host, torch::kInt64);
   } else {
     // 1. Stable sort of the assignments by expert: rows of an expert keep the router's order.
@@ -144,12 +145,12 @@ DispatchPlan make_plan(const RouterOutput& routing, int64_t num_tokens, int64_t 
                   num_tokens, "): saw [", b[2], ", ", b[3], "]");
     }
     plan.counts_host.assign(b + 4, b + 4 + num_experts);
+    plan.offsets_host.assign(num_experts + 1, 0);
+    for (int64_t i = 0; i < num_experts; ++i)
+      plan.offsets_host[i + 1] = plan.offsets_host[i] + plan.counts_host[i];
   }
   plan.sorted_token = t.index_select(0, plan.order);
   plan.sorted_weight = routing.weight.index_select(0, plan.order);
-  plan.offsets_host.assign(num_experts + 1, 0);
-  for (int64_t i = 0; i < num_experts; ++i)
-    plan.offsets_host[i + 1] = plan.offsets_host[i] + plan.counts_host[i];
   return plan;
 }
 

@@ -1,6 +1,7 @@
 // core_sharing.cpp — see plan.h: ranks that share a node's cores. The cores this process may run
-// on (the probe's figure), and the pipeline's time in slots when a node has fewer cores than
-// ranks, so that a rank idle in a fill or drain slot hands its core to the ranks still busy.
+// on (the probe's figure; cpu_runtime.h's usable_cores), and the pipeline's time in slots when a
+// node has fewer cores than ranks, so that a rank idle in a fill or drain slot hands its core to
+// the ranks still busy.
 //
 // The model (processor sharing within each pipeline slot):
 //   Every rank runs one thread. The machine figures are measured with every rank busy at once
@@ -26,24 +27,16 @@
 //   overstates the gain of the fill and drain slots (the wire does not speed up).
 //   Outside the pipeline (pp = 1, the gradient sync, the optimizer) every rank is busy at once,
 //   so those terms keep the all-busy figures; layouts without a pipeline predict as before.
-#include <sched.h>
-
 #include <algorithm>
-#include <thread>
 #include <vector>
 
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/plan.h"
 
 namespace hybridmoe::plan {
 
 int64_t local_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    const int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
-  return std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+  return usable_cores();
 }
 
 double core_share_factor(int64_t busy, int64_t ranks, int64_t cores) {

@@ -1,6 +1,6 @@
-// counting_sort_test.cpp — the counting pass against a stable comparison sort: identical order
-// and counts (exact), over key tables from empty to many bins with empty bins and runs of equal
-// keys; out-of-range keys refused by name.
+// counting_sort_test.cpp — the counting pass against a stable comparison sort: identical order,
+// counts and bin offsets (exact), over key tables from empty to many bins with empty bins and runs
+// of equal keys; out-of-range keys refused by name.
 #include <gtest/gtest.h>
 
 #include "hybridmoe/detail/compat.h"
@@ -21,6 +21,10 @@ TEST(CountingArgsort, EqualsStableArgsortAndBincount) {
     EXPECT_TRUE(hybridmoe::testing::identical(got.order, compat::stable_argsort(keys)))
         << n << " keys, " << bins << " bins";
     ASSERT_EQ(static_cast<int64_t>(got.counts.size()), bins);
+    ASSERT_EQ(static_cast<int64_t>(got.offsets.size()), bins + 1);
+    EXPECT_EQ(got.offsets[0], 0);
+    for (int64_t b = 0; b < bins; ++b)
+      EXPECT_EQ(got.offsets[b + 1], got.offsets[b] + got.counts[b]) << "bin " << b;
     if (bins > 0) {
       EXPECT_TRUE(hybridmoe::testing::identical(torch::tensor(got.counts, torch::kInt64),
                                                 torch::bincount(keys, {}, bins)));

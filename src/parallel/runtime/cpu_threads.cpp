@@ -31,15 +31,21 @@ CpuThreads configure_cpu_threads(int intra_op_threads, int blas_threads_when_sin
   return {at::get_num_threads(), kernels::blas_num_threads(), kernels::blas_threads_controllable()};
 }
 
+int64_t usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n > 0) return n;
+  }
+  return std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()));
+}
+
 int default_intra_op_threads(int64_t local_ranks) {
   TORCH_CHECK(local_ranks >= 1, "default_intra_op_threads: local_ranks >= 1 expected, got ",
               local_ranks);
   if (std::getenv("OMP_NUM_THREADS") != nullptr) return at::get_num_threads();
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  int64_t cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
-  if (cores <= 0) cores = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  return static_cast<int>(std::max<int64_t>(1, cores / local_ranks));
+  return static_cast<int>(std::max<int64_t>(1, usable_cores() / local_ranks));
 }
 
 std::string describe(const CpuThreads& t) {
