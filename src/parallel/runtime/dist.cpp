@@ -224,6 +224,11 @@ compat::DeviceProcessGroups make_process_groups(const StorePtr& store, int64_t r
   gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(
       c10::make_intrusive<c10d::PrefixStore>("gloo/", store), static_cast<int>(rank),
       static_cast<int>(size), gloo_options);
+  // Gloo's constructor returns on a rank once its own connections are up, possibly before a peer
+  // has finished its handshake; a group destroyed right away (a refused layer, a short-lived
+  // layout) then closes a socket that peer still reads ("Connection closed by peer"). One barrier
+  // makes every member leave construction only after all members have finished it.
+  if (size > 1) gloo->barrier()->wait();
 #else
   TORCH_CHECK(use_cuda, "group '", name,
               "': this hybridmoe was built against a LibTorch without "
