@@ -215,6 +215,10 @@ class GateImpl : public torch::nn::Module, public GradientGroupDeclarer {
   virtual RouterOutput route(const torch::Tensor& x) = 0;
   /// Called by the trainer after each optimizer step (e.g. loss-free balancing bias update).
   virtual void after_step() {}
+  /// Whether route() may run on several threads at once with the results it gives one call after
+  /// another: it draws no random numbers and writes no member (counters excepted, which it
+  /// guards). Micro-batches side by side (PipelineOptions::threads) need it of every gate.
+  virtual bool route_is_reentrant() const { return true; }
 
   const GateOptions& options() const { return options_; }
   /// The routing rules in force (resolve_routing_rules of the options, at construction).

@@ -97,6 +97,7 @@ class GShardGateImpl : public LinearGateImpl {
  public:
   GShardGateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
   RouterOutput route(const torch::Tensor& x) override;
+  bool route_is_reentrant() const override { return false; }  // draws noise, keeps it
 
   /// The Gumbel noise [T, E] and the uniforms [T] of the last training forward (undefined when
   /// not drawn), for tests and debugging.
@@ -121,6 +122,7 @@ class SwitchGateImpl : public LinearGateImpl {
  public:
   SwitchGateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
   RouterOutput route(const torch::Tensor& x) override;
+  bool route_is_reentrant() const override { return false; }  // draws jitter, keeps it
 
   /// The jitter [T, d_model] and RTS scores [T] of the last training forward, when drawn.
   torch::Tensor last_jitter, last_rts_scores;
@@ -139,6 +141,7 @@ class NoisyTopKGateImpl : public LinearGateImpl {
  public:
   NoisyTopKGateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
   RouterOutput route(const torch::Tensor& x) override;
+  bool route_is_reentrant() const override { return false; }  // draws noise, keeps it
   /// W as LinearGateImpl, W_noise = 0 (the paper's initialization).
   void reset_parameters() override;
 
@@ -158,6 +161,7 @@ class SinkhornGateImpl : public LinearGateImpl {
  public:
   SinkhornGateImpl(int64_t d_model, int64_t num_experts, GateOptions options);
   RouterOutput route(const torch::Tensor& x) override;
+  bool route_is_reentrant() const override { return false; }  // keeps its last iterations
 
   int64_t last_iterations = 0;  ///< Sinkhorn iterations of the last training forward
   double last_error = 0.0;      ///< its final convergence error

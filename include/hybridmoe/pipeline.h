@@ -58,6 +58,15 @@ struct PipelineOptions {
   /// Shape and options of the activation passed between stages (the same for every micro-batch).
   std::vector<int64_t> activation_sizes;
   torch::TensorOptions activation_options = torch::kFloat32;
+  /// Micro-batches run side by side on this many of the intra-op threads (one stage only), each
+  /// forward and backward single-threaded, in waves of `threads`. Each micro-batch's gradients
+  /// are computed apart and added to `parameters` in micro-batch order, so the result is the same
+  /// bits as threads = 1 with one intra-op thread. The callback must be safe to call from several
+  /// threads at once and issue no collectives (no tp, ep or pp group in the forward).
+  int64_t threads = 1;
+  /// The tensors whose gradients accumulate; required when threads > 1 (those that do not
+  /// require grad are skipped).
+  std::vector<torch::Tensor> parameters;
 };
 
 /// Counts of what run_pipeline did on this rank (for tests and benchmarks).
@@ -74,7 +83,8 @@ struct PipelineStats {
 /// `input` is undefined (the callback reads its own data), elsewhere it is the activation received
 /// from the previous stage (a leaf that requires grad). Gradients accumulate into the parameters
 /// (the caller zeroes them before and scales the losses, e.g. by 1 / micro_batches).
-/// Collective over `pp` (and over the groups the callback uses).
+/// Collective over `pp` (and over the groups the callback uses). With options.threads > 1 (one
+/// stage), the callback runs on several threads at once (see PipelineOptions::threads).
 ///
 /// Example:
 ///   PipelineOptions po;

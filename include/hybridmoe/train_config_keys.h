@@ -130,6 +130,10 @@
   X(int64_t, batch_size, "batch_size", 32, "optim", "sequences per step over all dp ranks")        \
   X(int64_t, micro_batches, "micro_batches", 2, "optim",                                           \
     "gradient accumulation passes per step")                                                       \
+  /* 0: the intra-op threads (at most micro_batches) where allowed, else 1 (run_pipeline) */       \
+  X(int64_t, micro_batch_threads, "micro_batch_threads", 0, "optim",                               \
+    "micro-batches run side by side, each on one thread (0: auto; needs tp = ep = pp = 1 and a "   \
+    "gate without random draws)")                                                                  \
   X(int64_t, seq_len, "seq_len", 64, "optim", "tokens per sequence")                               \
   X(double, lr, "lr", 3e-3, "optim", "peak learning rate")                                         \
   X(double, min_lr, "min_lr", 3e-4, "optim", "final learning rate of the cosine decay")            \

@@ -8,6 +8,7 @@
 
 #include "core/enum_names.h"
 #include "hybridmoe/collectives.h"
+#include "model/micro_batch_threads.h"
 
 namespace hybridmoe {
 
@@ -66,6 +67,11 @@ PipelineStats run_pipeline(
   const int64_t P = pp.size(), s = pp.rank, M = o.micro_batches;
   TORCH_CHECK(pp.is_member(), "run_pipeline: this process is not a member of group '", pp.name,
               "'");
+  TORCH_CHECK(o.threads >= 1, "run_pipeline: threads must be >= 1, got ", o.threads);
+  TORCH_CHECK(o.threads == 1 || P == 1, "run_pipeline: threads = ", o.threads,
+              " runs micro-batches side by side on one stage; this pipeline has ", P,
+              " stages (use threads = 1)");
+  if (o.threads > 1) return detail::run_micro_batches_side_by_side(o, forward);
   const bool first = s == 0, last = s == P - 1;
   TORCH_CHECK(P == 1 || !o.activation_sizes.empty(),
               "run_pipeline: activation_sizes must be given when there are ", P, " stages");

@@ -1,6 +1,8 @@
 // topk_gate.cpp — the top-k gate ("topk"): softmax or sigmoid scores (Mixtral / Qwen-MoE / OLMoE,
 // DeepSeek-V3), FastMoE's softmax-over-the-k variant, DeepSeek-V3's selection bias (loaded, or
 // the auxiliary-loss-free balancing bias), group-limited selection and routed scaling.
+#include <mutex>
+
 #include "hybridmoe/gates.h"
 #include "router/route_util.h"
 
@@ -83,7 +85,12 @@ RouterOutput TopKGateImpl::route(const torch::Tensor& x) {
   // 4. Load counters for the bias update.
   if (o.bias_update_rate() > 0 && is_training()) {
     torch::NoGradGuard no_grad;
-    step_load.add_(torch::bincount(topk_i.reshape({-1}), {}, num_experts_).to(step_load.device()));
+    auto counts = torch::bincount(topk_i.reshape({-1}), {}, num_experts_).to(step_load.device());
+    // Micro-batches may route side by side (route_is_reentrant): whole counts add exactly in any
+    // order, but not at once.
+    static std::mutex load_mutex;
+    std::lock_guard<std::mutex> lock(load_mutex);
+    step_load.add_(counts);
   }
   return out;
 }

@@ -19,6 +19,7 @@
 #include "hybridmoe/zero.h"
 #include "report.h"
 #include "run_dir.h"
+#include "side_by_side.h"
 
 namespace hybridmoe {
 
@@ -218,6 +219,11 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   pipe.schedule = cfg.pipeline_schedule;
   pipe.activation_sizes = {per_pass / dp, cfg.seq_len, cfg.d_model};
   pipe.activation_options = model->parameters().front().options();
+  pipe.threads = detail::micro_batch_threads(cfg, *model);
+  if (pipe.threads > 1) pipe.parameters = model->parameters();
+  if (lead && pipe.threads > 1)
+    std::printf("micro-batches: %lld side by side, one thread each\n",
+                static_cast<long long>(pipe.threads));
   std::vector<double> load_run(L * E, 0.0);
   double dropped_run = 0;
   // Imbalance: max / mean tokens per expert (every MoE layer) and per rank (the rows each rank's
@@ -272,27 +278,41 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       xs.push_back(shard_batch(x, dp, coords.dp));
       ys.push_back(shard_batch(y, dp, coords.dp));
     }
+    // What each micro-batch reports, kept per micro-batch (they may run side by side) and summed
+    // after the passes in micro-batch order.
+    struct Report {
+      torch::Tensor aux, ce;  // detached scalars; ce on the last stage only
+      std::vector<RoutingStats> moe;
+    };
+    std::vector<Report> reports(static_cast<size_t>(micro));
     run_pipeline(groups->pp, pipe, [&](int64_t m, const torch::Tensor& input) {
       StageOutput out = model->forward_stage(input.defined() ? input : xs[m]);
+      Report& rep = reports[static_cast<size_t>(m)];
       StageForward f;
       f.output = out.output;
       f.loss = out.aux_loss / static_cast<double>(micro);
-      acc.narrow(0, 1, 1).add_(out.aux_loss.detach().to(torch::kFloat64).reshape({1}) / micro);
+      rep.aux = out.aux_loss.detach();
       if (model->is_last_stage()) {
         auto ce = lm_loss(out.output, ys[m]);
         f.loss = f.loss + ce / static_cast<double>(micro);
-        acc.narrow(0, 0, 1).add_(ce.detach().to(torch::kFloat64).reshape({1}) / micro);
+        rep.ce = ce.detach();
       }
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) {
-        acc.narrow(0, 2 + (L0 + static_cast<int64_t>(l)) * E, E)
-            .add_(out.moe_stats[l].tokens_per_expert.to(torch::kFloat64));
-        dropped_step += static_cast<double>(out.moe_stats[l].tokens_dropped);
-        rows_step += static_cast<double>(std::max<int64_t>(0, out.moe_stats[l].expert_rows));
-      }
-      replicated.resize(out.moe_stats.size());
-      for (size_t l = 0; l < out.moe_stats.size(); ++l) replicated[l] = out.moe_stats[l].replicated;
+      rep.moe = std::move(out.moe_stats);
       return f;
     });
+    for (const Report& rep : reports) {
+      acc.narrow(0, 1, 1).add_(rep.aux.to(torch::kFloat64).reshape({1}) / micro);
+      if (rep.ce.defined())
+        acc.narrow(0, 0, 1).add_(rep.ce.to(torch::kFloat64).reshape({1}) / micro);
+      for (size_t l = 0; l < rep.moe.size(); ++l) {
+        acc.narrow(0, 2 + (L0 + static_cast<int64_t>(l)) * E, E)
+            .add_(rep.moe[l].tokens_per_expert.to(torch::kFloat64));
+        dropped_step += static_cast<double>(rep.moe[l].tokens_dropped);
+        rows_step += static_cast<double>(std::max<int64_t>(0, rep.moe[l].expert_rows));
+      }
+      replicated.resize(rep.moe.size());
+      for (size_t l = 0; l < rep.moe.size(); ++l) replicated[l] = rep.moe[l].replicated;
+    }
     const auto host = acc.cpu();
     const double wait_step =
         dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds - wait_before;

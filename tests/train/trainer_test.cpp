@@ -105,6 +105,50 @@ TEST(TrainCheckpoint, ResumeEqualsUninterruptedRun) {
   for (size_t i = 0; i < 12; ++i) EXPECT_EQ(second.losses[i], full.losses[i]) << "step " << i + 1;
 }
 
+// Micro-batches side by side (micro_batch_threads = 2, two intra-op threads) train like one
+// thread: the first step's loss is the same bits (its passes are computed alike, single-threaded);
+// later steps differ only through the step's own reductions (the gradient norm), float64.
+TEST(TrainLoop, MicroBatchesSideBySideTrainLikeOneThread) {
+  const auto dir_a = test_dir("side_a"), dir_b = test_dir("side_b");
+  fs::remove_all(dir_a);
+  fs::remove_all(dir_b);
+  auto world = dist::init();
+  const int previous = at::get_num_threads();
+  auto a = tiny_config(dir_a);
+  a.micro_batches = 4;
+  a.steps = 4;
+  a.dtype = DType::kFloat64;
+  auto b = a;
+  b.out = dir_b;
+  a.micro_batch_threads = 1;
+  b.micro_batch_threads = 2;
+  at::set_num_threads(1);
+  TrainResult one = train(a, *world);
+  at::set_num_threads(2);
+  TrainResult two = train(b, *world);
+  // Refused where the step cannot run side by side, naming why.
+  auto c = b;
+  c.out = test_dir("side_c");
+  c.micro_batch_threads = 3;
+  c.micro_batches = 2;
+  fs::remove_all(c.out);
+  const auto too_many = error_of([&] { train(c, *world); });
+  c.micro_batch_threads = 2;
+  c.gate = "noisy";
+  fs::remove_all(c.out);
+  const auto noisy = error_of([&] { train(c, *world); });
+  at::set_num_threads(previous);
+  ASSERT_EQ(one.losses.size(), 4u);
+  ASSERT_EQ(two.losses.size(), 4u);
+  EXPECT_EQ(two.losses[0], one.losses[0]);
+  for (size_t i = 1; i < 4; ++i)
+    EXPECT_NEAR(two.losses[i], one.losses[i], 1e-10 * std::abs(one.losses[i])) << "step " << i + 1;
+  EXPECT_NE(too_many.find("`micro_batch_threads` = 3 exceeds `micro_batches` = 2"),
+            std::string::npos)
+      << too_many;
+  EXPECT_NE(noisy.find("gate \"noisy\" draws random numbers"), std::string::npos) << noisy;
+}
+
 TEST(TrainCheckpoint, CorruptMissingOrForeignCheckpointsAreRefused) {
   const auto dir = test_dir("corrupt");
   fs::remove_all(dir);
