@@ -253,6 +253,8 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
   for (auto& kv : layers[0]->experts->named_parameters())
     shape.expert_params += kv.value().numel() / layers[0]->num_local_experts();
   shape.element_bytes = static_cast<int64_t>(x.element_size());
+  // This host's figures as the layers used them (cores shared by the ranks included).
+  const ReplicateFigures here = on_this_host(sweeps.figures, groups->ranks_per_node, x.is_cuda());
   nlohmann::json rows = nlohmann::json::array();
   for (size_t i = 0; i < variants.size(); ++i) {
     auto row = summarize(variants[i], groups->world);
@@ -262,18 +264,20 @@ nlohmann::json replicate_sweep(const LayerBenchArgs& a, const MoEOptions& opts, 
         gather_value(median(variants[i].bytes), groups->world).sum().item<double>();
     row["replicated"] = last[i].stats.replicated;
     row["imbalance"] = imbalance(last[i], groups->world);
-    row["model_ms"] = 1e3 * replicate_cost(counts, last[i].stats.replicated, shape, sweeps.figures,
+    row["model_ms"] = 1e3 * replicate_cost(counts, last[i].stats.replicated, shape, here,
                                            settings[i].placement());
     rows.push_back(row);
   }
   nlohmann::json j = {{"figures",
-                       {{"gemm_flops", sweeps.figures.gemm_flops()},
-                        {"a2a_bytes_per_s", sweeps.figures.a2a_bytes_per_s()},
-                        {"gather_bytes_per_s", sweeps.figures.gather_bytes_per_s()}}},
+                       {{"gemm_flops", here.gemm_flops()},
+                        {"a2a_bytes_per_s", here.a2a_bytes_per_s()},
+                        {"gather_bytes_per_s", here.gather_bytes_per_s()},
+                        {"cores_per_rank", here.cores_per_rank()}}},
                       {"runs", rows}};
-  // The cost model's view of the same counts on a cluster that is not at hand.
+  // The cost model's view of the same counts on a cluster that is not at hand (an accelerator
+  // per rank unless its figures say otherwise).
   if (sweeps.cluster) {
-    const auto& c = *sweeps.cluster;
+    const auto c = on_this_host(*sweeps.cluster, groups->ranks_per_node, /*on_device=*/true);
     const auto chosen =
         choose_replicated(counts, ReplicateOptions().mode(ReplicateMode::kAuto).figures(c), shape);
     j["cluster_prediction"] = {{"gemm_flops", c.gemm_flops()},

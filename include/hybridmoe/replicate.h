@@ -49,7 +49,18 @@ struct ReplicateFigures {
   TORCH_ARG(double, a2a_bytes_per_s) = 0.5e9;
   TORCH_ARG(double, gather_latency_s) = 600e-6;
   TORCH_ARG(double, gather_bytes_per_s) = 0.3e9;
+  /// The share of a core each rank computes on while every rank of its node is busy: the node's
+  /// cores over its ranks (1 or more: a core, or an accelerator, each). Below 1 the ranks share
+  /// cores, and the experts' GEMMs take at least all ranks' rows over their cores however evenly
+  /// the rows are spread, so replicating pays less. 0: not given — the layer uses this host's
+  /// (on_this_host), replicate_cost counts a core each.
+  TORCH_ARG(double, cores_per_rank) = 0.0;
 };
+
+/// `figures` with cores_per_rank filled in where it is 0: 1 on an accelerator (`on_device`),
+/// else this host's usable cores (cpu_runtime.h) over `ranks_per_node`.
+/// Example: on 2 cores, on_this_host(ReplicateFigures(), 8, false).cores_per_rank() == 0.25.
+ReplicateFigures on_this_host(ReplicateFigures figures, int64_t ranks_per_node, bool on_device);
 
 /// The figures of a machine: its GEMM FLOP/s and its intra-node (or inter-node) all-to-all and
 /// all-gather links. Example: figures_of(probe_machine(...), /*inter_node=*/false).
@@ -94,7 +105,8 @@ struct ReplicateShape {
 /// when `replicated` (sorted expert indices) are replicated, their rows placed by
 /// `placement` (replica_rows). counts[j][e]: rows ep rank j (with etp > 1:
 /// its etp group) routes to expert e; expert e lives on rank e / (E / P). Time = 3 x (the most
-/// loaded rank's expert GEMMs; with etp > 1 each etp rank runs its slice on its group's rows) + 4
+/// loaded rank's expert GEMMs; with etp > 1 each etp rank runs its slice on its group's rows;
+/// with cores_per_rank c < 1 at least all ranks' rows over P c cores) + 4
 /// all-to-alls (dispatch and combine, forward and backward; the busiest rank's send or receive
 /// bytes, shared by the etp ranks) + with any replica 2 ring all-gathers of the replicated
 /// weights (forward) and their gradients' reduce-scatter (backward).

@@ -133,7 +133,10 @@ TokenExchange ReplicatingDispatcher::prepare(const torch::Tensor& mine, const Ro
   shape.element_bytes = static_cast<int64_t>(own.w1.element_size());
   shape.etp = groups_->etp.size();
   TokenExchange x;
-  x.replicated = choose_replicated(group_counts(counts, groups_->etp), replicate_, shape);
+  // The policy's figures know how many cores this host's ranks share (unless given).
+  auto policy = replicate_;
+  policy.figures(on_this_host(policy.figures(), groups_->ranks_per_node, !mine.device().is_cpu()));
+  x.replicated = choose_replicated(group_counts(counts, groups_->etp), policy, shape);
   const auto R = static_cast<int64_t>(x.replicated.size()), Lx = L + R;
   std::vector<int64_t> slot_of(E, -1);  // replica slot of each replicated expert
   for (int64_t r = 0; r < R; ++r) slot_of[x.replicated[r]] = L + r;

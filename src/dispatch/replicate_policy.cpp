@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "hybridmoe/collectives.h"
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/replicate.h"
 
@@ -21,6 +22,14 @@ ReplicateFigures figures_of(const plan::MachineSpec& machine, bool inter_node) {
       .a2a_bytes_per_s(a2a.bytes_per_s)
       .gather_latency_s(gather.latency_s)
       .gather_bytes_per_s(gather.bytes_per_s);
+}
+
+ReplicateFigures on_this_host(ReplicateFigures figures, int64_t ranks_per_node, bool on_device) {
+  TORCH_CHECK(ranks_per_node >= 1, "on_this_host: ranks_per_node must be >= 1, got ",
+              ranks_per_node);
+  if (figures.cores_per_rank() > 0) return figures;
+  return figures.cores_per_rank(
+      on_device ? 1.0 : static_cast<double>(usable_cores()) / static_cast<double>(ranks_per_node));
 }
 
 ReplicateOptions parse_replicate(const std::string& text) {
@@ -141,15 +150,19 @@ double replicate_cost(const std::vector<std::vector<int64_t>>& counts,
   // The etp ranks of a group share its rows' traffic.
   const double row_bytes =
       static_cast<double>(shape.d_model * shape.element_bytes) / static_cast<double>(shape.etp);
-  double busiest = 0.0, traffic = 0.0;
+  double busiest = 0.0, total = 0.0, traffic = 0.0;
   for (int64_t j = 0; j < P; ++j) {
     busiest = std::max(busiest, rows[j]);
+    total += rows[j];
     traffic = std::max(traffic, std::max(sent[j], recv[j]) * row_bytes);
   }
-  // 2. Forward GEMMs of a row (2 d h per matrix), backward twice that.
+  // 2. Forward GEMMs of a row (2 d h per matrix), backward twice that, for the most loaded rank;
+  //    ranks sharing cores take at least all their rows over their cores.
+  const double share = figures.cores_per_rank() > 0 ? std::min(1.0, figures.cores_per_rank()) : 1.0;
+  const double gemm_rows = std::max(busiest, total / (static_cast<double>(P) * share));
   const double row_flops =
       2.0 * static_cast<double>(shape.d_model * shape.hidden * shape.matmuls) * 3.0;
-  double t = busiest * row_flops / figures.gemm_flops();
+  double t = gemm_rows * row_flops / figures.gemm_flops();
   if (P > 1)
     t += 4.0 * (static_cast<double>(P - 1) * figures.a2a_latency_s() +
                 traffic / figures.a2a_bytes_per_s());

@@ -81,7 +81,8 @@ PipelineStats run_micro_batches_side_by_side(
       }
     });
     // 2. Accumulation in micro-batch order, as the sequential schedule's backward passes do it:
-    //    the first gradient is taken as it is, later ones are added in place.
+    //    the first gradient is taken as it is (copied into the parameter's strides when autograd
+    //    returned another layout, e.g. an expanded one), later ones are added in place.
     torch::NoGradGuard no_grad;
     for (int64_t i = 0; i < n; ++i) {
       const auto& g = grads[static_cast<size_t>(i)];
@@ -90,8 +91,10 @@ PipelineStats run_micro_batches_side_by_side(
         auto& p = params[j];
         if (p.grad().defined())
           p.mutable_grad().add_(g[j]);
-        else
+        else if (g[j].strides() == p.strides())
           p.mutable_grad() = g[j];
+        else
+          p.mutable_grad() = at::empty_strided(p.sizes(), p.strides(), p.options()).copy_(g[j]);
       }
       order << (order.tellp() > 0 ? " " : "") << "F" << first + i << " B" << first + i;
     }

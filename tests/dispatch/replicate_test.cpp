@@ -10,6 +10,7 @@
 #include <numeric>
 #include <random>
 
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/plan.h"
 #include "hybridmoe/replicate.h"
 #include "support/compare.h"
@@ -125,6 +126,36 @@ TEST(ReplicatePolicy, CostModelMatchesHandComputedTimes) {
   // rows travel (4 x (0.1 + 0.32)); the 80 weight bytes: 2 x (0.2 + 0.5 * 80 / 1000).
   EXPECT_NEAR(replicate_cost(counts, {0}, small_shape(), small_figures()), 0.432 + 1.68 + 0.48,
               1e-12);
+}
+
+// Two ranks sharing one core (cores_per_rank 0.5): the GEMMs take at least all 12 rows on the one
+// core (0.864 s), off or replicated, so replicating saves only the exchange; with a core each
+// (0 counts as 1, as 1 does) the times above.
+TEST(ReplicatePolicy, RanksSharingCoresBoundTheGemmTime) {
+  const std::vector<std::vector<int64_t>> counts = {{6, 2}, {4, 0}};
+  const auto shared = small_figures().cores_per_rank(0.5);
+  EXPECT_NEAR(replicate_cost(counts, {}, small_shape(), shared), 0.864 + 2.96, 1e-12);
+  EXPECT_NEAR(replicate_cost(counts, {0}, small_shape(), shared), 0.864 + 1.68 + 0.48, 1e-12);
+  for (double own : {1.0, 2.0})
+    EXPECT_EQ(replicate_cost(counts, {0}, small_shape(), small_figures().cores_per_rank(own)),
+              replicate_cost(counts, {0}, small_shape(), small_figures()));
+  // One hot expert: with a core each it is worth its weights; on shared cores the rows take as
+  // long wherever they are computed, so even a free exchange leaves only the weights' cost.
+  const std::vector<std::vector<int64_t>> hot = {{40, 1, 1, 1}, {38, 2, 0, 1}};
+  auto opts =
+      ReplicateOptions()
+          .mode(ReplicateMode::kAuto)
+          .figures(small_figures().a2a_latency_s(0).gather_latency_s(0).gather_bytes_per_s(1e18));
+  EXPECT_EQ(choose_replicated(hot, opts, small_shape()), (std::vector<int64_t>{0}));
+  opts.figures(small_figures().a2a_latency_s(0).a2a_bytes_per_s(1e18).cores_per_rank(0.5));
+  EXPECT_EQ(choose_replicated(hot, opts, small_shape()), (std::vector<int64_t>{}));
+  // The layer fills in this host's share where none is given; given figures stay.
+  EXPECT_EQ(on_this_host(ReplicateFigures(), 4, /*on_device=*/true).cores_per_rank(), 1.0);
+  EXPECT_EQ(on_this_host(ReplicateFigures(), 4, false).cores_per_rank(),
+            static_cast<double>(usable_cores()) / 4.0);
+  EXPECT_EQ(on_this_host(ReplicateFigures().cores_per_rank(0.3), 4, false).cores_per_rank(), 0.3);
+  EXPECT_TRUE(testing::throws_with([] { on_this_host(ReplicateFigures(), 0, false); },
+                                   "ranks_per_node must be >= 1, got 0"));
 }
 
 // The same load spread: expert 0's 10 rows, 5 per rank, so rank 0 sends 1 of its 6 to rank 1.
