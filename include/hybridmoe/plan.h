@@ -15,17 +15,43 @@
 //   all-reduce     (n = buffer)          2 (g-1) a + 2 (g-1)/g * n / B
 //   all-gather     (n = gathered output) (g-1) a + (g-1)/g * n / B
 //   reduce-scatter (n = full input)      (g-1) a + (g-1)/g * n / B
-//   all-to-all     (n = send buffer)     (g-1) a + (g-1)/g * n / B
+//   all-to-all     (n = send buffer)     (g-1) a + (g-1)/g * n / B  (inside one node; the
+//                                        token all-to-all across nodes: below)
 //   p2p            (n = message)         a + n / B
 //   g = 1 costs nothing. a and B are per collective kind, intra-node when every group of that
 //   kind lies in one node (ranks_per_node consecutive ranks), else inter-node.
+// Token all-to-all (Layout::a2a_algorithm) over its exchange group (ep; the stage in the adaptive
+// layout) of P ranks, n = a rank's send buffer, a and B the all-to-all figures intra- (i) or
+// inter-node (o); the slowest rank's time:
+//   flat: one message of n / P bytes to each of the P - 1 others, the G - 1 to the group's other
+//     members on the rank's own node over the intra-node figures, the P - G others inter-node:
+//       (G-1) (a_i + n / (P B_i)) + (P-G) (a_o + n / (P B_o))
+//     (inside one node, G = P: the all-to-all above; one member per node, G = 1: the same at the
+//     inter-node figures).
+//   hierarchical (Tutel's 2DH, hybridmoe/detail/hierarchical_all_to_all.h; G members on each of
+//     N = P / G nodes; only where the layer runs it: D = 1, G > 1, N > 1, every node holding G
+//     members in group-rank order — check_hierarchical):
+//       0. the node's send counts, P int64 to each local peer: (G-1) (a_i + 8 P / B_i)
+//       1. inside the node, to local rank l the rows for local index l of every node (n / G
+//          bytes to each local peer): (G-1) (a_i + n / (G B_i))
+//       2. across nodes, to the rank of the same local index on each other node the rows its node
+//          has for it (fewer, larger messages: n / N bytes each): (N-1) (a_o + n / (N B_o))
+//       3. the rows' rearrangements (three concatenations: the blocks of steps 1 and 2 and the
+//          result, each reading and writing n bytes): kPassesPerHierarchicalExchange n /
+//          stream_bytes_per_s
+//     The same bytes cross nodes as flat ((P-G)/P n = (N-1)/N n) in N - 1 messages instead of
+//     P - G, for G - 1 more intra-node messages (step 0), n (G-1)(1/G - 1/P) more intra-node
+//     bytes and step 3.
+//   Where the members' G differ (nodes holding different numbers of them: flat only) the largest
+//   time counts. The per-expert token counts (a flat all-to-all of 8 E bytes) precede the
+//   exchanges once per MoE layer.
 // Bytes per micro-batch (LayerTraffic):
 //   tp all-reduce (attention out; dense MLP out)  T d b each; 1 fwd + 1 bwd (f's conjugate) per
 //     attention and per dense MLP.
 //   slice gather of the MoE output over tp        T d b (all-gather fwd, reduce-scatter bwd).
 //   token all-to-all over ep                      Ts k d b (dispatch, combine; x2 in backward:
-//     4 per MoE layer); adaptive r >= 1: over the stage (W ranks) with Ts k d b r (each token
-//     goes to r ranks), r = 0: none.
+//     4 per MoE layer, each under the layout's algorithm); adaptive r >= 1: over the stage (W
+//     ranks) with Ts k d b r (each token goes to r ranks), r = 0: none.
 //   etp all-gather / reduce-scatter of rows       etp Ts k d b (1 + 1 fwd, 1 + 1 bwd).
 //   adaptive weight all-gather                    r = 0: E Pe b over W; r >= 1: Pe b / r over
 //     S / r ranks (S = max(1, W / E), Pe = 2 d h + h + d), fwd; its reduce-scatter in bwd.
@@ -73,6 +99,7 @@
 #include <string>
 #include <vector>
 
+#include "hybridmoe/dispatcher.h"
 #include "hybridmoe/parallel.h"
 #include "hybridmoe/placement.h"
 
@@ -95,6 +122,9 @@ inline constexpr double kPassesPerHidden = 2;        ///< [T, f / tp] per dense 
 inline constexpr double kPassesPerExpertHidden = 2;  ///< [Ts k, h] per MoE layer
 inline constexpr double kPassesPerRoutedRow = 6;     ///< [Ts k, d] per MoE layer
 inline constexpr double kPassesPerLogit = 3;         ///< [T, V] for the head
+/// Passes over a rank's send buffer that the hierarchical all-to-all adds to the flat one (three
+/// concatenations, each reading and writing it once; see above).
+inline constexpr double kPassesPerHierarchicalExchange = 6;
 
 /// The collective kinds the machine figures are given for.
 enum class Collective { kAllToAll = 0, kAllGather, kAllReduce, kReduceScatter, kP2P };
@@ -173,14 +203,19 @@ struct Layout {
   int64_t adaptive_r = 0;
   int64_t overlap = 1;  ///< a2a overlap degree D (1: off)
   int64_t micro_batches = 1;
+  /// How the token all-to-all moves its rows; kHierarchical only where check_hierarchical allows
+  /// it (rank_layouts weighs both there and keeps the faster).
+  A2AAlgorithm a2a_algorithm = A2AAlgorithm::kFlat;
   bool is_adaptive() const { return expert_layout == ExpertLayout::kAdaptive; }
   /// Where the experts live on a stage of this layout for `model` (placement.h).
   ExpertPlacement placement(const ModelSpec& model) const;
-  /// "tp2.dp2.pp1.ep2.etp1.z0.r-.D1.M1" (r-: fixed experts).
+  /// "tp2.dp2.pp1.ep2.etp1.z0.r-.D1.M1" (r-: fixed experts), ".hier" appended for the
+  /// hierarchical all-to-all.
   std::string to_string() const;
   bool operator==(const Layout& o) const {
     return par == o.par && zero == o.zero && expert_layout == o.expert_layout &&
-           adaptive_r == o.adaptive_r && overlap == o.overlap && micro_batches == o.micro_batches;
+           adaptive_r == o.adaptive_r && overlap == o.overlap && micro_batches == o.micro_batches &&
+           a2a_algorithm == o.a2a_algorithm;
   }
 };
 
@@ -233,6 +268,33 @@ double collective_time(Collective kind, int64_t group_size, double bytes, const 
 /// Whether some group of `kind` holds ranks of more than one node (ranks_per_node <= 0: never).
 bool spans_nodes(const ParallelConfig& config, GroupKind kind, int64_t ranks_per_node);
 
+/// One flat token all-to-all of `bytes` per rank over `group_size` ranks, `on_node` of them
+/// (the sender included) on the sender's node: (G-1) (a_i + n/(P B_i)) + (P-G) (a_o + n/(P B_o)).
+double flat_a2a_time(int64_t group_size, int64_t on_node, double bytes, const LinkFit& intra,
+                     const LinkFit& inter);
+
+/// One hierarchical token all-to-all of `bytes` per rank over `group_size` ranks, `per_node` of
+/// them on each node: steps 0-3 above (`stream_bytes_per_s` for the rearrangements).
+double hierarchical_a2a_time(int64_t group_size, int64_t per_node, double bytes,
+                             const LinkFit& intra, const LinkFit& inter, double stream_bytes_per_s);
+
+/// The group a layout's token all-to-all runs over: the stage in the adaptive layout, else ep.
+GroupKind exchange_group(const Layout& layout);
+
+/// One token all-to-all of `bytes` per rank over the layout's exchange group under `algorithm`
+/// on nodes of `ranks_per_node` consecutive ranks (<= 0: one node): the slowest member's time.
+/// kHierarchical needs check_hierarchical's conditions on the groups (an error otherwise).
+double token_a2a_time(const Layout& layout, A2AAlgorithm algorithm, int64_t ranks_per_node,
+                      double bytes, const MachineSpec& machine);
+
+/// "" where the MoE layer runs this layout's token all-to-all hierarchical on the cluster's nodes,
+/// else why not: the layout has no token all-to-all, overlap degree D > 1, the exchange group lies
+/// in one node or has one member per node (the layer runs it flat there), or a node holds a
+/// different number of its members or out of group-rank order (the layer refuses). (Replication,
+/// which the layer also refuses with it, is not part of a Layout.)
+std::string check_hierarchical(const ModelSpec& model, const ClusterSpec& cluster,
+                               const Layout& layout);
+
 /// "" if the model and batch can run on the layout, else why not (divisibility, sizes).
 std::string check_layout(const ModelSpec& model, const Layout& layout);
 
@@ -266,6 +328,10 @@ struct PlanOptions {
   int64_t max_micro_batches = 8;  ///< micro-batch counts: powers of two up to this
   bool adaptive = true;           ///< include adaptive-r layouts
   bool keep_unfit = false;        ///< keep layouts over the memory limit (ranked after the rest)
+  /// Token all-to-all algorithms to weigh: rank_layouts estimates each layout under those of them
+  /// the layer can run there (kHierarchical: check_hierarchical) and keeps the fastest; a layout
+  /// where none of them can run gets kFlat (the layer's only exchange there).
+  std::vector<A2AAlgorithm> a2a_algorithms = {A2AAlgorithm::kFlat, A2AAlgorithm::kHierarchical};
 };
 
 /// Every layout of valid_parallel_configs(world) the model can run, times every ZeRO stage
@@ -277,13 +343,16 @@ struct PlanOptions {
 std::vector<Layout> enumerate_layouts(const ModelSpec& model, int64_t world,
                                       const PlanOptions& options = PlanOptions());
 
-/// Estimates of every enumerated layout, fitting ones first, each part sorted by predicted time.
+/// Estimates of every enumerated layout, each under the fastest of options.a2a_algorithms that
+/// the layer can run on the cluster's nodes (ties: flat), fitting ones first, each part sorted by
+/// predicted time.
 std::vector<Estimate> rank_layouts(const ModelSpec& model, const ClusterSpec& cluster,
                                    const MachineSpec& machine,
                                    const PlanOptions& options = PlanOptions());
 
 /// The ranking as one JSON line {"layouts": [{tp, dp, pp, ep, etp, zero, adaptive_r, overlap,
-/// micro_batches, predicted_step_ms, peak_mem_mb, fits}, ...]} (adaptive_r: json_adaptive_r).
+/// micro_batches, a2a_algorithm, predicted_step_ms, peak_mem_mb, fits}, ...]} (adaptive_r:
+/// json_adaptive_r; a2a_algorithm: "flat" or "hierarchical").
 std::string to_json(const std::vector<Estimate>& ranking);
 /// The "adaptive_r" of a layout in the JSON outputs: r, or -1 for the fixed layout (the JSON's
 /// spelling of kFixed, kept for its readers).
@@ -292,14 +361,14 @@ int64_t json_adaptive_r(const Layout& layout);
 std::string to_table(const std::vector<Estimate>& ranking, int64_t rows = 0);
 
 /// The layout a training configuration runs: its tp, dp, pp, ep, etp, zero_stage, expert_layout
-/// with adaptive_r, a2a_overlap_degree and micro_batches (apply_layout's inverse). An error for
-/// adaptive_r auto or every-step, which no one layout describes.
+/// with adaptive_r, a2a_overlap_degree, a2a_algorithm and micro_batches (apply_layout's inverse).
+/// An error for adaptive_r auto or every-step, which no one layout describes.
 Layout layout_of(const TrainConfig& config);
 
 /// Sets the layout keys of a training configuration: tp, dp, pp, ep, etp, nproc, micro_batches,
 /// and where the layout departs from their defaults zero_stage, expert_layout with adaptive_r,
-/// a2a_overlap_degree. Returns "" or why the trainer cannot run this layout (check_config's
-/// reason).
+/// a2a_overlap_degree, a2a_algorithm. Returns "" or why the trainer cannot run this layout
+/// (check_config's reason).
 std::string apply_layout(TrainConfig& config, const Layout& layout);
 
 // ---- measurement on the ranks at hand ----------------------------------------------------------

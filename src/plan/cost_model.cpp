@@ -91,6 +91,7 @@ std::string Layout::to_string() const {
     s << "-";
   }
   s << ".D" << overlap << ".M" << micro_batches;
+  if (a2a_algorithm == A2AAlgorithm::kHierarchical) s << ".hier";
   return s.str();
 }
 
@@ -231,6 +232,11 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
   TORCH_CHECK(why.empty(), "estimate: layout ", l.to_string(), " cannot run this model: ", why);
   TORCH_CHECK(machine.cores >= 1, "estimate: the machine's cores must be >= 1, got ",
               machine.cores);
+  if (l.a2a_algorithm == A2AAlgorithm::kHierarchical) {
+    const std::string no = check_hierarchical(m, cluster, l);
+    TORCH_CHECK(no.empty(), "estimate: layout ", l.to_string(), " with ranks_per_node ",
+                cluster.ranks_per_node, " cannot run the hierarchical all-to-all: ", no);
+  }
   const auto& p = l.par;
   const int64_t rpn = cluster.ranks_per_node;
   const LayerTraffic t = layer_traffic(m, l);
@@ -294,14 +300,11 @@ Estimate estimate(const ModelSpec& m, const ClusterSpec& cluster, const MachineS
   add_gather_pair(p.tp, t.slice_gather, tp_inter, Lmp);
   double hidden_mb = 0;
   if (t.a2a_group > 1 && Lmp > 0) {
-    const bool inter =
-        adaptive ? spans_nodes(p, GroupKind::kStage, rpn) : spans_nodes(p, GroupKind::kEp, rpn);
-    const LinkFit& a2a_link = link(Collective::kAllToAll, inter);
     const double D = static_cast<double>(l.overlap);
-    // Per-rank token counts of every expert (a latency-only exchange) and D chunks of tokens.
-    const double counts = collective_time(Collective::kAllToAll, t.a2a_group, 8.0 * E, a2a_link);
-    const double a2a_layer =
-        4 * D * collective_time(Collective::kAllToAll, t.a2a_group, t.a2a / D, a2a_link);
+    // Per-rank token counts of every expert (a latency-only flat exchange) and D chunks of
+    // tokens under the layout's algorithm (flat_a2a_time / hierarchical_a2a_time).
+    const double counts = token_a2a_time(l, A2AAlgorithm::kFlat, rpn, 8.0 * E, machine);
+    const double a2a_layer = 4 * D * token_a2a_time(l, l.a2a_algorithm, rpn, t.a2a / D, machine);
     const double efficiency = std::clamp(machine.overlap_efficiency, 0.0, 1.0);
     const double hidden_layer =
         efficiency * std::min(a2a_layer, expert_compute_mb / Lmp) * (1 - 1 / D);

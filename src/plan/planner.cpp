@@ -79,9 +79,24 @@ std::vector<Layout> enumerate_layouts(const ModelSpec& m, int64_t world, const P
 
 std::vector<Estimate> rank_layouts(const ModelSpec& m, const ClusterSpec& cluster,
                                    const MachineSpec& machine, const PlanOptions& o) {
+  TORCH_CHECK(!o.a2a_algorithms.empty(),
+              "rank_layouts: expected at least one all-to-all algorithm to weigh, got none");
+  auto weighs = [&](A2AAlgorithm a) {
+    return std::find(o.a2a_algorithms.begin(), o.a2a_algorithms.end(), a) != o.a2a_algorithms.end();
+  };
+  const bool flat = weighs(A2AAlgorithm::kFlat);
+  const bool hierarchical = weighs(A2AAlgorithm::kHierarchical);
   std::vector<Estimate> out;
   for (const auto& l : enumerate_layouts(m, cluster.world, o)) {
+    // 1. Flat, the layer's exchange wherever the hierarchical one cannot run.
     Estimate e = estimate(m, cluster, machine, l);
+    // 2. Hierarchical where the layer runs it: kept when faster, or when flat is not weighed.
+    if (hierarchical && check_hierarchical(m, cluster, l).empty()) {
+      Layout h = l;
+      h.a2a_algorithm = A2AAlgorithm::kHierarchical;
+      Estimate eh = estimate(m, cluster, machine, h);
+      if (!flat || eh.step_s < e.step_s) e = eh;
+    }
     if (e.fits || o.keep_unfit) out.push_back(e);
   }
   // Fitting layouts first, each part by predicted time; ties keep the enumeration order.
@@ -102,6 +117,7 @@ std::string to_json(const std::vector<Estimate>& ranking) {
       << ", \"pp\": " << l.par.pp << ", \"ep\": " << l.par.ep << ", \"etp\": " << l.par.etp
       << ", \"zero\": " << l.zero << ", \"adaptive_r\": " << json_adaptive_r(l)
       << ", \"overlap\": " << l.overlap << ", \"micro_batches\": " << l.micro_batches
+      << ", \"a2a_algorithm\": \"" << to_string(l.a2a_algorithm) << "\""
       << ", \"predicted_step_ms\": " << json_number(e.step_s * 1e3)
       << ", \"peak_mem_mb\": " << json_number(e.memory.total() / (1024.0 * 1024.0))
       << ", \"fits\": " << (e.fits ? "true" : "false") << "}";
@@ -113,16 +129,19 @@ std::string to_json(const std::vector<Estimate>& ranking) {
 std::string to_table(const std::vector<Estimate>& ranking, int64_t rows) {
   std::ostringstream s;
   char line[256];
-  std::snprintf(line, sizeof(line), "%4s  %-32s %9s %9s %8s %8s %8s %8s %9s\n", "rank", "layout",
-                "step_ms", "compute", "comm", "hidden", "bubble", "sync", "mem_mb");
+  std::snprintf(line, sizeof(line), "%4s  %-37s %-12s %9s %9s %8s %8s %8s %8s %9s\n", "rank",
+                "layout", "a2a", "step_ms", "compute", "comm", "hidden", "bubble", "sync",
+                "mem_mb");
   s << line;
   const size_t n = rows > 0 ? std::min<size_t>(ranking.size(), rows) : ranking.size();
   for (size_t i = 0; i < n; ++i) {
     const auto& e = ranking[i];
-    std::snprintf(line, sizeof(line), "%4zu  %-32s %9.3f %9.3f %8.3f %8.3f %8.3f %8.3f %9.2f%s\n",
-                  i + 1, e.layout.to_string().c_str(), e.step_s * 1e3, e.compute_s * 1e3,
-                  e.comm_s * 1e3, e.hidden_s * 1e3, e.bubble_s * 1e3, e.grad_sync_s * 1e3,
-                  e.memory.total() / (1024.0 * 1024.0), e.fits ? "" : "  (does not fit)");
+    std::snprintf(line, sizeof(line),
+                  "%4zu  %-37s %-12s %9.3f %9.3f %8.3f %8.3f %8.3f %8.3f %9.2f%s\n", i + 1,
+                  e.layout.to_string().c_str(), to_string(e.layout.a2a_algorithm).c_str(),
+                  e.step_s * 1e3, e.compute_s * 1e3, e.comm_s * 1e3, e.hidden_s * 1e3,
+                  e.bubble_s * 1e3, e.grad_sync_s * 1e3, e.memory.total() / (1024.0 * 1024.0),
+                  e.fits ? "" : "  (does not fit)");
     s << line;
   }
   return s.str();
@@ -140,6 +159,7 @@ Layout layout_of(const TrainConfig& c) {
   }
   l.overlap = c.a2a_overlap_degree;
   l.micro_batches = c.micro_batches;
+  l.a2a_algorithm = c.a2a_algorithm;
   return l;
 }
 
@@ -158,6 +178,7 @@ std::string apply_layout(TrainConfig& config, const Layout& l) {
     config.adaptive_r = AdaptiveR::value(l.adaptive_r);
   }
   if (l.overlap != 1) config.a2a_overlap_degree = l.overlap;
+  if (l.a2a_algorithm != A2AAlgorithm::kFlat) config.a2a_algorithm = l.a2a_algorithm;
   // 2. Whatever else the trainer refuses.
   return check_config(config);
 }

@@ -37,7 +37,7 @@ struct PlanArgs {
   int64_t top = 20;
   int64_t measure = 0, measure_steps = 8, measure_rounds = 2;
   bool spread = false, measure_config_layout = false;
-  std::string zero = "0,1", overlap = "1,2,4";
+  std::string zero = "0,1", overlap = "1,2,4", a2a_algorithms = "flat,hierarchical";
   int64_t max_micro_batches = 8;
   // Machine figures given as flags (< 0: not given).
   double flops = -1, gemm_latency_us = -1, op_latency_us = -1, overlap_efficiency = -1;
@@ -59,6 +59,15 @@ std::vector<int64_t> int_list(const std::string& text, const std::string& flag) 
     }
   }
   TORCH_CHECK(!out.empty(), flag, ": empty list");
+  return out;
+}
+
+std::vector<A2AAlgorithm> algorithm_list(const std::string& text) {
+  std::vector<A2AAlgorithm> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(parse_a2a_algorithm(item));
+  TORCH_CHECK(!out.empty(), "--a2a-algorithms: empty list; expected flat, hierarchical or both");
   return out;
 }
 
@@ -121,7 +130,32 @@ nlohmann::json layout_json(const plan::Layout& l) {
           {"zero", l.zero},
           {"adaptive_r", plan::json_adaptive_r(l)},
           {"overlap", l.overlap},
-          {"micro_batches", l.micro_batches}};
+          {"micro_batches", l.micro_batches},
+          {"a2a_algorithm", to_string(l.a2a_algorithm)}};
+}
+
+// The layout keys of `hmoe train` for the first layout of the ranking the trainer can run (over
+// the model configuration `c`), as flags; "" when it can run none.
+std::string first_runnable_as_flags(const std::vector<plan::Estimate>& ranking,
+                                    const TrainConfig& c) {
+  for (size_t i = 0; i < ranking.size(); ++i) {
+    TrainConfig run = c;
+    if (!plan::apply_layout(run, ranking[i].layout).empty()) continue;
+    std::vector<std::string> keys = {
+        "nproc", "tp", "dp", "pp", "ep", "etp", "micro_batches", "zero_stage", "expert_layout"};
+    if (ranking[i].layout.is_adaptive()) keys.push_back("adaptive_r");
+    keys.insert(keys.end(), {"a2a_overlap_degree", "a2a_algorithm"});
+    std::ostringstream s;
+    s << "hmoe train flags of rank " << i + 1 << " (the first the trainer can run):";
+    for (const auto& k : keys) {
+      std::string f = k;
+      for (auto& ch : f)
+        if (ch == '_') ch = '-';
+      s << " --" << f << " " << get_config_value(run, k);
+    }
+    return s.str();
+  }
+  return "";
 }
 
 // Which groups of the table's layouts cross nodes (nothing on one node), one line per layout.
@@ -159,6 +193,7 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
   o.max_micro_batches = a.max_micro_batches;
   o.adaptive = !a.no_adaptive;
   o.keep_unfit = a.all;
+  o.a2a_algorithms = algorithm_list(a.a2a_algorithms);
   const auto ranking = plan::rank_layouts(model, cluster, machine, o);
   TORCH_CHECK(!ranking.empty(), "plan: no layout of this model fits ", cluster.world,
               " ranks with ", a.mem_mb, " MB per rank");
@@ -171,6 +206,8 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
                 << ranking.size() << " layouts on " << cluster.world << " ranks (predicted):\n"
                 << plan::to_table(ranking, a.top);
       print_node_crossings(ranking, a.top, cluster);
+      const std::string flags = first_runnable_as_flags(ranking, c);
+      if (!flags.empty()) std::cout << flags << std::endl;
     }
     return 0;
   }
@@ -214,9 +251,9 @@ int run_plan(const PlanArgs& a, const TrainConfig& c, dist::World* world) {
     for (size_t i = 0; i < skipped.size() && i < 12; ++i) std::cout << "  " << skipped[i] << "\n";
     if (skipped.size() > 12) std::cout << "  ... " << skipped.size() - 12 << " more\n";
   }
-  std::printf("%4s  %-32s %12s %12s\n", "rank", "layout", "predicted_ms", "measured_ms");
+  std::printf("%4s  %-37s %12s %12s\n", "rank", "layout", "predicted_ms", "measured_ms");
   for (const auto& r : rows)
-    std::printf("%4lld  %-32s %12.2f %12.2f\n", static_cast<long long>(r.predicted_rank + 1),
+    std::printf("%4lld  %-37s %12.2f %12.2f\n", static_cast<long long>(r.predicted_rank + 1),
                 r.layout.to_string().c_str(), r.predicted_ms, r.measured_ms);
   std::printf(
       "spearman rank correlation %.3f over %zu layouts; first choice %.1f %% %s the best "
@@ -292,6 +329,11 @@ void add_plan_command(CLI::App& app) {
                 "unless --config sets one)");
   cmd->add_option("--zero", a->zero, "ZeRO stages to consider")->capture_default_str();
   cmd->add_option("--overlap", a->overlap, "a2a overlap degrees to consider")
+      ->capture_default_str();
+  cmd->add_option("--a2a-algorithms", a->a2a_algorithms,
+                  "Token all-to-all algorithms to weigh (flat, hierarchical): each layout gets "
+                  "the fastest the layer can run there (hierarchical: the exchange group spans "
+                  "nodes evenly with > 1 rank on each, overlap degree 1), else flat")
       ->capture_default_str();
   cmd->add_option("--max-micro-batches", a->max_micro_batches, "Largest micro-batch count")
       ->capture_default_str();
