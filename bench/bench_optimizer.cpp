@@ -9,40 +9,15 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/zero.h"
 
 namespace hybridmoe::bench {
 namespace {
-
-/// A field of /proc/self/status in KiB (e.g. "VmRSS:", "VmHWM:").
-double status_kb(const std::string& key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key, 0) == 0) {
-      std::istringstream fields(line.substr(key.size()));
-      double kb = 0;
-      fields >> kb;
-      return kb;
-    }
-  TORCH_CHECK(false, "bench optimizer: no ", key, " in /proc/self/status");
-}
-
-/// Resets the kernel's peak-RSS mark (VmHWM) to the current RSS.
-void reset_peak_rss() {
-  std::ofstream out("/proc/self/clear_refs");
-  out << "5";
-  out.flush();
-  TORCH_CHECK(out.good(),
-              "bench optimizer: cannot write /proc/self/clear_refs to reset the peak "
-              "resident memory (needed to measure the step's peak)");
-}
 
 struct Sample {
   double extra_mb = 0;
@@ -52,13 +27,16 @@ struct Sample {
 Sample measure_step(ZeroAdamW& opt, double tile_mb) {
   opt.set_tile_mb(tile_mb);
   malloc_trim(0);
-  reset_peak_rss();
-  const double base = status_kb("VmRSS:");
+  TORCH_CHECK(reset_peak_resident_memory(),
+              "bench optimizer: cannot write /proc/self/clear_refs to reset the peak resident "
+              "memory (needed to measure the step's peak)");
+  const ResidentMemory before = resident_memory();
+  TORCH_CHECK(before.known, "bench optimizer: /proc/self/status reports no VmRSS / VmHWM");
   const auto t0 = std::chrono::steady_clock::now();
   opt.step();
   const auto t1 = std::chrono::steady_clock::now();
-  const double peak = status_kb("VmHWM:");
-  return {(peak - base) / 1024.0, std::chrono::duration<double, std::milli>(t1 - t0).count()};
+  const double peak = resident_memory().peak_mb;
+  return {peak - before.current_mb, std::chrono::duration<double, std::milli>(t1 - t0).count()};
 }
 
 double median(std::vector<double> v) {

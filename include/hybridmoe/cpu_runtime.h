@@ -55,4 +55,18 @@ struct CpuBufferCacheStats {
 };
 CpuBufferCacheStats cpu_buffer_cache_stats();
 
+/// The memory this process holds in RAM (its resident set, Linux's /proc/self/status): now, and
+/// the peak since the process started or since the last reset_peak_resident_memory(). Both 0 and
+/// `known` false where the system does not report them.
+struct ResidentMemory {
+  bool known = false;
+  double current_mb = 0.0;  // VmRSS
+  double peak_mb = 0.0;     // VmHWM
+};
+ResidentMemory resident_memory();
+
+/// Starts a new peak at the current resident set (Linux: writes 5 to /proc/self/clear_refs), so
+/// that resident_memory().peak_mb measures a step. False where the system does not allow it.
+bool reset_peak_resident_memory();
+
 }  // namespace hybridmoe

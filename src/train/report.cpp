@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <iomanip>
 #include <sstream>
@@ -60,7 +61,8 @@ void write_summary(const std::string& out, const TrainConfig& config, const Trai
     << ",\n  \"imbalance\": {\"steps\": " << im.steps << ", \"expert_mean\": " << im.expert_sum / n
     << ", \"expert_max\": " << im.expert_max << ", \"rank_mean\": " << im.rank_sum / n
     << ", \"rank_max\": " << im.rank_max
-    << ", \"exchange_wait_max_ms_mean\": " << im.wait_max_ms_sum / n << "},\n  \"expert_load\": [";
+    << ", \"exchange_wait_max_ms_mean\": " << im.wait_max_ms_sum / n
+    << ", \"peak_rss_mb_max\": " << im.memory_max_mb << "},\n  \"expert_load\": [";
   for (size_t i = 0; i < data.layer_load.size(); ++i)
     f << (i ? ", " : "") << json_numbers(data.layer_load[i]);
   f << "],\n  \"config\": {";
@@ -85,9 +87,29 @@ double max_over_mean(const double* v, size_t n) {
 
 }  // namespace
 
+std::string format_duration(double s) {
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%lld:%02lld", static_cast<long long>(t / 60),
+                static_cast<long long>(t % 60));
+  return buf;
+}
+
+std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
+                                           int64_t E) {
+  std::vector<std::vector<double>> out(layers, std::vector<double>(E, 0.0));
+  for (int64_t l = 0; l < layers; ++l) {
+    double total = 0;
+    for (int64_t e = 0; e < E; ++e) total += flat[l * E + e];
+    for (int64_t e = 0; e < E; ++e) out[l][e] = total > 0 ? flat[l * E + e] / total : 0.0;
+  }
+  return out;
+}
+
 StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
                              const std::vector<double>& rank_rows,
-                             const std::vector<double>& rank_wait_s) {
+                             const std::vector<double>& rank_wait_s,
+                             const std::vector<double>& rank_peak_mb) {
   TORCH_CHECK(static_cast<int64_t>(load.size()) == layers * E, "step_imbalance: ", load.size(),
               " loads for ", layers, " layers of ", E, " experts");
   StepImbalance s;
@@ -98,6 +120,13 @@ StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, in
     s.wait_max_ms = std::max(s.wait_max_ms, 1e3 * w);
     s.wait_mean_ms += 1e3 * w / static_cast<double>(rank_wait_s.size());
   }
+  s.memory_known = !rank_peak_mb.empty() && std::all_of(rank_peak_mb.begin(), rank_peak_mb.end(),
+                                                        [](double v) { return v >= 0; });
+  if (s.memory_known)
+    for (double m : rank_peak_mb) {
+      s.memory_max_mb = std::max(s.memory_max_mb, m);
+      s.memory_mean_mb += m / static_cast<double>(rank_peak_mb.size());
+    }
   return s;
 }
 
@@ -106,7 +135,12 @@ std::string imbalance_json(const StepImbalance& s) {
   o.precision(6);
   o << "\"imbalance\": {\"expert\": " << s.expert << ", \"rank\": " << s.rank
     << ", \"exchange_wait_ms\": {\"max\": " << s.wait_max_ms << ", \"mean\": " << s.wait_mean_ms
-    << "}}";
+    << "}, \"peak_rss_mb\": ";
+  if (s.memory_known)
+    o << "{\"max\": " << s.memory_max_mb << ", \"mean\": " << s.memory_mean_mb << "}";
+  else
+    o << "null";
+  o << "}";
   return o.str();
 }
 
@@ -117,6 +151,7 @@ void Imbalance::add(const StepImbalance& s) {
   expert_max = std::max(expert_max, s.expert);
   rank_max = std::max(rank_max, s.rank);
   wait_max_ms_sum += s.wait_max_ms;
+  if (s.memory_known) memory_max_mb = std::max(memory_max_mb, s.memory_max_mb);
 }
 
 namespace {
@@ -225,7 +260,19 @@ void write_report(const std::string& out, const TrainConfig& config, const Train
       << "<p>max / mean tokens per expert (worst layer): mean " << im.expert_sum / n << ", worst "
       << im.expert_max << "; per rank: mean " << im.rank_sum / n << ", worst " << im.rank_max
       << "; slowest rank blocked in the token exchange: " << im.wait_max_ms_sum / n
-      << " ms per step</p>";
+      << " ms per step; the largest peak resident memory of a rank in a step: " << im.memory_max_mb
+      << " MB</p>";
+  }
+  const bool any_replica =
+      std::any_of(data.replicated.begin(), data.replicated.end(), [](const auto& row) {
+        return std::any_of(row.begin(), row.end(), [](double v) { return v > 0; });
+      });
+  if (any_replica) {
+    std::vector<std::string> stage_names;
+    for (size_t i = 0; i < data.replicated.size(); ++i)
+      stage_names.push_back("MoE layer " + std::to_string(i) + " (rank 0's stage)");
+    f << "<h2>Hot-expert replication (fraction of steps each expert was replicated)</h2>"
+      << heatmap_svg(stage_names, data.replicated);
   }
   if (!data.task_load.empty()) {
     f << "<h2>Expert load per layer and task (held-out samples)</h2>";

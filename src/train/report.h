@@ -17,20 +17,28 @@ namespace hybridmoe::detail {
 struct StepImbalance {
   double expert = 0.0, rank = 0.0;
   double wait_max_ms = 0.0, wait_mean_ms = 0.0;
+  /// The ranks' peak resident memory over the step's passes (MB); unknown where a rank could not
+  /// measure it.
+  bool memory_known = false;
+  double memory_max_mb = 0.0, memory_mean_mb = 0.0;
 };
 /// The imbalance of one step. load: [layers * E] tokens per (layer, expert), summed over ranks;
 /// rank_rows: [world size] rows each rank's experts computed; rank_wait_s: [world size] seconds
-/// each rank was blocked in the token exchange.
+/// each rank was blocked in the token exchange; rank_peak_mb: [world size] each rank's peak
+/// resident memory, < 0 where unknown.
 StepImbalance step_imbalance(const std::vector<double>& load, int64_t layers, int64_t E,
                              const std::vector<double>& rank_rows,
-                             const std::vector<double>& rank_wait_s);
-/// `"imbalance": {"expert": x, "rank": y, "exchange_wait_ms": {"max": a, "mean": b}}`.
+                             const std::vector<double>& rank_wait_s,
+                             const std::vector<double>& rank_peak_mb);
+/// `"imbalance": {"expert": x, "rank": y, "exchange_wait_ms": {"max": a, "mean": b},
+/// "peak_rss_mb": {"max": c, "mean": d}}` (peak_rss_mb null where unknown).
 std::string imbalance_json(const StepImbalance& s);
 /// A run's imbalance: the mean and the worst over its steps.
 struct Imbalance {
   int64_t steps = 0;
   double expert_sum = 0.0, rank_sum = 0.0, expert_max = 0.0, rank_max = 0.0;
   double wait_max_ms_sum = 0.0;  ///< the slowest rank's exchange wait, summed over steps
+  double memory_max_mb = 0.0;    ///< the largest peak of any rank in any step (0: unknown)
   void add(const StepImbalance& s);
 };
 
@@ -44,7 +52,16 @@ struct ReportData {
   Imbalance imbalance;
   /// The fraction of the run's expert rows each rank computed (world size entries).
   std::vector<double> rank_rows;
+  /// The fraction of the steps in which each expert of rank 0's stage was replicated, per MoE
+  /// layer of that stage (hot-expert replication; all zeros without it).
+  std::vector<std::vector<double>> replicated;
 };
+
+/// "m:ss" of a duration in seconds (rounded), e.g. format_duration(75.4) == "1:15".
+std::string format_duration(double seconds);
+/// [layers * E] values as per-layer rows of fractions of their row's sum (rows summing to 0: 0).
+std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
+                                           int64_t E);
 
 /// JSON text of a string.
 std::string json_string(const std::string& s);

@@ -13,6 +13,7 @@
 
 #include "hybridmoe/collectives.h"
 #include "hybridmoe/comm_stats.h"
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/detail/fingerprint.h"
 #include "hybridmoe/pipeline.h"
 #include "hybridmoe/train.h"
@@ -28,26 +29,6 @@ namespace fs = std::filesystem;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-std::string format_duration(double s) {
-  const int64_t t = static_cast<int64_t>(s + 0.5);
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%lld:%02lld", static_cast<long long>(t / 60),
-                static_cast<long long>(t % 60));
-  return buf;
-}
-
-// Rows normalized to fractions.
-std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
-                                           int64_t E) {
-  std::vector<std::vector<double>> out(layers, std::vector<double>(E, 0.0));
-  for (int64_t l = 0; l < layers; ++l) {
-    double total = 0;
-    for (int64_t e = 0; e < E; ++e) total += flat[l * E + e];
-    for (int64_t e = 0; e < E; ++e) out[l][e] = total > 0 ? flat[l * E + e] / total : 0.0;
-  }
-  return out;
-}
 
 // Expert load per MoE layer on each task's held-out lines (collective).
 std::map<std::string, std::vector<std::vector<double>>> load_by_task(
@@ -73,7 +54,7 @@ std::map<std::string, std::vector<std::vector<double>>> load_by_task(
       auto c = st.tokens_per_expert.to(torch::kFloat64).cpu().contiguous();
       flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + E);
     }
-    out[task] = fractions(dist::sum_over_ranks(flat, groups.world), layers, E);
+    out[task] = detail::fractions(dist::sum_over_ranks(flat, groups.world), layers, E);
   }
   model.train();
   return out;
@@ -231,6 +212,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   const int64_t W = world.size();
   detail::Imbalance imbalance_run;
   std::vector<double> rank_rows_run(W, 0.0);
+  // How often each expert of this stage's MoE layers was replicated ([layer][expert] steps).
+  std::vector<std::vector<double>> replicated_run(moe.size(), std::vector<double>(E, 0.0));
   const int64_t last = cfg.stop_after > 0 ? std::min(cfg.stop_after, cfg.steps) : cfg.steps;
   // Adaptive r = auto: every adaptive_recheck_every steps, one step with each valid r is timed
   // (the mean over ranks, so every rank decides alike), then the fastest is kept.
@@ -251,6 +234,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   int64_t nonfinite_in_a_row = 0;
   for (int64_t step = start + 1; step <= last; ++step) {
     const auto t0 = Clock::now();
+    const bool peak_reset = reset_peak_resident_memory();  // the step's passes set a new peak
     const double lr = learning_rate(cfg, step - 1);
     const int64_t phase = auto_r ? (step - 1) % cfg.adaptive_recheck_every : -1;
     const bool r_trial = auto_r && phase < static_cast<int64_t>(r_values.size());
@@ -313,6 +297,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       replicated.resize(rep.moe.size());
       for (size_t l = 0; l < rep.moe.size(); ++l) replicated[l] = rep.moe[l].replicated;
     }
+    for (size_t l = 0; l < replicated.size() && l < replicated_run.size(); ++l)
+      for (int64_t e : replicated[l]) replicated_run[l][static_cast<size_t>(e)] += 1.0;
     const auto host = acc.cpu();
     const double wait_step =
         dist::total_of(dist::comm_stats(), dist::is_token_exchange).seconds - wait_before;
@@ -328,9 +314,12 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     std::vector<double> shares = {ce_sum / static_cast<double>(tp * dp), aux_sum / dp};
     shares.insert(shares.end(), load.begin(), load.end());
     // Each rank's expert rows in its own slot: the sum gathers them.
-    std::vector<double> rank_rows(2 * W, 0.0);  // then each rank's seconds blocked in exchanges
+    // Then each rank's seconds blocked in exchanges and its peak resident memory (-1: unknown).
+    std::vector<double> rank_rows(3 * W, 0.0);
     rank_rows[world.rank()] = rows_step;
     rank_rows[W + world.rank()] = wait_step;
+    const ResidentMemory memory = resident_memory();
+    rank_rows[2 * W + world.rank()] = peak_reset && memory.known ? memory.peak_mb : -1.0;
     shares.insert(shares.end(), rank_rows.begin(), rank_rows.end());
     auto total = dist::sum_over_ranks(shares, groups->world);
     const double loss = total[0], aux = total[1];
@@ -372,7 +361,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
     const auto imbalance = detail::step_imbalance(
         std::vector<double>(total.begin() + 2, total.begin() + 2 + L * E), L, E,
         std::vector<double>(total.begin() + 3 + L * E, total.begin() + 3 + L * E + W),
-        std::vector<double>(total.begin() + 3 + L * E + W, total.begin() + 3 + L * E + 2 * W));
+        std::vector<double>(total.begin() + 3 + L * E + W, total.begin() + 3 + L * E + 2 * W),
+        std::vector<double>(total.begin() + 3 + L * E + 2 * W, total.begin() + 3 + L * E + 3 * W));
     imbalance_run.add(imbalance);
     for (int64_t r = 0; r < W; ++r) rank_rows_run[r] += total[3 + L * E + r];
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -423,7 +413,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       const bool stats = step % cfg.stats_every == 0 || step == last;
       if (stats && L > 0) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
-        auto frac = fractions(step_load, L, E);
+        auto frac = detail::fractions(step_load, L, E);
         metrics << ", \"expert_load\": [";
         for (int64_t l = 0; l < L; ++l) metrics << (l ? ", " : "") << detail::json_numbers(frac[l]);
         metrics << "], \"dropped\": " << total[2 + L * E];
@@ -436,16 +426,20 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
       std::snprintf(bar, sizeof(bar), "step %5lld/%lld [%s%s] loss %.4f | %6.0f tok/s | %s left",
                     static_cast<long long>(step), static_cast<long long>(last),
                     std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
-                    loss, tps, format_duration(eta).c_str());
+                    loss, tps, detail::format_duration(eta).c_str());
       if (cfg.progress && tty) {
         std::fprintf(stderr, "\r%s   %s", bar, step == last ? "\n" : "");
       } else if (cfg.progress && (step % cfg.log_every == 0 || step == last || step == start + 1)) {
-        std::printf("%s | aux %.4f lr %.2e |g| %.3f | imbalance expert %.2f rank %.2f\n", bar, aux,
-                    lr, norm, imbalance.expert, imbalance.rank);
+        const std::string peak =
+            imbalance.memory_known
+                ? " | peak " + std::to_string(std::lround(imbalance.memory_max_mb)) + " MB"
+                : "";
+        std::printf("%s | aux %.4f lr %.2e |g| %.3f | imbalance expert %.2f rank %.2f%s\n", bar,
+                    aux, lr, norm, imbalance.expert, imbalance.rank, peak.c_str());
       }
       if (stats && L > 0 && cfg.progress) {
         std::vector<double> step_load(total.begin() + 2, total.begin() + 2 + L * E);
-        auto frac = fractions(step_load, L, E);
+        auto frac = detail::fractions(step_load, L, E);
         std::ostringstream s;
         s.precision(2);
         s << std::fixed;
@@ -477,9 +471,13 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   result.wall_s = std::chrono::duration<double>(Clock::now() - t_start).count();
   if (lead) {
     data.loss_curve = curve;
-    data.layer_load = fractions(load_run, L, E);
+    data.layer_load = detail::fractions(load_run, L, E);
     data.dropped = static_cast<int64_t>(dropped_run);
     data.imbalance = imbalance_run;
+    const double steps_run = static_cast<double>(std::max<int64_t>(1, imbalance_run.steps));
+    for (auto& row : replicated_run)
+      for (double& v : row) v /= steps_run;
+    data.replicated = replicated_run;
     double rows_all = 0.0;
     for (double v : rank_rows_run) rows_all += v;
     for (double v : rank_rows_run) data.rank_rows.push_back(rows_all > 0 ? v / rows_all : 0.0);

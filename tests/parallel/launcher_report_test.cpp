@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "hybridmoe/dist.h"
+#include "parallel/runtime/launch_order.h"
 
 namespace hybridmoe {
 namespace {
@@ -98,6 +99,18 @@ TEST(LauncherReport, LaterFailuresAreConsequences) {
                            "rank 0 failed (root cause): exit code 3; last error line: boom",
                            "rank 1 failed (consequence: failed after rank 0): exit code 1; last "
                            "error line: peer gone"}));
+}
+
+// Ranks reaped in one pass: a killed rank first, then the one whose error came first (the other
+// failed on its closed socket), ranks without stderr after, ties by rank.
+TEST(LauncherReport, RanksReapedTogetherAreOrderedByWhatTheyReported) {
+  using dist::detail::reaped_order;
+  EXPECT_EQ(reaped_order({{0, false, 0.036}, {1, false, 0.001}}), (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(reaped_order({{0, false, 0.001}, {1, true, std::nullopt}, {2, false, 0.0005}}),
+            (std::vector<int64_t>{1, 2, 0}));
+  EXPECT_EQ(reaped_order({{0, false, std::nullopt}, {1, false, 0.2}, {2, false, 0.2}}),
+            (std::vector<int64_t>{1, 2, 0}));
+  EXPECT_EQ(reaped_order({}), (std::vector<int64_t>{}));
 }
 
 TEST(LauncherReport, WallClockLimitEndsEveryRank) {

@@ -1,7 +1,8 @@
 // train_dist_test.cpp — the trainer on several ranks: the global gradient norm under a layout
 // equals one process; a distributed run resumes exactly; two pipeline stages (1f1b, gpipe, block
 // recompute) follow the one-stage loss curve and resume exactly; ZeRO-1, overlapped all-to-alls,
-// the adaptive expert layout and recomputation follow the plain run's losses.
+// the adaptive expert layout, recomputation and hot-expert replication follow the plain run's
+// losses (replication's choices logged per step and shown in the report).
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -229,12 +230,27 @@ TEST(TrainMultiRank, ZeroOverlapAndAdaptiveFollowThePlainRun) {
     rm.recompute = Recompute::kMoE;
     rm.recompute_cache_comm = false;
     rm.a2a_overlap_degree = 2;
-    for (const auto& c : {z, o, a, rb, rm}) {
+    auto rp = cfg("opt_replicate");
+    rp.replicate = "1";  // the hottest expert of every step, on both ranks
+    for (const auto& c : {z, o, a, rb, rm, rp}) {
       TrainResult r = train(c, ctx.world);
       ASSERT_EQ(r.losses.size(), plain.losses.size()) << c.out;
       for (size_t i = 0; i < r.losses.size(); ++i)
         EXPECT_NEAR(r.losses[i], plain.losses[i], 1e-9 * std::abs(plain.losses[i]))
             << c.out << " step " << i + 1;
+    }
+    // The replication choices: every step's in metrics.jsonl, their frequency in the report.
+    if (ctx.rank() == 0) {
+      const auto metrics = testing::read_file(rp.out + "/metrics.jsonl");
+      size_t steps_with_choice = 0;
+      for (size_t at = metrics.find("\"replicated\": [["); at != std::string::npos;
+           at = metrics.find("\"replicated\": [[", at + 1))
+        ++steps_with_choice;
+      EXPECT_EQ(steps_with_choice, 5u) << metrics;
+      EXPECT_NE(testing::read_file(rp.out + "/report.html").find("Hot-expert replication"),
+                std::string::npos);
+      EXPECT_EQ(testing::read_file(z.out + "/report.html").find("Hot-expert replication"),
+                std::string::npos);
     }
     // ZeRO-1 resumes exactly from its sharded optimizer state.
     auto b = cfg("opt_zero1_resume");

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "hybridmoe/cpu_runtime.h"
 #include "hybridmoe/dist.h"
 #include "hybridmoe/train.h"
 #include "train/train_fixtures.h"
@@ -76,9 +77,17 @@ TEST(TrainLoop, ShortRunLowersTheLoss) {
   EXPECT_TRUE(fs::exists(dir + "/metrics.jsonl"));
   EXPECT_EQ(r.task_accuracy.size(), 4u);
   const auto summary = read_file(dir + "/summary.json");
-  for (auto* key :
-       {"initial_loss", "final_loss", "tokens_per_s", "steps", "layout", "task_accuracy"})
+  for (auto* key : {"initial_loss", "final_loss", "tokens_per_s", "steps", "layout",
+                    "task_accuracy", "peak_rss_mb_max"})
     EXPECT_NE(summary.find(key), std::string::npos) << key;
+  // Each step's peak resident memory, where this system lets a process restart its peak mark.
+  const auto metrics = read_file(dir + "/metrics.jsonl");
+  if (reset_peak_resident_memory()) {
+    EXPECT_NE(metrics.find("\"peak_rss_mb\": {\"max\": "), std::string::npos);
+    EXPECT_EQ(metrics.find("\"peak_rss_mb\": null"), std::string::npos);
+  } else {
+    EXPECT_NE(metrics.find("\"peak_rss_mb\": null"), std::string::npos);
+  }
   // The consolidated model of the final checkpoint generates like the trained model.
   GPT loaded = load_full_model(latest_checkpoint(dir));
   EXPECT_FALSE(generate_text(*loaded, "copy: abc -> ", 8).empty() &&

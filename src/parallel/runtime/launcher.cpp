@@ -18,11 +18,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "hybridmoe/dist.h"
+#include "parallel/runtime/launch_order.h"
 
 extern char** environ;
 
@@ -38,9 +40,10 @@ struct Rank {
   std::string partial[2];
   bool running = false;
   int code = 0;
-  int signal = 0;          // the signal that ended it, 0 if it exited
-  bool signalled = false;  // the launcher sent it SIGTERM / SIGKILL while it ran
-  std::string last_error;  // its last non-empty stderr line
+  int signal = 0;                      // the signal that ended it, 0 if it exited
+  bool signalled = false;              // the launcher sent it SIGTERM / SIGKILL while it ran
+  std::string last_error;              // its last non-empty stderr line
+  std::optional<double> last_error_s;  // when that line came, seconds since the launch
 };
 
 /// The longest last error line a summary quotes.
@@ -210,13 +213,14 @@ LaunchResult launch_local(const LaunchOptions& o) {
   // 3. Relay output and watch the ranks until all have ended and their pipes are drained.
   LaunchResult result;
   std::vector<int64_t> end_order;  // ranks in the order they were reaped
+  const auto start = Clock::now();
   auto relay = [&](int64_t r, int s, const std::string& line) {
     if (s == 1 && line.find_first_not_of(" \t\r") != std::string::npos) {
       ranks[r].last_error = line.substr(0, kMaxErrorLine);
+      ranks[r].last_error_s = std::chrono::duration<double>(Clock::now() - start).count();
     }
     sink(r, s == 1, line);
   };
-  const auto start = Clock::now();
   c10::optional<Clock::time_point> kill_deadline;  // SIGKILL stragglers after this
   auto end_others = [&] {
     for (auto& rk : ranks) {
@@ -273,9 +277,8 @@ LaunchResult launch_local(const LaunchOptions& o) {
     }
     if (pfds.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(20));
     // 3b. Reap ended ranks; the first failure ends the others. Ranks reaped in the same pass
-    //     ended within one poll interval: one that a signal ended is taken to have ended first
-    //     (a crash or a kill is the cause, peers failing on its closed sockets the consequence).
-    std::vector<int64_t> reaped;
+    //     ended within one poll interval: reaped_order says which ended first.
+    std::vector<detail::ReapedRank> reaped;
     for (int64_t r = 0; r < o.nproc; ++r) {
       if (!ranks[r].running) continue;
       int status = 0;
@@ -283,11 +286,9 @@ LaunchResult launch_local(const LaunchOptions& o) {
       ranks[r].running = false;
       ranks[r].code = exit_code_of(status);
       ranks[r].signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-      reaped.push_back(r);
+      reaped.push_back({r, ranks[r].signal != 0 && !ranks[r].signalled, ranks[r].last_error_s});
     }
-    std::stable_partition(reaped.begin(), reaped.end(),
-                          [&](int64_t r) { return ranks[r].signal != 0 && !ranks[r].signalled; });
-    for (int64_t r : reaped) {
+    for (int64_t r : detail::reaped_order(std::move(reaped))) {
       end_order.push_back(r);
       if (ranks[r].code != 0 && result.failed_rank < 0 && !result.timed_out) {
         result.failed_rank = first_rank + r;
@@ -345,5 +346,23 @@ LaunchResult launch_local(const LaunchOptions& o) {
   }
   return result;
 }
+
+namespace detail {
+
+std::vector<int64_t> reaped_order(std::vector<ReapedRank> reaped) {
+  std::stable_sort(reaped.begin(), reaped.end(), [](const ReapedRank& a, const ReapedRank& b) {
+    if (a.killed != b.killed) return a.killed;
+    if (a.last_stderr_s.has_value() != b.last_stderr_s.has_value())
+      return a.last_stderr_s.has_value();
+    if (a.last_stderr_s && *a.last_stderr_s != *b.last_stderr_s)
+      return *a.last_stderr_s < *b.last_stderr_s;
+    return a.rank < b.rank;
+  });
+  std::vector<int64_t> order;
+  for (const auto& r : reaped) order.push_back(r.rank);
+  return order;
+}
+
+}  // namespace detail
 
 }  // namespace hybridmoe::dist
