@@ -138,6 +138,8 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   GPT& model = parts.model;
   ZeroAdamW& optimizer = *parts.optimizer;
   const auto replicas = gradient_replicas(*model, *groups, *parts.gdp);
+  // Refused before the output directory is touched.
+  const int64_t side_by_side = detail::micro_batch_threads(cfg, *model);
   const auto opts = cfg.model_options();
   const bool lead = world.rank() == 0;
   TrainResult result;
@@ -200,7 +202,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   pipe.schedule = cfg.pipeline_schedule;
   pipe.activation_sizes = {per_pass / dp, cfg.seq_len, cfg.d_model};
   pipe.activation_options = model->parameters().front().options();
-  pipe.threads = detail::micro_batch_threads(cfg, *model);
+  pipe.threads = side_by_side;
   if (pipe.threads > 1) pipe.parameters = model->parameters();
   if (lead && pipe.threads > 1)
     std::printf("micro-batches: %lld side by side, one thread each\n",
