@@ -9,6 +9,8 @@
 #include <iomanip>
 #include <sstream>
 
+#include "hybridmoe/collectives.h"
+
 namespace hybridmoe::detail {
 
 std::string json_string(const std::string& s) {
@@ -103,6 +105,35 @@ std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int6
     for (int64_t e = 0; e < E; ++e) total += flat[l * E + e];
     for (int64_t e = 0; e < E; ++e) out[l][e] = total > 0 ? flat[l * E + e] / total : 0.0;
   }
+  return out;
+}
+
+std::map<std::string, std::vector<std::vector<double>>> load_by_task(
+    GPTImpl& model, const std::vector<TaskSample>& samples, const ParallelGroups& groups) {
+  std::map<std::string, std::vector<std::vector<double>>> out;
+  const int64_t layers = model.num_moe_layers();
+  const int64_t E = model.options.num_experts(), ctx = model.options.context();
+  if (layers == 0) return out;
+  torch::NoGradGuard no_grad;
+  model.eval();
+  for (const auto& task : synthetic_task_names()) {
+    std::string text;
+    for (const auto& s : samples)
+      if (s.task == task) text += s.prompt + s.answer + "\n";
+    const int64_t rows = static_cast<int64_t>(text.size()) / ctx;
+    if (rows == 0) continue;
+    auto tokens = torch::empty({rows, ctx}, torch::kInt64);
+    for (int64_t i = 0; i < rows * ctx; ++i)
+      tokens.view({-1})[i] = static_cast<int64_t>(static_cast<unsigned char>(text[i]));
+    auto res = model.forward(tokens);
+    std::vector<double> flat;
+    for (const auto& st : res.moe_stats) {
+      auto c = st.tokens_per_expert.to(torch::kFloat64).cpu().contiguous();
+      flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + E);
+    }
+    out[task] = fractions(dist::sum_over_ranks(flat, groups.world), layers, E);
+  }
+  model.train();
   return out;
 }
 

@@ -1,4 +1,5 @@
-// report.h — internal to the trainer: the end-of-run files summary.json and report.html.
+// report.h — internal to the trainer: the end-of-run files summary.json and report.html, and the
+// figures they show (the per-step imbalance, the expert load on the held-out tasks).
 #pragma once
 
 #include <map>
@@ -62,6 +63,12 @@ std::string format_duration(double seconds);
 /// [layers * E] values as per-layer rows of fractions of their row's sum (rows summing to 0: 0).
 std::vector<std::vector<double>> fractions(const std::vector<double>& flat, int64_t layers,
                                            int64_t E);
+
+/// The expert load per MoE layer on each task's held-out lines: task → layer → fractions of the
+/// layer's assignments (the model's forward in eval mode, train mode restored). Collective over
+/// groups.world.
+std::map<std::string, std::vector<std::vector<double>>> load_by_task(
+    GPTImpl& model, const std::vector<TaskSample>& samples, const ParallelGroups& groups);
 
 /// JSON text of a string.
 std::string json_string(const std::string& s);

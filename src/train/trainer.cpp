@@ -30,36 +30,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Expert load per MoE layer on each task's held-out lines (collective).
-std::map<std::string, std::vector<std::vector<double>>> load_by_task(
-    GPTImpl& model, const std::vector<TaskSample>& samples, const ParallelGroups& groups) {
-  std::map<std::string, std::vector<std::vector<double>>> out;
-  const int64_t layers = model.num_moe_layers();
-  const int64_t E = model.options.num_experts(), ctx = model.options.context();
-  if (layers == 0) return out;
-  torch::NoGradGuard no_grad;
-  model.eval();
-  for (const auto& task : synthetic_task_names()) {
-    std::string text;
-    for (const auto& s : samples)
-      if (s.task == task) text += s.prompt + s.answer + "\n";
-    const int64_t rows = static_cast<int64_t>(text.size()) / ctx;
-    if (rows == 0) continue;
-    auto tokens = torch::empty({rows, ctx}, torch::kInt64);
-    for (int64_t i = 0; i < rows * ctx; ++i)
-      tokens.view({-1})[i] = static_cast<int64_t>(static_cast<unsigned char>(text[i]));
-    auto res = model.forward(tokens);
-    std::vector<double> flat;
-    for (const auto& st : res.moe_stats) {
-      auto c = st.tokens_per_expert.to(torch::kFloat64).cpu().contiguous();
-      flat.insert(flat.end(), c.data_ptr<double>(), c.data_ptr<double>() + E);
-    }
-    out[task] = detail::fractions(dist::sum_over_ranks(flat, groups.world), layers, E);
-  }
-  model.train();
-  return out;
-}
-
 // What a run is made of on this rank.
 struct RunParts {
   std::shared_ptr<ParallelGroups> groups;
@@ -465,7 +435,7 @@ TrainResult train(const TrainConfig& cfg, dist::World& world,
   detail::ReportData data;
   if (last == cfg.steps && cfg.eval && !corpus.held_out().empty()) {
     result.task_accuracy = task_accuracy(*model, corpus.held_out());
-    data.task_load = load_by_task(*model, corpus.held_out(), *groups);
+    data.task_load = detail::load_by_task(*model, corpus.held_out(), *groups);
   }
   result.initial_loss = result.losses.empty() ? 0.0 : result.losses.front();
   result.final_loss = result.losses.empty() ? 0.0 : result.losses.back();

@@ -31,6 +31,9 @@ void set_layout_from_list(TrainConfig& config, const std::string& text);
 /// checkpoint that passes its checks (as --resume picks it; a passed-over `latest` is said on
 /// stderr, prefixed by `command`). Refused naming `given` when there is none.
 std::string resolve_checkpoint(const std::string& given, const std::string& command);
+/// The command-line flag of a configuration key: "--" and the key with '_' written '-'
+/// (flag_name("micro_batches") == "--micro-batches").
+std::string flag_name(const std::string& key);
 /// Comma-separated integers ("1,2,3"); refused naming `flag` otherwise.
 std::vector<int64_t> parse_id_list(const std::string& text, const std::string& flag);
 /// The single-process model of a Hugging Face directory (`hf_dir`) or of a checkpoint (exactly

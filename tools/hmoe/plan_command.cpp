@@ -74,12 +74,8 @@ std::vector<A2AAlgorithm> algorithm_list(const std::string& text) {
 TrainConfig model_config(const PlanArgs& a, CLI::App* cmd) {
   TrainConfig c;
   if (!a.config_file.empty()) apply_toml_file(c, a.config_file);
-  for (const auto& k : kModelKeys) {
-    std::string f = "--" + k;
-    for (auto& ch : f)
-      if (ch == '_') ch = '-';
-    if (cmd->count(f) > 0) set_config_value(c, k, a.model.at(k));
-  }
+  for (const auto& k : kModelKeys)
+    if (cmd->count(flag_name(k)) > 0) set_config_value(c, k, a.model.at(k));
   if (a.nproc > 0) c.nproc = a.nproc;
   return c;
 }
@@ -147,12 +143,7 @@ std::string first_runnable_as_flags(const std::vector<plan::Estimate>& ranking,
     keys.insert(keys.end(), {"a2a_overlap_degree", "a2a_algorithm"});
     std::ostringstream s;
     s << "hmoe train flags of rank " << i + 1 << " (the first the trainer can run):";
-    for (const auto& k : keys) {
-      std::string f = k;
-      for (auto& ch : f)
-        if (ch == '_') ch = '-';
-      s << " --" << f << " " << get_config_value(run, k);
-    }
+    for (const auto& k : keys) s << " " << flag_name(k) << " " << get_config_value(run, k);
     return s.str();
   }
   return "";
@@ -365,11 +356,9 @@ void add_plan_command(CLI::App& app) {
       ->check(non_negative);
   const TrainConfig defaults;
   for (const auto& k : kModelKeys) {
-    std::string f = "--" + k;
-    for (auto& ch : f)
-      if (ch == '_') ch = '-';
     a->model[k] = "";
-    cmd->add_option(f, a->model[k], "model key (default " + get_config_value(defaults, k) + ")");
+    cmd->add_option(flag_name(k), a->model[k],
+                    "model key (default " + get_config_value(defaults, k) + ")");
   }
   add_node_flags(cmd);
   cmd->callback([a, cmd] {

@@ -19,6 +19,13 @@
 
 namespace hybridmoe::cli {
 
+std::string flag_name(const std::string& key) {
+  std::string f = key;
+  for (auto& ch : f)
+    if (ch == '_') ch = '-';
+  return "--" + f;
+}
+
 namespace {
 
 struct TrainArgs {
@@ -27,13 +34,6 @@ struct TrainArgs {
   std::map<std::string, std::string> values;  // key → flag text
   std::map<std::string, bool> flags;          // bool keys
 };
-
-std::string flag_name(const std::string& key) {
-  std::string f = key;
-  for (auto& ch : f)
-    if (ch == '_') ch = '-';
-  return "--" + f;
-}
 
 // The keys given: the TOML file's, then the flags given on the command line (a flag wins over
 // the file), applied over `c` by apply_config_values: a `model` among them sets its family's

@@ -8,33 +8,27 @@
 
 namespace hybridmoe {
 
-namespace {
-
-// A field of /proc/self/status in KiB ("VmRSS:", "VmHWM:"); false where it is not there.
-bool status_kib(const std::string& text, const std::string& key, double& kib) {
-  std::istringstream lines(text);
-  std::string line;
-  while (std::getline(lines, line))
-    if (line.rfind(key, 0) == 0) {
-      std::istringstream fields(line.substr(key.size()));
-      return static_cast<bool>(fields >> kib);
-    }
-  return false;
-}
-
-}  // namespace
-
 ResidentMemory resident_memory() {
+  // VmRSS and VmHWM lines of /proc/self/status, in KiB.
   std::ifstream in("/proc/self/status");
-  std::stringstream text;
-  text << in.rdbuf();
+  std::string line;
+  bool rss = false, hwm = false;
   ResidentMemory m;
-  double rss = 0, hwm = 0;
-  if (!status_kib(text.str(), "VmRSS:", rss) || !status_kib(text.str(), "VmHWM:", hwm)) return m;
-  m.known = true;
-  m.current_mb = rss / 1024.0;
-  m.peak_mb = hwm / 1024.0;
-  return m;
+  while (std::getline(in, line) && !(rss && hwm)) {
+    const bool is_rss = line.rfind("VmRSS:", 0) == 0, is_hwm = line.rfind("VmHWM:", 0) == 0;
+    if (!is_rss && !is_hwm) continue;
+    double kib = 0;
+    if (!(std::istringstream(line.substr(6)) >> kib)) return ResidentMemory();
+    if (is_rss) {
+      m.current_mb = kib / 1024.0;
+      rss = true;
+    } else {
+      m.peak_mb = kib / 1024.0;
+      hwm = true;
+    }
+  }
+  m.known = rss && hwm;
+  return m.known ? m : ResidentMemory();
 }
 
 bool reset_peak_resident_memory() {
